@@ -1,0 +1,188 @@
+# %% [markdown]
+# # 0. Preface: how to use this book
+#
+# This book explains the mathematics and the code behind ChatGPT, from the attention formula to
+# learning from human feedback, and what it all costs. It is written for readers who know some
+# Python and a little linear algebra and probability, and who want to *see* each idea work: every
+# chapter is a notebook you can run on a laptop CPU in a couple of minutes.
+#
+# This preface answers four practical questions: how to get the book running, where to read it,
+# what runs differently on a CPU and a GPU, and how the chapters relate to the `aigc_book` package.
+# It ends with the notation used throughout.
+
+# %% [markdown]
+# ## Two commands
+#
+# From a clone of the repository, on a machine with Python 3.10 or newer:
+#
+# ```bash
+# python3 tools/book.py build   # installs what it needs, executes every chapter, builds the site
+# python3 tools/book.py test    # runs every test: the package, the notebooks, the site
+# ```
+#
+# The first command creates a virtual environment in `.venv/` (or uses the virtual or conda
+# environment you are already in), installs PyTorch — the CPU build on a machine without an NVIDIA
+# GPU, the CUDA build on one with — and then everything else the book needs. It executes each
+# chapter, stores the outputs in the notebooks, and builds this website into `_build/html/`. A
+# second run reuses the installation and is quick.
+#
+# The second command runs the unit tests of `aigc_book`, re-runs every chapter notebook and
+# compares the outputs that must not change, checks that each chapter's two files agree, builds
+# the site with warnings treated as errors, and loads a page in a headless browser with the
+# network cut off, to prove that the mathematics is typeset from the site's own copy of MathJax.
+
+# %% [markdown]
+# ## Reading in Jupyter or on the site
+#
+# Each chapter is a pair of files in `chapters/`:
+#
+# * `NN_name.py`, the source in jupytext's "percent" format — plain Python in which `# %%` starts
+#   a code cell and `# %% [markdown]` a prose cell. It is what authors edit and reviewers read.
+# * `NN_name.ipynb`, the same cells executed, with their outputs. It is what the site shows and what
+#   you open in Jupyter (`.venv/bin/jupyter lab chapters/`).
+#
+# On the site you read the outputs as they were when the book was built. In Jupyter you can change
+# a number and run the cell again; the interactive widgets (sliders for temperature, attention
+# heads and so on) only respond in Jupyter, and the site shows a static figure beside each.
+
+# %% [markdown]
+# ## CPU or GPU
+#
+# Every chapter starts the same way: it chooses a device, seeds every random number generator and
+# sets the plotting style.
+
+# %%
+import os
+import platform
+
+import torch
+
+import aigc_book
+from aigc_book import get_device, seed_everything, use_book_style
+
+use_book_style()
+device = get_device()
+seed_everything(0)
+print(f"aigc_book {aigc_book.__version__}, PyTorch {torch.__version__}, Python {platform.python_version()}")
+print(f"device: {device}, CPU threads PyTorch uses: {torch.get_num_threads()}")
+
+# %% [markdown]
+# `get_device()` picks a CUDA GPU if PyTorch sees one, then Apple's MPS, then the CPU. To override
+# the choice, set the environment variable `AIGC_DEVICE` (for example `AIGC_DEVICE=cpu` before
+# starting Jupyter) or pass the device by name. A device that is asked for but absent is an error,
+# not a silent fallback:
+
+# %%
+try:
+    get_device("cuda:7" if torch.cuda.is_available() else "cuda")
+except RuntimeError as err:
+    print("RuntimeError:", err)
+print("AIGC_DEVICE is", repr(os.environ.get("AIGC_DEVICE", "")), "(empty: automatic choice)")
+
+# %% [markdown]
+# What changes on a GPU: chapters train bigger models for longer where CUDA is present, use
+# bfloat16 autocast (`aigc_book.autocast(device)`, which does nothing on a CPU, where bfloat16
+# matrix products are usually slower than float32) and PyTorch's fused attention kernels. The
+# outputs stored in the notebooks come from the CPU settings, so that what you read on the site is
+# what a laptop reproduces.
+
+# %% [markdown]
+# ## Reproducible randomness
+#
+# `seed_everything(seed)` seeds Python's `random`, NumPy and PyTorch on every device. Re-running a
+# cell that begins with it gives the same numbers on the same machine. PyTorch's CPU generator is
+# also the same on every machine, so the draws below are checked by the tests on every run:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+seed_everything(0)
+first = torch.randint(0, 10, (12,))
+seed_everything(0)
+again = torch.randint(0, 10, (12,))
+assert torch.equal(first, again)
+print(first.tolist())
+
+# %% [markdown]
+# Results computed with floating point — a training loss, say — can differ in the last digits
+# between machines, because matrix libraries add numbers in different orders on different
+# processors. The tests therefore compare only outputs that cannot change in that way; the other
+# cells must still run without error, and their `assert` statements do the checking.
+
+# %% [markdown]
+# ## Chapters and the package
+#
+# Chapters stay thin: prose, small experiments and plots. Everything a reader might want to import
+# again lives in the `aigc_book` package, with tests in `tests/`. Each module's docstring names the
+# chapter that introduces it.
+#
+# | Chapter | Topic | Modules in `aigc_book` |
+# |---|---|---|
+# | 0 | Preface | `runtime` (devices, seeds, mixed precision), `plotting` |
+# | 1 | From AI to AIGC to ChatGPT | `bigram`, `facts` |
+# | 2 | Attention, from the formula to a GPT | `attention`, `transformer`, `gpt`, `hf_gpt2` |
+# | 3 | Language modelling and pretraining objectives | `languages`, `corpora`, `bpe`, `objectives`, `trainer`, `ngram`, `cli` |
+#
+# Later chapters cover adapting a pretrained model (fine-tuning, parameter-efficient methods,
+# decoding), learning from human feedback (SFT, reward models, PPO, DPO) and what all of it costs.
+
+# %% [markdown]
+# ## Notation
+#
+# | Symbol | Meaning |
+# |---|---|
+# | $x_1, \dots, x_T$ | a sequence of $T$ tokens; $x_{<t}$ are the tokens before position $t$ |
+# | $V$ | vocabulary size; $B$ batch size; $T$ sequence (context) length |
+# | $d$ or $d_\text{model}$ | width of the model (embedding size); $h$ attention heads, $d_k = d/h$ per head |
+# | $Q, K, V$ | queries, keys and values (matrices of shape $T \times d_k$ per head) |
+# | $p_\theta(x_t \mid x_{<t})$ | the model's probability of the next token, with parameters $\theta$ |
+# | $N$, $D$ | number of parameters and number of training tokens |
+# | $\log$ | the natural logarithm: losses are in **nats**; divide by $\ln 2$ for bits |
+#
+# In code, tensor shapes are written in comments as `(B, T, C)`: batch, time (position), channels.
+#
+# The cross-entropy of a model on a text $x_1,\dots,x_T$ is the average negative log-probability
+#
+# $$
+# H = -\frac{1}{T}\sum_{t=1}^{T} \log p_\theta(x_t \mid x_{<t}),
+# $$
+#
+# and its perplexity is $e^{H}$. A check of the conversion between the two units:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+import math
+
+probabilities = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64)  # p(x_t | x_<t) at four positions
+nats = -probabilities.log().mean().item()
+bits = -probabilities.log2().mean().item()
+assert math.isclose(bits, nats / math.log(2))
+assert math.isclose(bits, (1 + 2 + 3 + 3) / 4)  # by hand: -log2 of 1/2, 1/4, 1/8, 1/8
+print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {math.exp(nats):.4f}")
+
+# %% [markdown]
+# ## Summary
+#
+# * `python3 tools/book.py build` installs, executes and builds; `python3 tools/book.py test`
+#   checks everything.
+# * Edit the `.py` of a chapter, then rebuild its notebook with
+#   `python3 tools/book.py execute chapters/NN_name.py`.
+# * `get_device()` and `seed_everything()` start every chapter; outputs that could differ between
+#   machines are never what a test compares.
+#
+# ## Key terms
+#
+# | English | 中文 |
+# |---|---|
+# | device | 设备 |
+# | random seed | 随机种子 |
+# | notebook | 笔记本 |
+# | cross-entropy | 交叉熵 |
+# | perplexity | 困惑度 |
+#
+# ## Exercises
+#
+# 1. Run `python3 tools/book.py test` and find, in its output, how long each chapter took.
+# 2. Start Jupyter with `AIGC_DEVICE=cpu` and check that `get_device()` returns the CPU even on a
+#    machine with a GPU.
+# 3. A model assigns probability $1/V$ to every token of a vocabulary of size $V$. What are its
+#    cross-entropy and perplexity? Check your answer with the cell above.

@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Set up, build and test the book with one command each.
+
+    python3 tools/book.py build     # install, execute every chapter, build the HTML site
+    python3 tools/book.py test      # install, run every test (package, notebooks, pairs, site)
+    python3 tools/book.py execute chapters/01_background.py   # rebuild one pair after an edit
+
+The first run creates `.venv/` (unless you are already inside a virtual or conda environment)
+and installs PyTorch first: the CPU build on a machine without an NVIDIA GPU, the CUDA build on a
+machine with one. Later runs reuse what is installed. Only the standard library is used until the
+environment exists; then the script re-runs itself inside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+VENV = ROOT / ".venv"
+TORCH_VERSION = "2.13.0"
+TORCH_CPU_INDEX = os.environ.get("AIGC_TORCH_CPU_INDEX", "https://download.pytorch.org/whl/cpu")
+STAMP_NAME = ".aigc-book-installed"
+SITE_INDEX = ROOT / "_build" / "html" / "index.html"
+
+
+def log(message: str) -> None:
+    print(f"[book] {message}", flush=True)
+
+
+def run(cmd: list[str], **kwargs) -> None:
+    log("$ " + " ".join(str(c) for c in cmd))
+    subprocess.run(cmd, check=True, **kwargs)
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def in_managed_env() -> bool:
+    """True inside a virtualenv or conda environment that the reader chose themselves."""
+    return sys.prefix != sys.base_prefix or bool(os.environ.get("CONDA_PREFIX"))
+
+
+def env_python() -> Path:
+    if in_managed_env():
+        return Path(sys.executable)
+    sub = "Scripts/python.exe" if os.name == "nt" else "bin/python"
+    return VENV / sub
+
+
+def has_nvidia_gpu() -> bool:
+    smi = shutil.which("nvidia-smi")
+    if not smi:
+        return False
+    try:
+        out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return out.returncode == 0 and "GPU" in out.stdout
+
+
+def install_torch(python: Path) -> None:
+    """PyTorch first, so that nothing later pulls the multi-GB CUDA build onto a CPU machine."""
+    pip = [str(python), "-m", "pip", "install"]
+    probe = subprocess.run([str(python), "-c", "import torch"], capture_output=True)
+    if probe.returncode == 0:
+        return
+    if platform.system() != "Linux" or has_nvidia_gpu():
+        # macOS and Windows wheels on PyPI are CPU/MPS builds; on Linux with a GPU we want CUDA.
+        run(pip + [f"torch=={TORCH_VERSION}", "numpy"])
+        return
+    # Linux without an NVIDIA GPU: the CPU build. A local wheel (pip's find-links) is tried
+    # first; otherwise PyTorch's CPU index serves it.
+    try:
+        run(pip + [f"torch=={TORCH_VERSION}+cpu", "numpy"])
+    except subprocess.CalledProcessError:
+        run(pip + [f"torch=={TORCH_VERSION}+cpu", "numpy", "--extra-index-url", TORCH_CPU_INDEX])
+
+
+def ensure_environment(extras: str) -> Path:
+    """Create the environment if needed and install the book with the given extras."""
+    python = env_python()
+    if not python.exists():
+        log(f"creating a virtual environment in {VENV.relative_to(ROOT)}/")
+        run([sys.executable, "-m", "venv", str(VENV)])
+    stamp_dir = Path(
+        subprocess.run(
+            [str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    )
+    wanted = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + extras.encode())).hexdigest()
+    stamp = stamp_dir / STAMP_NAME
+    if stamp.exists() and wanted in stamp.read_text().split():
+        return python
+    install_torch(python)
+    run([str(python), "-m", "pip", "install", "-e", f"{ROOT}[{extras}]"])
+    previous = stamp.read_text() if stamp.exists() else ""
+    stamp.write_text(previous + wanted + "\n")
+    return python
+
+
+def reexec_inside(python: Path, argv: list[str]) -> None:
+    if Path(sys.executable).resolve() == python.resolve() or Path(sys.prefix) == VENV:
+        return
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv, "--inside"])
+
+
+# --------------------------------------------------------------------------- chapters
+
+
+def chapter_sources(paths: list[str] | None = None) -> list[Path]:
+    if paths:
+        return [Path(p).resolve() for p in paths]
+    return sorted((ROOT / "chapters").glob("[0-9][0-9]_*.py"))
+
+
+def execute_chapter(py: Path, timeout: int = 1200) -> float:
+    """Build `NN_name.ipynb` from `NN_name.py`, execute it, and store the outputs. Returns seconds."""
+    import jupytext
+    from nbclient import NotebookClient
+
+    if py.suffix != ".py" or not py.exists():
+        raise SystemExit(f"expected an existing chapter source chapters/NN_name.py, got {py}")
+    notebook = jupytext.read(py)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    notebook.metadata["language_info"] = {"name": "python"}
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    start = time.perf_counter()
+    NotebookClient(
+        notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(py.parent)}}
+    ).execute()
+    seconds = time.perf_counter() - start
+    for cell in notebook.cells:  # timestamps would make every re-run a diff
+        cell.metadata.pop("execution", None)
+    jupytext.write(notebook, py.with_suffix(".ipynb"), fmt="ipynb")
+    return seconds
+
+
+def execute_chapters(paths: list[str] | None) -> None:
+    times = []
+    for py in chapter_sources(paths):
+        log(f"executing {py.relative_to(ROOT)} ...")
+        seconds = execute_chapter(py)
+        times.append((py.name, seconds))
+        log(f"  {py.with_suffix('.ipynb').name}: executed in {seconds:.1f} s")
+    if times:
+        log("chapter execution times:")
+        for name, seconds in times:
+            log(f"  {name:<32} {seconds:7.1f} s")
+
+
+def build_site(strict: bool = False) -> None:
+    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT)]
+    if strict:
+        cmd += ["--warningiserror", "--keep-going"]
+    run(cmd, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    if not args.no_execute:
+        execute_chapters(None)
+    build_site()
+    bindir = Path(sys.executable).parent
+    log(f"the site is built: open {SITE_INDEX} in a browser")
+    log(f"  or serve it: {sys.executable} -m http.server -d {SITE_INDEX.parent} 8000")
+    log(f"to run the chapters in Jupyter: {bindir / 'jupyter'} lab chapters/")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    code = subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
+    raise SystemExit(code)
+
+
+def cmd_execute(args: argparse.Namespace) -> None:
+    execute_chapters(args.chapters)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    inside = "--inside" in argv
+    if inside:
+        argv.remove("--inside")
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_build = sub.add_parser("build", help="install, execute every chapter, build the HTML site")
+    p_build.add_argument("--no-execute", action="store_true", help="build the site from the stored outputs")
+    p_test = sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
+    p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    p_exec = sub.add_parser("execute", help="rebuild and execute the notebooks of the given chapter sources")
+    p_exec.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
+    args = parser.parse_args(argv)
+
+    if not inside:
+        extras = "book,test" if args.command == "test" else "book"
+        python = ensure_environment(extras)
+        reexec_inside(python, argv)
+    {"build": cmd_build, "test": cmd_test, "execute": cmd_execute}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
