@@ -1,9 +1,20 @@
-"""Repository-wide pytest hooks: report how long each chapter notebook took to execute."""
+"""Repository-wide pytest set-up: run offline, and report how long each chapter took to execute."""
 
 from __future__ import annotations
 
+import os
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+_OFFLINE = Path(__file__).resolve().parent / "tools" / "offline"
+
+# Every process started from here on (notebook kernels, the site build) imports the network guard.
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_OFFLINE), os.environ.get("PYTHONPATH")]))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("PYTHONHASHSEED", "0")
+sys.path.insert(0, str(_OFFLINE))
+import sitecustomize as _network_guard  # noqa: E402,F401  (this process too)
 
 _notebook_seconds: dict[str, float] = defaultdict(float)
 

@@ -107,7 +107,8 @@ def ensure_environment(extras: str) -> Path:
 
 
 def reexec_inside(python: Path, argv: list[str]) -> None:
-    if Path(sys.executable).resolve() == python.resolve() or Path(sys.prefix) == VENV:
+    # Compare environments, not interpreters: a venv's python is a symlink to the base one.
+    if in_managed_env():
         return
     os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv, "--inside"])
 
@@ -137,7 +138,8 @@ def execute_chapter(py: Path, timeout: int = 1200) -> float:
         notebook, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(py.parent)}}
     ).execute()
     seconds = time.perf_counter() - start
-    for cell in notebook.cells:  # timestamps would make every re-run a diff
+    for i, cell in enumerate(notebook.cells):  # random ids and timestamps would make every run a diff
+        cell.id = f"cell-{i:03d}"
         cell.metadata.pop("execution", None)
     jupytext.write(notebook, py.with_suffix(".ipynb"), fmt="ipynb")
     return seconds

@@ -1,0 +1,62 @@
+"""tools/book.py installs the right PyTorch build and keeps the pairs' notebooks clean."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def book(monkeypatch):
+    spec = importlib.util.spec_from_file_location("book_tool", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    calls: list[list[str]] = []
+    monkeypatch.setattr(module, "run", lambda cmd, **kw: calls.append([str(c) for c in cmd]))
+    # Pretend torch is not installed yet.
+    monkeypatch.setattr(module.subprocess, "run", lambda *a, **k: subprocess.CompletedProcess(a, 1))
+    module.calls = calls
+    return module
+
+
+def test_linux_without_gpu_installs_the_cpu_build_only(book, monkeypatch):
+    monkeypatch.setattr(book.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(book, "has_nvidia_gpu", lambda: False)
+    book.install_torch(Path("python"))
+    requested = [arg for cmd in book.calls for arg in cmd if arg.startswith("torch")]
+    assert requested == [f"torch=={book.TORCH_VERSION}+cpu"]
+
+
+def test_linux_without_gpu_falls_back_to_the_pytorch_cpu_index(book, monkeypatch):
+    monkeypatch.setattr(book.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(book, "has_nvidia_gpu", lambda: False)
+
+    def fail_without_index(cmd, **kw):
+        book.calls.append(cmd)
+        if "--extra-index-url" not in cmd:
+            raise subprocess.CalledProcessError(1, cmd)
+
+    monkeypatch.setattr(book, "run", fail_without_index)
+    book.install_torch(Path("python"))
+    assert book.calls[-1][-2:] == ["--extra-index-url", book.TORCH_CPU_INDEX]
+    assert all(f"torch=={book.TORCH_VERSION}+cpu" in cmd for cmd in book.calls)
+
+
+def test_linux_with_gpu_installs_the_default_cuda_build(book, monkeypatch):
+    monkeypatch.setattr(book.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(book, "has_nvidia_gpu", lambda: True)
+    book.install_torch(Path("python"))
+    assert f"torch=={book.TORCH_VERSION}" in book.calls[0]
+
+
+def test_execute_rejects_a_file_that_is_not_a_chapter_source(tmp_path):
+    spec = importlib.util.spec_from_file_location("book_tool2", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit, match="chapters/NN_name.py"):
+        module.execute_chapter(tmp_path / "missing.py")
