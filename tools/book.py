@@ -159,7 +159,7 @@ def execute_chapters(paths: list[str] | None) -> None:
 
 
 def build_site(strict: bool = False) -> None:
-    cmd = [sys.executable, "-m", "jupyter_book", "build", str(ROOT)]
+    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT)]
     if strict:
         cmd += ["--warningiserror", "--keep-going"]
     run(cmd, cwd=ROOT)
