@@ -1,0 +1,370 @@
+"""A small, complete training loop that any model and objective can use.
+
+Introduced in chapter 3, section "The training loop". What it does, in the order of one step:
+
+1. draw ``grad_accum`` micro-batches from ``batch_fn("train", generator)`` and add up the
+   gradients of ``loss_fn(model, batch) / grad_accum`` (gradient accumulation);
+2. clip the global gradient norm to ``grad_clip``;
+3. set the learning rate from :func:`lr_at` (linear warm-up, then cosine decay to ``min_lr``);
+4. take an AdamW step (Loshchilov & Hutter 2019) with weight decay on matrices only (embeddings and
+   Linear weights), not on biases and LayerNorm gains — as in GPT-2/nanoGPT — using PyTorch's
+   fused AdamW kernel on CPU and CUDA.
+
+On CUDA the forward pass runs under bf16 autocast (:func:`aigc_book.autocast`); on a CPU it stays in
+float32 (without AMX, bf16 matrix products are slower than float32).
+
+Checkpoints resume *exactly*: weights (safetensors), optimizer moments, step, loss history and
+every random state (PyTorch, CUDA, NumPy, Python, the trainer's data generator) are saved, so
+stopping at step k and resuming gives bitwise the same weights as never stopping (tested).
+Loading uses ``torch.load(weights_only=True)``, which cannot run code from a file; a corrupt or
+mismatched checkpoint raises :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, fields, is_dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from aigc_book.runtime import autocast
+
+MODEL_FILE = "model.safetensors"
+CONFIG_FILE = "model_config.json"
+STATE_FILE = "trainer_state.pt"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+@dataclass
+class TrainConfig:
+    """Hyper-parameters of :class:`Trainer` (defaults suit the book's small models)."""
+
+    max_iters: int = 1000
+    lr: float = 1e-3
+    min_lr: float | None = None  # default: lr / 10
+    warmup_iters: int = 100
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0  # 0 disables clipping
+    grad_accum: int = 1
+    eval_interval: int = 0  # 0: evaluate only at the end
+    eval_iters: int = 20
+    eval_splits: tuple[str, ...] = ("val",)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_iters < 1 or self.grad_accum < 1 or self.eval_iters < 1:
+            raise ValueError("max_iters, grad_accum and eval_iters must be >= 1")
+        if self.lr <= 0 or self.warmup_iters < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; warmup_iters, weight_decay and grad_clip must be >= 0")
+        self.betas = tuple(self.betas)
+        self.eval_splits = tuple(self.eval_splits)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
+    min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
+    if step < cfg.warmup_iters:
+        return cfg.lr * (step + 1) / cfg.warmup_iters
+    span = max(1, cfg.max_iters - cfg.warmup_iters)
+    progress = min(1.0, (step - cfg.warmup_iters) / span)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
+
+
+def configure_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW with two groups: tensors of dimension >= 2 decay, vectors (biases, norms) do not."""
+    params = [p for p in model.parameters() if p.requires_grad]  # shared (tied) tensors appear once
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel updates all tensors in one pass: on a 2-core CPU it is about 4x faster than
+    # the default multi-tensor ("foreach") path for the book's small models (5 ms of a 40 ms step).
+    if device.type in ("cpu", "cuda"):
+        try:
+            return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, fused=True)
+        except (RuntimeError, TypeError, ValueError):  # an older PyTorch or an unsupported dtype
+            pass
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas)
+
+
+def _to(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Train ``model`` on ``loss_fn(model, batch_fn(split, generator))``.
+
+    Args:
+        model: any ``nn.Module`` (moved to ``device``).
+        batch_fn: ``batch_fn(split, generator) -> batch`` (a tensor, dict, list or tuple of tensors);
+            ``split`` is ``"train"`` or an evaluation split name. It must draw its randomness from
+            ``generator`` only, which is what makes resuming exact.
+        loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
+        config: a :class:`TrainConfig`.
+        device: where to train (default: the model's current device).
+
+    After :meth:`train`, ``history`` holds ``step``, ``train_loss``, ``lr``, ``ms`` per step and
+    ``evals`` (one dict per evaluation: ``step`` and a loss per split).
+    """
+
+    def __init__(self, model: nn.Module, batch_fn: Callable, loss_fn: Callable, config: TrainConfig | None = None,
+                 device: torch.device | str | None = None) -> None:
+        self.config = cfg = config or TrainConfig()
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        self.model = model.to(self.device)
+        self.batch_fn, self.loss_fn = batch_fn, loss_fn
+        self.optimizer = configure_optimizer(model, cfg, self.device)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.history: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "ms": [], "evals": []}
+
+    # ---- training -----------------------------------------------------------------------------
+    def train_step(self) -> float:
+        """One optimizer step (with accumulation); returns the mean micro-batch loss."""
+        cfg, model = self.config, self.model
+        model.train()
+        total = 0.0
+        for _ in range(cfg.grad_accum):
+            batch = _to(self.batch_fn("train", self.generator), self.device)
+            with autocast(self.device):
+                loss = self.loss_fn(model, batch)
+            (loss / cfg.grad_accum).backward()
+            total += loss.item()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        lr = lr_at(self.step, cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return total / cfg.grad_accum
+
+    def train(self, until: int | None = None) -> dict:
+        """Train from the current step up to ``until`` (default ``max_iters``); returns ``history``."""
+        cfg = self.config
+        until = cfg.max_iters if until is None else min(until, cfg.max_iters)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress,
+                   desc="train", dynamic_ncols=True, leave=False)
+        try:
+            while self.step < until:
+                t0 = time.perf_counter()
+                loss = self.train_step()
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                ms = 1000 * (time.perf_counter() - t0)
+                h = self.history
+                h["step"].append(self.step)
+                h["train_loss"].append(loss)
+                h["lr"].append(lr_at(self.step - 1, cfg))
+                h["ms"].append(ms)
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_iters:
+                    record = {"step": self.step, **self.evaluate()}
+                    h["evals"].append(record)
+                    bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+        finally:
+            bar.close()
+        return self.history
+
+    @torch.no_grad()
+    def evaluate(self, splits: tuple[str, ...] | None = None, iters: int | None = None) -> dict[str, float]:
+        """Mean loss over ``iters`` batches per split, always the same batches (own fixed generator).
+
+        Evaluation draws nothing from the training generator or the global RNG, so evaluating more
+        or less often does not change the training run.
+        """
+        splits = self.config.eval_splits if splits is None else splits
+        iters = self.config.eval_iters if iters is None else iters
+        was_training = self.model.training
+        self.model.eval()
+        out = {}
+        try:
+            for i, split in enumerate(splits):
+                g = torch.Generator().manual_seed(10_000 + self.config.seed * 97 + i)
+                losses = []
+                for _ in range(iters):
+                    batch = _to(self.batch_fn(split, g), self.device)
+                    with autocast(self.device):
+                        losses.append(self.loss_fn(self.model, batch).item())
+                out[split] = float(np.mean(losses))
+        finally:
+            self.model.train(was_training)
+        return out
+
+    # ---- checkpoints --------------------------------------------------------------------------
+    def save_checkpoint(self, directory) -> Path:
+        """Write ``model.safetensors``, ``model_config.json`` and ``trainer_state.pt`` into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_model(self.model, directory)
+        state = {
+            "format": 1,
+            "step": self.step,
+            "train_config": _plain(asdict(self.config)),
+            "optimizer": self.optimizer.state_dict(),
+            "history": self.history,
+            "rng": capture_rng_state(self.generator),
+        }
+        _atomic_write(directory / STATE_FILE, lambda p: torch.save(state, p))
+        return directory
+
+    def load_checkpoint(self, directory) -> None:
+        """Restore everything :meth:`save_checkpoint` wrote; raises :class:`CheckpointError` on any problem."""
+        directory = Path(directory)
+        load_model(self.model, directory)
+        path = directory / STATE_FILE
+        state = _torch_load(path)
+        try:
+            saved_cfg = state["train_config"]
+            own = _plain(asdict(self.config))
+            diff = {k: (saved_cfg.get(k), v) for k, v in own.items() if k not in ("progress",) and saved_cfg.get(k) != v}
+            if diff:
+                raise CheckpointError(f"{path}: saved with a different TrainConfig: " + ", ".join(
+                    f"{k}={a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items()))
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.step = int(state["step"])
+            self.history = state["history"]
+            restore_rng_state(state["rng"], self.generator)
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{path}: trainer state does not fit this model/optimizer ({err})") from err
+
+
+# ---- random state ----------------------------------------------------------------------------
+def capture_rng_state(generator: torch.Generator | None = None) -> dict:
+    """Every random state that training touches, as tensors and plain Python values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    if generator is not None:
+        state["generator"] = generator.get_state()
+    return state
+
+
+def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if generator is not None:
+        generator.set_state(state["generator"])
+
+
+# ---- model files -----------------------------------------------------------------------------
+def _plain(obj):
+    """JSON-friendly copy (tuples -> lists)."""
+    return json.loads(json.dumps(obj))
+
+
+def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def model_config_dict(model: nn.Module) -> dict | None:
+    config = getattr(model, "config", None)
+    if config is not None and is_dataclass(config):
+        return {"class": type(model).__name__, **_plain(asdict(config))}
+    return None
+
+
+def save_model(model: nn.Module, directory) -> Path:
+    """Weights as safetensors (tied tensors stored once) plus the model's config as JSON, if it has one."""
+    from safetensors.torch import save_model as st_save_model
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    _atomic_write(directory / MODEL_FILE, lambda p: st_save_model(model, p))
+    config = model_config_dict(model)
+    if config is not None:
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
+    return directory / MODEL_FILE
+
+
+def load_model(model: nn.Module, directory) -> None:
+    """Load ``model.safetensors`` into ``model``; a missing, corrupt or mismatched file raises :class:`CheckpointError`."""
+    from safetensors.torch import load_model as st_load_model
+
+    directory = Path(directory)
+    cfg_path = directory / CONFIG_FILE
+    own = model_config_dict(model)
+    if own is not None and cfg_path.exists():
+        try:
+            saved = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as err:
+            raise CheckpointError(f"{cfg_path}: not valid JSON ({err})") from err
+        diff = [k for k in sorted(set(own) | set(saved)) if own.get(k) != saved.get(k)]
+        if diff:
+            raise CheckpointError(f"{cfg_path}: the checkpoint's model differs from this one in " + ", ".join(
+                f"{k}={saved.get(k)!r} (checkpoint) vs {own.get(k)!r} (model)" for k in diff))
+    path = directory / MODEL_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        st_load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{path}: cannot load weights into {type(model).__name__} ({err})") from err
+
+
+def _torch_load(path: Path):
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise CheckpointError(f"{path}: corrupt or unsafe checkpoint ({type(err).__name__}: {err})") from err
+
+
+def read_model_config(directory) -> dict:
+    """The ``model_config.json`` saved next to the weights (raises :class:`CheckpointError` if absent or invalid)."""
+    path = Path(directory) / CONFIG_FILE
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no such file; is this a directory written by the trainer?") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
+
+
+def dataclass_from_dict(cls, data: dict):
+    """Build dataclass ``cls`` from ``data``, ignoring the extra ``class`` key; unknown keys are an error."""
+    names = {f.name for f in fields(cls)}
+    extra = set(data) - names - {"class"}
+    if extra:
+        raise CheckpointError(f"unknown {cls.__name__} fields in checkpoint: {sorted(extra)}")
+    return cls(**{k: v for k, v in data.items() if k in names})

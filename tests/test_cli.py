@@ -1,0 +1,119 @@
+"""The command line: train-gpt on one's own text, sample, and clear refusals of bad input."""
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from aigc_book.cli import main, min_chars, tail_loss
+from aigc_book.corpora import python_docs_text
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "8",
+        "--no-progress", "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Train once on 4,000 characters of Python's docs; return (out dir, JSON result, stdout)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    text = tmp / "docs.txt"
+    text.write_text(python_docs_text()[:4000], encoding="utf-8")
+    out = tmp / "run"
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        code = main(["train-gpt", "--text", str(text), "--out", str(out), *TINY])
+    assert code == 0
+    lines = buf.getvalue().strip().splitlines()
+    return out, json.loads(lines[-1])
+
+
+def test_train_gpt_prints_a_json_summary_last(trained):
+    out, result = trained
+    for key in ("params", "ms_per_iter", "tokens_per_s", "train_loss", "val_loss", "device"):
+        assert key in result
+    assert result["device"] == "cpu" and result["params"] > 0
+    assert result["tokens_per_s"] == pytest.approx(4 * 16 * 1000 / result["ms_per_iter"], rel=1e-3)
+    assert result["val_chars"] == 400 and result["train_chars"] == 3600  # the last 10% is held out
+    assert 0 < result["val_loss"] < math.log(result["vocab_size"]) + 0.5  # near-uniform after 8 steps, not broken
+    assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_sample_continues_the_prompt(trained, capsys):
+    out, _ = trained
+    assert main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith("The ") and len(text.rstrip("\n")) >= 4
+    main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"])
+    assert capsys.readouterr().out == text  # same seed, same sample
+
+
+def test_tail_loss_of_a_uniform_model_is_log_vocab():
+    class Uniform(torch.nn.Module):
+        def forward(self, idx):
+            return torch.zeros(*idx.shape, 7), None
+
+    ids = torch.randint(0, 7, (103,))
+    assert tail_loss(Uniform(), ids, 16, torch.device("cpu")) == pytest.approx(math.log(7), abs=1e-6)
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "aigc_book", *args], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "no such file"),
+        (b"", "the file is empty"),
+        (b"\x00\x01\x02 binary" * 100, "binary file"),
+        (b"\xff\xfe latin-1 \xe9" * 100, "not valid UTF-8"),
+        (b"too short", "too short (9 characters)"),
+    ],
+)
+def test_bad_text_files_exit_2_with_one_line(tmp_path, content, message, capsys):
+    path = tmp_path / "input.txt"
+    if content is not None:
+        path.write_bytes(content)
+    assert main(["train-gpt", "--text", str(path), "--out", str(tmp_path / "o"), *TINY]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and str(path) in err and len(err.splitlines()) == 1
+
+
+def test_minimum_length_leaves_one_validation_window():
+    assert min_chars(16) == 171  # 10% of 171 chars = 17 = block + 1
+
+
+def test_python_m_entry_point_reports_errors_with_exit_status_2(tmp_path):
+    proc = run_cli("train-gpt", "--text", str(tmp_path / "missing.txt"))
+    assert proc.returncode == 2 and "no such file" in proc.stderr and proc.stdout == ""
+    proc = run_cli("sample", "--out", str(tmp_path / "nothing-here"))
+    assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_sample_from_a_corrupt_model_names_the_file(trained, tmp_path, capsys):
+    import shutil
+
+    out, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(out, broken)
+    (broken / "model.safetensors").write_bytes(b"\x00" * 64)
+    assert main(["sample", "--out", str(broken)]) == 2
+    assert "model.safetensors" in capsys.readouterr().err
+
+
+def test_bad_numbers_are_rejected(tmp_path, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("hello world " * 100)
+    assert main(["train-gpt", "--text", str(text), "--embd", "30", "--heads", "4"]) == 2
+    assert "divisible" in capsys.readouterr().err
+    assert main(["train-gpt", "--text", str(text), "--device", "tpu", "--iters", "1"]) == 2
+    assert "--device" in capsys.readouterr().err
