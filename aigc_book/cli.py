@@ -31,6 +31,7 @@ from aigc_book.objectives import causal_lm_batch, causal_lm_loss
 from aigc_book.runtime import get_device, seed_everything
 from aigc_book.trainer import CheckpointError, TrainConfig, Trainer, dataclass_from_dict, load_model, read_model_config, save_model
 
+CHECKPOINT_DIR = "checkpoint"
 TOKENIZER_FILE = "tokenizer.json"
 VAL_FRACTION = 0.1
 
@@ -98,6 +99,8 @@ def cmd_train_gpt(args) -> dict:
     for name in ("layers", "heads", "embd", "block", "batch", "iters"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.checkpoint_interval < 0:
+        raise UsageError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
     if args.embd % args.heads:
         raise UsageError(f"--embd {args.embd} must be divisible by --heads {args.heads}")
     if args.lr <= 0:
@@ -125,11 +128,18 @@ def cmd_train_gpt(args) -> dict:
                             weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=args.eval_interval,
                             eval_iters=20, eval_splits=("train", "val"), seed=args.seed, progress=not args.no_progress)
     trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device)
+    out = Path(args.out)
+    checkpoint = out / CHECKPOINT_DIR
+    if args.resume:
+        try:
+            trainer.load_checkpoint(checkpoint)
+        except CheckpointError as err:
+            raise UsageError(f"--resume: {err}") from None
+        print(f"resuming from step {trainer.step} ({checkpoint})", file=sys.stderr)
     t0 = time.perf_counter()
-    history = trainer.train()
+    history = trainer.train(checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_interval)
     wall = time.perf_counter() - t0
     ms = statistics.median(history["ms"][min(5, len(history["ms"]) - 1):])  # skip the first, slow steps
-    out = Path(args.out)
     save_model(model, out)
     tok.save(out / TOKENIZER_FILE)
     result = {
@@ -196,6 +206,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/gpt", help="directory for the model and tokenizer")
     t.add_argument("--eval-interval", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--checkpoint-interval", type=int, default=500,
+                   help="save a checkpoint under OUT/checkpoint every N steps (and always on Ctrl-C); 0: only on Ctrl-C")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from OUT/checkpoint (same arguments otherwise)")
     s = sub.add_parser("sample", help="generate text from a model trained with train-gpt")
     s.add_argument("--out", required=True, help="the directory train-gpt wrote")
     s.add_argument("--prompt", default="")
@@ -218,4 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"aigc-book: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        return 130
     return 0

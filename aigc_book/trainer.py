@@ -161,17 +161,27 @@ class Trainer:
         self.step += 1
         return total / cfg.grad_accum
 
-    def train(self, until: int | None = None) -> dict:
-        """Train from the current step up to ``until`` (default ``max_iters``); returns ``history``."""
+    def train(self, until: int | None = None, checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
+        """Train from the current step up to ``until`` (default ``max_iters``); returns ``history``.
+
+        With ``checkpoint_dir``, a checkpoint is written there every ``checkpoint_every`` steps (if
+        > 0) and when the run is interrupted (Ctrl-C), so nothing is lost: :meth:`load_checkpoint`
+        continues exactly where it stopped, as if the run had never been interrupted.
+        """
         cfg = self.config
         until = cfg.max_iters if until is None else min(until, cfg.max_iters)
+        if checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         from tqdm.auto import tqdm
 
         bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress,
                    desc="train", dynamic_ncols=True, leave=False)
+        rng_at_step_start = None
         try:
             while self.step < until:
                 t0 = time.perf_counter()
+                if checkpoint_dir is not None:  # an interrupted step is redone from this state
+                    rng_at_step_start = capture_rng_state(self.generator)
                 loss = self.train_step()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -187,6 +197,16 @@ class Trainer:
                     record = {"step": self.step, **self.evaluate()}
                     h["evals"].append(record)
                     bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+                if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
+                    self.save_checkpoint(checkpoint_dir)
+        except KeyboardInterrupt:
+            if checkpoint_dir is not None:
+                if rng_at_step_start is not None:
+                    restore_rng_state(rng_at_step_start, self.generator)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.save_checkpoint(checkpoint_dir)
+                print(f"\ninterrupted at step {self.step}; checkpoint saved to {checkpoint_dir}", file=sys.stderr)
+            raise
         finally:
             bar.close()
         return self.history

@@ -120,7 +120,7 @@ print(first.tolist())
 # | 0 | Preface | `runtime` (devices, seeds, mixed precision), `plotting` |
 # | 1 | From AI to AIGC to ChatGPT | `bigram`, `facts` |
 # | 2 | Attention, from the formula to a GPT | `attention`, `transformer`, `gpt`, `hf_gpt2` |
-# | 3 | Language modelling and pretraining objectives | `languages`, `corpora`, `bpe`, `objectives`, `trainer`, `ngram`, `cli` |
+# | 3 | Language modelling and pretraining objectives | `languages`, `corpora`, `char_tokenizer`, `bpe`, `ngram`, `objectives`, `trainer`, `cli` |
 #
 # Later chapters cover adapting a pretrained model (fine-tuning, parameter-efficient methods,
 # decoding), learning from human feedback (SFT, reward models, PPO, DPO) and what all of it costs.

@@ -117,3 +117,37 @@ def test_bad_numbers_are_rejected(tmp_path, capsys):
     assert "divisible" in capsys.readouterr().err
     assert main(["train-gpt", "--text", str(text), "--device", "tpu", "--iters", "1"]) == 2
     assert "--device" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
+    from aigc_book.trainer import Trainer
+
+    text = tmp_path / "docs.txt"
+    text.write_text(python_docs_text()[:4000], encoding="utf-8")
+    args = ["train-gpt", "--text", str(text), *TINY, "--iters", "12"]
+    assert main([*args, "--out", str(tmp_path / "straight")]) == 0
+    straight = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    real_step = Trainer.train_step
+
+    def step_then_interrupt(self):
+        if self.step == 7:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    assert main([*args, "--out", str(tmp_path / "run")]) == 130
+    assert "--resume" in capsys.readouterr().err
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main([*args, "--out", str(tmp_path / "run"), "--resume"]) == 0
+    captured = capsys.readouterr()
+    assert "resuming from step 7" in captured.err
+    resumed = json.loads(captured.out.strip().splitlines()[-1])
+    assert resumed["val_loss"] == straight["val_loss"] and resumed["train_loss"] == straight["train_loss"]
+
+
+def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path, capsys):
+    text = tmp_path / "docs.txt"
+    text.write_text(python_docs_text()[:4000], encoding="utf-8")
+    assert main(["train-gpt", "--text", str(text), *TINY, "--out", str(tmp_path / "none"), "--resume"]) == 2
+    assert "--resume" in capsys.readouterr().err

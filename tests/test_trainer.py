@@ -155,3 +155,36 @@ def test_mismatched_model_or_config_is_a_clear_error(tmp_path):
     (ck / "model_config.json").unlink()  # without the config, the weight shapes still catch it
     with pytest.raises(CheckpointError, match="cannot load weights into GPT"):
         Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+
+
+def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """Ctrl-C in the middle of step 7 (between two micro-batches): nothing is lost."""
+    straight = Trainer(make_model(), batch_fn, causal_lm_loss, config())
+    straight.train()
+    calls = {"n": 0}
+
+    def interrupting_batch_fn(split, generator):
+        calls["n"] += split == "train"
+        if calls["n"] == 14:  # the second micro-batch of step 7 (grad_accum=2)
+            raise KeyboardInterrupt
+        return batch_fn(split, generator)
+
+    first = Trainer(make_model(), interrupting_batch_fn, causal_lm_loss, config())
+    with pytest.raises(KeyboardInterrupt):
+        first.train(checkpoint_dir=tmp_path / "ck")
+    resumed = Trainer(make_model(seed=5), batch_fn, causal_lm_loss, config())
+    resumed.load_checkpoint(tmp_path / "ck")
+    assert resumed.step == 6
+    resumed.train()
+    for (name, p), q in zip(straight.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(p, q), name
+
+
+def test_periodic_checkpoints_are_written(tmp_path):
+    trainer = Trainer(make_model(), batch_fn, causal_lm_loss, config())
+    trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=4)
+    saved = Trainer(make_model(seed=9), batch_fn, causal_lm_loss, config())
+    saved.load_checkpoint(tmp_path / "ck")
+    assert saved.step == 8  # the last multiple of 4 before max_iters=10
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=-1)
