@@ -771,8 +771,8 @@ print(f"entropy floor of left-to-right cross-entropy: {floor:.3f} nats/token")
 # * Tokenizers trade vocabulary size for sequence length. Our byte-level BPE, under 200 lines,
 #   round-trips any text and matches Hugging Face's BPE in compression.
 # * An n-gram model stalls well above the floor because the language's rules reach further back
-#   than any fixed window. A 2-layer GPT trained with next-token prediction for 600 steps (about
-#   20 seconds on one CPU core) gets within about 0.06 nats of the floor.
+#   than any fixed window. A 2-layer GPT trained with next-token prediction for 600 steps (well
+#   under a minute on a laptop CPU) gets within about 0.06 nats of the floor.
 # * MLM, NSP, permutation LM and span corruption turn the same data into different questions. All
 #   of them can teach long-range matching; in our runs the causal objective learned it fastest, and
 #   only left-to-right objectives give a model that generates. GPT and ChatGPT are pretrained with
