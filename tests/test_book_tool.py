@@ -60,3 +60,27 @@ def test_execute_rejects_a_file_that_is_not_a_chapter_source(tmp_path):
     spec.loader.exec_module(module)
     with pytest.raises(SystemExit, match="chapters/NN_name.py"):
         module.execute_chapter(tmp_path / "missing.py")
+
+
+def test_widget_ids_become_stable_and_stay_consistent(tmp_path):
+    import json
+
+    spec = importlib.util.spec_from_file_location("book_tool3", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    a, b = "3f" * 16, "9c" * 16
+    notebook = {
+        "cells": [{"cell_type": "code", "outputs": [{"data": {"application/vnd.jupyter.widget-view+json": {"model_id": b}}}]}],
+        "metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": {
+            a: {"state": {}}, b: {"state": {"children": [f"IPY_MODEL_{a}"]}}}}}},
+    }
+    path = tmp_path / "x.ipynb"
+    path.write_text(json.dumps(notebook))
+    module.stabilise_widget_ids(path)
+    text = path.read_text()
+    assert a not in text and b not in text
+    result = json.loads(text)
+    state = result["metadata"]["widgets"]["application/vnd.jupyter.widget-state+json"]["state"]
+    view_id = result["cells"][0]["outputs"][0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
+    assert view_id == "0" * 32 and view_id in state  # first seen, first numbered
+    assert state[view_id]["state"]["children"] == [f"IPY_MODEL_{'0' * 31}1"]  # references follow the rename

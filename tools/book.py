@@ -142,7 +142,25 @@ def execute_chapter(py: Path, timeout: int = 1200) -> float:
         cell.id = f"cell-{i:03d}"
         cell.metadata.pop("execution", None)
     jupytext.write(notebook, py.with_suffix(".ipynb"), fmt="ipynb")
+    stabilise_widget_ids(py.with_suffix(".ipynb"))
     return seconds
+
+
+def stabilise_widget_ids(notebook_path: Path) -> None:
+    """Replace the random ids of saved widgets (progress bars, sliders) by ids numbered in order."""
+    import json
+    import re
+
+    text = notebook_path.read_text(encoding="utf-8")
+    state = json.loads(text).get("metadata", {}).get("widgets", {})
+    ids = {key for value in state.values() for key in value.get("state", {})}
+    if not ids:
+        return
+    order = {}
+    for match in re.finditer(r"[0-9a-f]{32}", text):
+        if match.group() in ids and match.group() not in order:
+            order[match.group()] = f"{len(order):032x}"
+    notebook_path.write_text(re.sub(r"[0-9a-f]{32}", lambda m: order.get(m.group(), m.group()), text), encoding="utf-8")
 
 
 def execute_chapters(paths: list[str] | None) -> None:
