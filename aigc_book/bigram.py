@@ -23,12 +23,13 @@ each character given the previous one, in nats per character (natural log) or bi
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-__all__ = ["CharVocab", "BigramLM", "count_bigrams"]
+from aigc_book.char_tokenizer import CharTokenizer
+
+__all__ = ["BigramLM", "count_bigrams"]
 
 
 def _check_text(text: object, *, name: str = "text", min_len: int = 1) -> str:
@@ -42,74 +43,6 @@ def _check_text(text: object, *, name: str = "text", min_len: int = 1) -> str:
     return text
 
 
-@dataclass(frozen=True)
-class CharVocab:
-    """A fixed, ordered set of characters with encode/decode between text and integer ids.
-
-    Build it with :meth:`from_text`. Ids follow sorted character order, so the same set of
-    characters always gives the same ids.
-    """
-
-    chars: tuple[str, ...]
-    _index: dict[str, int] = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.chars, tuple):
-            raise TypeError(f"chars must be a tuple of str, got {type(self.chars).__name__}")
-        if len(self.chars) == 0:
-            raise ValueError("a vocabulary needs at least one character")
-        for c in self.chars:
-            if not isinstance(c, str) or len(c) != 1:
-                raise ValueError(f"every vocabulary entry must be a single character, got {c!r}")
-        if len(set(self.chars)) != len(self.chars):
-            raise ValueError("vocabulary characters must be unique")
-        object.__setattr__(self, "_index", {c: i for i, c in enumerate(self.chars)})
-
-    @classmethod
-    def from_text(cls, text: str) -> CharVocab:
-        """The sorted set of distinct characters in ``text``."""
-        _check_text(text)
-        return cls(tuple(sorted(set(text))))
-
-    def __len__(self) -> int:
-        return len(self.chars)
-
-    def __contains__(self, char: object) -> bool:
-        return char in self._index
-
-    def index(self, char: str) -> int:
-        """The id of one character; ``ValueError`` if it is not in the vocabulary."""
-        try:
-            return self._index[char]
-        except KeyError:
-            raise ValueError(f"character {char!r} is not in the vocabulary") from None
-
-    def encode(self, text: str) -> torch.Tensor:
-        """Text → 1-D ``int64`` tensor of ids. Unknown characters raise ``ValueError``."""
-        _check_text(text, min_len=0)
-        unknown = sorted(set(text) - self._index.keys())
-        if unknown:
-            shown = ", ".join(repr(c) for c in unknown[:10])
-            more = f" and {len(unknown) - 10} more" if len(unknown) > 10 else ""
-            raise ValueError(
-                f"{len(unknown)} character(s) are not in the vocabulary: {shown}{more}. "
-                "Build the vocabulary from all the text you will score "
-                "(CharVocab.from_text(train + held_out)) and pass it to BigramLM.from_text."
-            )
-        return torch.tensor([self._index[c] for c in text], dtype=torch.int64)
-
-    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
-        """Ids → text."""
-        if isinstance(ids, torch.Tensor):
-            ids = ids.tolist()
-        out = []
-        for i in ids:
-            if not 0 <= int(i) < len(self.chars):
-                raise ValueError(f"id {i} is out of range for a vocabulary of {len(self.chars)}")
-            out.append(self.chars[int(i)])
-        return "".join(out)
-
-
 def count_bigrams(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """Count table ``C[a, b]`` = number of positions t with ``ids[t-1] == a`` and ``ids[t] == b``.
 
@@ -117,7 +50,7 @@ def count_bigrams(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     ``len(ids) - 1``.
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype != torch.int64:
-        raise TypeError("ids must be a 1-D int64 tensor (use CharVocab.encode)")
+        raise TypeError("ids must be a 1-D int64 tensor (use CharTokenizer.encode_tensor)")
     if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
@@ -145,13 +78,13 @@ class BigramLM:
     uniform distribution when ``k = 0``; for ``k > 0`` the formula gives uniform by itself.
     """
 
-    vocab: CharVocab
+    vocab: CharTokenizer
     counts: torch.Tensor  # (V, V) int64
     k: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.vocab, CharVocab):
-            raise TypeError(f"vocab must be a CharVocab, got {type(self.vocab).__name__}")
+        if not isinstance(self.vocab, CharTokenizer):
+            raise TypeError(f"vocab must be a CharTokenizer, got {type(self.vocab).__name__}")
         V = len(self.vocab)
         if not isinstance(self.counts, torch.Tensor) or self.counts.shape != (V, V):
             raise ValueError(f"counts must be a tensor of shape ({V}, {V})")
@@ -160,7 +93,7 @@ class BigramLM:
         object.__setattr__(self, "k", _check_k(self.k))
 
     @classmethod
-    def from_text(cls, text: str, k: float = 1.0, vocab: CharVocab | None = None) -> BigramLM:
+    def from_text(cls, text: str, k: float = 1.0, vocab: CharTokenizer | None = None) -> BigramLM:
         """Count the bigrams of ``text``.
 
         ``vocab`` defaults to the characters of ``text``. Pass a larger one (e.g. built from
@@ -170,8 +103,8 @@ class BigramLM:
         _check_text(text, min_len=2)
         k = _check_k(k)
         if vocab is None:
-            vocab = CharVocab.from_text(text)
-        ids = vocab.encode(text)
+            vocab = CharTokenizer.fit(text)
+        ids = vocab.encode_tensor(text)
         return cls(vocab=vocab, counts=count_bigrams(ids, len(vocab)), k=k)
 
     @property
@@ -199,7 +132,7 @@ class BigramLM:
         is not scored: it has no previous character.
         """
         _check_text(text, min_len=2)
-        ids = self.vocab.encode(text)
+        ids = self.vocab.encode_tensor(text)
         nll = -self.log_probs()[ids[:-1], ids[1:]].mean().item()
         return nll / math.log(2) if bits else nll
 

@@ -28,7 +28,9 @@ import torch.nn.functional as F
 from matplotlib.patches import FancyBboxPatch
 
 from aigc_book import get_device, seed_everything, use_book_style
-from aigc_book.bigram import BigramLM, CharVocab
+from aigc_book.bigram import BigramLM
+from aigc_book.char_tokenizer import CharTokenizer
+from aigc_book.corpora import python_docs_text, split_train_val
 from aigc_book.facts import load_models, training_flops_estimate
 
 use_book_style()
@@ -210,16 +212,16 @@ print(f"aigc_book.bigram agrees: {banana.cross_entropy(word):.6f} nats/char")
 # `help("with")` or `help("FORMATTING")`, in the module `pydoc_data.topics`. Together they are a few
 # hundred thousand characters of English technical prose with code examples. The exact text changes
 # between Python versions, so your numbers may differ slightly from the ones stored in this
-# notebook. We join the topics in sorted order and hold out the last 10% of the characters as
+# notebook. `aigc_book.corpora.python_docs_text()` joins the topics in sorted order (later chapters
+# use the same text), and `split_train_val` holds out the last 10% of the characters as
 # **held-out text**: the model never counts it, and we use it only to measure.
 
 # %%
 from pydoc_data.topics import topics
 
-corpus = "\n".join(topics[name] for name in sorted(topics))
-split = int(0.9 * len(corpus))
-train_text, heldout_text = corpus[:split], corpus[split:]
-vocab = CharVocab.from_text(corpus)  # the alphabet of the whole corpus, so every held-out char has an id
+corpus = python_docs_text()
+train_text, heldout_text = split_train_val(corpus, 0.1)
+vocab = CharTokenizer.fit(corpus)  # the alphabet of the whole corpus, so every held-out char has an id
 print(f"Python {sys.version.split()[0]}: {len(topics)} help topics, {len(corpus):,} characters, "
       f"{len(vocab)} distinct characters")
 print(f"training text: {len(train_text):,} characters; held-out text: {len(heldout_text):,} characters")
@@ -227,9 +229,9 @@ print(f"held-out characters never seen in training: {sorted(set(heldout_text) - 
 print("start of the held-out text:", repr(heldout_text[:120]))
 ends, pos = {}, 0
 for name in sorted(topics):
-    pos += len(topics[name]) + 1  # + 1 for the joining newline
+    pos += len(topics[name].strip()) + 2  # python_docs_text strips each topic and joins with "\n\n"
     ends[name] = pos
-print("topics (partly) in the held-out text:", [name for name, end in ends.items() if end > split])
+print("topics (partly) in the held-out text:", [name for name, end in ends.items() if end > len(train_text)])
 
 # %% [markdown]
 # Building the vocabulary from the whole corpus is a small, deliberate leak: it tells the model
@@ -268,7 +270,7 @@ plt.show()
 # %%
 for a in ["q", " ", "d", "s", "y", "h"]:
     top = P[vocab.index(a)].topk(3)
-    shown_top = ", ".join(f"{vocab.chars[j]!r} {p:.2f}" for p, j in zip(top.values.tolist(), top.indices.tolist()))
+    shown_top = ", ".join(f"{vocab.itos[j]!r} {p:.2f}" for p, j in zip(top.values.tolist(), top.indices.tolist()))
     print(f"after {a!r}: {shown_top}")
 
 # %% [markdown]
@@ -310,7 +312,7 @@ ln2 = math.log(2)
 V = model.vocab_size
 ce_uniform = math.log(V)
 
-train_ids, heldout_ids = vocab.encode(train_text), vocab.encode(heldout_text)
+train_ids, heldout_ids = vocab.encode_tensor(train_text), vocab.encode_tensor(heldout_text)
 unigram_counts = torch.bincount(train_ids, minlength=V).to(torch.float64)
 p_train = unigram_counts / unigram_counts.sum()
 unigram_entropy = -(p_train[p_train > 0] * p_train[p_train > 0].log()).sum().item()
@@ -424,7 +426,7 @@ plt.show()
 
 # %%
 def log_p_after_first(s: str) -> float:
-    ids = vocab.encode(s)
+    ids = vocab.encode_tensor(s)
     return log_P[ids[:-1], ids[1:]].sum().item()
 
 

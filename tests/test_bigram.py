@@ -9,20 +9,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_book.bigram import BigramLM, CharVocab, count_bigrams
+from aigc_book.bigram import BigramLM, count_bigrams
+from aigc_book.char_tokenizer import CharTokenizer
 
 
 def test_vocab_is_sorted_and_round_trips():
-    vocab = CharVocab.from_text("banana")
-    assert vocab.chars == ("a", "b", "n")
-    ids = vocab.encode("banana")
+    vocab = CharTokenizer.fit("banana")
+    assert vocab.itos == ["a", "b", "n"]
+    ids = vocab.encode_tensor("banana")
     assert ids.tolist() == [1, 0, 2, 0, 2, 0]
     assert vocab.decode(ids) == "banana"
 
 
 def test_counts_cover_every_adjacent_pair():
-    vocab = CharVocab.from_text("banana")
-    counts = count_bigrams(vocab.encode("banana"), len(vocab))
+    vocab = CharTokenizer.fit("banana")
+    counts = count_bigrams(vocab.encode_tensor("banana"), len(vocab))
     a, b, n = 0, 1, 2
     assert counts.sum().item() == len("banana") - 1
     assert counts[b, a] == 1 and counts[a, n] == 2 and counts[n, a] == 2
@@ -50,15 +51,15 @@ def test_cross_entropy_equals_hand_computation_on_banana():
 
 def test_cross_entropy_matches_torch_cross_entropy():
     train, test = "the cat sat on the mat. " * 3, "a cat at the hat"
-    vocab = CharVocab.from_text(train + test)
+    vocab = CharTokenizer.fit(train + test)
     model = BigramLM.from_text(train, k=0.5, vocab=vocab)
-    ids = vocab.encode(test)
+    ids = vocab.encode_tensor(test)
     ref = F.cross_entropy(model.log_probs()[ids[:-1]], ids[1:]).item()
     assert model.cross_entropy(test) == pytest.approx(ref, rel=1e-12)
 
 
 def test_unsmoothed_model_gives_infinite_cross_entropy_to_unseen_pairs():
-    vocab = CharVocab.from_text("abc")
+    vocab = CharTokenizer.fit("abc")
     model = BigramLM.from_text("abab", k=0.0, vocab=vocab)
     assert model.probs()[vocab.index("a"), vocab.index("b")] == 1.0
     assert math.isinf(model.cross_entropy("ac"))
@@ -67,7 +68,7 @@ def test_unsmoothed_model_gives_infinite_cross_entropy_to_unseen_pairs():
 
 
 def test_smoothing_moves_mass_to_unseen_pairs():
-    vocab = CharVocab.from_text("abc")
+    vocab = CharTokenizer.fit("abc")
     small = BigramLM.from_text("abab", k=0.01, vocab=vocab).probs()
     large = BigramLM.from_text("abab", k=10.0, vocab=vocab).probs()
     a, c = vocab.index("a"), vocab.index("c")
@@ -88,7 +89,7 @@ def test_sampling_is_deterministic_under_a_seed_and_uses_only_seen_pairs():
     b = smoothed.sample(40, torch.Generator().manual_seed(1))
     c = smoothed.sample(40, torch.Generator().manual_seed(2))
     assert a == b and a != c
-    assert set(a) <= set(smoothed.vocab.chars)
+    assert set(a) <= set(smoothed.vocab.itos)
     assert smoothed.sample(0, torch.Generator()) == ""
 
 
@@ -104,7 +105,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError, match="must be a number"):
         BigramLM.from_text("abc", k="1")  # type: ignore[arg-type]
     model = BigramLM.from_text("abc")
-    with pytest.raises(ValueError, match=r"not in the vocabulary: 'z'.*CharVocab.from_text"):
+    with pytest.raises(ValueError, match=r"'z' is not in the tokenizer's vocabulary.*CharTokenizer.fit"):
         model.cross_entropy("az")
     with pytest.raises(ValueError, match="at least 2"):
         model.cross_entropy("a")
@@ -112,9 +113,14 @@ def test_bad_input_raises_clear_errors():
         model.sample(5, generator=0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-negative"):
         model.sample(-1, torch.Generator())
-    with pytest.raises(ValueError, match="not in the vocabulary"):
+    with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
         model.sample(3, torch.Generator(), start="z")
-    with pytest.raises(ValueError, match="unique"):
-        CharVocab(("a", "a"))
+    with pytest.raises(ValueError, match="distinct"):
+        CharTokenizer(["a", "a"])
     with pytest.raises(ValueError, match="out of range"):
         model.vocab.decode([7])
+
+
+def test_negative_ids_are_refused_rather_than_wrapped_around():
+    with pytest.raises(ValueError, match="out of range"):
+        CharTokenizer.fit("abc").decode([-1])

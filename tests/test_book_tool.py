@@ -84,3 +84,16 @@ def test_widget_ids_become_stable_and_stay_consistent(tmp_path):
     view_id = result["cells"][0]["outputs"][0]["data"]["application/vnd.jupyter.widget-view+json"]["model_id"]
     assert view_id == "0" * 32 and view_id in state  # first seen, first numbered
     assert state[view_id]["state"]["children"] == [f"IPY_MODEL_{'0' * 31}1"]  # references follow the rename
+
+
+def test_unknown_options_are_refused_except_for_pytest(monkeypatch):
+    spec = importlib.util.spec_from_file_location("book_tool4", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as err:
+        module.main(["build", "--bogus", "--inside"])
+    assert err.value.code == 2
+    seen = {}
+    monkeypatch.setattr(module, "cmd_test", lambda args: seen.setdefault("args", args.pytest_args))
+    module.main(["test", "-q", "-k", "site", "--inside"])
+    assert seen["args"] == ["-q", "-k", "site"]

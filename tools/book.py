@@ -197,7 +197,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> None:
-    os.environ.setdefault("PYTHONHASHSEED", "0")
     code = subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
     raise SystemExit(code)
 
@@ -215,11 +214,13 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="install, execute every chapter, build the HTML site")
     p_build.add_argument("--no-execute", action="store_true", help="build the site from the stored outputs")
-    p_test = sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
-    p_test.add_argument("pytest_args", nargs=argparse.REMAINDER)
+    sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
     p_exec = sub.add_parser("execute", help="rebuild and execute the notebooks of the given chapter sources")
     p_exec.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command != "test":
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.pytest_args = extra
 
     if not inside:
         extras = "book,test" if args.command == "test" else "book"
