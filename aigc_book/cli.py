@@ -25,11 +25,10 @@ from pathlib import Path
 
 import torch
 
-from aigc_book.char_tokenizer import CharTokenizer
-from aigc_book.corpora import split_train_val
-from aigc_book.objectives import causal_lm_batch, causal_lm_loss
+from aigc_book.models.io import CheckpointError
 from aigc_book.runtime import get_device, seed_everything
-from aigc_book.trainer import CheckpointError, TrainConfig, Trainer, dataclass_from_dict, load_model, read_model_config, save_model
+from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.corpora import split_train_val
 
 CHECKPOINT_DIR = "checkpoint"
 TOKENIZER_FILE = "tokenizer.json"
@@ -70,39 +69,19 @@ def min_chars(block: int) -> int:
     return int((block + 1) / VAL_FRACTION) + 1
 
 
-@torch.no_grad()
-def tail_loss(model, ids: torch.Tensor, block: int, device: torch.device, batch: int = 64) -> float:
-    """Mean nats per character over *every* character of ``ids[1:]``, in consecutive windows of ``block``."""
-    model.eval()
-    total, count = 0.0, 0
-    starts = list(range(0, len(ids) - 1, block))
-    for i in range(0, len(starts), batch):
-        chunk = starts[i : i + batch]
-        full = [s for s in chunk if s + block + 1 <= len(ids)]
-        parts = []
-        if full:
-            parts.append(torch.stack([ids[s : s + block + 1] for s in full]))
-        parts += [ids[s:][None] for s in chunk if s + block + 1 > len(ids)]  # the short last window
-        for w in parts:
-            w = w.to(device)
-            logits, _ = model(w[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), w[:, 1:].flatten(), reduction="sum")
-            total += loss.item()
-            count += w[:, 1:].numel()
-    model.train()
-    return total / count
-
-
 def cmd_train_gpt(args) -> dict:
-    from aigc_book.gpt import GPT, GPTConfig
+    # Imported here so that `--help` and bad arguments answer without loading the models.
+    from aigc_book.models.gpt import GPT
+    from aigc_book.models.transformer import TransformerConfig
+    from aigc_book.training.evaluation import lm_loss
+    from aigc_book.training.objectives import causal_lm_batch, causal_lm_loss
+    from aigc_book.training.trainer import TrainConfig, Trainer
 
     for name in ("layers", "heads", "embd", "block", "batch", "iters"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
     if args.checkpoint_interval < 0:
         raise UsageError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
-    if args.embd % args.heads:
-        raise UsageError(f"--embd {args.embd} must be divisible by --heads {args.heads}")
     if args.lr <= 0:
         raise UsageError(f"--lr must be > 0, got {args.lr}")
     text = read_text_file(args.text, args.block)
@@ -116,8 +95,11 @@ def cmd_train_gpt(args) -> dict:
     train_ids, val_ids = tok.encode_tensor(train_text), tok.encode_tensor(val_text)
     if len(train_ids) < args.block + 1:
         raise UsageError(f"--text {args.text}: training part too short for --block {args.block}")
-    config = GPTConfig(vocab_size=tok.vocab_size, block_size=args.block, n_layer=args.layers, n_head=args.heads,
-                       n_embd=args.embd, dropout=args.dropout)
+    try:
+        config = TransformerConfig(vocab_size=tok.vocab_size, block_size=args.block, n_layer=args.layers,
+                                   n_head=args.heads, n_embd=args.embd, dropout=args.dropout)
+    except ValueError as err:
+        raise UsageError(f"--layers/--heads/--embd/--dropout: {err}") from None
     model = GPT(config)
     data = {"train": train_ids, "val": val_ids}
 
@@ -126,8 +108,14 @@ def cmd_train_gpt(args) -> dict:
 
     train_cfg = TrainConfig(max_iters=args.iters, lr=args.lr, min_lr=args.lr / 10, warmup_iters=min(100, args.iters // 10),
                             weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=args.eval_interval,
-                            eval_iters=20, eval_splits=("train", "val"), seed=args.seed, progress=not args.no_progress)
-    trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device)
+                            eval_iters=20, eval_splits=("train", "val"), seed=args.seed, progress=not args.no_progress,
+                            compile=args.compile)
+    quick = 20 * args.batch * args.block  # tokens per split in the evaluations during training
+
+    def eval_fn(m):
+        return {split: lm_loss(m, ids, args.block, max_tokens=quick) for split, ids in data.items()}
+
+    trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device, eval_fn=eval_fn)
     out = Path(args.out)
     checkpoint = out / CHECKPOINT_DIR
     if args.resume:
@@ -140,14 +128,14 @@ def cmd_train_gpt(args) -> dict:
     history = trainer.train(checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_interval)
     wall = time.perf_counter() - t0
     ms = statistics.median(history["ms"][min(5, len(history["ms"]) - 1):])  # skip the first, slow steps
-    save_model(model, out)
+    model.save_pretrained(out)
     tok.save(out / TOKENIZER_FILE)
     result = {
         "params": model.num_parameters(),
         "ms_per_iter": round(ms, 3),
         "tokens_per_s": round(args.batch * args.block * 1000.0 / ms, 1),
         "train_loss": round(history["evals"][-1]["train"], 4),
-        "val_loss": round(tail_loss(model, val_ids, args.block, device), 4),
+        "val_loss": round(lm_loss(model, val_ids, args.block), 4),
         "device": str(device),
         "iters": args.iters,
         "vocab_size": tok.vocab_size,
@@ -155,6 +143,7 @@ def cmd_train_gpt(args) -> dict:
         "val_chars": len(val_text),
         "wall_s": round(wall, 1),
         "threads": torch.get_num_threads(),
+        "compiled": args.compile,
         "out": str(out),
     }
     log = {"result": result, "history": {k: v for k, v in history.items()}}
@@ -163,16 +152,15 @@ def cmd_train_gpt(args) -> dict:
 
 
 def cmd_sample(args) -> str:
-    from aigc_book.gpt import GPT, GPTConfig
+    from aigc_book.models.gpt import GPT
 
     out = Path(args.out)
     if not out.is_dir():
         raise UsageError(f"--out {args.out}: no such directory (train first: python -m aigc_book train-gpt --text FILE --out DIR)")
     try:
         tok = CharTokenizer.load(out / TOKENIZER_FILE)
-        config = dataclass_from_dict(GPTConfig, read_model_config(out))
-        model = GPT(config)
-        load_model(model, out)
+        model = GPT.from_pretrained(out)
+        config = model.config
     except (CheckpointError, ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
     if args.tokens < 0 or args.temperature < 0:
@@ -206,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", default="runs/gpt", help="directory for the model and tokenizer")
     t.add_argument("--eval-interval", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    t.add_argument("--compile", action="store_true", help="train through torch.compile (faster steps after a compile)")
     t.add_argument("--checkpoint-interval", type=int, default=500,
                    help="save a checkpoint under OUT/checkpoint every N steps (and always on Ctrl-C); 0: only on Ctrl-C")
     t.add_argument("--resume", action="store_true",

@@ -31,8 +31,8 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from aigc_book import get_device, seed_everything  # noqa: E402
-from aigc_book.attention import attention_timings  # noqa: E402
-from aigc_book.gpt import GPT, GPTConfig  # noqa: E402
+from aigc_book.layers.attention import attention_timings  # noqa: E402
+from aigc_book.models.gpt import GPT, GPTConfig  # noqa: E402
 
 CHAPTER_GPT = dict(vocab_size=65, block_size=1024, n_layer=4, n_head=4, n_embd=128)
 

@@ -32,12 +32,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from aigc_book.char_tokenizer import CharTokenizer  # noqa: E402
+from aigc_book.text.char_tokenizer import CharTokenizer  # noqa: E402
 from aigc_book.cli import tail_loss  # noqa: E402
-from aigc_book.corpora import python_docs_text, split_train_val  # noqa: E402
-from aigc_book.gpt import GPT, GPTConfig  # noqa: E402
-from aigc_book.objectives import causal_lm_batch, causal_lm_loss  # noqa: E402
-from aigc_book.trainer import TrainConfig, Trainer  # noqa: E402
+from aigc_book.text.corpora import python_docs_text, split_train_val  # noqa: E402
+from aigc_book.models.gpt import GPT, GPTConfig  # noqa: E402
+from aigc_book.training.objectives import causal_lm_batch, causal_lm_loss  # noqa: E402
+from aigc_book.training.trainer import TrainConfig, Trainer  # noqa: E402
 
 LAYERS, HEADS, EMBD, BLOCK, BATCH = 4, 4, 128, 64, 12
 LR, MIN_LR, WARMUP, WD, BETAS, CLIP = 1e-3, 1e-4, 100, 0.1, (0.9, 0.99), 1.0

@@ -28,9 +28,9 @@ import torch.nn.functional as F
 from matplotlib.patches import FancyBboxPatch
 
 from aigc_book import get_device, seed_everything, use_book_style
-from aigc_book.bigram import BigramLM
-from aigc_book.char_tokenizer import CharTokenizer
-from aigc_book.corpora import python_docs_text, split_train_val
+from aigc_book.models.bigram import BigramLM
+from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.corpora import python_docs_text, split_train_val
 from aigc_book.facts import load_models, training_flops_estimate
 
 use_book_style()
@@ -197,7 +197,7 @@ print(f"cross-entropy = -ln({p_pairs}) / {len(pairs)} = {ce_by_hand:.6f} nats/ch
 
 banana = BigramLM.from_text(word, k=1.0)
 assert math.isclose(banana.cross_entropy(word), ce_by_hand, rel_tol=1e-12)
-print(f"aigc_book.bigram agrees: {banana.cross_entropy(word):.6f} nats/char")
+print(f"aigc_book.models.bigram agrees: {banana.cross_entropy(word):.6f} nats/char")
 
 # %% [markdown]
 # Every row of the table is a probability distribution (each sums to 1), and the package's
@@ -212,7 +212,7 @@ print(f"aigc_book.bigram agrees: {banana.cross_entropy(word):.6f} nats/char")
 # `help("with")` or `help("FORMATTING")`, in the module `pydoc_data.topics`. Together they are a few
 # hundred thousand characters of English technical prose with code examples. The exact text changes
 # between Python versions, so your numbers may differ slightly from the ones stored in this
-# notebook. `aigc_book.corpora.python_docs_text()` joins the topics in sorted order (later chapters
+# notebook. `aigc_book.text.corpora.python_docs_text()` joins the topics in sorted order (later chapters
 # use the same text), and `split_train_val` holds out the last 10% of the characters as
 # **held-out text**: the model never counts it, and we use it only to measure.
 

@@ -15,9 +15,9 @@
 # 7. What does attention cost as sequences grow, and what does a fused kernel save?
 # 8. What do the heads of a small trained model look at?
 #
-# All the code the chapter uses lives in the package: `aigc_book.attention` (attention, masks,
-# positional encodings), `aigc_book.transformer` (LayerNorm, the block, an encoder) and
-# `aigc_book.gpt` (the GPT). Each formula below is followed by an `assert` against an independent
+# All the code the chapter uses lives in the package: `aigc_book.layers.attention` (attention, masks,
+# positional encodings), `aigc_book.layers.block` (LayerNorm, the block, an encoder) and
+# `aigc_book.models.gpt` (the GPT). Each formula below is followed by an `assert` against an independent
 # reference: a hand computation, PyTorch's own layers, or Hugging Face's GPT-2.
 
 # %%
@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aigc_book import get_device, seed_everything, use_book_style
-from aigc_book.attention import (
+from aigc_book.layers.attention import (
     MultiHeadAttention,
     RotaryEmbedding,
     apply_rope,
@@ -44,10 +44,10 @@ from aigc_book.attention import (
     sinusoidal_encoding,
     time_call,
 )
-from aigc_book.char_tokenizer import CharTokenizer
-from aigc_book.corpora import python_docs_text, split_train_val
-from aigc_book.gpt import GPT, GPTConfig
-from aigc_book.transformer import TransformerBlock, TransformerEncoder
+from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.corpora import python_docs_text, split_train_val
+from aigc_book.models.gpt import GPT, GPTConfig
+from aigc_book.layers.block import TransformerBlock, TransformerEncoder
 
 use_book_style()
 device = get_device()
@@ -139,7 +139,7 @@ assert torch.allclose(attention_fused(Q, K, V), O, atol=1e-12)
 print("matrix form == per-query loop == attention_reference == attention_fused")
 
 # %% [markdown]
-# Two implementations of the formula live in `aigc_book.attention`. `attention_reference` writes it
+# Two implementations of the formula live in `aigc_book.layers.attention`. `attention_reference` writes it
 # out as above; `attention_fused` calls PyTorch's `scaled_dot_product_attention`, which never builds
 # the $T\times T$ table in memory (on a GPU it runs FlashAttention-style kernels, Dao et al. 2022).
 # The model uses the fused one; the tests prove the two equal, in float64, with and without masks.
@@ -497,12 +497,12 @@ print(f"forward FLOPs per token at context {config.block_size}: {model.flops_per
 #
 # *Is this really GPT-2's architecture?*
 #
-# Our parameter names and shapes follow GPT-2, so `aigc_book.hf_gpt2` converts a model to a
+# Our parameter names and shapes follow GPT-2, so `aigc_book.models.hf_gpt2` converts a model to a
 # Hugging Face `GPT2LMHeadModel` (built from a `GPT2Config` with random weights: nothing is
 # downloaded) and back. Same weights must give the same logits.
 
 # %%
-from aigc_book.hf_gpt2 import from_hf_gpt2, to_hf_gpt2  # noqa: E402  (imports transformers: a few seconds)
+from aigc_book.models.hf_gpt2 import from_hf_gpt2, to_hf_gpt2  # noqa: E402  (imports transformers: a few seconds)
 
 model64 = model.double().eval()
 hf_model = to_hf_gpt2(model64)
@@ -937,7 +937,7 @@ print(f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes,
 #    What does $\tau \to 0$ do to the weights? *Hint:* the weights tend to uniform.
 # 2. **A mask that is too strict.** Build a boolean mask in which one query row is all False.
 #    What do `attention_reference` and `attention_fused` return for that row, and why is it not NaN?
-#    *Hint:* read the module docstring of `aigc_book.attention`.
+#    *Hint:* read the module docstring of `aigc_book.layers.attention`.
 # 3. **Counting parameters.** Write the parameter count of a GPT with vocabulary $V$, context $T$,
 #    $L$ layers and width $C$ as a formula (biases included) and check it against
 #    `GPT.num_parameters()` for GPT-2 small ($V=50257$, $T=1024$, $L=12$, $C=768$). Do you get

@@ -16,9 +16,9 @@
 #    afterwards? All are trained here, on the same data, in minutes on a CPU.
 # 6. Which common claims about how ChatGPT was pretrained are wrong?
 #
-# All implementations live in the package: `aigc_book.languages` (the generated language),
-# `aigc_book.bpe` and `aigc_book.char_tokenizer`, `aigc_book.ngram`, `aigc_book.objectives` (one
-# batch function and one loss per objective) and `aigc_book.trainer` (the training loop).
+# All implementations live in the package: `aigc_book.text.languages` (the generated language),
+# `aigc_book.text.bpe` and `aigc_book.text.char_tokenizer`, `aigc_book.models.ngram`, `aigc_book.training.objectives` (one
+# batch function and one loss per objective) and `aigc_book.training.trainer` (the training loop).
 
 # %%
 import itertools
@@ -31,13 +31,13 @@ import torch
 import torch.nn.functional as F
 
 from aigc_book import get_device, seed_everything, use_book_style
-from aigc_book.bpe import ByteBPE, train_hf_bpe
-from aigc_book.char_tokenizer import CharTokenizer
-from aigc_book.corpora import python_docs_text, split_train_val
-from aigc_book.gpt import GPT, GPTConfig
-from aigc_book.languages import BracketLanguage
-from aigc_book.ngram import NGramLM
-from aigc_book.objectives import (
+from aigc_book.text.bpe import ByteBPE, train_hf_bpe
+from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.corpora import python_docs_text, split_train_val
+from aigc_book.models.gpt import GPT, GPTConfig
+from aigc_book.text.languages import BracketLanguage
+from aigc_book.models.ngram import NGramLM
+from aigc_book.training.objectives import (
     IGNORE,
     EncoderForPretraining,
     SpecialTokens,
@@ -56,8 +56,8 @@ from aigc_book.objectives import (
     two_stream_mask,
     prefix_lm_mask,
 )
-from aigc_book.trainer import TrainConfig, Trainer
-from aigc_book.transformer import TransformerEncoder
+from aigc_book.training.trainer import TrainConfig, Trainer
+from aigc_book.layers.block import TransformerEncoder
 
 use_book_style()
 device = get_device()
@@ -227,7 +227,7 @@ print([hf_bpe.decode([i]) for i in hf_bpe.encode(sentence).ids])
 # *How far does remembering the last few tokens get?*
 #
 # An **n-gram model** predicts $x_t$ from the previous $n-1$ tokens only, estimated by counting,
-# with interpolated Witten–Bell smoothing (`aigc_book.ngram`). We fit orders 1 to 5 on the
+# with interpolated Witten–Bell smoothing (`aigc_book.models.ngram`). We fit orders 1 to 5 on the
 # training sequences and score the validation sequences.
 
 # %%

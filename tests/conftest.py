@@ -5,15 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aigc_book.gpt import GPT, GPTConfig
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import TransformerConfig
 
 TINY = dict(vocab_size=50, block_size=16, n_layer=2, n_head=4, n_embd=32)
 
 
 @pytest.fixture
-def tiny_config() -> GPTConfig:
+def tiny_config() -> TransformerConfig:
     """2 layers, 4 heads of 8 dimensions, 32-wide, 50 tokens, context 16 (GPT-2 shaped)."""
-    return GPTConfig(**TINY)
+    return TransformerConfig(**TINY)
 
 
 @pytest.fixture
@@ -22,7 +23,7 @@ def make_tiny_gpt():
 
     def make(seed: int = 0, dtype=torch.float64, **overrides) -> GPT:
         torch.manual_seed(seed)
-        return GPT(GPTConfig(**{**TINY, **overrides})).to(dtype).eval()
+        return GPT(TransformerConfig(**{**TINY, **overrides})).to(dtype).eval()
 
     return make
 

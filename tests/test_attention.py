@@ -10,16 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_book.attention import (
-    KVCache,
-    MultiHeadAttention,
-    RotaryEmbedding,
-    apply_rope,
-    attention_fused,
-    attention_reference,
-    causal_mask,
-    sinusoidal_encoding,
-)
+from aigc_book.layers.attention import MultiHeadAttention, attention_fused, attention_reference, causal_mask
+from aigc_book.layers.kv_cache import KVCache
+from aigc_book.layers.positions import RotaryEmbedding, apply_rope, sinusoidal_encoding
 
 TOL = dict(rtol=1e-10, atol=1e-12)  # float64: differences are rounding only
 
@@ -171,10 +164,8 @@ def test_multihead_attention_equals_torch_multiheadattention(fused):
 def test_multihead_attention_weights_are_recorded_per_head():
     torch.manual_seed(0)
     attn = MultiHeadAttention(16, 4).double().eval()
-    store: list[torch.Tensor] = []
-    out = attn(torch.randn(2, 5, 16, dtype=torch.float64), attn_store=store)
+    out, w = attn(torch.randn(2, 5, 16, dtype=torch.float64), need_weights=True)
     assert out.shape == (2, 5, 16)
-    (w,) = store
     assert w.shape == (2, 4, 5, 5)
     torch.testing.assert_close(w.sum(-1), torch.ones(2, 4, 5, dtype=torch.float64), **TOL)
 

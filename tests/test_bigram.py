@@ -1,4 +1,4 @@
-"""Tests for aigc_book.bigram (chapter 1): counting, smoothing, scoring, sampling, bad input."""
+"""Tests for aigc_book.models.bigram (chapter 1): counting, smoothing, scoring, sampling, bad input."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_book.bigram import BigramLM, count_bigrams
-from aigc_book.char_tokenizer import CharTokenizer
+from aigc_book.models.bigram import BigramLM, count_bigrams
+from aigc_book.text.char_tokenizer import CharTokenizer
 
 
 def test_vocab_is_sorted_and_round_trips():

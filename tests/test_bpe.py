@@ -2,9 +2,9 @@
 
 import pytest
 
-from aigc_book.bpe import ByteBPE, train_hf_bpe
-from aigc_book.char_tokenizer import CharTokenizer
-from aigc_book.corpora import python_docs_text, split_train_val
+from aigc_book.text.bpe import ByteBPE, train_hf_bpe
+from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.corpora import python_docs_text, split_train_val
 
 
 @pytest.fixture(scope="module")

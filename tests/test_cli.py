@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from aigc_book.cli import main, min_chars, tail_loss
-from aigc_book.corpora import python_docs_text
+from aigc_book.cli import main, min_chars
+from aigc_book.text.corpora import python_docs_text
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "8",
@@ -53,15 +53,6 @@ def test_sample_continues_the_prompt(trained, capsys):
     assert text.startswith("The ") and len(text.rstrip("\n")) >= 4
     main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"])
     assert capsys.readouterr().out == text  # same seed, same sample
-
-
-def test_tail_loss_of_a_uniform_model_is_log_vocab():
-    class Uniform(torch.nn.Module):
-        def forward(self, idx):
-            return torch.zeros(*idx.shape, 7), None
-
-    ids = torch.randint(0, 7, (103,))
-    assert tail_loss(Uniform(), ids, 16, torch.device("cpu")) == pytest.approx(math.log(7), abs=1e-6)
 
 
 def run_cli(*args):
@@ -120,7 +111,7 @@ def test_bad_numbers_are_rejected(tmp_path, capsys):
 
 
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
-    from aigc_book.trainer import Trainer
+    from aigc_book.training.trainer import Trainer
 
     text = tmp_path / "docs.txt"
     text.write_text(python_docs_text()[:4000], encoding="utf-8")

@@ -9,7 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_book.gpt import GPT, GPTConfig
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import TransformerConfig
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 POS = ["learned", "sinusoidal", "rope"]
@@ -32,7 +33,7 @@ POS = ["learned", "sinusoidal", "rope"]
 def test_config_rejects_bad_values_with_a_clear_message(tiny_config, overrides, error, message):
     fields = {**tiny_config.__dict__, **overrides}
     with pytest.raises(error, match=message):
-        GPTConfig(**fields)
+        TransformerConfig(**fields)
 
 
 # ------------------------------------------------------------------ forward and loss
@@ -114,7 +115,7 @@ def test_gpt2_initialisation_scales_residual_projections(make_tiny_gpt):
 def test_bad_input_raises_and_says_what_was_expected(tiny_gpt):
     with pytest.raises(ValueError, match=r"sequence length 17 is longer than the context: block_size=16"):
         tiny_gpt(torch.zeros(1, 17, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"must lie in \[0, vocab_size\) = \[0, 50\), got values in \[0, 50\]"):
+    with pytest.raises(ValueError, match=r"token ids \(vocab_size=50\) must lie in \[0, 50\), got values in \[0, 50\]"):
         tiny_gpt(torch.tensor([[0, 50]]))
     with pytest.raises(ValueError, match=r"got values in \[-1, 3\]"):
         tiny_gpt(torch.tensor([[-1, 3]]))
@@ -204,7 +205,7 @@ def test_flops_per_token_follows_kaplan(tiny_gpt):
 @pytest.fixture(scope="module")
 def hf():
     pytest.importorskip("transformers")
-    from aigc_book import hf_gpt2
+    from aigc_book.models import hf_gpt2
 
     return hf_gpt2
 
@@ -237,6 +238,6 @@ def test_hf_gpt2_converts_to_ours_and_back(hf, tiny_config, tiny_ids):
 
 
 def test_configs_without_a_gpt2_counterpart_are_refused(hf, tiny_config):
-    rope = GPTConfig(**{**tiny_config.__dict__, "pos_encoding": "rope", "norm_first": False})
+    rope = TransformerConfig(**{**tiny_config.__dict__, "pos_encoding": "rope", "norm_first": False})
     with pytest.raises(ValueError, match=r"no GPT-2 counterpart: pos_encoding='rope' .*; norm_first=False"):
         hf.to_hf_config(rope)

@@ -1,4 +1,4 @@
-"""The generated language (aigc_book.languages) and the n-gram baseline (aigc_book.ngram)."""
+"""The generated language (aigc_book.text.languages) and the n-gram baseline (aigc_book.models.ngram)."""
 
 import itertools
 import math
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aigc_book.languages import BracketLanguage, LanguageConfig
-from aigc_book.ngram import NGramLM
+from aigc_book.text.languages import BracketLanguage, LanguageConfig
+from aigc_book.models.ngram import NGramLM
 
 
 @pytest.fixture(scope="module")

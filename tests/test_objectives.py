@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_book.gpt import GPT, GPTConfig
-from aigc_book.languages import BracketLanguage
-from aigc_book.objectives import (
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import TransformerConfig
+from aigc_book.text.languages import BracketLanguage
+from aigc_book.training.objectives import (
     IGNORE,
     EncoderForPretraining,
     SpecialTokens,
@@ -31,7 +32,7 @@ from aigc_book.objectives import (
     two_stream_logits,
     two_stream_mask,
 )
-from aigc_book.transformer import TransformerEncoder
+from aigc_book.models.transformer import Transformer
 
 LANG = BracketLanguage()
 SPECIAL = SpecialTokens(LANG.vocab_size)
@@ -48,7 +49,7 @@ def seqs():
 
 def tiny_gpt(block=64, seed=0, dtype=torch.float64):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(SPECIAL.vocab_size, block, n_layer=2, n_head=2, n_embd=16)).to(dtype).eval()
+    return GPT(TransformerConfig(SPECIAL.vocab_size, block, n_layer=2, n_head=2, n_embd=16)).to(dtype).eval()
 
 
 def embedding_grads(model, run):
@@ -137,7 +138,7 @@ def test_mlm_rates_are_15_percent_then_80_10_10():
 
 def test_mlm_loss_counts_selected_positions_only():
     torch.manual_seed(0)
-    model = EncoderForPretraining(TransformerEncoder(SPECIAL.vocab_size, 32, 1, 2, 16)).double().eval()
+    model = EncoderForPretraining(Transformer(TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False))).double().eval()
     idx = torch.randint(0, LANG.vocab_size, (2, 10), generator=gen(4))
     labels = torch.full_like(idx, IGNORE)
     labels[0, 3], labels[1, 7] = 5, 9
@@ -164,7 +165,7 @@ def test_nsp_is_half_true_continuations(seqs):
 
 def test_mlm_nsp_loss_is_sum_of_the_two_hand_losses(seqs):
     torch.manual_seed(0)
-    model = EncoderForPretraining(TransformerEncoder(SPECIAL.vocab_size, 32, 1, 2, 16)).double().eval()
+    model = EncoderForPretraining(Transformer(TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False))).double().eval()
     b = nsp_batch(seqs, 6, SPECIAL, gen(6))
     token_logits, nsp_logits = model(b["idx"])
     expected = hand_cross_entropy(token_logits, b["mlm_labels"]) + hand_cross_entropy(nsp_logits, b["nsp_labels"])

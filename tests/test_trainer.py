@@ -5,10 +5,11 @@ import math
 import pytest
 import torch
 
-from aigc_book.gpt import GPT, GPTConfig
-from aigc_book.languages import BracketLanguage
-from aigc_book.objectives import causal_lm_loss, sequence_lm_batch
-from aigc_book.trainer import CheckpointError, TrainConfig, Trainer, configure_optimizer, lr_at
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import TransformerConfig
+from aigc_book.text.languages import BracketLanguage
+from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
+from aigc_book.training.trainer import CheckpointError, TrainConfig, Trainer, configure_optimizer, lr_at
 
 LANG = BracketLanguage()
 DATA = {"train": LANG.sample(256, 16, seed=0), "val": LANG.sample(64, 16, seed=1)}
@@ -20,7 +21,7 @@ def batch_fn(split, generator):
 
 def make_model(seed=0, dropout=0.1, n_embd=16):
     torch.manual_seed(seed)
-    return GPT(GPTConfig(LANG.vocab_size, 16, n_layer=1, n_head=2, n_embd=n_embd, dropout=dropout))
+    return GPT(TransformerConfig(LANG.vocab_size, 16, n_layer=1, n_head=2, n_embd=n_embd, dropout=dropout))
 
 
 def config(**kw):
@@ -121,7 +122,7 @@ def test_corrupt_checkpoint_files_name_the_file(tmp_path):
     t.train()
     ck = t.save_checkpoint(tmp_path / "ck")
     (ck / "model.safetensors").write_bytes(b"garbage" * 10)
-    with pytest.raises(CheckpointError, match="model.safetensors: cannot load weights"):
+    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
     t.save_checkpoint(ck)
     data = (ck / "trainer_state.pt").read_bytes()
@@ -148,11 +149,11 @@ def test_checkpoint_loading_refuses_pickled_code(tmp_path):
 def test_mismatched_model_or_config_is_a_clear_error(tmp_path):
     t = Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2))
     ck = t.save_checkpoint(tmp_path / "ck")
-    with pytest.raises(CheckpointError, match=r"n_embd=16 \(checkpoint\) vs 32 \(model\)"):
+    with pytest.raises(CheckpointError, match=r"n_embd=16 \(saved\) vs 32 \(model\)"):
         Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
     with pytest.raises(CheckpointError, match=r"max_iters=2 \(checkpoint\) vs 3 \(now\)"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=3)).load_checkpoint(ck)
-    (ck / "model_config.json").unlink()  # without the config, the weight shapes still catch it
+    (ck / "config.json").unlink()  # without the config, the weight shapes still catch it
     with pytest.raises(CheckpointError, match="cannot load weights into GPT"):
         Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_book.transformer import FeedForward, LayerNorm, TransformerBlock, TransformerEncoder
+from aigc_book.layers.block import FeedForward, LayerNorm, TransformerBlock
+from aigc_book.models.transformer import Transformer, TransformerConfig
 
 TOL = dict(rtol=1e-10, atol=1e-12)
 
@@ -99,9 +100,17 @@ def test_feedforward_is_gpt2_mlp_with_tanh_gelu():
     assert ff.c_fc.out_features == 32  # 4 * n_embd
 
 
-def _encoder(**kw) -> TransformerEncoder:
+def _encoder(**kw):
+    """A tiny bidirectional Transformer, as a function from ids to final hidden states."""
     torch.manual_seed(0)
-    return TransformerEncoder(**{**dict(vocab_size=30, block_size=12, n_layer=2, n_head=4, n_embd=16), **kw}).double().eval()
+    config = TransformerConfig(**{**dict(vocab_size=30, block_size=12, n_layer=2, n_head=4, n_embd=16, causal=False), **kw})
+    model = Transformer(config).double().eval()
+
+    def encode(idx, **options):
+        return model(idx, **options).last_hidden_state
+
+    encode.model = model
+    return encode
 
 
 @pytest.mark.parametrize("pos_encoding", ["learned", "sinusoidal", "rope"])
@@ -128,7 +137,7 @@ def test_encoder_encodes_position(pos_encoding):
 
 def test_encoder_without_positions_would_be_permutation_equivariant():
     enc = _encoder()
-    enc.wpe.weight.data.zero_()  # remove the position information
+    enc.model.wpe.weight.data.zero_()  # remove the position information
     idx = torch.randint(0, 30, (1, 6), generator=torch.Generator().manual_seed(0))
     perm = torch.tensor([3, 0, 5, 1, 4, 2])
     torch.testing.assert_close(enc(idx[:, perm]), enc(idx)[:, perm], **TOL)
@@ -151,11 +160,11 @@ def test_padding_mask_hides_padded_tokens():
 def test_encoder_rejects_bad_padding_mask_and_bad_ids():
     enc = _encoder()
     idx = torch.zeros(2, 8, dtype=torch.long)
-    with pytest.raises(ValueError, match=r"padding_mask must have shape \(B, T\) = \(2, 8\)"):
+    with pytest.raises(ValueError, match=r"padding_mask must have shape \(B, T_k\) = \(2, 8\)"):
         enc(idx, padding_mask=torch.ones(2, 7, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"sequence length 13 is longer than the context: block_size=12"):
         enc(torch.zeros(1, 13, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"token ids must lie in \[0, vocab_size\) = \[0, 30\)"):
+    with pytest.raises(ValueError, match=r"token ids \(vocab_size=30\) must lie in \[0, 30\)"):
         enc(torch.full((1, 4), 30))
     with pytest.raises(ValueError, match="pos_encoding must be one of"):
         _encoder(pos_encoding="alibi")

@@ -2,7 +2,7 @@
 
 Introduced in chapter 3, section "Five ways to pretrain on one corpus". Each objective is a pair:
 a *batch function* (token ids -> model inputs, targets, masks) and a *loss function*
-``loss_fn(model, batch) -> scalar tensor`` that :class:`aigc_book.trainer.Trainer` calls.
+``loss_fn(model, batch) -> scalar tensor`` that :class:`aigc_book.training.trainer.Trainer` calls.
 
 ===========================  =================================================================
 objective                    what is predicted from what
@@ -191,8 +191,7 @@ class EncoderForPretraining(nn.Module):
       embedding (as in BERT), plus a bias.
     * NSP head: the hidden state at position 0 (the ``[CLS]`` token) -> 2 logits (0 = random, 1 = next).
 
-    ``encoder`` is any module with ``forward(idx, padding_mask=None, attn_mask=None) -> (B, T, C)``
-    and a ``wte`` embedding, e.g. :class:`aigc_book.transformer.TransformerEncoder`.
+    ``encoder`` is a bidirectional :class:`aigc_book.models.transformer.Transformer` (``causal=False``).
     """
 
     def __init__(self, encoder: nn.Module):
@@ -203,7 +202,7 @@ class EncoderForPretraining(nn.Module):
         self.nsp_head = nn.Linear(C, 2)
 
     def forward(self, idx: torch.Tensor, padding_mask: torch.Tensor | None = None):
-        h = self.encoder(idx, padding_mask=padding_mask)  # (B, T, C)
+        h = self.encoder(idx, padding_mask=padding_mask).last_hidden_state  # (B, T, C)
         token_logits = h @ self.encoder.wte.weight.T + self.mlm_bias  # (B, T, V)
         nsp_logits = self.nsp_head(h[:, 0])  # (B, 2)
         return token_logits, nsp_logits
@@ -327,7 +326,7 @@ def plm_batch(seqs: torch.Tensor, batch_size: int, generator: torch.Generator, p
 
 
 def two_stream_logits(model: nn.Module, idx: torch.Tensor, rank: torch.Tensor, query_token: int) -> torch.Tensor:
-    """Query-stream logits ``(B, T, V)`` of a :class:`aigc_book.gpt.GPT` run as XLNet's two streams.
+    """Query-stream logits ``(B, T, V)`` of a :class:`aigc_book.models.gpt.GPT` run as XLNet's two streams.
 
     The content stream is the usual input (token + position). The query stream at position i holds
     the embedding of ``query_token`` (a [MASK] id) plus position i's encoding, so positions keep
@@ -335,26 +334,13 @@ def two_stream_logits(model: nn.Module, idx: torch.Tensor, rank: torch.Tensor, q
     Both streams go through the same blocks in one pass of length 2T under :func:`two_stream_mask`.
     Needs ``2T`` only in the attention, not in the position table (positions are 0..T-1 twice).
     """
-    tr, c = model.transformer, model.config
     B, T = idx.shape
-    if T > c.block_size:
-        raise ValueError(f"sequence length {T} exceeds block_size {c.block_size}")
-    content = tr.wte(idx)  # (B, T, C)
-    query = tr.wte(torch.full_like(idx, query_token))  # (B, T, C): same vector at every position
-    rope = None
-    if c.pos_encoding == "learned":
-        pos = tr.wpe(torch.arange(T, device=idx.device))  # (T, C)
-        content, query = content + pos, query + pos
-    elif c.pos_encoding == "sinusoidal":
-        content, query = content + model.pe[:T], query + model.pe[:T]
-    else:
-        cos, sin = model.rope(0, T, dtype=content.dtype)  # (T, hs) each
-        rope = (torch.cat([cos, cos]), torch.cat([sin, sin]))  # positions 0..T-1 for both streams
-    x = tr.drop(torch.cat([content, query], dim=1))  # (B, 2T, C)
-    mask = two_stream_mask(rank).to(idx.device)
-    for i, block in enumerate(tr.h):
-        x = block(x, mask, rope, None, i)
-    return model.lm_head(tr.ln_f(x[:, T:]))  # (B, T, V): query stream only
+    content = model.transformer.wte(idx)  # (B, T, C)
+    query = model.transformer.wte(torch.full_like(idx, query_token))  # (B, T, C): same vector everywhere
+    positions = torch.arange(T, device=idx.device).repeat(2)  # 0..T-1 for each stream
+    out = model(inputs_embeds=torch.cat([content, query], dim=1), position_ids=positions,
+                attn_mask=two_stream_mask(rank).to(idx.device))
+    return out.logits[:, T:]  # (B, T, V): the query stream only
 
 
 def plm_loss(model: nn.Module, batch: dict, query_token: int | None = None) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aigc_book.char_tokenizer import CharTokenizer
+from aigc_book.text.char_tokenizer import CharTokenizer
 
 __all__ = ["BigramLM", "count_bigrams"]
 

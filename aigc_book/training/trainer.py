@@ -1,6 +1,6 @@
 """A small, complete training loop that any model and objective can use.
 
-Introduced in chapter 3, section "The training loop". What it does, in the order of one step:
+Introduced in chapter 3, section "Causal language modelling: training a GPT". What it does, in the order of one step:
 
 1. draw ``grad_accum`` micro-batches from ``batch_fn("train", generator)`` and add up the
    gradients of ``loss_fn(model, batch) / grad_accum`` (gradient accumulation);
@@ -29,7 +29,7 @@ import pickle
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, fields, is_dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -37,15 +37,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from aigc_book.models.io import CheckpointError, atomic_write, load_model, save_model
 from aigc_book.runtime import autocast
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "model_config.json"
 STATE_FILE = "trainer_state.pt"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
 
 
 @dataclass
@@ -65,6 +60,7 @@ class TrainConfig:
     eval_splits: tuple[str, ...] = ("val",)
     seed: int = 0
     progress: bool = True
+    compile: bool = False  # train through torch.compile (the first steps pay the compile time)
 
     def __post_init__(self) -> None:
         if self.max_iters < 1 or self.grad_accum < 1 or self.eval_iters < 1:
@@ -123,17 +119,22 @@ class Trainer:
         loss_fn: ``loss_fn(model, batch) -> scalar tensor``.
         config: a :class:`TrainConfig`.
         device: where to train (default: the model's current device).
+        eval_fn: ``eval_fn(model) -> {split: loss}``, e.g. :func:`aigc_book.training.evaluation.lm_loss`
+            over held-out text; by default :meth:`evaluate` averages ``loss_fn`` over ``eval_iters``
+            fixed batches of each split in ``eval_splits``.
 
     After :meth:`train`, ``history`` holds ``step``, ``train_loss``, ``lr``, ``ms`` per step and
     ``evals`` (one dict per evaluation: ``step`` and a loss per split).
     """
 
     def __init__(self, model: nn.Module, batch_fn: Callable, loss_fn: Callable, config: TrainConfig | None = None,
-                 device: torch.device | str | None = None) -> None:
+                 device: torch.device | str | None = None, eval_fn: Callable | None = None) -> None:
         self.config = cfg = config or TrainConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
-        self.batch_fn, self.loss_fn = batch_fn, loss_fn
+        # The compiled wrapper shares the model's parameters; checkpoints and evaluation use the model.
+        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.batch_fn, self.loss_fn, self.eval_fn = batch_fn, loss_fn, eval_fn
         self.optimizer = configure_optimizer(model, cfg, self.device)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
@@ -148,7 +149,7 @@ class Trainer:
         for _ in range(cfg.grad_accum):
             batch = _to(self.batch_fn("train", self.generator), self.device)
             with autocast(self.device):
-                loss = self.loss_fn(model, batch)
+                loss = self.loss_fn(self.train_model, batch)
             (loss / cfg.grad_accum).backward()
             total += loss.item()
         if cfg.grad_clip > 0:
@@ -213,11 +214,15 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self, splits: tuple[str, ...] | None = None, iters: int | None = None) -> dict[str, float]:
-        """Mean loss over ``iters`` batches per split, always the same batches (own fixed generator).
+        """``eval_fn(model)`` if given, else the mean loss over ``iters`` batches per split, always the
+        same batches (own fixed generator).
 
         Evaluation draws nothing from the training generator or the global RNG, so evaluating more
         or less often does not change the training run.
         """
+        if self.eval_fn is not None:
+            with autocast(self.device):
+                return {k: float(v) for k, v in self.eval_fn(self.model).items()}
         splits = self.config.eval_splits if splits is None else splits
         iters = self.config.eval_iters if iters is None else iters
         was_training = self.model.training
@@ -238,19 +243,19 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, directory) -> Path:
-        """Write ``model.safetensors``, ``model_config.json`` and ``trainer_state.pt`` into ``directory``."""
+        """Write the model (:func:`aigc_book.models.io.save_model`) and ``trainer_state.pt`` into ``directory``."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         save_model(self.model, directory)
         state = {
             "format": 1,
             "step": self.step,
-            "train_config": _plain(asdict(self.config)),
+            "train_config": json.loads(json.dumps(asdict(self.config))),
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "rng": capture_rng_state(self.generator),
         }
-        _atomic_write(directory / STATE_FILE, lambda p: torch.save(state, p))
+        atomic_write(directory / STATE_FILE, lambda p: torch.save(state, p))
         return directory
 
     def load_checkpoint(self, directory) -> None:
@@ -261,8 +266,9 @@ class Trainer:
         state = _torch_load(path)
         try:
             saved_cfg = state["train_config"]
-            own = _plain(asdict(self.config))
-            diff = {k: (saved_cfg.get(k), v) for k, v in own.items() if k not in ("progress",) and saved_cfg.get(k) != v}
+            own = json.loads(json.dumps(asdict(self.config)))
+            diff = {k: (saved_cfg.get(k), v) for k, v in own.items()
+                    if k not in ("progress", "compile") and saved_cfg.get(k) != v}
             if diff:
                 raise CheckpointError(f"{path}: saved with a different TrainConfig: " + ", ".join(
                     f"{k}={a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items()))
@@ -304,63 +310,6 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
         generator.set_state(state["generator"])
 
 
-# ---- model files -----------------------------------------------------------------------------
-def _plain(obj):
-    """JSON-friendly copy (tuples -> lists)."""
-    return json.loads(json.dumps(obj))
-
-
-def _atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def model_config_dict(model: nn.Module) -> dict | None:
-    config = getattr(model, "config", None)
-    if config is not None and is_dataclass(config):
-        return {"class": type(model).__name__, **_plain(asdict(config))}
-    return None
-
-
-def save_model(model: nn.Module, directory) -> Path:
-    """Weights as safetensors (tied tensors stored once) plus the model's config as JSON, if it has one."""
-    from safetensors.torch import save_model as st_save_model
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    _atomic_write(directory / MODEL_FILE, lambda p: st_save_model(model, p))
-    config = model_config_dict(model)
-    if config is not None:
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2), encoding="utf-8")
-    return directory / MODEL_FILE
-
-
-def load_model(model: nn.Module, directory) -> None:
-    """Load ``model.safetensors`` into ``model``; a missing, corrupt or mismatched file raises :class:`CheckpointError`."""
-    from safetensors.torch import load_model as st_load_model
-
-    directory = Path(directory)
-    cfg_path = directory / CONFIG_FILE
-    own = model_config_dict(model)
-    if own is not None and cfg_path.exists():
-        try:
-            saved = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as err:
-            raise CheckpointError(f"{cfg_path}: not valid JSON ({err})") from err
-        diff = [k for k in sorted(set(own) | set(saved)) if own.get(k) != saved.get(k)]
-        if diff:
-            raise CheckpointError(f"{cfg_path}: the checkpoint's model differs from this one in " + ", ".join(
-                f"{k}={saved.get(k)!r} (checkpoint) vs {own.get(k)!r} (model)" for k in diff))
-    path = directory / MODEL_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        st_load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
-    except Exception as err:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: cannot load weights into {type(model).__name__} ({err})") from err
-
-
 def _torch_load(path: Path):
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
@@ -368,23 +317,3 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
         raise CheckpointError(f"{path}: corrupt or unsafe checkpoint ({type(err).__name__}: {err})") from err
-
-
-def read_model_config(directory) -> dict:
-    """The ``model_config.json`` saved next to the weights (raises :class:`CheckpointError` if absent or invalid)."""
-    path = Path(directory) / CONFIG_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; is this a directory written by the trainer?") from None
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: not valid JSON ({err})") from err
-
-
-def dataclass_from_dict(cls, data: dict):
-    """Build dataclass ``cls`` from ``data``, ignoring the extra ``class`` key; unknown keys are an error."""
-    names = {f.name for f in fields(cls)}
-    extra = set(data) - names - {"class"}
-    if extra:
-        raise CheckpointError(f"unknown {cls.__name__} fields in checkpoint: {sorted(extra)}")
-    return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,4 +1,4 @@
-"""Convert our :class:`~aigc_book.gpt.GPT` to and from Hugging Face's ``GPT2LMHeadModel``.
+"""Convert our :class:`~aigc_book.models.gpt.GPT` to and from Hugging Face's ``GPT2LMHeadModel``.
 
 Introduced in chapter 2, section "Proven equal: our GPT and Hugging Face's GPT-2". Nothing is
 downloaded: the Hugging Face model is built from a ``GPT2Config`` with random weights, and the point
@@ -16,14 +16,15 @@ from __future__ import annotations
 
 import torch
 
-from aigc_book.gpt import GPT, GPTConfig
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import TransformerConfig
 
 __all__ = ["to_hf_config", "from_hf_config", "to_hf_gpt2", "from_hf_gpt2"]
 
 _TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
 
-def _check_convertible(config: GPTConfig) -> None:
+def _check_convertible(config: TransformerConfig) -> None:
     problems = []
     if config.pos_encoding != "learned":
         problems.append(f"pos_encoding={config.pos_encoding!r} (GPT-2 uses 'learned')")
@@ -34,10 +35,10 @@ def _check_convertible(config: GPTConfig) -> None:
     if not config.tie_weights:
         problems.append("tie_weights=False (GPT-2 ties the output to the token embedding)")
     if problems:
-        raise ValueError("this GPTConfig has no GPT-2 counterpart: " + "; ".join(problems))
+        raise ValueError("this TransformerConfig has no GPT-2 counterpart: " + "; ".join(problems))
 
 
-def to_hf_config(config: GPTConfig):
+def to_hf_config(config: TransformerConfig):
     """The ``transformers.GPT2Config`` with the same shape as ``config``."""
     from transformers import GPT2Config
 
@@ -51,8 +52,8 @@ def to_hf_config(config: GPTConfig):
     )
 
 
-def from_hf_config(hf_config) -> GPTConfig:
-    """The :class:`GPTConfig` with the shape of a ``transformers.GPT2Config``."""
+def from_hf_config(hf_config) -> TransformerConfig:
+    """The :class:`TransformerConfig` with the shape of a ``transformers.GPT2Config``."""
     if hf_config.activation_function not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"only tanh-approximated GELU converts, got {hf_config.activation_function!r}")
     if hf_config.n_inner not in (None, 4 * hf_config.n_embd):
@@ -61,7 +62,7 @@ def from_hf_config(hf_config) -> GPTConfig:
         raise ValueError(f"only layer_norm_epsilon=1e-5 converts, got {hf_config.layer_norm_epsilon}")
     if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or not getattr(hf_config, "scale_attn_weights", True):
         raise ValueError("only the standard 1/sqrt(d_k) attention scaling converts")
-    return GPTConfig(
+    return TransformerConfig(
         vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions, n_layer=hf_config.n_layer,
         n_head=hf_config.n_head, n_embd=hf_config.n_embd, dropout=hf_config.resid_pdrop,
         bias=True, pos_encoding="learned", norm_first=True, tie_weights=True,

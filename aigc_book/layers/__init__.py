@@ -1,0 +1,1 @@
+"""Building blocks: attention, positions, the KV cache, the Transformer block, and module surgery."""

@@ -1,0 +1,41 @@
+"""Argument checks shared by the layers and models: clear messages, no hidden cost.
+
+Introduced in chapter 2, section "The block and the whole GPT". A value check on a tensor
+(``int(ids.max())``) forces a CUDA host synchronisation and breaks a ``torch.compile`` graph; the
+helpers here check values on the CPU only, assert asynchronously on an accelerator, and skip the
+value check while a graph is being compiled (shapes and dtypes are always checked).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_heads", "check_index_range"]
+
+
+def check_index_range(ids: torch.Tensor, high: int, what: str) -> None:
+    """Raise ``ValueError`` unless every value of the integer tensor ``ids`` lies in ``[0, high)``.
+
+    On the CPU the check is exact and immediate. On CUDA it is a device-side assertion that costs no
+    synchronisation (a bad id stops the next synchronising call with the message). Under
+    ``torch.compile`` it is skipped: the compiled kernels bound-check indices themselves.
+    """
+    if torch.compiler.is_compiling() or ids.numel() == 0:
+        return
+    if ids.device.type == "cpu":
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= high:
+            raise ValueError(f"{what} must lie in [0, {high}), got values in [{lo}, {hi}]")
+    elif ids.device.type == "cuda":
+        torch._assert_async((ids.min() >= 0) & (ids.max() < high), f"{what} must lie in [0, {high})")
+
+
+def check_heads(n_embd: int, n_head: int) -> None:
+    """Raise ``ValueError`` unless ``n_embd`` splits into ``n_head`` equal heads."""
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1:
+        raise ValueError(f"the number of heads n_head must be a positive int, got {n_head!r}")
+    if n_embd % n_head != 0:
+        raise ValueError(
+            f"embedding size n_embd={n_embd} is not divisible by the number of heads n_head={n_head}; "
+            f"each head gets n_embd / n_head dimensions (e.g. n_embd={n_head * max(1, round(n_embd / n_head))})"
+        )

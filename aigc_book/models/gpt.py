@@ -1,0 +1,230 @@
+"""A decoder-only GPT: the causal :class:`~aigc_book.models.transformer.Transformer` plus an output head.
+
+Introduced in chapter 2, section "The block and the whole GPT"; trained in chapter 3. The layout
+and parameter names follow GPT-2 (and nanoGPT), so :mod:`aigc_book.models.hf_gpt2` converts weights
+to and from Hugging Face's ``GPT2LMHeadModel`` without renaming, and :mod:`aigc_book.models.io`
+saves and loads it as ``config.json`` plus ``model.safetensors``.
+
+Attention weights for inspection (the chapter's explorer): ``model.attention_maps(idx)`` returns a
+``(n_layer, B, n_head, T, T)`` tensor computed with the written-out attention.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from aigc_book.layers.block import init_gpt2_weights
+from aigc_book.layers.kv_cache import KVCache
+from aigc_book.models.io import PretrainedMixin
+from aigc_book.models.transformer import Transformer, TransformerConfig, check_token_ids
+
+__all__ = ["GPT", "CausalLMOutput"]
+
+
+@dataclass
+class CausalLMOutput:
+    """What :meth:`GPT.forward` returns. Unpacks like nanoGPT's pair: ``logits, loss = model(idx, targets)``.
+
+    Attributes:
+        logits: ``(B, T, vocab_size)``.
+        loss: mean cross-entropy over the positions whose target is not -100 (None without targets).
+        last_hidden_state: ``(B, T, C)`` final hidden states, what value and reward heads read.
+        attentions: with ``output_attentions``, one ``(B, n_head, T, T_k)`` tensor per layer.
+    """
+
+    logits: torch.Tensor
+    loss: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+    def __iter__(self):
+        return iter((self.logits, self.loss))
+
+    def __getitem__(self, i):
+        return (self.logits, self.loss)[i]
+
+
+class GPT(PretrainedMixin, nn.Module):
+    """Decoder-only Transformer language model (GPT-2 layout).
+
+    ``forward(idx, targets=None, **options) -> CausalLMOutput`` (unpacks as ``logits, loss``):
+
+    * ``idx``: ``(B, T)`` token ids, ``T <= block_size``, values in ``[0, vocab_size)``.
+    * ``targets``: ``(B, T)`` next-token ids or None; positions equal to ``-100`` are ignored.
+    * keyword-only options, passed to :meth:`Transformer.forward`: ``attn_mask`` (replaces the
+      causal mask), ``padding_mask``, ``position_ids``, ``inputs_embeds`` (instead of ``idx``),
+      ``kv_cache``, ``prefix_kv``, ``output_attentions``.
+    """
+
+    config_class = TransformerConfig
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"GPT expects a TransformerConfig, got {type(config).__name__}")
+        if not config.causal:
+            raise ValueError("a GPT is a decoder: TransformerConfig.causal must be True")
+        self.config = c = config
+        self.transformer = Transformer(c, init_weights=False)
+        self.lm_head = nn.Linear(c.n_embd, c.vocab_size, bias=False)
+        init_gpt2_weights(self, c.n_layer)
+        if c.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight  # one (V, C) matrix, two roles
+
+    # ----------------------------------------------------------------------------- forward
+
+    def forward(self, idx: torch.Tensor | None = None, targets: torch.Tensor | None = None, **options) -> CausalLMOutput:
+        out = self.transformer(idx, **options)
+        logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
+        loss = None
+        if targets is not None:
+            B, T = logits.shape[:2]
+            if tuple(targets.shape) != (B, T):
+                raise ValueError(f"targets must have the shape of the input (B, T) = {(B, T)}, got {tuple(targets.shape)}")
+            loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
+        return CausalLMOutput(logits, loss, out.last_hidden_state, out.attentions)
+
+    @torch.no_grad()
+    def attention_maps(self, idx: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention weights of every layer and head: ``(n_layer, B, n_head, T, T)``.
+
+        Runs the written-out attention (the fused kernel never forms the weights) in eval mode. Row
+        ``i`` of map ``[layer, b, head]`` is how query ``i`` spreads its attention over the keys.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            out = self.transformer(idx, attn_mask=attn_mask, output_attentions=True)
+        finally:
+            self.train(was_training)
+        return torch.stack(out.attentions)
+
+    def _last_logits(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """``(B, V)`` logits of the last position of ``idx``."""
+        return self.lm_head(self.transformer(idx, kv_cache=cache).last_hidden_state[:, -1])
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
+        """An empty :class:`KVCache` for this model (on its device and dtype), ``block_size`` positions by default."""
+        c, ref = self.config, self.transformer.wte.weight
+        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim, device=ref.device, dtype=ref.dtype)
+
+    # ----------------------------------------------------------------------------- generation
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, use_cache: bool = True,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Append ``max_new_tokens`` tokens to ``idx`` ``(B, T)`` and return ``(B, T + max_new_tokens)``.
+
+        ``temperature=0`` is greedy decoding (always the most probable token); otherwise tokens are
+        *sampled* from ``softmax(logits / temperature)``, restricted to the ``top_k`` most probable
+        if given. Runs in eval mode (no dropout) and restores the mode afterwards.
+
+        With ``use_cache`` each step feeds only the newest token and reads the earlier keys and
+        values from a :class:`KVCache`. Once the context is full (``block_size`` tokens), the
+        window slides and the cache is rebuilt from the last ``block_size`` tokens every step, which
+        is exactly what happens without the cache, so both paths give the same tokens.
+        """
+        check_token_ids(idx, self.config.vocab_size)  # a prompt longer than the context is cropped
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+            raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.inference_mode():  # a little faster than no_grad for the many small steps
+                out = self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator)
+        finally:
+            self.train(was_training)
+        return out.clone()  # a normal tensor again, usable as input to training
+
+    def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator):
+        c = self.config
+        B = idx.size(0)
+        out = torch.empty(B, idx.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
+        out[:, :idx.size(1)] = idx
+        n = idx.size(1)
+        if max_new_tokens == 0:
+            return out
+        cache = None
+        if use_cache:
+            cache = self.new_kv_cache(B)
+            logits = self._last_logits(out[:, max(0, n - c.block_size):n], cache)
+        for step in range(max_new_tokens):
+            if not use_cache:
+                logits = self._last_logits(out[:, max(0, n - c.block_size):n])  # (B, V)
+            out[:, n] = self._next_token(logits, temperature, top_k, generator)
+            n += 1
+            if use_cache and step < max_new_tokens - 1:
+                if cache.length < c.block_size:
+                    logits = self._last_logits(out[:, n - 1:n], cache)
+                else:  # the window slides: rebuild the cache from the last block_size tokens
+                    cache.reset()
+                    logits = self._last_logits(out[:, n - c.block_size:n], cache)
+        return out
+
+    @staticmethod
+    def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
+        """``(B, V)`` logits -> ``(B,)`` next token ids (greedy if temperature is 0)."""
+        if temperature == 0:
+            return logits.argmax(dim=-1)
+        logits = logits / temperature
+        if top_k is not None:
+            kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, [-1]]  # (B, 1)
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+    # ----------------------------------------------------------------------------- accounting
+
+    def num_parameters(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (a tied matrix counted once).
+
+        With ``exclude_embeddings`` the token and position embeddings (and an untied output
+        matrix) are left out: this is the "non-embedding" N of Kaplan et al. (2020, §2.1), about
+        ``12 * n_layer * n_embd**2``.
+        """
+        params = {id(p): p for p in self.parameters()}
+        if exclude_embeddings:
+            params.pop(id(self.transformer.wte.weight), None)
+            params.pop(id(self.lm_head.weight), None)
+            for p in self.transformer.wpe.parameters():  # learned positions only
+                params.pop(id(p), None)
+        return sum(p.numel() for p in params.values())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by component: embeddings, attention, feed-forward, layer norms, output head."""
+        counts = {"token embedding": self.transformer.wte.weight.numel(), "position embedding": 0,
+                  "attention": 0, "feed-forward": 0, "layer norms": 0, "output head (untied)": 0}
+        counts["position embedding"] = sum(p.numel() for p in self.transformer.wpe.parameters())
+        for block in self.transformer.h:
+            counts["attention"] += sum(p.numel() for p in block.attn.parameters())
+            counts["feed-forward"] += sum(p.numel() for p in block.mlp.parameters())
+            counts["layer norms"] += sum(p.numel() for m in (block.ln_1, block.ln_2) for p in m.parameters())
+        for norm in (self.transformer.ln_f, self.transformer.ln_emb):
+            counts["layer norms"] += sum(p.numel() for p in norm.parameters()) if norm is not None else 0
+        if not self.config.tie_weights:
+            counts["output head (untied)"] = self.lm_head.weight.numel()
+        return counts
+
+    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
+        """Approximate FLOPs per token, following Kaplan et al. (2020, §2.1, Table 1).
+
+        Forward pass: ``2 N + 2 n_layer n_ctx n_embd`` with N the non-embedding parameters and
+        ``n_ctx`` the context length (``seq_len``, default ``block_size``); the second term is
+        attention's scores and weighted sum. Training (forward + backward) is three times that,
+        hence the familiar ``C ≈ 6 N D`` (the PaLM paper's appendix B uses the same
+        count, with ``6N + 12 L H Q T``). Embedding look-ups and the output projection are left
+        out, as in Kaplan et al.
+        """
+        c = self.config
+        n_ctx = c.block_size if seq_len is None else seq_len
+        forward = 2 * self.num_parameters(exclude_embeddings=True) + 2 * c.n_layer * n_ctx * c.n_embd
+        return float(3 * forward if training else forward)
