@@ -106,10 +106,21 @@ def cmd_train_gpt(args) -> dict:
     def batch_fn(split, generator):
         return causal_lm_batch(data[split], args.batch, args.block, generator)
 
-    train_cfg = TrainConfig(max_iters=args.iters, lr=args.lr, min_lr=args.lr / 10, warmup_iters=min(100, args.iters // 10),
-                            weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, eval_interval=args.eval_interval,
-                            eval_iters=20, eval_splits=("train", "val"), seed=args.seed, progress=not args.no_progress,
-                            compile=args.compile)
+    train_cfg = TrainConfig(
+        max_iters=args.iters,
+        lr=args.lr,
+        min_lr=args.lr / 10,
+        warmup_iters=min(100, args.iters // 10),
+        weight_decay=0.1,
+        betas=(0.9, 0.99),
+        grad_clip=1.0,
+        eval_interval=args.eval_interval,
+        eval_iters=20,
+        eval_splits=("train", "val"),
+        seed=args.seed,
+        progress=not args.no_progress,
+        compile=args.compile,
+    )
     quick = 20 * args.batch * args.block  # tokens per split in the evaluations during training
 
     def eval_fn(m):
@@ -127,7 +138,7 @@ def cmd_train_gpt(args) -> dict:
     t0 = time.perf_counter()
     history = trainer.train(checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_interval)
     wall = time.perf_counter() - t0
-    ms = statistics.median(history["ms"][min(5, len(history["ms"]) - 1):])  # skip the first, slow steps
+    ms = statistics.median(history["ms"][min(5, len(history["ms"]) - 1) :])  # skip the first, slow steps
     model.save_pretrained(out)
     tok.save(out / TOKENIZER_FILE)
     result = {
@@ -156,7 +167,9 @@ def cmd_sample(args) -> str:
 
     out = Path(args.out)
     if not out.is_dir():
-        raise UsageError(f"--out {args.out}: no such directory (train first: python -m aigc_book train-gpt --text FILE --out DIR)")
+        raise UsageError(
+            f"--out {args.out}: no such directory (train first: python -m aigc_book train-gpt --text FILE --out DIR)"
+        )
     try:
         tok = CharTokenizer.load(out / TOKENIZER_FILE)
         model = GPT.from_pretrained(out)
@@ -177,7 +190,9 @@ def cmd_sample(args) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aigc_book", description="Train and sample small GPTs on a CPU or GPU.")
+    parser = argparse.ArgumentParser(
+        prog="python -m aigc_book", description="Train and sample small GPTs on a CPU or GPU."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train-gpt", help="train a character-level GPT on a UTF-8 text file")
     t.add_argument("--text", required=True, help="UTF-8 text file (the last 10%% is held out for validation)")
@@ -195,10 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-interval", type=int, default=0, help="evaluate every N steps (0: only at the end)")
     t.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     t.add_argument("--compile", action="store_true", help="train through torch.compile (faster steps after a compile)")
-    t.add_argument("--checkpoint-interval", type=int, default=500,
-                   help="save a checkpoint under OUT/checkpoint every N steps (and always on Ctrl-C); 0: only on Ctrl-C")
-    t.add_argument("--resume", action="store_true",
-                   help="continue an interrupted run from OUT/checkpoint (same arguments otherwise)")
+    t.add_argument(
+        "--checkpoint-interval",
+        type=int,
+        default=500,
+        help="save a checkpoint under OUT/checkpoint every N steps (and always on Ctrl-C); 0: only on Ctrl-C",
+    )
+    t.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run from OUT/checkpoint (same arguments otherwise)",
+    )
     s = sub.add_parser("sample", help="generate text from a model trained with train-gpt")
     s.add_argument("--out", required=True, help="the directory train-gpt wrote")
     s.add_argument("--prompt", default="")

@@ -1,4 +1,8 @@
-"""One consistent look for every figure in the book."""
+"""One consistent look for every figure in the book.
+
+Introduced in chapter 0, section "Reading in Jupyter or on the site": every chapter calls
+:func:`use_book_style` first.
+"""
 
 from __future__ import annotations
 

@@ -31,8 +31,9 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # run from a checkout
 
 from aigc_book import get_device, seed_everything  # noqa: E402
-from aigc_book.layers.attention import attention_timings  # noqa: E402
-from aigc_book.models.gpt import GPT, GPTConfig  # noqa: E402
+from aigc_book.efficiency.timing import attention_timings  # noqa: E402
+from aigc_book.models.gpt import GPT  # noqa: E402
+from aigc_book.models.transformer import TransformerConfig  # noqa: E402
 
 CHAPTER_GPT = dict(vocab_size=65, block_size=1024, n_layer=4, n_head=4, n_embd=128)
 
@@ -63,8 +64,11 @@ def main(argv=None) -> dict:
     lengths = [128, 256, 512] if args.quick else [128, 256, 512, 1024, 2048]
     print(f"device: {device}   torch {torch.__version__}   threads: {torch.get_num_threads()}")
     shape = dict(batch=args.batch, n_head=args.heads, head_dim=64)
-    print(f"\ncausal self-attention, batch {args.batch}, {args.heads} heads x 64 dims, float32 (ms per call, best of 3)")
-    header = f"{'T':>6} | {'fwd written-out':>15} {'fwd fused':>10} {'speed-up':>8} | {'f+b written-out':>15} {'f+b fused':>10} {'speed-up':>8}"
+    print(
+        f"\ncausal self-attention, batch {args.batch}, {args.heads} heads x 64 dims, float32 (ms per call, best of 3)"
+    )
+    header = (f"{'T':>6} | {'fwd written-out':>15} {'fwd fused':>10} {'speed-up':>8} | "
+              f"{'f+b written-out':>15} {'f+b fused':>10} {'speed-up':>8}")
     print(header)
     print("-" * len(header))
     fwd, fwd_bwd = {}, {}
@@ -72,10 +76,12 @@ def main(argv=None) -> dict:
         fwd[T] = attention_timings(T, device=device, **shape)
         fwd_bwd[T] = attention_timings(T, device=device, backward=True, **shape)
         f, b = fwd[T], fwd_bwd[T]
-        print(f"{T:>6} | {f['written-out'] * 1e3:>15.2f} {f['fused'] * 1e3:>10.2f} {f['written-out'] / f['fused']:>7.1f}x"
-              f" | {b['written-out'] * 1e3:>15.2f} {b['fused'] * 1e3:>10.2f} {b['written-out'] / b['fused']:>7.1f}x")
+        print(
+            f"{T:>6} | {f['written-out'] * 1e3:>15.2f} {f['fused'] * 1e3:>10.2f} {f['written-out'] / f['fused']:>7.1f}x"
+            f" | {b['written-out'] * 1e3:>15.2f} {b['fused'] * 1e3:>10.2f} {b['written-out'] / b['fused']:>7.1f}x"
+        )
 
-    model = GPT(GPTConfig(**CHAPTER_GPT)).to(device).eval()
+    model = GPT(TransformerConfig(**CHAPTER_GPT)).to(device).eval()
     token_counts = [64, 128] if args.quick else [256, 512]
     print(f"\ngeneration, chapter GPT ({model.num_parameters() / 1e6:.2f}M parameters), greedy, batch 1")
     print(f"{'new tokens':>10} | {'no cache tok/s':>14} {'KV cache tok/s':>14} {'speed-up':>8}")
@@ -92,7 +98,9 @@ def main(argv=None) -> dict:
         "fused_speedup_fwd_bwd": {str(T): round(fwd_bwd[T]["written-out"] / fwd_bwd[T]["fused"], 2) for T in lengths},
         "forward_ms": {str(T): {k: round(v * 1e3, 3) for k, v in fwd[T].items()} for T in lengths},
         "forward_backward_ms": {str(T): {k: round(v * 1e3, 3) for k, v in fwd_bwd[T].items()} for T in lengths},
-        "tokens_per_s": {str(n): {"no_cache": round(s[False], 1), "kv_cache": round(s[True], 1)} for n, s in speed.items()},
+        "tokens_per_s": {
+            str(n): {"no_cache": round(s[False], 1), "kv_cache": round(s[True], 1)} for n, s in speed.items()
+        },
     }
     for n in token_counts:
         result[f"kv_cache_speedup_{n}"] = round(speed[n][True] / speed[n][False], 2)

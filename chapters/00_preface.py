@@ -118,9 +118,14 @@ print(first.tolist())
 # | Chapter | Topic | Modules in `aigc_book` |
 # |---|---|---|
 # | 0 | Preface | `runtime` (devices, seeds, mixed precision), `plotting` |
-# | 1 | From AI to AIGC to ChatGPT | `bigram`, `facts` |
-# | 2 | Attention, from the formula to a GPT | `attention`, `transformer`, `gpt`, `hf_gpt2` |
-# | 3 | Language modelling and pretraining objectives | `languages`, `corpora`, `char_tokenizer`, `bpe`, `ngram`, `objectives`, `trainer`, `cli` |
+# | 1 | From AI to AIGC to ChatGPT | `models.bigram`, `text.corpora`, `text.char_tokenizer`, `facts` |
+# | 2 | Attention, from the formula to a GPT | `layers.attention`, `layers.positions`, `layers.kv_cache`, `layers.block`, `layers.surgery`, `models.transformer`, `models.gpt`, `models.hf_gpt2`, `training.evaluation`, `efficiency.timing` |
+# | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `models.ngram`, `training.objectives`, `training.trainer`, `models.io`, `cli` |
+#
+# The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
+# models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the
+# loop and the evaluation, and `efficiency` the measuring tools. Adaptation, RLHF and the efficiency
+# chapter add their own subpackages beside these.
 #
 # Later chapters cover adapting a pretrained model (fine-tuning, parameter-efficient methods,
 # decoding), learning from human feedback (SFT, reward models, PPO, DPO) and what all of it costs.

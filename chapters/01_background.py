@@ -28,10 +28,10 @@ import torch.nn.functional as F
 from matplotlib.patches import FancyBboxPatch
 
 from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book.facts import load_models, training_flops_estimate
 from aigc_book.models.bigram import BigramLM
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import python_docs_text, split_train_val
-from aigc_book.facts import load_models, training_flops_estimate
 
 use_book_style()
 device = get_device()

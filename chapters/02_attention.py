@@ -15,10 +15,11 @@
 # 7. What does attention cost as sequences grow, and what does a fused kernel save?
 # 8. What do the heads of a small trained model look at?
 #
-# All the code the chapter uses lives in the package: `aigc_book.layers.attention` (attention, masks,
-# positional encodings), `aigc_book.layers.block` (LayerNorm, the block, an encoder) and
-# `aigc_book.models.gpt` (the GPT). Each formula below is followed by an `assert` against an independent
-# reference: a hand computation, PyTorch's own layers, or Hugging Face's GPT-2.
+# All the code the chapter uses lives in the package: `aigc_book.layers` (attention and masks,
+# positional encodings, the KV cache, LayerNorm and the block), `aigc_book.models.transformer` (the
+# stack of blocks, causal or bidirectional) and `aigc_book.models.gpt` (the GPT). Each formula
+# below is followed by an `assert` against an independent reference: a hand computation, PyTorch's
+# own layers, or Hugging Face's GPT-2.
 
 # %%
 import math
@@ -33,21 +34,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from aigc_book import get_device, seed_everything, use_book_style
-from aigc_book.layers.attention import (
-    MultiHeadAttention,
-    RotaryEmbedding,
-    apply_rope,
-    attention_fused,
-    attention_reference,
-    attention_timings,
-    causal_mask,
-    sinusoidal_encoding,
-    time_call,
-)
+from aigc_book.efficiency.timing import attention_timings
+from aigc_book.layers.attention import MultiHeadAttention, attention_fused, attention_reference, causal_mask
+from aigc_book.layers.block import TransformerBlock
+from aigc_book.layers.positions import RotaryEmbedding, apply_rope, sinusoidal_encoding
+from aigc_book.models.gpt import GPT
+from aigc_book.models.transformer import Transformer, TransformerConfig
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import python_docs_text, split_train_val
-from aigc_book.models.gpt import GPT, GPTConfig
-from aigc_book.layers.block import TransformerBlock, TransformerEncoder
+from aigc_book.training.evaluation import lm_loss
 
 use_book_style()
 device = get_device()
@@ -344,13 +339,20 @@ print("reshape == loop over heads == nn.MultiheadAttention")
 
 # %%
 torch.manual_seed(0)
-encoder = TransformerEncoder(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16).double().eval()
+encoder_config = TransformerConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, causal=False)
+encoder = Transformer(encoder_config).double().eval()  # bidirectional: causal=False
+
+
+def encode(ids):
+    return encoder(ids).last_hidden_state  # (B, T, C)
+
+
 tokens = torch.tensor([[3, 7, 1, 12, 5, 9]])
 perm = torch.tensor([4, 2, 0, 5, 1, 3])
-assert not torch.allclose(encoder(tokens[:, perm]), encoder(tokens)[:, perm])  # with positions: order matters
+assert not torch.allclose(encode(tokens[:, perm]), encode(tokens)[:, perm])  # with positions: order matters
 with torch.no_grad():
     encoder.wpe.weight.zero_()  # remove the position information
-assert torch.allclose(encoder(tokens[:, perm]), encoder(tokens)[:, perm], atol=1e-12)
+assert torch.allclose(encode(tokens[:, perm]), encode(tokens)[:, perm], atol=1e-12)
 print("without positions, shuffling the input only shuffles the output")
 
 # %% [markdown]
@@ -415,7 +417,7 @@ plt.show()
 # similar to itself), and (c) has its own pattern because $q \neq k$. The random table (d) has no
 # such structure. Sinusoids make *similarity* relative but add it to the token vector, so the
 # attention score still mixes content and absolute position; RoPE makes the *score* relative, which
-# is why most recent open models use it. Which one to use is a `GPTConfig` field:
+# is why most recent open models use it. Which one to use is a `TransformerConfig` field:
 # `pos_encoding="learned" | "sinusoidal" | "rope"`.
 #
 # ## The block and the whole GPT
@@ -469,7 +471,7 @@ for norm_first in (True, False):
 # %%
 text = python_docs_text()
 tokenizer = CharTokenizer.fit(text)
-config = GPTConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128)
+config = TransformerConfig(vocab_size=tokenizer.vocab_size, block_size=64, n_layer=4, n_head=4, n_embd=128)
 torch.manual_seed(0)
 model = GPT(config)
 counts = model.parameter_counts()
@@ -532,7 +534,7 @@ model = model.float()
 
 # %%
 torch.manual_seed(0)
-long_model = GPT(GPTConfig(vocab_size=tokenizer.vocab_size, block_size=1024, n_layer=4, n_head=4, n_embd=128))
+long_model = GPT(TransformerConfig(vocab_size=tokenizer.vocab_size, block_size=1024, n_layer=4, n_head=4, n_embd=128))
 prompt = torch.tensor([tokenizer.encode("The ")])
 n_new = 128
 results = {}
@@ -637,15 +639,6 @@ def get_batch(ids: torch.Tensor, generator: torch.Generator):
     return xb.to(device), yb.to(device)
 
 
-@torch.no_grad()
-def val_loss(n_batches: int = 10) -> float:
-    model.eval()
-    g = torch.Generator().manual_seed(123)
-    loss = sum(model(*get_batch(val_ids, g))[1].item() for _ in range(n_batches)) / n_batches
-    model.train()
-    return loss
-
-
 start = time.perf_counter()
 history = []
 for step in tqdm(range(n_steps), desc="training"):
@@ -659,7 +652,7 @@ for step in tqdm(range(n_steps), desc="training"):
     optimizer.step()
     history.append(loss.item())
 train_seconds = time.perf_counter() - start
-final_val = val_loss()
+final_val = lm_loss(model, val_ids)  # every held-out character, in consecutive windows
 print(f"{len(history)} steps in {train_seconds:.1f} s ({1e3 * train_seconds / len(history):.0f} ms/step); "
       f"validation loss {final_val:.3f} nats/char (uniform guess: ln {config.vocab_size} = {math.log(config.vocab_size):.3f})")
 assert final_val < math.log(config.vocab_size) - 1.0  # far better than guessing
@@ -839,9 +832,9 @@ assert leak > 1e-3
 # It runs and returns the right shape, and it is wrong: sentence 1's output depends on sentence 2.
 # The correct counterpart declares its layout: `batch_first=True` for attention, a `(1, max_len,
 # dim)` position table indexed by `x.size(1)`, and the missing import. The package's
-# `TransformerEncoder` (post-LN like the original when `norm_first=False`, with sinusoidal
-# positions when `pos_encoding="sinusoidal"`) is the same model built from this chapter's parts; it
-# takes an optional padding mask as well.
+# `Transformer` with `causal=False` (post-LN like the original when `norm_first=False`, with
+# sinusoidal positions when `pos_encoding="sinusoidal"`) is the same model built from this chapter's
+# parts; it takes an optional padding mask as well.
 
 # %%
 class PositionalEncodingFixed(nn.Module):
@@ -894,9 +887,10 @@ with torch.no_grad():
     leak_fixed = (fixed(batch)[0] - fixed(changed)[0]).abs().max().item()
     alone = fixed(batch[:1])[0]
 assert leak_fixed == 0.0 and torch.allclose(fixed(batch)[0], alone, atol=1e-6)
-package_encoder = TransformerEncoder(100, 64, n_layer=2, n_head=2, n_embd=16, pos_encoding="sinusoidal", norm_first=False).eval()
+package_encoder = Transformer(TransformerConfig(100, 64, n_layer=2, n_head=2, n_embd=16, pos_encoding="sinusoidal",
+                                                norm_first=False, causal=False)).eval()
 with torch.no_grad():
-    assert torch.equal(package_encoder(batch)[0], package_encoder(changed)[0])
+    assert torch.equal(package_encoder(batch).last_hidden_state[0], package_encoder(changed).last_hidden_state[0])
 print(f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes, and equals running it alone")
 
 # %% [markdown]

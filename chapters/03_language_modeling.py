@@ -18,7 +18,7 @@
 #
 # All implementations live in the package: `aigc_book.text.languages` (the generated language),
 # `aigc_book.text.bpe` and `aigc_book.text.char_tokenizer`, `aigc_book.models.ngram`, `aigc_book.training.objectives` (one
-# batch function and one loss per objective) and `aigc_book.training.trainer` (the training loop).
+# batch function and one loss per objective) `aigc_book.training.trainer` (the training loop) and `aigc_book.training.evaluation` (the held-out loss).
 
 # %%
 import itertools
@@ -31,33 +31,34 @@ import torch
 import torch.nn.functional as F
 
 from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book.models.gpt import GPT
+from aigc_book.models.ngram import NGramLM
+from aigc_book.models.transformer import Transformer, TransformerConfig
 from aigc_book.text.bpe import ByteBPE, train_hf_bpe
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import python_docs_text, split_train_val
-from aigc_book.models.gpt import GPT, GPTConfig
 from aigc_book.text.languages import BracketLanguage
-from aigc_book.models.ngram import NGramLM
+from aigc_book.training.evaluation import lm_loss
 from aigc_book.training.objectives import (
     IGNORE,
     EncoderForPretraining,
     SpecialTokens,
+    causal_lm_loss,
     mlm_loss,
     mlm_nsp_loss,
     nsp_batch,
     plm_batch,
     plm_loss,
+    prefix_lm_mask,
     random_spans_noise_mask,
+    sequence_lm_batch,
     span_corrupt,
     span_corruption_batch,
     span_corruption_loss,
-    sequence_lm_batch,
-    causal_lm_loss,
     two_stream_logits,
     two_stream_mask,
-    prefix_lm_mask,
 )
 from aigc_book.training.trainer import TrainConfig, Trainer
-from aigc_book.layers.block import TransformerEncoder
 
 use_book_style()
 device = get_device()
@@ -269,20 +270,12 @@ def decode(ids) -> str:
 
 def small_gpt(block: int, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=V, block_size=block, n_layer=2, n_head=4, n_embd=64))
-
-
-@torch.no_grad()
-def causal_ce(model, seqs) -> float:
-    """Mean next-token cross-entropy (nats/token) over every position of every sequence."""
-    model.eval()
-    losses = [causal_lm_loss(model, {"idx": s[:, :-1], "targets": s[:, 1:]}).item() for s in seqs.split(250)]
-    return float(np.mean(losses))
+    return GPT(TransformerConfig(vocab_size=V, block_size=block, n_layer=2, n_head=4, n_embd=64))
 
 
 gpt = small_gpt(block=T)
 before = gpt.generate(torch.zeros(200, 1, dtype=torch.long), T, generator=torch.Generator().manual_seed(0))
-print(f"{gpt.num_parameters():,} parameters; loss before training {causal_ce(gpt, val_seqs):.3f} "
+print(f"{gpt.num_parameters():,} parameters; loss before training {lm_loss(gpt, val_seqs):.3f} "
       f"(uniform over {V} ids: {math.log(V):.3f})")
 for row in before[:3]:
     print("untrained:", decode(row))
@@ -292,7 +285,7 @@ gpt_trainer = Trainer(gpt, lambda split, g: sequence_lm_batch(data[split], BATCH
 t0 = time.perf_counter()
 gpt_trainer.train()
 gpt_seconds = time.perf_counter() - t0
-gpt_ce = causal_ce(gpt, val_seqs)
+gpt_ce = lm_loss(gpt, val_seqs)
 print(f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s ({np.median(gpt_trainer.history['ms']):.0f} ms/step)")
 print(f"validation loss {gpt_ce:.4f} nats/token; floor {floor:.4f}; gap {gpt_ce - floor:.4f}")
 assert gpt_ce < ngram_ce[best_n] and gpt_ce - floor < 0.15
@@ -377,7 +370,7 @@ PAIR_LEN = T + 3  # [CLS] 24 tokens [SEP] 24 tokens [SEP]
 
 def small_encoder(seed: int = 0) -> EncoderForPretraining:
     torch.manual_seed(seed)
-    return EncoderForPretraining(TransformerEncoder(V, PAIR_LEN, n_layer=2, n_head=4, n_embd=64))
+    return EncoderForPretraining(Transformer(TransformerConfig(V, PAIR_LEN, n_layer=2, n_head=4, n_embd=64, causal=False)))
 
 
 def nsp_batches(split, g):
@@ -416,6 +409,7 @@ for name, (loss, acc, nsp_acc) in mlm_results.items():
           f"({enc_seconds[name]:.0f} s)")
 assert mlm_results["MLM + NSP"][2] > 0.6  # NSP is learnable here: a random B usually breaks the brackets
 assert mlm_results["MLM only"][2] < 0.6  # ... and an untrained NSP head is at chance
+assert mlm_results["MLM only"][1] >= mlm_results["MLM + NSP"][1]  # the claim below: NSP did not help MLM
 
 # %% [markdown]
 # NSP is learnable in our language (a random second half usually closes brackets that A never

@@ -70,9 +70,16 @@ def test_widget_ids_become_stable_and_stay_consistent(tmp_path):
     spec.loader.exec_module(module)
     a, b = "3f" * 16, "9c" * 16
     notebook = {
-        "cells": [{"cell_type": "code", "outputs": [{"data": {"application/vnd.jupyter.widget-view+json": {"model_id": b}}}]}],
-        "metadata": {"widgets": {"application/vnd.jupyter.widget-state+json": {"state": {
-            a: {"state": {}}, b: {"state": {"children": [f"IPY_MODEL_{a}"]}}}}}},
+        "cells": [
+            {"cell_type": "code", "outputs": [{"data": {"application/vnd.jupyter.widget-view+json": {"model_id": b}}}]}
+        ],
+        "metadata": {
+            "widgets": {
+                "application/vnd.jupyter.widget-state+json": {
+                    "state": {a: {"state": {}}, b: {"state": {"children": [f"IPY_MODEL_{a}"]}}}
+                }
+            }
+        },
     }
     path = tmp_path / "x.ipynb"
     path.write_text(json.dumps(notebook))

@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from aigc_book.cli import main, min_chars
 from aigc_book.text.corpora import python_docs_text

@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 
 TOL = dict(rtol=1e-10, atol=1e-12)
@@ -125,7 +124,7 @@ def test_bad_input_raises_and_says_what_was_expected(tiny_gpt):
         tiny_gpt(torch.zeros(4, dtype=torch.long))
     with pytest.raises(ValueError, match=r"does not broadcast .*\(1, 4, 3, 3\)"):
         tiny_gpt(torch.zeros(1, 3, dtype=torch.long), attn_mask=torch.ones(4, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match=r"targets must have the shape of idx \(1, 3\)"):
+    with pytest.raises(ValueError, match=r"targets must have the shape of the input \(B, T\) = \(1, 3\)"):
         tiny_gpt(torch.zeros(1, 3, dtype=torch.long), targets=torch.zeros(1, 4, dtype=torch.long))
     with pytest.raises(ValueError, match="max_new_tokens must be a non-negative int"):
         tiny_gpt.generate(torch.zeros(1, 3, dtype=torch.long), -1)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from aigc_book.text.languages import BracketLanguage, LanguageConfig
 from aigc_book.models.ngram import NGramLM
+from aigc_book.text.languages import BracketLanguage, LanguageConfig
 
 
 @pytest.fixture(scope="module")

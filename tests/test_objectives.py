@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from aigc_book.models.gpt import GPT
-from aigc_book.models.transformer import TransformerConfig
+from aigc_book.models.transformer import Transformer, TransformerConfig
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import (
     IGNORE,
@@ -32,10 +32,12 @@ from aigc_book.training.objectives import (
     two_stream_logits,
     two_stream_mask,
 )
-from aigc_book.models.transformer import Transformer
 
 LANG = BracketLanguage()
 SPECIAL = SpecialTokens(LANG.vocab_size)
+
+
+ENCODER_CONFIG = TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False)
 
 
 def gen(seed=0):
@@ -138,7 +140,7 @@ def test_mlm_rates_are_15_percent_then_80_10_10():
 
 def test_mlm_loss_counts_selected_positions_only():
     torch.manual_seed(0)
-    model = EncoderForPretraining(Transformer(TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False))).double().eval()
+    model = EncoderForPretraining(Transformer(ENCODER_CONFIG)).double().eval()
     idx = torch.randint(0, LANG.vocab_size, (2, 10), generator=gen(4))
     labels = torch.full_like(idx, IGNORE)
     labels[0, 3], labels[1, 7] = 5, 9
@@ -165,7 +167,11 @@ def test_nsp_is_half_true_continuations(seqs):
 
 def test_mlm_nsp_loss_is_sum_of_the_two_hand_losses(seqs):
     torch.manual_seed(0)
-    model = EncoderForPretraining(Transformer(TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False))).double().eval()
+    model = (
+        EncoderForPretraining(Transformer(TransformerConfig(SPECIAL.vocab_size, 32, 1, 2, 16, causal=False)))
+        .double()
+        .eval()
+    )
     b = nsp_batch(seqs, 6, SPECIAL, gen(6))
     token_logits, nsp_logits = model(b["idx"])
     expected = hand_cross_entropy(token_logits, b["mlm_labels"]) + hand_cross_entropy(nsp_logits, b["nsp_labels"])
@@ -173,6 +179,7 @@ def test_mlm_nsp_loss_is_sum_of_the_two_hand_losses(seqs):
 
 
 # ---- PLM (XLNet) ---------------------------------------------------------------------------------
+
 
 def test_factorisation_orders_are_uniform_permutations_with_bos_first():
     rank = sample_factorization_ranks(6000, 5, gen(7), n_fixed=1)
@@ -231,6 +238,7 @@ def test_plm_loss_matches_hand_computation_and_predicts_the_tail_of_the_order(se
 
 
 # ---- span corruption (T5) ------------------------------------------------------------------------
+
 
 def test_span_noise_is_15_percent_in_spans_of_mean_3():
     g = gen(11)

@@ -30,10 +30,21 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 @pytest.fixture(scope="module")
 def site() -> Path:
     """Build the site from the stored notebook outputs, every page, warnings as errors."""
-    cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT), "--all", "--warningiserror", "--keep-going"]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from jupyter_book.cli.main import main; main()",
+        "build",
+        str(ROOT),
+        "--all",
+        "--warningiserror",
+        "--keep-going",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
-        pytest.fail(f"jupyter-book build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+        pytest.fail(
+            f"jupyter-book build failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+        )
     return HTML
 
 
@@ -113,12 +124,23 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 def run_browser(browser: str, url: str, *extra: str) -> str:
     with tempfile.TemporaryDirectory() as profile:
         cmd = [
-            browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", f"--user-data-dir={profile}",
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            f"--user-data-dir={profile}",
             # Offline: every host name but the local server fails to resolve.
             "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1",
-            "--virtual-time-budget=20000", "--window-size=1200,4000", *extra, url,
+            "--virtual-time-budget=20000",
+            "--window-size=1200,4000",
+            *extra,
+            url,
         ]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, f"{browser} failed on {url}: {proc.stderr[-2000:]}"

@@ -1,6 +1,5 @@
 """The trainer: schedule, weight decay groups, accumulation, exact resume, safe checkpoints."""
 
-import math
 
 import pytest
 import torch

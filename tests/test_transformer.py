@@ -103,7 +103,9 @@ def test_feedforward_is_gpt2_mlp_with_tanh_gelu():
 def _encoder(**kw):
     """A tiny bidirectional Transformer, as a function from ids to final hidden states."""
     torch.manual_seed(0)
-    config = TransformerConfig(**{**dict(vocab_size=30, block_size=12, n_layer=2, n_head=4, n_embd=16, causal=False), **kw})
+    config = TransformerConfig(
+        **{**dict(vocab_size=30, block_size=12, n_layer=2, n_head=4, n_embd=16, causal=False), **kw}
+    )
     model = Transformer(config).double().eval()
 
     def encode(idx, **options):

@@ -95,7 +95,7 @@ def ensure_environment(extras: str) -> Path:
             [str(python), "-c", "import sys; print(sys.prefix)"], capture_output=True, text=True, check=True
         ).stdout.strip()
     )
-    wanted = hashlib.sha256(((ROOT / "pyproject.toml").read_bytes() + extras.encode())).hexdigest()
+    wanted = hashlib.sha256((ROOT / "pyproject.toml").read_bytes() + extras.encode()).hexdigest()
     stamp = stamp_dir / STAMP_NAME
     if stamp.exists() and wanted in stamp.read_text().split():
         return python

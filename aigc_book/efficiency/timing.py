@@ -48,15 +48,20 @@ def attention_timings(seq_len: int, batch: int = 1, n_head: int = 8, head_dim: i
     """
     g = torch.Generator(device="cpu").manual_seed(0)
     shape = (batch, n_head, seq_len, head_dim)
-    q, k, v = (torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_(backward) for _ in range(3))
+    q, k, v = (
+        torch.randn(shape, generator=g).to(device=device, dtype=dtype).requires_grad_(backward) for _ in range(3)
+    )
     out = {}
     for name, attend in (("written-out", attention_reference), ("fused", attention_fused)):
         if backward:
+
             def fn(attend=attend):
                 attend(q, k, v, is_causal=True).sum().backward()
         else:
+
             def fn(attend=attend):
                 with torch.no_grad():
                     attend(q, k, v, is_causal=True)
+
         out[name] = time_call(fn, repeats=repeats, min_seconds=min_seconds, device=device)
     return out

@@ -9,7 +9,7 @@ module swaps the computation; no model code changes.
 from __future__ import annotations
 
 import fnmatch
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 

@@ -1,6 +1,6 @@
 """A character bigram language model: counted, smoothed, sampled and scored.
 
-Introduced in chapter 1, section "A first language model".
+Introduced in chapter 1, section "What is a language model?".
 
 A bigram model predicts each character from the one before it only::
 

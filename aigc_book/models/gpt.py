@@ -77,14 +77,18 @@ class GPT(PretrainedMixin, nn.Module):
 
     # ----------------------------------------------------------------------------- forward
 
-    def forward(self, idx: torch.Tensor | None = None, targets: torch.Tensor | None = None, **options) -> CausalLMOutput:
+    def forward(
+        self, idx: torch.Tensor | None = None, targets: torch.Tensor | None = None, **options
+    ) -> CausalLMOutput:
         out = self.transformer(idx, **options)
         logits = self.lm_head(out.last_hidden_state)  # (B, T, V)
         loss = None
         if targets is not None:
             B, T = logits.shape[:2]
             if tuple(targets.shape) != (B, T):
-                raise ValueError(f"targets must have the shape of the input (B, T) = {(B, T)}, got {tuple(targets.shape)}")
+                raise ValueError(
+                    f"targets must have the shape of the input (B, T) = {(B, T)}, got {tuple(targets.shape)}"
+                )
             loss = F.cross_entropy(logits.view(B * T, -1), targets.reshape(B * T), ignore_index=-100)
         return CausalLMOutput(logits, loss, out.last_hidden_state, out.attentions)
 
@@ -110,14 +114,22 @@ class GPT(PretrainedMixin, nn.Module):
     def new_kv_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
         """An empty :class:`KVCache` for this model (on its device and dtype), ``block_size`` positions by default."""
         c, ref = self.config, self.transformer.wte.weight
-        return KVCache(c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim, device=ref.device, dtype=ref.dtype)
+        return KVCache(
+            c.n_layer, batch_size, c.n_head, max_len or c.block_size, c.head_dim, device=ref.device, dtype=ref.dtype
+        )
 
     # ----------------------------------------------------------------------------- generation
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, use_cache: bool = True,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+    def generate(
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """Append ``max_new_tokens`` tokens to ``idx`` ``(B, T)`` and return ``(B, T + max_new_tokens)``.
 
         ``temperature=0`` is greedy decoding (always the most probable token); otherwise tokens are
@@ -149,25 +161,25 @@ class GPT(PretrainedMixin, nn.Module):
         c = self.config
         B = idx.size(0)
         out = torch.empty(B, idx.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
-        out[:, :idx.size(1)] = idx
+        out[:, : idx.size(1)] = idx
         n = idx.size(1)
         if max_new_tokens == 0:
             return out
         cache = None
         if use_cache:
             cache = self.new_kv_cache(B)
-            logits = self._last_logits(out[:, max(0, n - c.block_size):n], cache)
+            logits = self._last_logits(out[:, max(0, n - c.block_size) : n], cache)
         for step in range(max_new_tokens):
             if not use_cache:
-                logits = self._last_logits(out[:, max(0, n - c.block_size):n])  # (B, V)
+                logits = self._last_logits(out[:, max(0, n - c.block_size) : n])  # (B, V)
             out[:, n] = self._next_token(logits, temperature, top_k, generator)
             n += 1
             if use_cache and step < max_new_tokens - 1:
                 if cache.length < c.block_size:
-                    logits = self._last_logits(out[:, n - 1:n], cache)
+                    logits = self._last_logits(out[:, n - 1 : n], cache)
                 else:  # the window slides: rebuild the cache from the last block_size tokens
                     cache.reset()
-                    logits = self._last_logits(out[:, n - c.block_size:n], cache)
+                    logits = self._last_logits(out[:, n - c.block_size : n], cache)
         return out
 
     @staticmethod
@@ -201,8 +213,14 @@ class GPT(PretrainedMixin, nn.Module):
 
     def parameter_counts(self) -> dict[str, int]:
         """Parameters by component: embeddings, attention, feed-forward, layer norms, output head."""
-        counts = {"token embedding": self.transformer.wte.weight.numel(), "position embedding": 0,
-                  "attention": 0, "feed-forward": 0, "layer norms": 0, "output head (untied)": 0}
+        counts = {
+            "token embedding": self.transformer.wte.weight.numel(),
+            "position embedding": 0,
+            "attention": 0,
+            "feed-forward": 0,
+            "layer norms": 0,
+            "output head (untied)": 0,
+        }
         counts["position embedding"] = sum(p.numel() for p in self.transformer.wpe.parameters())
         for block in self.transformer.h:
             counts["attention"] += sum(p.numel() for p in block.attn.parameters())

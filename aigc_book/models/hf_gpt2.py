@@ -60,12 +60,21 @@ def from_hf_config(hf_config) -> TransformerConfig:
         raise ValueError(f"only n_inner = 4 * n_embd converts, got n_inner={hf_config.n_inner}")
     if abs(hf_config.layer_norm_epsilon - 1e-5) > 1e-12:
         raise ValueError(f"only layer_norm_epsilon=1e-5 converts, got {hf_config.layer_norm_epsilon}")
-    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or not getattr(hf_config, "scale_attn_weights", True):
+    if getattr(hf_config, "scale_attn_by_inverse_layer_idx", False) or not getattr(
+        hf_config, "scale_attn_weights", True
+    ):
         raise ValueError("only the standard 1/sqrt(d_k) attention scaling converts")
     return TransformerConfig(
-        vocab_size=hf_config.vocab_size, block_size=hf_config.n_positions, n_layer=hf_config.n_layer,
-        n_head=hf_config.n_head, n_embd=hf_config.n_embd, dropout=hf_config.resid_pdrop,
-        bias=True, pos_encoding="learned", norm_first=True, tie_weights=True,
+        vocab_size=hf_config.vocab_size,
+        block_size=hf_config.n_positions,
+        n_layer=hf_config.n_layer,
+        n_head=hf_config.n_head,
+        n_embd=hf_config.n_embd,
+        dropout=hf_config.resid_pdrop,
+        bias=True,
+        pos_encoding="learned",
+        norm_first=True,
+        tie_weights=True,
     )
 
 

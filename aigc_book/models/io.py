@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 
@@ -77,7 +77,9 @@ def read_config(directory) -> dict:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no such file; is this a directory written by save_pretrained or train-gpt?") from None
+        raise CheckpointError(
+            f"{path}: no such file; is this a directory written by save_pretrained or train-gpt?"
+        ) from None
     except (OSError, ValueError) as err:
         raise CheckpointError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(config, dict):
@@ -118,7 +120,9 @@ def config_from_dict(cls, data: dict):
 
 
 def load_model(model: nn.Module, directory) -> None:
-    """Load ``model.safetensors`` into ``model``; a missing, corrupt or mismatched file raises :class:`CheckpointError`."""
+    """Load ``model.safetensors`` into ``model``.
+
+    A missing, corrupt or mismatched file raises :class:`CheckpointError`."""
     from safetensors.torch import load_model as st_load_model
 
     directory = Path(directory)
@@ -127,11 +131,13 @@ def load_model(model: nn.Module, directory) -> None:
         saved = read_config(directory)
         diff = [k for k in sorted(set(own) | set(saved)) if own.get(k) != saved.get(k)]
         if diff:
-            raise CheckpointError(f"{directory / CONFIG_FILE}: the saved model differs from this one in " + ", ".join(
-                f"{k}={saved.get(k)!r} (saved) vs {own.get(k)!r} (model)" for k in diff))
+            raise CheckpointError(
+                f"{directory / CONFIG_FILE}: the saved model differs from this one in "
+                + ", ".join(f"{k}={saved.get(k)!r} (saved) vs {own.get(k)!r} (model)" for k in diff)
+            )
     path = directory / MODEL_FILE
     if not path.is_file():
-        raise CheckpointError(f"{path}: no such file")
+        raise CheckpointError(f"{path}: no such checkpoint file")
     try:
         st_load_model(model, str(path), strict=True, device=str(next(model.parameters()).device))
     except Exception as err:  # safetensors raises its own error types for corrupt headers
@@ -151,7 +157,9 @@ class PretrainedMixin:
     def from_pretrained(cls, directory, device=None):
         config = read_config(directory)
         if config.get("architecture", cls.__name__) != cls.__name__:
-            raise CheckpointError(f"{Path(directory) / CONFIG_FILE}: holds a {config['architecture']}, not a {cls.__name__}")
+            raise CheckpointError(
+                f"{Path(directory) / CONFIG_FILE}: holds a {config['architecture']}, not a {cls.__name__}"
+            )
         model = cls(config_from_dict(cls.config_class, config))
         if device is not None:
             model.to(device)

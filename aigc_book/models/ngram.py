@@ -24,7 +24,8 @@ class NGramLM:
     """Order-``n`` Witten–Bell n-gram model over ids ``0..vocab_size-1``.
 
     >>> lm = NGramLM(2, vocab_size=3).fit([[0, 1, 2, 1, 2]])
-    >>> round(float(np.exp(lm.log_probs([[0, 1, 2]])[0, 1])), 3)  # p(2 | 1) = (2 + 1 * P_1(2)) / (2 + 1), P_1(2) = (2 + 2/3) / 6
+    >>> # p(2 | 1) = (2 + 1 * P_1(2)) / (2 + 1), P_1(2) = (2 + 2/3) / 6
+    >>> round(float(np.exp(lm.log_probs([[0, 1, 2]])[0, 1])), 3)
     0.815
     """
 
@@ -57,7 +58,7 @@ class NGramLM:
             raise ValueError(f"expected a 2-D array of sequences of length >= 2, got shape {arr.shape}")
         return arr
 
-    def fit(self, seqs) -> "NGramLM":
+    def fit(self, seqs) -> NGramLM:
         """Count every order 1..n on ``seqs`` (``(N, L)``; the first token of a row is context only)."""
         arr = self._as_array(seqs)
         if arr.min() < 0 or arr.max() >= self.vocab_size:
@@ -70,8 +71,15 @@ class NGramLM:
             ctx_keys, ctx_counts = np.unique(ctx, return_counts=True)
             types_keys, types = np.unique(joint_keys // V, return_counts=True)  # N1+(h .)
             assert np.array_equal(types_keys, ctx_keys)
-            self.tables.append({"joint_keys": joint_keys, "joint_counts": joint_counts,
-                                "ctx_keys": ctx_keys, "ctx_counts": ctx_counts, "types": types})
+            self.tables.append(
+                {
+                    "joint_keys": joint_keys,
+                    "joint_counts": joint_counts,
+                    "ctx_keys": ctx_keys,
+                    "ctx_counts": ctx_counts,
+                    "types": types,
+                }
+            )
         return self
 
     @staticmethod

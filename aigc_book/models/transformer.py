@@ -71,7 +71,9 @@ class TransformerConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout!r}")
         if self.pos_encoding not in POS_ENCODINGS:
-            raise ValueError(f"{type(self).__name__}.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}")
+            raise ValueError(
+                f"{type(self).__name__}.pos_encoding must be one of {POS_ENCODINGS}, got {self.pos_encoding!r}"
+            )
         if self.pos_encoding == "rope" and self.head_dim % 2 != 0:
             raise ValueError(
                 f"rotary position encoding needs an even head dimension, got n_embd/n_head = "
@@ -189,7 +191,9 @@ class Transformer(nn.Module):
         else:
             x = inputs_embeds
             if x.dim() != 3 or x.size(-1) != c.n_embd or x.size(1) == 0 or x.size(0) == 0:
-                raise ValueError(f"inputs_embeds must have shape (B, T, {c.n_embd}) with B, T >= 1, got {tuple(x.shape)}")
+                raise ValueError(
+                    f"inputs_embeds must have shape (B, T, {c.n_embd}) with B, T >= 1, got {tuple(x.shape)}"
+                )
         B, T = x.shape[:2]
         start = kv_cache.length if kv_cache is not None else 0
         if position_ids is None:
@@ -201,7 +205,9 @@ class Transformer(nn.Module):
             position_ids = torch.arange(start, start + T, device=x.device)
         else:
             if tuple(position_ids.shape) not in ((T,), (B, T)):
-                raise ValueError(f"position_ids must have shape (T,) = ({T},) or (B, T) = {(B, T)}, got {tuple(position_ids.shape)}")
+                raise ValueError(
+                    f"position_ids must have shape (T,) = ({T},) or (B, T) = {(B, T)}, got {tuple(position_ids.shape)}"
+                )
             check_index_range(position_ids, c.block_size, f"position_ids (block_size={c.block_size})")
         t_k = start + T
         mask = self._mask(attn_mask, padding_mask, B, T, t_k)
@@ -215,8 +221,16 @@ class Transformer(nn.Module):
             x = self.ln_emb(x)
         attentions = []
         for i, block in enumerate(self.h):
-            x = block(x, attn_mask=mask, is_causal=is_causal, rope=rope, kv_cache=kv_cache, layer_idx=i,
-                      prefix_kv=None if prefix_kv is None else prefix_kv[i], need_weights=output_attentions)
+            x = block(
+                x,
+                attn_mask=mask,
+                is_causal=is_causal,
+                rope=rope,
+                kv_cache=kv_cache,
+                layer_idx=i,
+                prefix_kv=None if prefix_kv is None else prefix_kv[i],
+                need_weights=output_attentions,
+            )
             if output_attentions:
                 x, weights = x
                 attentions.append(weights)

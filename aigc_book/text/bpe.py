@@ -52,7 +52,7 @@ class ByteBPE:
 
     # ---- training -----------------------------------------------------------------------------
     @classmethod
-    def train(cls, text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN, min_frequency: int = 2) -> "ByteBPE":
+    def train(cls, text: str, vocab_size: int, pattern: str = GPT2_SPLIT_PATTERN, min_frequency: int = 2) -> ByteBPE:
         """Learn ``vocab_size - 256`` merges from ``text`` (fewer if no pair occurs ``min_frequency`` times)."""
         if vocab_size < 256:
             raise ValueError(f"vocab_size must be >= 256 (the byte alphabet), got {vocab_size}")
@@ -140,7 +140,7 @@ class ByteBPE:
         Path(path).write_text(json.dumps(data), encoding="utf-8")
 
     @classmethod
-    def load(cls, path) -> "ByteBPE":
+    def load(cls, path) -> ByteBPE:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

@@ -1,7 +1,7 @@
 """The simplest tokenizer: one token per Unicode character.
 
-Introduced in chapter 1 (the bigram model) and compared with BPE in chapter 3, section
-"Tokenization compared". The vocabulary is the sorted set of
+Introduced in chapter 1, section "Counting, and a picture of the counts" (the bigram model), and
+compared with BPE in chapter 3, section "Tokenization compared". The vocabulary is the sorted set of
 characters seen when fitting; a character outside it is an error (not silently dropped), because a
 model cannot predict a symbol it has no output for.
 """
@@ -37,7 +37,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
-    def fit(cls, text: str) -> "CharTokenizer":
+    def fit(cls, text: str) -> CharTokenizer:
         """The sorted set of distinct characters in ``text``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -90,7 +90,7 @@ class CharTokenizer:
         Path(path).write_text(json.dumps({"type": "char", "chars": self.itos}, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, path) -> "CharTokenizer":
+    def load(cls, path) -> CharTokenizer:
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))

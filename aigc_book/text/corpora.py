@@ -1,8 +1,8 @@
 """Real text that ships with every Python: the documentation topics behind ``help()``.
 
-Introduced in chapter 3, section "A taste of English". ``pydoc_data.topics`` holds the text of the
-language reference's topics (about 465,000 characters in Python 3.11), so every reader has the same
-English corpus without a download.
+Introduced in chapter 1, section "A corpus every Python has"; chapters 2 and 3 train on it too.
+``pydoc_data.topics`` holds the text of the language reference's topics (about 465,000 characters in
+Python 3.11), so every reader has the same English corpus without a download.
 """
 
 from __future__ import annotations

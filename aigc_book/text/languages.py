@@ -86,7 +86,10 @@ class BracketLanguage:
         self.close_ids = np.arange(1 + k, 1 + 2 * k)
         # word_ids[g, j]: word j of group g; groups 0..k-1 agree with bracket types, group k is top level.
         self.word_ids = np.concatenate(
-            [np.arange(1 + 2 * k, 1 + 2 * k + k * m).reshape(k, m), np.arange(1 + 2 * k + k * m, 1 + 2 * k + (k + 1) * m)[None]]
+            [
+                np.arange(1 + 2 * k, 1 + 2 * k + k * m).reshape(k, m),
+                np.arange(1 + 2 * k + k * m, 1 + 2 * k + (k + 1) * m)[None],
+            ]
         )
         self.word_probs = np.asarray(c.word_weights, dtype=np.float64) / sum(c.word_weights)
         # event_probs[d] = P(open), P(close), P(word) at depth d.
@@ -107,13 +110,17 @@ class BracketLanguage:
         try:
             return [self.stoi[ch] for ch in text]
         except KeyError as err:
-            raise ValueError(f"symbol {err.args[0]!r} is not in the language's vocabulary {''.join(self.itos)!r}") from None
+            raise ValueError(
+                f"symbol {err.args[0]!r} is not in the language's vocabulary {''.join(self.itos)!r}"
+            ) from None
 
     def decode(self, ids) -> str:
         return "".join(self.itos[int(i)] for i in ids)
 
     # ---- sampling -----------------------------------------------------------------------------
-    def sample(self, n: int, length: int, seed: int | None = None, rng: np.random.Generator | None = None) -> torch.Tensor:
+    def sample(
+        self, n: int, length: int, seed: int | None = None, rng: np.random.Generator | None = None
+    ) -> torch.Tensor:
         """``n`` independent sequences: BOS followed by ``length`` tokens, as a ``(n, length + 1)`` LongTensor.
 
         Deterministic for a given ``seed`` (or ``rng``); vectorised over the ``n`` sequences.
@@ -138,7 +145,9 @@ class BracketLanguage:
             word = np.minimum((rng.random(n)[:, None] >= cum_w[None, :-1]).sum(1), len(cum_w) - 1)
             top = np.where(depth > 0, stack[rows, np.maximum(depth - 1, 0)], c.n_types)
             tok = np.where(
-                event == 0, self.open_ids[new_type], np.where(event == 1, self.close_ids[top % c.n_types], self.word_ids[top, word])
+                event == 0,
+                self.open_ids[new_type],
+                np.where(event == 1, self.close_ids[top % c.n_types], self.word_ids[top, word]),
             )
             is_open = event == 0
             stack[rows[is_open], depth[is_open]] = new_type[is_open]

@@ -1,6 +1,6 @@
 """Pretraining objectives: how each builds its batches, and the loss it minimises.
 
-Introduced in chapter 3, section "Five ways to pretrain on one corpus". Each objective is a pair:
+Introduced in chapter 3, section "Five objectives on one corpus". Each objective is a pair:
 a *batch function* (token ids -> model inputs, targets, masks) and a *loss function*
 ``loss_fn(model, batch) -> scalar tensor`` that :class:`aigc_book.training.trainer.Trainer` calls.
 
@@ -266,7 +266,9 @@ def mlm_nsp_loss(model: nn.Module, batch: dict, nsp_weight: float = 1.0) -> torc
 # ---------------------------------------------------------------------------------------------
 
 
-def sample_factorization_ranks(batch_size: int, length: int, generator: torch.Generator, n_fixed: int = 0) -> torch.Tensor:
+def sample_factorization_ranks(
+    batch_size: int, length: int, generator: torch.Generator, n_fixed: int = 0
+) -> torch.Tensor:
     """``rank[b, i]`` = where position i comes in a uniformly random factorisation order.
 
     The first ``n_fixed`` positions (e.g. a BOS) keep ranks ``0..n_fixed-1``: they come first and are
@@ -303,8 +305,13 @@ def two_stream_mask(rank: torch.Tensor) -> torch.Tensor:
     return torch.cat([top, bottom], dim=1)[:, None]  # (B, 1, 2T, 2T)
 
 
-def plm_batch(seqs: torch.Tensor, batch_size: int, generator: torch.Generator, predict_fraction: float = 1.0,
-              identity_order: bool = False) -> dict:
+def plm_batch(
+    seqs: torch.Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+    predict_fraction: float = 1.0,
+    identity_order: bool = False,
+) -> dict:
     """PLM batch: whole sequences (BOS first, never predicted), sampled ranks, targets.
 
     With ``predict_fraction < 1`` only the last fraction of each order is predicted (XLNet's
@@ -338,8 +345,11 @@ def two_stream_logits(model: nn.Module, idx: torch.Tensor, rank: torch.Tensor, q
     content = model.transformer.wte(idx)  # (B, T, C)
     query = model.transformer.wte(torch.full_like(idx, query_token))  # (B, T, C): same vector everywhere
     positions = torch.arange(T, device=idx.device).repeat(2)  # 0..T-1 for each stream
-    out = model(inputs_embeds=torch.cat([content, query], dim=1), position_ids=positions,
-                attn_mask=two_stream_mask(rank).to(idx.device))
+    out = model(
+        inputs_embeds=torch.cat([content, query], dim=1),
+        position_ids=positions,
+        attn_mask=two_stream_mask(rank).to(idx.device),
+    )
     return out.logits[:, T:]  # (B, T, V): the query stream only
 
 
@@ -358,8 +368,9 @@ def plm_loss(model: nn.Module, batch: dict, query_token: int | None = None) -> t
 # ---------------------------------------------------------------------------------------------
 
 
-def random_spans_noise_mask(length: int, generator: torch.Generator, noise_density: float = 0.15,
-                            mean_span_length: float = 3.0) -> torch.Tensor:
+def random_spans_noise_mask(
+    length: int, generator: torch.Generator, noise_density: float = 0.15, mean_span_length: float = 3.0
+) -> torch.Tensor:
     """T5's noise mask: ``round(length * density)`` noise tokens in ``round(noise / mean)`` spans.
 
     The noise tokens and the kept tokens are each split into that many non-empty runs at random
@@ -387,7 +398,9 @@ def random_spans_noise_mask(length: int, generator: torch.Generator, noise_densi
     return mask
 
 
-def span_corrupt(tokens: torch.Tensor, noise_mask: torch.Tensor, sentinels: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def span_corrupt(
+    tokens: torch.Tensor, noise_mask: torch.Tensor, sentinels: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Inputs with each noise span replaced by one sentinel; targets listing ``sentinel_k span_k``.
 
     >>> span_corrupt(torch.tensor([5, 6, 7, 8, 9]), torch.tensor([0, 1, 1, 0, 1]).bool(), [100, 101, 102])
@@ -415,8 +428,14 @@ def prefix_lm_mask(total: int, prefix: int) -> torch.Tensor:
     return m
 
 
-def span_corruption_batch(seqs: torch.Tensor, batch_size: int, special: SpecialTokens, generator: torch.Generator,
-                          noise_density: float = 0.15, mean_span_length: float = 3.0) -> dict:
+def span_corruption_batch(
+    seqs: torch.Tensor,
+    batch_size: int,
+    special: SpecialTokens,
+    generator: torch.Generator,
+    noise_density: float = 0.15,
+    mean_span_length: float = 3.0,
+) -> dict:
     """T5's objective for a decoder-only model: ``inputs [SEP] targets`` with a prefix-LM mask.
 
     T5 itself is an encoder-decoder; here the corrupted input is read bidirectionally as a prefix

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import random
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
