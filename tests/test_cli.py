@@ -54,6 +54,24 @@ def test_sample_continues_the_prompt(trained, capsys):
     assert capsys.readouterr().out == text  # same seed, same sample
 
 
+def test_sampling_loads_the_model_without_the_training_code(trained):
+    out, _ = trained
+    probe = ("import sys; from aigc_book.cli import main; main(['sample', '--out', sys.argv[1], '--tokens', '3']); "
+             "print(sorted(m for m in sys.modules if m.startswith('aigc_book.training')))")
+    result = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, cwd=REPO,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_a_saved_model_loads_with_from_pretrained(trained):
+    from aigc_book.models.gpt import GPT
+
+    out, result = trained
+    model = GPT.from_pretrained(out)
+    assert model.num_parameters() == result["params"] and not model.training
+
+
 def run_cli(*args):
     return subprocess.run([sys.executable, "-m", "aigc_book", *args], capture_output=True, text=True, cwd=REPO,
                           timeout=120)
