@@ -1,6 +1,7 @@
 """A small, complete training loop that any model and objective can use.
 
-Introduced in chapter 3, section "Causal language modelling: training a GPT". What it does, in the order of one step:
+Introduced in chapter 3, section "Causal language modelling: training a GPT". What it does, in the
+order of one step:
 
 1. draw ``grad_accum`` micro-batches from ``batch_fn("train", generator)`` and add up the
    gradients of ``loss_fn(model, batch) / grad_accum`` (gradient accumulation);
@@ -13,8 +14,11 @@ Introduced in chapter 3, section "Causal language modelling: training a GPT". Wh
 On CUDA the forward pass runs under bf16 autocast (:func:`aigc_book.autocast`); on a CPU it stays in
 float32 (without AMX, bf16 matrix products are slower than float32).
 
-Checkpoints resume *exactly*: weights (safetensors), optimizer moments, step, loss history and
-every random state (PyTorch, CUDA, NumPy, Python, the trainer's data generator) are saved, so
+With ``TrainConfig.compile`` the forward and backward passes run through ``torch.compile``
+(the first step pays the compile time); checkpoints and evaluation use the plain model.
+
+Checkpoints resume *exactly*: the model (:mod:`aigc_book.models.io`), optimizer moments, step, loss
+history and every random state (PyTorch, CUDA, NumPy, Python, the trainer's data generator) are saved, so
 stopping at step k and resuming gives bitwise the same weights as never stopping (tested).
 Loading uses ``torch.load(weights_only=True)``, which cannot run code from a file; a corrupt or
 mismatched checkpoint raises :class:`CheckpointError` naming the file.
