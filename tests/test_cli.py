@@ -136,17 +136,17 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, mo
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     straight = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 
-    real_step = Trainer.train_step
+    real_gradients = Trainer._gradients
 
-    def step_then_interrupt(self):
+    def gradients_then_interrupt(self):
         if self.step == 7:
             raise KeyboardInterrupt
-        return real_step(self)
+        return real_gradients(self)
 
-    monkeypatch.setattr(Trainer, "train_step", step_then_interrupt)
+    monkeypatch.setattr(Trainer, "_gradients", gradients_then_interrupt)
     assert main([*args, "--out", str(tmp_path / "run")]) == 130
     assert "--resume" in capsys.readouterr().err
-    monkeypatch.setattr(Trainer, "train_step", real_step)
+    monkeypatch.setattr(Trainer, "_gradients", real_gradients)
     assert main([*args, "--out", str(tmp_path / "run"), "--resume"]) == 0
     captured = capsys.readouterr()
     assert "resuming from step 7" in captured.err

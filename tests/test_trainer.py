@@ -121,15 +121,29 @@ def test_corrupt_checkpoint_files_name_the_file(tmp_path):
     t.train()
     ck = t.save_checkpoint(tmp_path / "ck")
     (ck / "model.safetensors").write_bytes(b"garbage" * 10)
-    with pytest.raises(CheckpointError, match="model.safetensors: not a readable safetensors file"):
+    with pytest.raises(CheckpointError, match="model.safetensors: changed since the checkpoint at step 2"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
     t.save_checkpoint(ck)
     data = (ck / "trainer_state.pt").read_bytes()
     (ck / "trainer_state.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="trainer_state.pt: changed since the checkpoint at step 2"):
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+    refresh_manifest(ck)  # even a damaged file that the manifest vouches for is caught when read
     with pytest.raises(CheckpointError, match="trainer_state.pt: corrupt or unsafe checkpoint"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
-    with pytest.raises(CheckpointError, match="no such checkpoint file"):
+    with pytest.raises(CheckpointError, match="nowhere: no such checkpoint"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(tmp_path / "nowhere")
+
+
+def refresh_manifest(ck):
+    """Re-sign a checkpoint's files, as an attacker (or a bug) that also rewrites the manifest would."""
+    import hashlib
+    import json
+
+    manifest = json.loads((ck / "manifest.json").read_text())
+    manifest["files"] = {p.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                         for p in ck.iterdir() if p.name != "manifest.json"}
+    (ck / "manifest.json").write_text(json.dumps(manifest))
 
 
 class Evil:
@@ -140,7 +154,8 @@ class Evil:
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
     t = Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2))
     ck = t.save_checkpoint(tmp_path / "ck")
-    torch.save({"step": 1, "payload": Evil()}, ck / "trainer_state.pt")
+    torch.save({"step": 0, "payload": Evil()}, ck / "trainer_state.pt")
+    refresh_manifest(ck)
     with pytest.raises(CheckpointError, match="corrupt or unsafe"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
 
@@ -153,6 +168,7 @@ def test_mismatched_model_or_config_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match=r"max_iters=2 \(checkpoint\) vs 3 \(now\)"):
         Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=3)).load_checkpoint(ck)
     (ck / "config.json").unlink()  # without the config, the weight shapes still catch it
+    refresh_manifest(ck)
     with pytest.raises(CheckpointError, match="cannot load weights into GPT"):
         Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
 

@@ -99,6 +99,33 @@ def combine_masks(mask: torch.Tensor | None, is_causal: bool, t_q: int, t_k: int
 # ---------------------------------------------------------------------------------------------
 
 
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> tuple[int, int]:
+    """Check ``q, k, v`` (and ``mask``) fit together; return ``(T_q, T_k)``.
+
+    Shared by both attention functions so that they refuse the same input with the same message
+    (left alone, the fused kernel would accept keys and values of different lengths).
+    """
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"attention {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() < 2:
+            raise ValueError(f"attention {name} must have shape (..., T, dim), got {tuple(t.shape)}")
+    problem = None
+    if q.size(-1) != k.size(-1):
+        problem = f"queries and keys differ in their last dimension d_k ({q.size(-1)} != {k.size(-1)})"
+    elif k.size(-2) != v.size(-2):
+        problem = f"keys and values differ in length T_k ({k.size(-2)} != {v.size(-2)})"
+    if problem:
+        raise ValueError(
+            f"attention expects q (..., T_q, d_k), k (..., T_k, d_k) and v (..., T_k, d_v); got q "
+            f"{tuple(q.shape)}, k {tuple(k.shape)} and v {tuple(v.shape)}: {problem}"
+        )
+    t_q, t_k = q.size(-2), k.size(-2)
+    if mask is not None:
+        check_attention_mask(mask, tuple(q.shape[:-2]), t_q, t_k)
+    return t_q, t_k
+
+
 def attention_reference(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -117,16 +144,13 @@ def attention_reference(
     Args:
         q, k, v: ``(..., T_q, d_k)``, ``(..., T_k, d_k)``, ``(..., T_k, d_v)``.
         mask: boolean (True = may attend) or additive float mask broadcastable to ``(..., T_q, T_k)``.
-        is_causal: hide future keys (bottom-right aligned when ``T_q < T_k``); combined with ``mask``.
+        is_causal: hide future keys (bottom-right aligned when ``T_q != T_k``); combined with ``mask``.
         dropout_p: dropout on the attention weights (applied whenever > 0, as in PyTorch's SDPA:
             pass ``0.0`` in evaluation).
         scale: defaults to :math:`1/\sqrt{d_k}` (Vaswani et al. 2017, §3.2.1).
         return_weights: also return the ``(..., T_q, T_k)`` attention weights (after dropout).
     """
-    t_q, t_k = q.size(-2), k.size(-2)
-    user_mask = mask is not None
-    if user_mask:
-        check_attention_mask(mask, tuple(q.shape[:-2]), t_q, t_k)
+    t_q, t_k = _check_inputs(q, k, v, mask)
     scale = 1.0 / math.sqrt(q.size(-1)) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (..., T_q, T_k)
     mask = combine_masks(mask, is_causal, t_q, t_k, q.device)
@@ -134,9 +158,13 @@ def attention_reference(
         scores = scores.masked_fill(~mask, float("-inf"))
     elif mask is not None:
         scores = scores + mask
+    hidden = None
+    if mask is not None:  # any mask, the causal one too (T_q > T_k), can hide every key of a row
+        hidden = torch.isneginf(scores).all(dim=-1, keepdim=True)  # (..., T_q, 1)
+        scores = scores.masked_fill(hidden, 0.0)  # softmax of an all -inf row is NaN, and so is its gradient
     weights = torch.softmax(scores, dim=-1)  # (..., T_q, T_k), each row sums to 1
-    if user_mask:  # rows with every key hidden: 0 instead of NaN, as the fused kernel does
-        weights = weights.masked_fill(torch.isneginf(scores).all(dim=-1, keepdim=True), 0.0)
+    if hidden is not None:  # rows with every key hidden: 0 instead of NaN, as the fused kernel does
+        weights = weights.masked_fill(hidden, 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
     out = weights @ v  # (..., T_q, d_v)
@@ -158,9 +186,7 @@ def attention_fused(
     the score matrix; on a CPU to a tiled C++ kernel. Same arguments and mask conventions as
     :func:`attention_reference` (no ``return_weights``: the fused kernel never forms them).
     """
-    t_q, t_k = q.size(-2), k.size(-2)
-    if mask is not None:
-        check_attention_mask(mask, tuple(q.shape[:-2]), t_q, t_k)
+    t_q, t_k = _check_inputs(q, k, v, mask)
     if is_causal and t_q == 1:
         is_causal = False  # a single newest query may see every key
     if is_causal and (mask is not None or t_q != t_k):

@@ -42,10 +42,20 @@ class CheckpointError(ValueError):
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temporary_path)``, then rename it to ``path``: a reader sees the old file or the new one."""
+    """Call ``write(temporary_path)``, then rename it to ``path``: a reader sees the old file or the new one.
+
+    The file gets the usual permissions (0666 less the umask): safetensors alone writes 0600.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    write(str(tmp))
-    os.replace(tmp, path)
+    try:
+        write(str(tmp))
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no stray .tmp after a full disk or a Ctrl-C
+        raise
 
 
 def _config_dict(model: nn.Module) -> dict | None:

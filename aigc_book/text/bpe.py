@@ -22,6 +22,9 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
+from aigc_book.models.io import atomic_write
+from aigc_book.text.char_tokenizer import token_ids
+
 # GPT-2's pattern, with \p{L} -> [^\W\d_] and \p{N} -> \d because Python's `re` lacks \p{..}.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
 
@@ -35,15 +38,18 @@ class ByteBPE:
     """
 
     def __init__(self, merges, pattern: str = GPT2_SPLIT_PATTERN) -> None:
-        self.merges: list[tuple[int, int]] = [(int(a), int(b)) for a, b in merges]
+        self.merges: list[tuple[int, int]] = []
+        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
+        for i, (a, b) in enumerate(merges):
+            try:  # merge i may only join bytes and earlier merges; a negative id would wrap around
+                a, b = token_ids((a, b), 256 + i)
+            except ValueError as err:
+                raise ValueError(f"merge {i} ({a}, {b}) refers to a token that does not exist yet: {err}") from None
+            self.merges.append((a, b))
+            self.vocab.append(self.vocab[a] + self.vocab[b])
         self.pattern = pattern
         self._regex = re.compile(pattern)
         self.ranks = {pair: i for i, pair in enumerate(self.merges)}
-        self.vocab: list[bytes] = [bytes([i]) for i in range(256)]
-        for i, (a, b) in enumerate(self.merges):
-            if not (a < 256 + i and b < 256 + i):
-                raise ValueError(f"merge {i} ({a}, {b}) refers to a token that does not exist yet")
-            self.vocab.append(self.vocab[a] + self.vocab[b])
         self._cache: dict[str, list[int]] = {}
 
     @property
@@ -124,20 +130,19 @@ class ByteBPE:
         return out
 
     def decode(self, ids) -> str:
-        try:
-            data = b"".join(self.vocab[int(i)] for i in ids)
-        except IndexError:
-            raise ValueError(f"token id out of range 0..{self.vocab_size - 1}") from None
+        data = b"".join(self.vocab[i] for i in token_ids(ids, self.vocab_size))
         return data.decode("utf-8", errors="replace")
 
     def token_strings(self, ids) -> list[str]:
         """Each token's bytes shown as text (for looking at a tokenization)."""
-        return [self.vocab[int(i)].decode("utf-8", errors="replace") for i in ids]
+        return [self.vocab[i].decode("utf-8", errors="replace") for i in token_ids(ids, self.vocab_size)]
 
     # ---- persistence --------------------------------------------------------------------------
     def save(self, path) -> None:
+        """Write the merges as JSON; atomically, so a failure never leaves an empty or partial file."""
         data = {"type": "byte_bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges]}
-        Path(path).write_text(json.dumps(data), encoding="utf-8")
+        encoded = json.dumps(data).encode("utf-8")
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(encoded))
 
     @classmethod
     def load(cls, path) -> ByteBPE:

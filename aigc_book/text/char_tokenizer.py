@@ -9,10 +9,33 @@ model cannot predict a symbol it has no output for.
 from __future__ import annotations
 
 import json
+import operator
 from pathlib import Path
 from typing import NoReturn
 
 import torch
+
+from aigc_book.models.io import atomic_write
+
+
+def token_ids(ids, vocab_size: int) -> list[int]:
+    """``ids`` (a sequence or a tensor) as a list of ints, each checked to lie in ``[0, vocab_size)``.
+
+    A float or a bool is refused rather than truncated, and a negative id rather than wrapped around
+    to the end of the vocabulary (both would decode silently to some other token).
+    """
+    out = []
+    for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
+        try:
+            if isinstance(i, bool):
+                raise TypeError
+            j = operator.index(i)  # ints, numpy ints and integer 0-d tensors; not floats
+        except TypeError:
+            raise TypeError(f"token ids must be integers, got {i!r} ({type(i).__name__})") from None
+        if not 0 <= j < vocab_size:
+            raise ValueError(f"token id {j} is out of range for a vocabulary of {vocab_size} (ids 0..{vocab_size - 1})")
+        out.append(j)
+    return out
 
 
 class CharTokenizer:
@@ -33,6 +56,7 @@ class CharTokenizer:
             raise ValueError("a CharTokenizer needs at least one character")
         if len(set(chars)) != len(chars) or any(not isinstance(c, str) or len(c) != 1 for c in chars):
             raise ValueError("chars must be distinct single characters")
+        _check_encodable(chars)
         self.itos: list[str] = chars
         self.stoi = {c: i for i, c in enumerate(chars)}
 
@@ -71,13 +95,7 @@ class CharTokenizer:
         return torch.tensor(self.encode(text), dtype=torch.long)
 
     def decode(self, ids) -> str:
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else ids
-        out = []
-        for i in ids:
-            if not 0 <= int(i) < len(self.itos):  # a negative id would silently wrap around
-                raise ValueError(f"id {i} is out of range for a vocabulary of {len(self.itos)}")
-            out.append(self.itos[int(i)])
-        return "".join(out)
+        return "".join(self.itos[i] for i in token_ids(ids, len(self.itos)))
 
     def _unknown(self, chars: list[str]) -> NoReturn:
         others = ", ".join(repr(c) for c in chars[1:10]) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
@@ -87,7 +105,10 @@ class CharTokenizer:
         )
 
     def save(self, path) -> None:
-        Path(path).write_text(json.dumps({"type": "char", "chars": self.itos}, ensure_ascii=False), encoding="utf-8")
+        """Write the vocabulary as JSON; atomically, so a failure never leaves an empty or partial file."""
+        _check_encodable(self.itos)  # itos may have been edited since __init__
+        data = json.dumps({"type": "char", "chars": self.itos}, ensure_ascii=False).encode("utf-8")
+        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
 
     @classmethod
     def load(cls, path) -> CharTokenizer:
@@ -99,3 +120,14 @@ class CharTokenizer:
             return cls(data["chars"])
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
             raise ValueError(f"{path}: not a valid character-tokenizer file ({err})") from err
+
+
+def _check_encodable(chars: list[str]) -> None:
+    """Refuse lone surrogates (U+D800..U+DFFF): UTF-8 cannot encode them, so the vocabulary could not be saved."""
+    bad = [c for c in chars if "\ud800" <= c <= "\udfff"]
+    if bad:
+        raise ValueError(
+            f"character U+{ord(bad[0]):04X} is a lone surrogate, which is not valid text (UTF-8 cannot encode it); "
+            "it usually comes from reading bytes with errors='surrogateescape': clean the text first, "
+            "e.g. text.encode('utf-8', 'replace').decode('utf-8')"
+        )

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import pickle
 import random
 import sys
 import time
@@ -40,10 +39,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigc_book.models.io import CheckpointError, atomic_write, load_model, save_model
+from aigc_book.models.io import CheckpointError
 from aigc_book.runtime import autocast
-
-STATE_FILE = "trainer_state.pt"
+from aigc_book.training.checkpoint import interrupts_deferred, read_checkpoint, write_checkpoint
 
 
 @dataclass
@@ -111,6 +109,17 @@ def _to(batch, device: torch.device):
     return batch
 
 
+class NonFiniteLossError(RuntimeError):
+    """The loss or the gradient norm became NaN or infinite; the weights were left as they were."""
+
+    def __init__(self, step: int, loss: float, grad_norm: float, lr: float):
+        self.step, self.loss, self.grad_norm, self.lr = step, loss, grad_norm, lr
+        super().__init__(
+            f"step {step}: the loss is {loss:.4g} and the gradient norm {grad_norm:.4g}; training stopped "
+            f"before this update (learning rate {lr:.3g}: too high a learning rate is the usual cause)"
+        )
+
+
 class Trainer:
     """Train ``model`` on ``loss_fn(model, batch_fn(split, generator))``.
 
@@ -142,10 +151,22 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
         self.history: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "ms": [], "evals": []}
+        self.metadata: dict = {}  # what else must match on resume (e.g. the command line's batch size)
+        self.resume_note: str | None = None
 
     # ---- training -----------------------------------------------------------------------------
     def train_step(self) -> float:
-        """One optimizer step (with accumulation); returns the mean micro-batch loss."""
+        """One optimizer step (with accumulation); returns the mean micro-batch loss.
+
+        Raises :class:`NonFiniteLossError`, leaving the weights as they were, when the loss or the
+        gradient norm is NaN or infinite.
+        """
+        loss, grad_norm = self._gradients()
+        with interrupts_deferred():  # the update, the step counter and the history change together
+            return self._update(loss, grad_norm)
+
+    def _gradients(self) -> tuple[float, float]:
+        """Forward and backward over ``grad_accum`` micro-batches; the weights do not change."""
         cfg, model = self.config, self.model
         model.train()
         total = 0.0
@@ -155,22 +176,41 @@ class Trainer:
                 loss = self.loss_fn(self.train_model, batch)
             (loss / cfg.grad_accum).backward()
             total += loss.item()
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr = lr_at(self.step, cfg)
+        params = [p for p in model.parameters() if p.grad is not None]
+        max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, do not clip
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
+        return total / cfg.grad_accum, grad_norm
+
+    def _update(self, loss: float, grad_norm: float, ms: float | None = None) -> float:
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            self.optimizer.zero_grad(set_to_none=True)
+            raise NonFiniteLossError(self.step + 1, loss, grad_norm, lr_at(self.step, self.config))
+        lr = lr_at(self.step, self.config)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        return total / cfg.grad_accum
+        h = self.history
+        h["step"].append(self.step)
+        h["train_loss"].append(loss)
+        h["lr"].append(lr)
+        h["ms"].append(ms)
+        return loss
+
+    def _eval_due(self, step: int) -> bool:
+        cfg = self.config
+        return step > 0 and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_iters)
 
     def train(self, until: int | None = None, checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
         """Train from the current step up to ``until`` (default ``max_iters``); returns ``history``.
 
         With ``checkpoint_dir``, a checkpoint is written there every ``checkpoint_every`` steps (if
         > 0) and when the run is interrupted (Ctrl-C), so nothing is lost: :meth:`load_checkpoint`
-        continues exactly where it stopped, as if the run had never been interrupted.
+        continues exactly where it stopped, as if the run had never been interrupted, wherever the
+        interrupt landed (a step half done is redone; a finished one is kept; a missed evaluation
+        is made up). A NaN or infinite loss stops the run with :class:`NonFiniteLossError` and writes
+        nothing, so the last checkpoint stays the last good state.
         """
         cfg = self.config
         until = cfg.max_iters if until is None else min(until, cfg.max_iters)
@@ -180,32 +220,33 @@ class Trainer:
 
         bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress,
                    desc="train", dynamic_ncols=True, leave=False)
-        rng_at_step_start = None
+        rng_at_step_start, in_step = None, False
         try:
+            evals = self.history["evals"]
+            if self._eval_due(self.step) and not (evals and evals[-1]["step"] == self.step):
+                evals.append({"step": self.step, **self.evaluate()})  # an interrupt came before it ran
             while self.step < until:
                 t0 = time.perf_counter()
                 if checkpoint_dir is not None:  # an interrupted step is redone from this state
                     rng_at_step_start = capture_rng_state(self.generator)
-                loss = self.train_step()
+                in_step = True
+                loss, grad_norm = self._gradients()
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                ms = 1000 * (time.perf_counter() - t0)
-                h = self.history
-                h["step"].append(self.step)
-                h["train_loss"].append(loss)
-                h["lr"].append(lr_at(self.step - 1, cfg))
-                h["ms"].append(ms)
+                with interrupts_deferred():  # a step is committed whole: weights, counter, history
+                    self._update(loss, grad_norm, ms=1000 * (time.perf_counter() - t0))
+                    in_step = False
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if (cfg.eval_interval and self.step % cfg.eval_interval == 0) or self.step == cfg.max_iters:
+                if self._eval_due(self.step):
                     record = {"step": self.step, **self.evaluate()}
-                    h["evals"].append(record)
+                    self.history["evals"].append(record)
                     bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in record.items() if k != "step"})
                 if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
                     self.save_checkpoint(checkpoint_dir)
         except KeyboardInterrupt:
             if checkpoint_dir is not None:
-                if rng_at_step_start is not None:
+                if in_step and rng_at_step_start is not None:  # the half-done step will be redone
                     restore_rng_state(rng_at_step_start, self.generator)
                 self.optimizer.zero_grad(set_to_none=True)
                 self.save_checkpoint(checkpoint_dir)
@@ -246,34 +287,36 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, directory) -> Path:
-        """Write the model (:func:`aigc_book.models.io.save_model`) and ``trainer_state.pt`` into ``directory``."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        save_model(self.model, directory)
+        """Write the model, the optimizer, the history and every random state as one atomic
+        checkpoint (:func:`aigc_book.training.checkpoint.write_checkpoint`)."""
         state = {
-            "format": 1,
+            "format": 2,
             "step": self.step,
             "train_config": json.loads(json.dumps(asdict(self.config))),
+            "metadata": self.metadata,
             "optimizer": self.optimizer.state_dict(),
             "history": self.history,
             "rng": capture_rng_state(self.generator),
         }
-        atomic_write(directory / STATE_FILE, lambda p: torch.save(state, p))
-        return directory
+        return write_checkpoint(directory, self.model, state)
 
-    def load_checkpoint(self, directory) -> None:
-        """Restore everything :meth:`save_checkpoint` wrote; raises :class:`CheckpointError` on any problem."""
-        directory = Path(directory)
-        load_model(self.model, directory)
-        path = directory / STATE_FILE
-        state = _torch_load(path)
+    def load_checkpoint(self, directory) -> Path:
+        """Restore the newest complete checkpoint; returns the directory it came from.
+
+        Raises :class:`CheckpointError` for a missing, damaged or mismatched checkpoint; when only the
+        previous one is intact it is used and ``self.resume_note`` says why.
+        """
+        state, path, self.resume_note = read_checkpoint(directory, self.model)
         try:
             saved_cfg = state["train_config"]
             own = json.loads(json.dumps(asdict(self.config)))
             diff = {k: (saved_cfg.get(k), v) for k, v in own.items()
                     if k not in ("progress", "compile") and saved_cfg.get(k) != v}
+            saved_meta, meta = state.get("metadata", {}), self.metadata
+            diff.update({k: (saved_meta.get(k), meta.get(k))
+                         for k in sorted(set(saved_meta) | set(meta)) if saved_meta.get(k) != meta.get(k)})
             if diff:
-                raise CheckpointError(f"{path}: saved with a different TrainConfig: " + ", ".join(
+                raise CheckpointError(f"{path}: saved with different settings: " + ", ".join(
                     f"{k}={a!r} (checkpoint) vs {b!r} (now)" for k, (a, b) in diff.items()))
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
@@ -283,6 +326,7 @@ class Trainer:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             raise CheckpointError(f"{path}: trainer state does not fit this model/optimizer ({err})") from err
+        return path
 
 
 # ---- random state ----------------------------------------------------------------------------
@@ -311,12 +355,3 @@ def restore_rng_state(state: dict, generator: torch.Generator | None = None) -> 
         torch.cuda.set_rng_state_all(state["cuda"])
     if generator is not None:
         generator.set_state(state["generator"])
-
-
-def _torch_load(path: Path):
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
-        raise CheckpointError(f"{path}: corrupt or unsafe checkpoint ({type(err).__name__}: {err})") from err
