@@ -10,22 +10,33 @@ Introduced in chapter 3, section "Your own text". Usage::
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
 ``tokens_per_s``, ``train_loss``, ``val_loss`` (mean nats per character over the whole held-out
 tail), ``device`` and more. The defaults are nanoGPT's "baby GPT on a CPU" recipe.
-Bad input (missing, empty, binary or too-short file; unknown device) exits with status 2 and a
-one-line message.
+
+Nothing is lost and nothing goes silently wrong:
+
+* every bad input (a missing, empty, binary or huge file; a flag out of range; a model that would
+  not fit in memory; an unusable ``--out``) is one line on stderr and exit status 2, before any
+  training starts;
+* Ctrl-C saves a checkpoint (exit 130) and ``--resume`` continues exactly, refusing a checkpoint
+  made with other settings; an existing run is never overwritten without ``--overwrite``;
+* a NaN or infinite loss stops the run (exit 1), keeps the last good checkpoint and names the step.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import math
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-from aigc_book.models.io import CheckpointError
+from aigc_book.models.io import CONFIG_FILE, CheckpointError
 from aigc_book.runtime import get_device, seed_everything
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import split_train_val
@@ -33,10 +44,18 @@ from aigc_book.text.corpora import split_train_val
 CHECKPOINT_DIR = "checkpoint"
 TOKENIZER_FILE = "tokenizer.json"
 VAL_FRACTION = 0.1
+MAX_TEXT_BYTES = 32 * 2**20  # a character-level model on a laptop: 32 MB is already hours of training
+SNIFF_BYTES = 1 << 16  # binary files are recognised from their first 64 KB, before reading the rest
+MAX_SEED = 2**32 - 1  # NumPy's seeds stop here
+MAX_SAMPLE_TOKENS = 100_000
 
 
 class UsageError(Exception):
     """Bad input from the user: reported as one line, exit status 2."""
+
+
+class RunError(Exception):
+    """The run itself went wrong (e.g. the loss became NaN): one line, exit status 1."""
 
 
 def read_text_file(path: str, block: int) -> str:
@@ -46,6 +65,16 @@ def read_text_file(path: str, block: int) -> str:
         raise UsageError(f"--text {path}: no such file")
     if not p.is_file():
         raise UsageError(f"--text {path}: not a regular file")
+    size = p.stat().st_size
+    with open(p, "rb") as f:
+        head = f.read(SNIFF_BYTES)
+    if b"\x00" in head:
+        raise UsageError(f"--text {path}: looks like a binary file (contains NUL bytes); give a UTF-8 text file")
+    if size > MAX_TEXT_BYTES:
+        raise UsageError(
+            f"--text {path}: {size / 2**20:.0f} MB is more than train-gpt reads ({MAX_TEXT_BYTES // 2**20} MB); "
+            f"train on an excerpt, e.g. head -c {MAX_TEXT_BYTES // 2**20}M {path} > excerpt.txt"
+        )
     data = p.read_bytes()
     if not data.strip():
         raise UsageError(f"--text {path}: the file is empty")
@@ -69,26 +98,89 @@ def min_chars(block: int) -> int:
     return int((block + 1) / VAL_FRACTION) + 1
 
 
+def check_seed(seed: int) -> None:
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be in [0, {MAX_SEED}], got {seed}")
+
+
+def check_train_args(args) -> None:
+    """Every flag of ``train-gpt`` that can be checked without reading the text."""
+    for name in ("layers", "heads", "embd", "block", "batch", "iters"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    for name in ("checkpoint_interval", "eval_interval"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(args, name)}")
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    if not 0.0 <= args.dropout < 1.0:  # also refuses nan
+        raise UsageError(f"--dropout must be in [0, 1), got {args.dropout}")
+    check_seed(args.seed)
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in --out and --overwrite replaces it: choose one")
+
+
+def training_bytes(n_params: int, layers: int, embd: int, heads: int, block: int, batch: int, vocab: int) -> int:
+    """Rough float32 memory of one training step: weights, gradients and two AdamW moments (16
+    bytes per parameter), plus activations kept for the backward pass — about ``34 C + 5 h T``
+    16-bit values per token and layer (Korthikanti et al. 2022, §4.1), doubled for float32 — and
+    the logits with their gradient."""
+    tokens = batch * block
+    activations = layers * tokens * (68 * embd + 10 * heads * block)
+    return 16 * n_params + activations + 3 * 4 * tokens * vocab
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
+    """Make sure ``out`` can receive the run before any training is done."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as err:
+        raise UsageError(f"--out {out}: cannot write there ({err.strerror or err})") from None
+    checkpoints = [out / f"{CHECKPOINT_DIR}{suffix}" for suffix in ("", ".prev", ".tmp")]
+    existing = [p for p in [*checkpoints[:2], out / CONFIG_FILE] if p.exists()]  # .tmp alone is no run
+    if resume or not existing:
+        return
+    if not overwrite:
+        raise UsageError(
+            f"--out {out} already holds a run ({existing[0].name}); add --resume to continue it, "
+            f"or --overwrite to replace it"
+        )
+    for p in checkpoints:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def cmd_train_gpt(args) -> dict:
     # Imported here so that `--help` and bad arguments answer without loading the models.
     from aigc_book.models.gpt import GPT
     from aigc_book.models.transformer import TransformerConfig
     from aigc_book.training.evaluation import lm_loss
     from aigc_book.training.objectives import causal_lm_batch, causal_lm_loss
-    from aigc_book.training.trainer import TrainConfig, Trainer
+    from aigc_book.training.trainer import NonFiniteLossError, TrainConfig, Trainer
 
-    for name in ("layers", "heads", "embd", "block", "batch", "iters"):
-        if getattr(args, name) < 1:
-            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    if args.checkpoint_interval < 0:
-        raise UsageError(f"--checkpoint-interval must be >= 0, got {args.checkpoint_interval}")
-    if args.lr <= 0:
-        raise UsageError(f"--lr must be > 0, got {args.lr}")
+    check_train_args(args)
     text = read_text_file(args.text, args.block)
     try:
         device = get_device(args.device)
     except (ValueError, RuntimeError) as err:
         raise UsageError(f"--device: {err}") from None
+    out = Path(args.out)
+    prepare_out(out, args.resume, args.overwrite)
     seed_everything(args.seed)
     tok = CharTokenizer.fit(text)
     train_text, val_text = split_train_val(text, VAL_FRACTION)
@@ -99,7 +191,16 @@ def cmd_train_gpt(args) -> dict:
         config = TransformerConfig(vocab_size=tok.vocab_size, block_size=args.block, n_layer=args.layers,
                                    n_head=args.heads, n_embd=args.embd, dropout=args.dropout)
     except ValueError as err:
-        raise UsageError(f"--layers/--heads/--embd/--dropout: {err}") from None
+        raise UsageError(f"--layers/--heads/--embd: {err}") from None
+    with torch.device("meta"):  # count the parameters without allocating them
+        n_params = GPT(config).num_parameters()
+    need = training_bytes(n_params, args.layers, args.embd, args.heads, args.block, args.batch, tok.vocab_size)
+    free = available_bytes(device)
+    if free is not None and need > free:
+        raise UsageError(
+            f"--layers {args.layers} --embd {args.embd} --batch {args.batch} --block {args.block}: training would "
+            f"need about {need / 2**30:.1f} GiB ({n_params:,} parameters), but {device} has {free / 2**30:.1f} GiB free"
+        )
     model = GPT(config)
     data = {"train": train_ids, "val": val_ids}
 
@@ -127,18 +228,30 @@ def cmd_train_gpt(args) -> dict:
         return {split: lm_loss(m, ids, args.block, max_tokens=quick) for split, ids in data.items()}
 
     trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device, eval_fn=eval_fn)
-    out = Path(args.out)
+    # What --resume must find unchanged besides the model and the TrainConfig.
+    trainer.metadata = {"batch": args.batch, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
     checkpoint = out / CHECKPOINT_DIR
     if args.resume:
         try:
             trainer.load_checkpoint(checkpoint)
         except CheckpointError as err:
             raise UsageError(f"--resume: {err}") from None
+        if trainer.resume_note:
+            print(f"aigc-book: warning: {trainer.resume_note}", file=sys.stderr)
         print(f"resuming from step {trainer.step} ({checkpoint})", file=sys.stderr)
+    args.training_started = True  # from here on, Ctrl-C leaves a checkpoint to resume from
     t0 = time.perf_counter()
-    history = trainer.train(checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_interval)
+    try:
+        history = trainer.train(checkpoint_dir=checkpoint, checkpoint_every=args.checkpoint_interval)
+    except NonFiniteLossError as err:
+        kept = f"the last checkpoint ({checkpoint}) is kept" if checkpoint.exists() else "no checkpoint was written"
+        raise RunError(f"{err}; {kept}; try a smaller --lr (now {args.lr:g})") from None
+    except OSError as err:  # a full disk or a vanished directory while saving
+        raise RunError(f"cannot write the checkpoint in {checkpoint} ({err.strerror or err}); the previous one is "
+                       f"intact: make room, then run the same command with --resume") from None
     wall = time.perf_counter() - t0
-    ms = statistics.median(history["ms"][min(5, len(history["ms"]) - 1) :])  # skip the first, slow steps
+    ms = [m for m in history["ms"] if m is not None]
+    ms = statistics.median(ms[min(5, len(ms) - 1):]) if ms else float("nan")  # skip the first, slow steps
     model.save_pretrained(out)
     tok.save(out / TOKENIZER_FILE)
     result = {
@@ -157,14 +270,22 @@ def cmd_train_gpt(args) -> dict:
         "compiled": args.compile,
         "out": str(out),
     }
-    log = {"result": result, "history": {k: v for k, v in history.items()}}
+    log = {"result": result, "history": history}
     (out / "train_log.json").write_text(json.dumps(log), encoding="utf-8")
     return result
 
 
-def cmd_sample(args) -> str:
+def cmd_sample(args) -> None:
+    """Print the prompt and its continuation, token by token as they are generated."""
     from aigc_book.models.gpt import GPT
 
+    if not 0 <= args.tokens <= MAX_SAMPLE_TOKENS:
+        raise UsageError(f"--tokens must be in [0, {MAX_SAMPLE_TOKENS}], got {args.tokens}")
+    if not (math.isfinite(args.temperature) and args.temperature >= 0):
+        raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
+    if args.top_k is not None and args.top_k < 1:
+        raise UsageError(f"--top-k must be >= 1 (or left out for no limit), got {args.top_k}")
+    check_seed(args.seed)
     out = Path(args.out)
     if not out.is_dir():
         raise UsageError(
@@ -173,20 +294,29 @@ def cmd_sample(args) -> str:
     try:
         tok = CharTokenizer.load(out / TOKENIZER_FILE)
         model = GPT.from_pretrained(out)
-        config = model.config
     except (CheckpointError, ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
-    if args.tokens < 0 or args.temperature < 0:
-        raise UsageError("--tokens and --temperature must be >= 0")
+    if tok.vocab_size != model.config.vocab_size:
+        raise UsageError(
+            f"--out {args.out}: {TOKENIZER_FILE} has {tok.vocab_size} characters but the model has "
+            f"{model.config.vocab_size} outputs; they come from different runs"
+        )
     prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.itos[0])
     try:
         idx = tok.encode_tensor(prompt)[None]
     except ValueError as err:
         raise UsageError(f"--prompt: {err}") from None
-    idx = idx[:, -config.block_size :]
+    print(prompt, end="", flush=True)
+    args.sampled = 0
+
+    def show(token: torch.Tensor) -> None:
+        print(tok.decode(token.tolist()), end="", flush=True)
+        args.sampled += 1
+
     g = torch.Generator().manual_seed(args.seed)
-    ids = model.generate(idx, args.tokens, temperature=args.temperature, top_k=args.top_k, generator=g)
-    return tok.decode(ids[0].tolist())
+    model.generate(idx[:, -model.config.block_size:], args.tokens, temperature=args.temperature, top_k=args.top_k,
+                   generator=g, on_token=show)
+    print(flush=True)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -221,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="continue an interrupted run from OUT/checkpoint (same arguments otherwise)",
     )
+    t.add_argument("--overwrite", action="store_true", help="replace a run that OUT already holds")
     s = sub.add_parser("sample", help="generate text from a model trained with train-gpt")
     s.add_argument("--out", required=True, help="the directory train-gpt wrote")
     s.add_argument("--prompt", default="")
@@ -239,11 +370,20 @@ def main(argv: list[str] | None = None) -> int:
             result = cmd_train_gpt(args)
             print(json.dumps(result), flush=True)
         else:
-            print(cmd_sample(args), flush=True)
+            cmd_sample(args)
     except UsageError as err:
         print(f"aigc-book: error: {err}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"aigc-book: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        if args.command == "sample":
+            print(f"\naigc-book: interrupted after {getattr(args, 'sampled', 0)} of {args.tokens} tokens",
+                  file=sys.stderr)
+        elif getattr(args, "training_started", False):
+            print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)
+        else:
+            print("aigc-book: interrupted before training started; nothing was saved", file=sys.stderr)
         return 130
     return 0

@@ -51,6 +51,8 @@ def get_device(prefer: str | None = None) -> torch.device:
         raise RuntimeError(
             f"device {choice!r} was asked for, but only {torch.cuda.device_count()} CUDA GPU(s) exist"
         )
+    if device.type == "cpu" and device.index not in (None, 0):
+        raise ValueError(f"device {choice!r}: PyTorch has one CPU device; use 'cpu' (threads are set separately)")
     if device.type == "mps" and not _mps_available():
         raise RuntimeError(f"device {choice!r} was asked for, but Apple MPS is not available")
     if device.type not in _KNOWN_DEVICE_TYPES:

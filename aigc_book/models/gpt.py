@@ -62,6 +62,12 @@ class GPT(PretrainedMixin, nn.Module):
 
     config_class = TransformerConfig
 
+    @staticmethod
+    def min_parameters(config: TransformerConfig) -> int:
+        """A lower bound on the parameter count (the four projection matrices of every block), so a
+        saved config that asks for far more than its weights file holds is refused before building."""
+        return 12 * config.n_layer * config.n_embd**2
+
     def __init__(self, config: TransformerConfig):
         super().__init__()
         if not isinstance(config, TransformerConfig):
@@ -129,6 +135,7 @@ class GPT(PretrainedMixin, nn.Module):
         top_k: int | None = None,
         use_cache: bool = True,
         generator: torch.Generator | None = None,
+        on_token=None,
     ) -> torch.Tensor:
         """Append ``max_new_tokens`` tokens to ``idx`` ``(B, T)`` and return ``(B, T + max_new_tokens)``.
 
@@ -140,6 +147,9 @@ class GPT(PretrainedMixin, nn.Module):
         values from a :class:`KVCache`. Once the context is full (``block_size`` tokens), the
         window slides and the cache is rebuilt from the last ``block_size`` tokens every step, which
         is exactly what happens without the cache, so both paths give the same tokens.
+
+        ``on_token``, if given, is called with each new ``(B,)`` column of tokens as soon as it is
+        chosen, to stream the text out.
         """
         check_token_ids(idx, self.config.vocab_size)  # a prompt longer than the context is cropped
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -152,12 +162,12 @@ class GPT(PretrainedMixin, nn.Module):
         self.eval()
         try:
             with torch.inference_mode():  # a little faster than no_grad for the many small steps
-                out = self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator)
+                out = self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token)
         finally:
             self.train(was_training)
         return out.clone()  # a normal tensor again, usable as input to training
 
-    def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator):
+    def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token):
         c = self.config
         B = idx.size(0)
         out = torch.empty(B, idx.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
@@ -173,6 +183,8 @@ class GPT(PretrainedMixin, nn.Module):
             if not use_cache:
                 logits = self._last_logits(out[:, max(0, n - c.block_size) : n])  # (B, V)
             out[:, n] = self._next_token(logits, temperature, top_k, generator)
+            if on_token is not None:
+                on_token(out[:, n].clone())
             n += 1
             if use_cache and step < max_new_tokens - 1:
                 if cache.length < c.block_size:

@@ -14,6 +14,7 @@ refused instead of silently producing garbage.
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import asdict, fields, is_dataclass
@@ -154,6 +155,19 @@ def load_model(model: nn.Module, directory) -> None:
         raise CheckpointError(f"{path}: cannot load weights into {type(model).__name__} ({err})") from err
 
 
+def _parameters_in(weights: Path) -> int:
+    """How many numbers a safetensors file holds, read from its header alone."""
+    from safetensors import safe_open
+
+    if not weights.is_file():
+        raise CheckpointError(f"{weights}: no such checkpoint file")
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            return sum(math.prod(f.get_slice(name).get_shape()) for name in f.keys())
+    except Exception as err:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"{weights}: not a readable safetensors file ({err})") from err
+
+
 class PretrainedMixin:
     """``model.save_pretrained(dir)`` and ``Model.from_pretrained(dir)`` for a model whose
     ``__init__`` takes one dataclass config of type ``config_class``."""
@@ -164,13 +178,25 @@ class PretrainedMixin:
         return save_model(self, directory)
 
     @classmethod
+    def min_parameters(cls, config) -> int:
+        """A lower bound on the parameters a model with ``config`` has (0: no check)."""
+        return 0
+
+    @classmethod
     def from_pretrained(cls, directory, device=None):
         config = read_config(directory)
         if config.get("architecture", cls.__name__) != cls.__name__:
             raise CheckpointError(
                 f"{Path(directory) / CONFIG_FILE}: holds a {config['architecture']}, not a {cls.__name__}"
             )
-        model = cls(config_from_dict(cls.config_class, config))
+        config = config_from_dict(cls.config_class, config)
+        held = _parameters_in(Path(directory) / MODEL_FILE)
+        if cls.min_parameters(config) > held:
+            raise CheckpointError(
+                f"{Path(directory) / CONFIG_FILE}: describes a model of at least {cls.min_parameters(config):,} "
+                f"parameters, but {MODEL_FILE} holds {held:,}; the two do not belong together"
+            )
+        model = cls(config)
         if device is not None:
             model.to(device)
         load_model(model, directory)

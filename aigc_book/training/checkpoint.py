@@ -73,21 +73,29 @@ def write_checkpoint(directory, model: nn.Module, state: dict) -> Path:
     tmp, prev = directory.with_name(directory.name + ".tmp"), directory.with_name(directory.name + ".prev")
     with interrupts_deferred():
         shutil.rmtree(tmp, ignore_errors=True)  # what a crash may have left half-written
-        save_model(model, tmp)
-        torch.save(state, tmp / STATE_FILE)
-        files = sorted(p.name for p in tmp.iterdir())
-        digests = {name: _sha256(tmp / name) for name in files}
-        manifest = {"format": FORMAT, "step": int(state["step"]), "files": digests}
-        (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
-        for name in [*files, MANIFEST_FILE]:
-            _fsync(tmp / name)
-        _fsync(tmp)
+        try:
+            _write_files(tmp, model, state)
+        except BaseException:  # a full disk: leave no half-written copy behind; the current one stands
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
         if directory.exists():
             shutil.rmtree(prev, ignore_errors=True)
             os.replace(directory, prev)  # from here until the next line, NAME.prev is the fallback
         os.replace(tmp, directory)
         _fsync(directory.parent)
     return directory
+
+
+def _write_files(tmp: Path, model: nn.Module, state: dict) -> None:
+    save_model(model, tmp)
+    torch.save(state, tmp / STATE_FILE)
+    files = sorted(p.name for p in tmp.iterdir())
+    digests = {name: _sha256(tmp / name) for name in files}
+    manifest = {"format": FORMAT, "step": int(state["step"]), "files": digests}
+    (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+    for name in [*files, MANIFEST_FILE]:
+        _fsync(tmp / name)
+    _fsync(tmp)
 
 
 def _verify(directory: Path) -> dict:
