@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import tqdm.auto
 from safetensors.torch import load_file
 
 import aigc_book.training.checkpoint as checkpoint_module
@@ -93,10 +94,11 @@ PHASES = {
     "update": (lambda t: t.optimizer, "step", True),  # right after the weights changed
     "evaluation": (lambda t: t, "evaluate", False),  # in an evaluation, after the step was committed
     "checkpoint write": (lambda t: checkpoint_module, "save_model", False),  # inside the atomic save
+    "progress bar": (lambda t: tqdm.auto.tqdm, "update", False),  # drawing the bar after a step
 }
 # The nth call of each: 12 micro-batches and 6 updates in 6 steps, 3 evaluations and 3 checkpoints.
 CALLS = {"data": (1, 2, 3, 6, 11), "forward": (1, 2, 5, 8), "update": (1, 3, 6), "evaluation": (1, 2, 3),
-         "checkpoint write": (1, 2, 3)}
+         "checkpoint write": (1, 2, 3), "progress bar": (1, 4, 6)}
 SIGINT_CASES = [(phase, nth) for phase, calls in CALLS.items() for nth in calls]
 
 
