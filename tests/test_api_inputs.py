@@ -197,3 +197,24 @@ def test_save_is_atomic(tokenizers, tmp_path, monkeypatch, name):
     tok.save(path)
     again = load(path)
     assert again.decode(again.encode("hello low")) == tok.decode(tok.encode("hello low"))
+
+
+def test_a_gpt_on_an_empty_batch_and_attention_without_heads_say_what_is_wrong(tiny_gpt):
+    from aigc_book.layers.attention import MultiHeadAttention
+
+    with pytest.raises(ValueError, match="the batch is empty"):
+        tiny_gpt(torch.zeros(0, 4, dtype=torch.long))
+    with pytest.raises(ValueError, match="n_head must be a positive int, got 0"):
+        MultiHeadAttention(10, 0)
+
+
+def test_saved_model_files_get_the_usual_permissions(tiny_gpt, tmp_path):
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        tiny_gpt.save_pretrained(tmp_path)
+    finally:
+        os.umask(umask)
+    for name in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name  # safetensors alone writes 0600

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from collections.abc import Callable
 from dataclasses import asdict, fields, is_dataclass
 from pathlib import Path
 
 from torch import nn
+
+from aigc_book.files import atomic_write
 
 __all__ = [
     "CONFIG_FILE",
@@ -31,7 +31,6 @@ __all__ = [
     "load_model",
     "read_config",
     "config_from_dict",
-    "atomic_write",
 ]
 
 MODEL_FILE = "model.safetensors"
@@ -40,23 +39,6 @@ CONFIG_FILE = "config.json"
 
 class CheckpointError(ValueError):
     """A model or checkpoint file is missing, corrupt, edited, or does not fit the model it is loaded into."""
-
-
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """Call ``write(temporary_path)``, then rename it to ``path``: a reader sees the old file or the new one.
-
-    The file gets the usual permissions (0666 less the umask): safetensors alone writes 0600.
-    """
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(str(tmp))
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # no stray .tmp after a full disk or a Ctrl-C
-        raise
 
 
 def _config_dict(model: nn.Module) -> dict | None:

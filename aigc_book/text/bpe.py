@@ -22,7 +22,7 @@ import re
 from collections import Counter, defaultdict
 from pathlib import Path
 
-from aigc_book.models.io import atomic_write
+from aigc_book.files import atomic_write
 from aigc_book.text.char_tokenizer import token_ids
 
 # GPT-2's pattern, with \p{L} -> [^\W\d_] and \p{N} -> \d because Python's `re` lacks \p{..}.

@@ -15,7 +15,7 @@ from typing import NoReturn
 
 import torch
 
-from aigc_book.models.io import atomic_write
+from aigc_book.files import atomic_write
 
 
 def token_ids(ids, vocab_size: int) -> list[int]:
