@@ -130,6 +130,11 @@ def training_flops_estimate(params: float, tokens: float) -> float:
     Source: Kaplan et al. 2020, "Scaling Laws for Neural Language Models", arXiv:2001.08361, §2.1.
     For a mixture-of-experts model, pass the parameters *active* per token, not the total.
 
+    It is an estimate, not every paper's accounting: Hoffmann et al. 2022 (arXiv:2203.15556,
+    Appendix F) count every matrix product, embeddings and attention included, and report the same
+    training compute for Gopher and Chinchilla, while 6·N·D gives Chinchilla about 17% more than
+    Gopher (checked in ``tests/test_facts.py``).
+
     >>> f"{training_flops_estimate(175e9, 300e9):.3e}"   # GPT-3; Brown et al. 2020 publish 3.14e23
     '3.150e+23'
     """

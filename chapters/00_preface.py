@@ -80,11 +80,29 @@ except RuntimeError as err:
 print("AIGC_DEVICE is", repr(os.environ.get("AIGC_DEVICE", "")), "(empty: automatic choice)")
 
 # %% [markdown]
-# What changes on a GPU: chapters train bigger models for longer where CUDA is present, use
-# bfloat16 autocast (`aigc_book.autocast(device)`, which does nothing on a CPU, where bfloat16
-# matrix products are usually slower than float32) and PyTorch's fused attention kernels. The
-# outputs stored in the notebooks come from the CPU settings, so that what you read on the site is
-# what a laptop reproduces.
+# What changes on a GPU is decided in one place per chapter. From chapter 1 on, each chapter has
+# one **settings cell** right after its setup cell: every size, step count and sample count the
+# chapter uses is set there, with the CPU values first and, where a GPU allows more, larger values
+# under `if device.type == "cuda":`. The outputs stored in the notebooks — what the site shows and
+# what the tests compare — were produced with the CPU values, so a laptop reproduces what you read;
+# with CUDA the same cells run with the larger values, and their numbers and figures differ.
+# Chapter 1 only counts and samples, so its settings cell changes a single number on a GPU; the
+# chapters that train models (2 and 3) train larger models for more steps there.
+#
+# The package's `Trainer` computes each step's forward pass and loss inside
+# `aigc_book.autocast(device)`: bfloat16 autocast on CUDA, and nothing at all elsewhere, so that on
+# a CPU the products stay in float32, the precision the stored outputs were computed in. The
+# models' attention calls PyTorch's `scaled_dot_product_attention` on every device (chapter 2 also
+# writes it out and checks that the two agree), and PyTorch picks the kernel the device has.
+# The cell below shows what `autocast` does on your device:
+
+# %%
+a = torch.randn(4, 4, device=device)
+with aigc_book.autocast(device):
+    product = a @ a  # (4, 4)
+expected = torch.bfloat16 if device.type == "cuda" else torch.float32
+assert product.dtype == expected, (device, product.dtype)
+print(f"on {device.type}, a matrix product inside aigc_book.autocast is {product.dtype}")
 
 # %% [markdown]
 # ## Reproducible randomness
@@ -136,14 +154,18 @@ print(first.tolist())
 # | Symbol | Meaning |
 # |---|---|
 # | $x_1, \dots, x_T$ | a sequence of $T$ tokens; $x_{<t}$ are the tokens before position $t$ |
-# | $V$ | vocabulary size; $B$ batch size; $T$ sequence (context) length |
+# | $\mathcal{V}$, $\lvert\mathcal{V}\rvert$ | the vocabulary (the set of tokens) and its size |
+# | $B$, $T$ | batch size; sequence (context) length |
 # | $d$ or $d_\text{model}$ | width of the model (embedding size); $h$ attention heads, $d_k = d/h$ per head |
 # | $Q, K, V$ | queries, keys and values (matrices of shape $T \times d_k$ per head) |
 # | $p_\theta(x_t \mid x_{<t})$ | the model's probability of the next token, with parameters $\theta$ |
-# | $N$, $D$ | number of parameters and number of training tokens |
+# | $N$, $D$, $C$ | number of parameters, number of training tokens, training compute in FLOPs |
 # | $\log$ | the natural logarithm: losses are in **nats**; divide by $\ln 2$ for bits |
 #
-# In code, tensor shapes are written in comments as `(B, T, C)`: batch, time (position), channels.
+# $V$ always means the value matrix of attention; the vocabulary size is written
+# $\lvert\mathcal{V}\rvert$, so that the two never share a letter. In code, where there is no
+# such clash, the vocabulary size is `vocab_size`, and tensor shapes are written in comments as
+# `(B, T, C)`: batch, time (position), channels (this `C` is a width, not compute).
 #
 # The cross-entropy of a model on a text $x_1,\dots,x_T$ is the average negative log-probability
 #
@@ -173,6 +195,10 @@ print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {m
 #   `python3 tools/book.py execute chapters/NN_name.py`.
 # * `get_device()` and `seed_everything()` start every chapter; outputs that could differ between
 #   machines are never what a test compares.
+# * Each chapter's knobs are in one settings cell: CPU values (which made the stored outputs), and
+#   larger values under `if device.type == "cuda":` where a GPU allows them.
+# * $V$ is attention's value matrix; the vocabulary is $\mathcal{V}$ and its size
+#   $\lvert\mathcal{V}\rvert$.
 #
 # ## Key terms
 #
@@ -180,6 +206,9 @@ print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {m
 # |---|---|
 # | device | 设备 |
 # | random seed | 随机种子 |
+# | settings cell | 设置单元格 |
+# | mixed precision (bfloat16 autocast) | 混合精度（bfloat16 自动类型转换） |
+# | vocabulary | 词表 |
 # | notebook | 笔记本 |
 # | cross-entropy | 交叉熵 |
 # | perplexity | 困惑度 |
@@ -189,5 +218,8 @@ print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {m
 # 1. Run `python3 tools/book.py test` and find, in its output, how long each chapter took.
 # 2. Start Jupyter with `AIGC_DEVICE=cpu` and check that `get_device()` returns the CPU even on a
 #    machine with a GPU.
-# 3. A model assigns probability $1/V$ to every token of a vocabulary of size $V$. What are its
-#    cross-entropy and perplexity? Check your answer with the cell above.
+# 3. A model assigns probability $1/\lvert\mathcal{V}\rvert$ to every token of a vocabulary of
+#    size $\lvert\mathcal{V}\rvert$. What are its cross-entropy and perplexity? Check your answer
+#    with the cell above.
+# 4. Open chapter 1, find its settings cell, and list which of its values change when
+#    `device.type == "cuda"`.

@@ -6,32 +6,38 @@
 # follow instructions with human feedback. This chapter answers five questions:
 #
 # 1. Where does ChatGPT sit in the history of artificial intelligence?
-# 2. What is a language model? We build a first one, a character bigram model, in a few lines, and
-#    measure how good it is.
+# 2. What is a language model? We build a first one, a character bigram model, in a few lines,
+#    generate text with it, and measure how good it is.
 # 3. How large are real language models, and how much computation did training them take?
 # 4. How do the words AIGC, LLM, pretraining, fine-tuning and RLHF fit together?
 # 5. Which common claims about ChatGPT are wrong?
 #
 # Facts about the world carry a citation (author and year); the full references are listed at
-# the end of the chapter.
+# the end of the chapter. Numbers about our own experiments are printed by the cells that compute
+# them, never typed into the prose.
 
 # %%
 import math
 import platform
 import sys
 import time
+from datetime import date
 from fractions import Fraction
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import Markdown, display
 from matplotlib.patches import FancyBboxPatch
+from torch.utils.data import DataLoader, Dataset
 
 from aigc_book import get_device, seed_everything, use_book_style
 from aigc_book.facts import load_models, training_flops_estimate
 from aigc_book.models.bigram import BigramLM
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import python_docs_text, split_train_val
+from aigc_book.training.objectives import causal_lm_batch
 
 use_book_style()
 device = get_device()
@@ -40,9 +46,27 @@ chapter_start = time.perf_counter()
 print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, device: {device}")
 
 # %% [markdown]
-# Everything in this chapter is counting and arithmetic, so it runs on the CPU whatever `device`
-# is; later chapters move tensors to `device`.
+# ### Settings
 #
+# Every knob of the chapter is in the next cell. The chapter counts characters and draws samples,
+# which takes seconds on any CPU, so a GPU changes only one value: the number of random draws in
+# the check that sampling follows the model's probabilities (the draws run on `device`). The
+# stored outputs come from the CPU values. The count tables themselves stay on the CPU in
+# float64, which the exact hand checks below need (and Apple's MPS does not offer).
+
+# %%
+HELD_OUT_FRACTION = 0.1  # the last 10% of the corpus is held out, never counted
+K_FIRST = 0.1  # add-k smoothing constant used until we choose k on held-out text
+K_GRID = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]  # smoothing constants compared
+SAMPLE_CHARS = 300  # length of each generated text
+SAMPLE_SEEDS = (0, 1)  # two seeds: sampled texts differ between them, greedy decoding cannot
+N_DRAWS = 20_000  # random draws in the check that sampling follows p(b | a)
+if device.type == "cuda":
+    N_DRAWS = 2_000_000  # a GPU draws millions at once; the check's tolerance shrinks as 1/sqrt(N_DRAWS)
+print(f"held-out fraction {HELD_OUT_FRACTION}, k = {K_FIRST} first, {len(K_GRID)} values of k compared, "
+      f"samples of {SAMPLE_CHARS} characters, {N_DRAWS:,} draws on {device}")
+
+# %% [markdown]
 # ## A short history
 #
 # *How did we get from "artificial intelligence" to ChatGPT?*
@@ -50,15 +74,16 @@ print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, device:
 # **Artificial intelligence (AI)** is the study of machines that do tasks we would call
 # intelligent if people did them. The field is usually dated from two events: Alan Turing's 1950
 # paper "Computing Machinery and Intelligence", which proposed the imitation game now called the
-# Turing test, and the 1956 Dartmouth summer workshop, whose proposal coined the term "artificial
-# intelligence". For decades, progress came in waves of hand-written rules and, later, of
-# statistical models trained on modest data.
+# Turing test (Turing 1950), and the 1956 Dartmouth summer research project, whose proposal,
+# dated 31 August 1955, asked for "a 2 month, 10 man study of artificial intelligence" and gave
+# the field its name (McCarthy et al. 1955). For decades, progress came in waves of hand-written
+# rules and, later, of statistical models trained on modest data.
 #
 # The present wave is **deep learning**: neural networks with many layers, trained on large data
-# with GPUs. Its public turning point was 2012, when AlexNet (Krizhevsky, Sutskever and Hinton), a
-# convolutional network trained on GPUs, won the ImageNet image-classification challenge by a wide
-# margin. For language, the decisive architecture arrived in 2017: the **Transformer** of Vaswani
-# et al., "Attention Is All You Need", which replaced recurrent networks with attention.
+# with GPUs. Its public turning point was 2012, when AlexNet, a convolutional network trained on
+# GPUs, won the ImageNet image-classification challenge by a wide margin (Krizhevsky et al. 2012).
+# For language, the decisive architecture arrived in 2017: the **Transformer** of "Attention Is
+# All You Need", which replaced recurrent networks with attention (Vaswani et al. 2017).
 #
 # Then came the lineage that leads to ChatGPT (Radford et al. 2018, 2019; Brown et al. 2020; Ouyang et al. 2022; OpenAI 2022):
 #
@@ -124,12 +149,21 @@ ax_early.text(1.0, 0.0, "//", transform=ax_early.transAxes, ha="center", va="cen
 fig.suptitle("Figure 1.1: From artificial intelligence to ChatGPT (note the broken time axis)")
 plt.show()
 
+# %%
+# NBVAL_CHECK_OUTPUT
+# Month precision (mid-month) where the sources give a month: the arXiv number 1706.03762 dates the
+# Transformer paper to June 2017; GPT-1 is from June 2018 (Radford et al. 2018); ChatGPT launched on 30 November 2022.
+transformer_paper, gpt1_paper, chatgpt_launch = date(2017, 6, 15), date(2018, 6, 15), date(2022, 11, 30)
+years = {name: (chatgpt_launch - start).days / 365.25 for name, start in
+         [("Transformer", transformer_paper), ("GPT-1", gpt1_paper)]}
+print(f"Transformer paper to ChatGPT: {years['Transformer']:.1f} years; GPT-1 to ChatGPT: {years['GPT-1']:.1f} years")
+
 # %% [markdown]
 # The left panel covers the 1950s, the right panel 2012 to 2023; the decades in between are cut
-# out. What to see: the path from the Transformer to ChatGPT took about five and a half years, and
-# from GPT-1 to ChatGPT each step kept the same kind of model, a decoder-only Transformer
-# trained to predict the next token, and changed its size, its data and, at the end, how it was
-# fine-tuned.
+# out. What to see: the path from the Transformer to ChatGPT took only the few years printed
+# above, and from GPT-1 to ChatGPT each step kept the same kind of model, a decoder-only
+# Transformer trained to predict the next token, and changed its size, its data and, at the end,
+# how it was fine-tuned.
 
 # %% [markdown]
 # ## What is a language model?
@@ -139,25 +173,37 @@ plt.show()
 #
 # A **language model** assigns a probability to every sequence of **tokens** $x_1, \dots, x_T$.
 # A token is the unit the model reads and writes; in this chapter a token is one character,
-# while GPT models use sub-word pieces. By the chain rule of probability, any such distribution can
-# be written as a product of next-token probabilities:
+# while GPT models use sub-word pieces. The set of possible tokens is the **vocabulary**
+# $\mathcal{V}$, and $|\mathcal{V}|$ is its size. By the chain rule of probability, any such
+# distribution can be written as a product of next-token probabilities:
 #
 # $$p(x_1, \dots, x_T) = p(x_1)\prod_{t=2}^{T} p(x_t \mid x_1, \dots, x_{t-1}).$$
 #
 # So a language model is exactly a machine that, given the text so far, outputs a probability for
-# each possible next token. Generating text means drawing a token from that distribution, appending
-# it, and repeating. GPT models are such machines, with a Transformer computing
+# each possible next token. GPT models are such machines, with a Transformer computing
 # $p(x_t \mid x_{<t})$ (Radford et al. 2018).
+#
+# To **generate** text, the model chooses a next token, appends it, and repeats. There are two
+# basic ways to choose, and they are not the same thing:
+#
+# * **sampling** *draws* the next token at random, each with the model's probability; two runs
+#   with different random seeds give different texts;
+# * **greedy decoding** *takes the most probable* token, $\arg\max_x p(x \mid x_{<t})$, every
+#   time; nothing is random, and the same start always gives the same text.
+#
+# Calling the second one "sampling", as some introductions do, hides the difference that matters
+# in practice: greedy decoding often falls into repeating the same few tokens. We show both on our
+# first model below.
 #
 # The simplest non-trivial choice is to look only one token back, the **bigram** approximation
 #
 # $$p(x_t \mid x_1, \dots, x_{t-1}) \approx p(x_t \mid x_{t-1}).$$
 #
 # Its parameters are one probability for each pair of characters, and we can estimate them by
-# counting. If $C[a,b]$ is the number of times character $b$ follows character $a$ in the training
-# text, and $V$ is the number of distinct characters, then with **add-$k$ smoothing**
+# counting. If $n(a,b)$ is the number of times character $b$ follows character $a$ in the training
+# text, then with **add-$k$ smoothing**
 #
-# $$p(b \mid a) = \frac{C[a,b] + k}{\sum_{b'} C[a,b'] + kV}.$$
+# $$p(b \mid a) = \frac{n(a,b) + k}{\sum_{b'} n(a,b') + k\,|\mathcal{V}|}.$$
 #
 # With $k=0$ this is the maximum-likelihood estimate; $k>0$ pretends every pair was seen $k$
 # extra times, so that pairs missing from the training text do not get probability zero.
@@ -172,8 +218,7 @@ plt.show()
 # number of equally likely characters the model is, on average, choosing between.
 #
 # Before we use a real corpus, here is the whole recipe on the word "banana", by hand, with exact
-# fractions. Its five pairs are *ba, an, na, an, na*; the vocabulary is {a, b, n}, so $V=3$, and we
-# take $k=1$.
+# fractions, and $k=1$. The cell lists its character pairs and its vocabulary.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -185,7 +230,7 @@ for a, b in pairs:
     counts[a][b] += 1
 k = 1
 prob = {a: {b: Fraction(counts[a][b] + k, sum(counts[a].values()) + k * len(chars)) for b in chars} for a in chars}
-print("pairs:", " ".join(a + b for a, b in pairs))
+print(f"{len(pairs)} pairs:", " ".join(a + b for a, b in pairs), f"| vocabulary {chars}, |V| = {len(chars)}")
 for a in chars:
     print(f"p(. | {a}) =", {b: str(p) for b, p in prob[a].items()})
 assert all(sum(prob[a].values()) == 1 for a in chars)  # exact: every row is a distribution
@@ -200,30 +245,32 @@ assert math.isclose(banana.cross_entropy(word), ce_by_hand, rel_tol=1e-12)
 print(f"aigc_book.models.bigram agrees: {banana.cross_entropy(word):.6f} nats/char")
 
 # %% [markdown]
-# Every row of the table is a probability distribution (each sums to 1), and the package's
-# `BigramLM` reproduces the hand computation to twelve significant digits. Now the same on real
-# text.
+# Every row of the table is a probability distribution (each sums to 1, exactly, in fractions), and
+# the package's `BigramLM` reproduces the hand computation to a relative error below $10^{-12}$,
+# as the `assert` checks. Now the same on real text.
 #
 # ### A corpus every Python has
 #
 # *What text can we train on without downloading anything?*
 #
 # Every Python installation ships the text of its own `help()` topics, the pages you see with
-# `help("with")` or `help("FORMATTING")`, in the module `pydoc_data.topics`. Together they are a few
-# hundred thousand characters of English technical prose with code examples. The exact text changes
-# between Python versions, so your numbers may differ slightly from the ones stored in this
-# notebook. `aigc_book.text.corpora.python_docs_text()` joins the topics in sorted order (later chapters
-# use the same text), and `split_train_val` holds out the last 10% of the characters as
-# **held-out text**: the model never counts it, and we use it only to measure.
+# `help("with")` or `help("FORMATTING")`, in the module `pydoc_data.topics`: English technical
+# prose with code examples. The exact text changes between Python versions, so **every number
+# from here to the end of the section "What is a language model?" depends on your Python
+# version**; the first line the next cell prints names the version that produced the stored
+# outputs. `aigc_book.text.corpora.python_docs_text()` joins the topics in sorted order (later
+# chapters use the same text), and `split_train_val` holds out the last `HELD_OUT_FRACTION` of the
+# characters as **held-out text**: the model never counts it, and we use it only to measure.
 
 # %%
 from pydoc_data.topics import topics
 
 corpus = python_docs_text()
-train_text, heldout_text = split_train_val(corpus, 0.1)
+train_text, heldout_text = split_train_val(corpus, HELD_OUT_FRACTION)
 vocab = CharTokenizer.fit(corpus)  # the alphabet of the whole corpus, so every held-out char has an id
+vocab_size = len(vocab)  # |V| in the formulas
 print(f"Python {sys.version.split()[0]}: {len(topics)} help topics, {len(corpus):,} characters, "
-      f"{len(vocab)} distinct characters")
+      f"{vocab_size} distinct characters")
 print(f"training text: {len(train_text):,} characters; held-out text: {len(heldout_text):,} characters")
 print(f"held-out characters never seen in training: {sorted(set(heldout_text) - set(train_text))}")
 print("start of the held-out text:", repr(heldout_text[:120]))
@@ -231,27 +278,96 @@ ends, pos = {}, 0
 for name in sorted(topics):
     pos += len(topics[name].strip()) + 2  # python_docs_text strips each topic and joins with "\n\n"
     ends[name] = pos
-print("topics (partly) in the held-out text:", [name for name, end in ends.items() if end > len(train_text)])
+heldout_topics = [name for name, end in ends.items() if end > len(train_text)]
+print("topics (partly) in the held-out text:", heldout_topics)
 
 # %% [markdown]
 # Building the vocabulary from the whole corpus is a small, deliberate leak: it tells the model
 # which characters exist, not how they are used. Held-out characters that training never showed
 # would still get a probability from smoothing.
 #
+# ### What the model trains on: pairs, not single tokens
+#
+# *What is one training example for a language model?*
+#
+# A language model learns $p(\text{next} \mid \text{context})$, so every training example is a
+# context *with* the token that follows it. For the bigram model the context is one character:
+# the examples are the pairs $(x_{t-1}, x_t)$, and counting them is the whole of training. A
+# Transformer (chapters 2 and 3) reads windows instead: the inputs $x_1..x_T$ and, as targets, the same
+# window shifted by one, $x_2..x_{T+1}$, so that every position predicts its next token.
+#
+# One of the Chinese articles this book grew out of (the series "AIGC从入门到实战"; its article on
+# AIGC tools for individuals, called article 004 in this book, §5.1) builds a character-level
+# language-model dataset in PyTorch, and its code gets both the tokenizer and the examples wrong.
+# We run it as printed, on our text instead of a Shakespeare file the reader does not have.
+
+# %%
+SEED_004_CODE = '''
+class ShakespeareDataset(Dataset):
+    def __init__(self, text, tokenizer):
+        self.text = text
+        self.tokenizer = tokenizer
+        self.vocab = tokenizer.vocab
+        self.ids = tokenizer.encode(text)
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, idx):
+        return self.ids[idx]
+
+tokenizer = torch.nn.Transformer.TransformerEncoder.build_tokenizer(text)
+dataset = ShakespeareDataset(text, tokenizer)
+'''
+seed_namespace = {"torch": torch, "Dataset": Dataset, "text": train_text}
+try:
+    exec(SEED_004_CODE, seed_namespace)
+except AttributeError as err:
+    print("AttributeError:", err)
+assert "dataset" not in seed_namespace  # the article's code stops at its tokenizer line
+torch_names_with_token = [n for n in dir(torch) + dir(torch.nn) if "tokeniz" in n.lower()]
+print("names containing 'tokeniz' in torch and torch.nn:", torch_names_with_token)
+assert not torch_names_with_token
+
+# Give the article's dataset a tokenizer that exists, and look at what it yields.
+article_dataset = seed_namespace["ShakespeareDataset"](train_text, SimpleNamespace(vocab=vocab.itos, encode=vocab.encode))
+article_batch = next(iter(DataLoader(article_dataset, batch_size=4)))
+print("the article's dataset, one batch:", article_batch.tolist(), "shape", tuple(article_batch.shape))
+assert article_batch.shape == (4,)  # four unrelated single tokens: no target to predict
+
+# What this chapter counts: (previous, next) pairs. What the Transformer chapters train on: windows and their shift.
+ids = vocab.encode_tensor(train_text)
+x_prev, x_next = ids[:-1], ids[1:]  # (T-1,) each: the bigram model's examples
+print("first bigram examples:", [vocab.decode([int(a)]) + vocab.decode([int(b)]) for a, b in zip(x_prev[:6], x_next[:6])])
+window = causal_lm_batch(ids, batch_size=2, block_size=12, generator=torch.Generator().manual_seed(0))
+for inp, tgt in zip(window["idx"], window["targets"]):
+    print(f"input {vocab.decode(inp)!r:16} target {vocab.decode(tgt)!r}")
+assert torch.equal(window["idx"][:, 1:], window["targets"][:, :-1])  # the target is the input shifted by one
+
+# %% [markdown]
+# Two mistakes show. `torch.nn.Transformer` has no attribute `TransformerEncoder` (that class
+# lives in `torch.nn`), and neither `torch` nor `torch.nn` has any tokenizer (the cell lists the
+# names that mention one: none). PyTorch works on tensors of ids; the tokenizer is ours to write,
+# here `CharTokenizer`, a sorted list of characters. And once
+# it has a tokenizer, the article's dataset yields *single* tokens, so a batch is a handful of
+# unrelated characters with nothing to predict. Our examples are pairs (for counting) and shifted
+# windows (for the Transformers of chapters 2 and 3), and the `assert` checks that every target is the next
+# character of its input.
+#
 # ### Counting, and a picture of the counts
 #
 # *What does a bigram model actually learn?*
 #
-# Fitting is one pass of counting. We use $k=0.1$ for now and choose $k$ properly below.
+# Fitting is one pass of counting. We use $k$ = `K_FIRST` for now and choose $k$ properly below.
 
 # %%
-K = 0.1
 t0 = time.perf_counter()
-model = BigramLM.from_text(train_text, k=K, vocab=vocab)
+model = BigramLM.from_text(train_text, k=K_FIRST, vocab=vocab)
 print(f"counted {int(model.counts.sum()):,} character pairs in {time.perf_counter() - t0:.2f} s")
-print(f"parameters: V^2 = {model.vocab_size}^2 = {model.vocab_size ** 2:,} probabilities")
-P = model.probs()  # (V, V), row a is p(. | a)
-torch.testing.assert_close(P.sum(dim=1), torch.ones(model.vocab_size, dtype=torch.float64))
+print(f"parameters: |V|^2 = {vocab_size}^2 = {vocab_size ** 2:,} probabilities")
+assert int(model.counts.sum()) == len(x_prev)  # one count per training pair
+P = model.probs()  # (|V|, |V|), float64, row a is p(. | a)
+torch.testing.assert_close(P.sum(dim=1), torch.ones(vocab_size, dtype=torch.float64))
 
 shown = [" "] + [chr(c) for c in range(ord("a"), ord("z") + 1)]
 idx = torch.tensor([vocab.index(c) for c in shown])
@@ -267,90 +383,169 @@ fig.colorbar(im, ax=ax, label="probability p(b | a)")
 ax.set_title("Figure 1.2: Bigram probabilities p(b | a), space and a-z")
 plt.show()
 
+
 # %%
-for a in ["q", " ", "d", "s", "y", "h"]:
+def show_char(c: str) -> str:
+    return "a space" if c == " " else ("a newline" if c == "\n" else f"*{c}*")
+
+
+top1 = {}
+for a in ["q", "h", "d", "s", "y", " "]:
     top = P[vocab.index(a)].topk(3)
+    top1[a] = (vocab.itos[int(top.indices[0])], float(top.values[0]))
     shown_top = ", ".join(f"{vocab.itos[j]!r} {p:.2f}" for p, j in zip(top.values.tolist(), top.indices.tolist()))
     print(f"after {a!r}: {shown_top}")
+(first_a, (first_b, first_p)), *rest = top1.items()
+display(Markdown(f"What to see: English spelling is already there. The likeliest next character after {show_char(first_a)} "
+                 f"is {show_char(first_b)} (p = {first_p:.2f}); "
+                 + "; ".join(f"after {show_char(a)}, {show_char(b)} ({p:.2f})" for a, (b, p) in rest) + "."))
 
 # %% [markdown]
-# Each row is the distribution of the next character after the row's character (only the 27 shown
-# columns are drawn, so a row's visible cells need not sum to 1). What to see: English spelling is
-# already there, as the most likely continuations printed under the figure confirm. After *q* most
-# of the mass is on *u*; after *h*, on *e*; after letters that often end words (*d*, *s*, *y*), the
-# likeliest next character is a space. After a space, the likeliest next character is another
-# space, because the corpus indents much of its text and code; the rest of that row spreads over the
+# Each row is the distribution of the next character after the row's character (only the columns
+# for space and a–z are drawn, so a row's visible cells need not sum to 1). Letters that often end words
+# (*d*, *s*, *y*) tend to be followed by a space; and since the corpus indents much of its text and
+# code, a space is often followed by another space, while the rest of that row spreads over the
 # letters that start words.
 #
-# ### Sampling
+# ### Generating: sampling and greedy decoding
 #
-# *What text does the model believe in?*
+# *What text does the model believe in, and does it matter how we pick each character?*
 #
-# To generate, we start from a character and repeatedly draw the next one from $p(\cdot \mid a)$.
-# A seeded `torch.Generator` makes the draw repeatable.
+# Both ways of generating start from a character and append one character at a time. **Sampling**
+# draws the next one from $p(\cdot \mid a)$; the package's `BigramLM.sample` does it with
+# `torch.multinomial` and a seeded `torch.Generator`, so a seed makes the draw repeatable.
 
 # %%
-generator = torch.Generator().manual_seed(0)
-print(model.sample(300, generator, start="T"))
+sampled = {seed: model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(seed), start="T") for seed in SAMPLE_SEEDS}
+assert model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(SAMPLE_SEEDS[0]), start="T") == sampled[SAMPLE_SEEDS[0]]
+assert sampled[SAMPLE_SEEDS[0]] != sampled[SAMPLE_SEEDS[1]]  # another seed, another text
+print(f"sampled with seed {SAMPLE_SEEDS[0]}:\n{sampled[SAMPLE_SEEDS[0]]}\n")
+print(f"sampled with seed {SAMPLE_SEEDS[1]} (first 120 characters):\n{sampled[SAMPLE_SEEDS[1]][:120]}")
 
 # %% [markdown]
 # The output has the texture of the corpus (word-length chunks, spaces, the odd bracket or
 # quote) but no words beyond the shortest ones: one character of memory is not enough to spell.
-# Chapters on the Transformer replace this one-character memory with attention over the whole
-# context.
+#
+# **Greedy decoding** takes the row's most probable character instead. Written out, it is one
+# `argmax` per step:
+
+# %%
+def greedy_decode(probs: torch.Tensor, start: str, n_chars: int) -> str:
+    """Append the most probable next character, argmax_b p(b | previous), until n_chars are written."""
+    out = [vocab.index(start)]
+    for _ in range(n_chars - 1):
+        out.append(int(probs[out[-1]].argmax()))
+    return vocab.decode(out)
+
+
+greedy = greedy_decode(P, "T", SAMPLE_CHARS)
+assert greedy == greedy_decode(P, "T", SAMPLE_CHARS)  # no randomness: always the same text
+for a, b in zip(greedy, greedy[1:]):  # each step really took a largest entry of its row
+    assert P[vocab.index(a), vocab.index(b)] == P[vocab.index(a)].max()
+
+# The next character depends only on the current one, so once a character repeats, the text loops.
+first_seen = {}
+for t, c in enumerate(greedy):
+    if c in first_seen:
+        break
+    first_seen[c] = t
+loop_start, loop = first_seen[c], greedy[first_seen[c]:t]
+assert t <= vocab_size  # at most |V| distinct characters can come before the first repeat
+assert greedy[loop_start:] == (loop * SAMPLE_CHARS)[: SAMPLE_CHARS - loop_start]
+print(f"greedy: {greedy[:60]!r}...")
+print(f"after {loop_start} characters greedy decoding repeats {loop!r} (length {len(loop)}) "
+      f"to the end of its {SAMPLE_CHARS} characters")
+
+# %% [markdown]
+# Greedy decoding is deterministic, and for this model it is useless: a first-order chain with a
+# fixed rule must revisit a character within $|\mathcal{V}|$ steps, and from then on it repeats the
+# same loop forever, as the cell shows. Sampling escapes because a draw can leave the likeliest
+# path. Large Transformers also fall into repetition under greedy decoding, although they look at
+# the whole context (Holtzman et al. 2020); the later chapter on decoding returns to this, with
+# temperature, top-$k$ and nucleus sampling.
+#
+# One more check that sampling does what it claims: draw the character after *h* many times and
+# compare the frequencies with the row $p(\cdot \mid h)$. Each frequency is an average of
+# `N_DRAWS` independent indicators, so it may miss its probability by a few standard errors
+# $\sqrt{p(1-p)/N}$, and no more.
+
+# %%
+row_cpu = P[vocab.index("h")]  # (|V|,) float64
+row_dev = row_cpu.to(device=device, dtype=torch.float32)  # float32 exists on every device
+draws = torch.multinomial(row_dev, N_DRAWS, replacement=True, generator=torch.Generator(device=device).manual_seed(0))
+freq = torch.bincount(draws.cpu(), minlength=vocab_size).to(torch.float64) / N_DRAWS
+std_err = (row_cpu * (1 - row_cpu) / N_DRAWS).sqrt()
+z = (freq - row_cpu).abs() / std_err
+for j in row_cpu.topk(3).indices.tolist():
+    print(f"p({vocab.itos[j]!r} | 'h') = {row_cpu[j]:.4f}, frequency in {N_DRAWS:,} draws = {freq[j]:.4f}")
+print(f"largest deviation over all {vocab_size} characters: {z.max():.2f} standard errors")
+assert (z < 5).all()
+
+# %% [markdown]
+# The frequencies match the probabilities within the printed number of standard errors. Chapters
+# on the Transformer replace the one-character memory with attention over the whole context.
 #
 # ### Measuring the model: cross-entropy on held-out text
 #
 # *How many bits per character does the bigram model need, and is that good?*
 #
 # Two baselines make the number meaningful. A **uniform** model that ignores the text gives every
-# character probability $1/V$, so its cross-entropy is $\log V$. A **unigram** model uses each
-# character's overall frequency, ignoring the previous character. The bigram model should beat both.
+# character probability $1/|\mathcal{V}|$, so its cross-entropy is $\log |\mathcal{V}|$. A
+# **unigram** model uses each character's overall frequency, ignoring the previous character. The
+# bigram model should beat both.
 
 # %%
 ln2 = math.log(2)
-V = model.vocab_size
-ce_uniform = math.log(V)
+ce_uniform = math.log(vocab_size)
 
-train_ids, heldout_ids = vocab.encode_tensor(train_text), vocab.encode_tensor(heldout_text)
-unigram_counts = torch.bincount(train_ids, minlength=V).to(torch.float64)
+train_ids, heldout_ids = ids, vocab.encode_tensor(heldout_text)
+unigram_counts = torch.bincount(train_ids, minlength=vocab_size).to(torch.float64)
 p_train = unigram_counts / unigram_counts.sum()
 unigram_entropy = -(p_train[p_train > 0] * p_train[p_train > 0].log()).sum().item()
-p_unigram = (unigram_counts + K) / (unigram_counts.sum() + K * V)  # add-k smoothed, as for the bigram
+p_unigram = (unigram_counts + K_FIRST) / (unigram_counts.sum() + K_FIRST * vocab_size)  # add-k, as for the bigram
 ce_unigram = -p_unigram.log()[heldout_ids[1:]].mean().item()  # score the same T-1 characters
 ce_bigram = model.cross_entropy(heldout_text)
 ce_bigram_train = model.cross_entropy(train_text)
 
 print(f"{'model (scored on held-out text)':<38}{'nats/char':>10}{'bits/char':>11}{'perplexity':>12}")
 for name, ce in [
-    (f"uniform, log V (V = {V})", ce_uniform),
+    (f"uniform, ln |V| (|V| = {vocab_size})", ce_uniform),
     ("unigram, add-k", ce_unigram),
     ("bigram, add-k", ce_bigram),
 ]:
     print(f"{name:<38}{ce:>10.4f}{ce / ln2:>11.4f}{math.exp(ce):>12.2f}")
-print(f"\nbits/char saved: unigram over uniform {(ce_uniform - ce_unigram) / ln2:.2f}, "
-      f"bigram over unigram {(ce_unigram - ce_bigram) / ln2:.2f}")
-print(f"unigram entropy of the training text: {unigram_entropy:.4f} nats/char")
+print(f"\nunigram entropy of the training text: {unigram_entropy:.4f} nats/char")
 print(f"bigram cross-entropy on its own training text: {ce_bigram_train:.4f} nats/char")
 assert ce_bigram < ce_unigram < ce_uniform
 assert (ce_unigram - ce_bigram) / ln2 > 1  # the previous character is worth more than a bit
 assert (ce_uniform - ce_bigram) / ln2 > 3
+assert abs(ce_unigram - unigram_entropy) < 0.1  # "close": the two parts use letters at similar rates
+
+if ce_bigram < ce_bigram_train:
+    train_vs_heldout = (
+        f"Here the bigram model scores *better* on the held-out text ({ce_bigram:.4f} nats/char) than on the "
+        f"text it was counted from ({ce_bigram_train:.4f}), which is unusual: the held-out tail of the sorted "
+        f"topics (from {heldout_topics[0]!r} to {heldout_topics[-1]!r}, printed above) happens to be more "
+        "predictable than the average topic.")
+else:
+    train_vs_heldout = (
+        f"As usual, the bigram model scores worse on the held-out text ({ce_bigram:.4f} nats/char) than on the "
+        f"text it was counted from ({ce_bigram_train:.4f}): counts fit best the text they came from.")
+display(Markdown(
+    f"With Python {platform.python_version()}: the table reads from worst to best. Knowing the character "
+    f"frequencies (unigram) saves {(ce_uniform - ce_unigram) / ln2:.2f} bits per character against the uniform "
+    f"guess; knowing the previous character (bigram) saves {(ce_unigram - ce_bigram) / ln2:.2f} bits more. "
+    f"The bigram model's perplexity, {math.exp(ce_bigram):.1f}, says that on average it is as unsure as if it "
+    f"were choosing among that many equally likely characters, against all {vocab_size} for the uniform model.\n\n"
+    f"The unigram model's held-out cross-entropy ({ce_unigram:.4f} nats/char) is close to the entropy of the "
+    f"training text's character frequencies ({unigram_entropy:.4f}), as it should be when the two parts of the "
+    f"corpus use letters at similar rates. {train_vs_heldout}"
+))
 
 # %% [markdown]
-# The table reads from worst to best. Knowing the character frequencies (unigram) already saves
-# about two bits per character against the uniform guess; knowing the previous character (bigram)
-# saves more than one bit more. The bigram model's perplexity says that, on average, it is as
-# unsure as if it were choosing among about ten equally likely characters, against all $V$ of them
-# for the uniform model.
-#
-# Two details deserve a remark. The unigram model's held-out cross-entropy is close to the
-# entropy of the training text's character frequencies, as it should be when the two parts of the
-# corpus use letters at similar rates. And here the bigram model scores *better* on the held-out
-# text than on the text it was counted from, which is unusual: the last tenth of the sorted topics
-# (mostly the reference pages on built-in mapping and sequence types, listed above) happens to be
-# more predictable than the average topic. A held-out number describes the model *on that text*; compare models on the same
-# held-out text, never numbers measured on different text. Exercise 2 measures how much the score
-# varies with the choice of held-out part.
+# A held-out number describes the model *on that text*; compare models on the same held-out text,
+# never numbers measured on different text. Exercise 2 measures how much the score varies with
+# the choice of held-out part.
 #
 # ### Checking the number by hand
 #
@@ -363,12 +558,12 @@ assert (ce_uniform - ce_bigram) / ln2 > 3
 # unchanged and the result must agree.
 
 # %%
-count_table = model.counts.tolist()  # plain Python ints, C[a][b]
+count_table = model.counts.tolist()  # plain Python ints, n(a, b)
 row_totals = [sum(row) for row in count_table]
 total_nll = 0.0
 for a, b in zip(heldout_text, heldout_text[1:]):
     i, j = vocab.index(a), vocab.index(b)
-    p = (count_table[i][j] + K) / (row_totals[i] + K * V)
+    p = (count_table[i][j] + K_FIRST) / (row_totals[i] + K_FIRST * vocab_size)
     total_nll += -math.log(p)
 ce_loop = total_nll / (len(heldout_text) - 1)
 
@@ -381,31 +576,31 @@ assert math.isclose(ce_loop, ce_bigram, rel_tol=1e-9)
 assert math.isclose(ce_torch, ce_bigram, rel_tol=1e-9)
 
 # %% [markdown]
-# All three agree to at least nine significant digits (they differ only in the order of floating-point
-# additions). The same function, `F.cross_entropy`, is the training loss of every GPT model
-# in this book: the only thing that changes is the machine that produces the logits.
+# The three agree to a relative error below $10^{-9}$, as asserted (they differ only in the order of
+# floating-point additions). The same function, `F.cross_entropy`, is the training loss of every
+# GPT model in this book: the only thing that changes is the machine that produces the logits.
 #
 # ### How much smoothing?
 #
 # *Why not simply use the counts ($k=0$), and how should $k$ be chosen?*
 
 # %%
-ks = [0.0, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
 ce_train_k, ce_heldout_k = [], []
-for k_ in ks:
+for k_ in K_GRID:
     m = BigramLM.from_text(train_text, k=k_, vocab=vocab)
     ce_train_k.append(m.cross_entropy(train_text))
     ce_heldout_k.append(m.cross_entropy(heldout_text))
-for k_, tr, ho in zip(ks, ce_train_k, ce_heldout_k):
+for k_, tr, ho in zip(K_GRID, ce_train_k, ce_heldout_k):
     print(f"k = {k_:<6g} training {tr:.4f}   held-out {ho:.4f} nats/char")
-best_k = min(zip(ce_heldout_k, ks))[1]
-print(f"lowest held-out cross-entropy at k = {best_k:g}")
-assert ce_train_k[0] == min(ce_train_k)  # k = 0 maximises the likelihood of the training text
+best_k = min(zip(ce_heldout_k, K_GRID))[1]
+print(f"lowest held-out cross-entropy at k = {best_k:g}; the chapter used K_FIRST = {K_FIRST:g} above")
+assert K_GRID[0] == 0 and ce_train_k[0] == min(ce_train_k)  # k = 0 maximises the likelihood of the training text
 assert math.isinf(ce_heldout_k[0])  # ... and gives some held-out pair probability 0
+assert 0 < K_GRID.index(best_k) < len(K_GRID) - 1  # the held-out minimum lies inside the grid, not at an end
 
 fig, ax = plt.subplots()
-ax.semilogx(ks[1:], ce_train_k[1:], "o-", label="training text")
-ax.semilogx(ks[1:], ce_heldout_k[1:], "s-", label="held-out text")
+ax.semilogx(K_GRID[1:], ce_train_k[1:], "o-", label="training text")
+ax.semilogx(K_GRID[1:], ce_heldout_k[1:], "s-", label="held-out text")
 ax.set_xlabel("smoothing constant k (pseudo-counts per pair)")
 ax.set_ylabel("cross-entropy (nats/char)")
 ax.set_title("Figure 1.3: Smoothing trades fit to the training text for held-out score")
@@ -417,40 +612,45 @@ plt.show()
 # never occurred in training, gets probability zero, and makes the cross-entropy infinite: one
 # impossible event costs $-\log 0 = \infty$. As $k$ grows, the training cross-entropy rises
 # steadily while the held-out one first falls, then rises once smoothing washes out what the counts
-# say. What to see in Figure 1.3: the held-out curve has a minimum, and the training curve alone
-# cannot find it. Choosing $k$ (a **hyperparameter**) by held-out score is, in miniature, how the
-# training settings of real models are chosen. Strictly, choosing it on the same held-out text we
-# report makes that report slightly optimistic; a third, untouched test set avoids this.
+# say. What to see in Figure 1.3: the held-out curve has a minimum inside the grid (asserted
+# above), and the training curve alone cannot find it. Choosing $k$ (a **hyperparameter**) by
+# held-out score is, in miniature, how the training settings of real models are chosen. Strictly,
+# choosing it on the same held-out text we report makes that report slightly optimistic; a third,
+# untouched test set avoids this.
 #
 # A bigram model can also say which of two strings is more "English-like in the corpus' way":
 
 # %%
 def log_p_after_first(s: str) -> float:
-    ids = vocab.encode_tensor(s)
-    return log_P[ids[:-1], ids[1:]].sum().item()
+    ids_s = vocab.encode_tensor(s)
+    return log_P[ids_s[:-1], ids_s[1:]].sum().item()
 
 
+ratios = []
 for good, bad in [("the ", "teh "), ("def ", "fde ")]:
     lg, lb = log_p_after_first(good), log_p_after_first(bad)
+    ratios.append(math.exp(lg - lb))
     print(f"log p({good!r}) = {lg:7.3f}, log p({bad!r}) = {lb:7.3f} nats (given the first character): "
-          f"{good!r} is {math.exp(lg - lb):,.0f} times more probable")
+          f"{good!r} is {ratios[-1]:,.0f} times more probable")
     assert lg > lb
+display(Markdown(
+    f"The correct spellings are {math.log(min(ratios)):.1f} to {math.log(max(ratios)):.1f} nats, that is "
+    f"{min(ratios):,.0f} to {max(ratios):,.0f} times, more probable than the scrambled ones. This is all a "
+    "language model is; ChatGPT differs in *how* it computes the next-token probabilities (a Transformer over "
+    "thousands of previous tokens instead of a table over one), in scale, and in fine-tuning."
+))
 
 # %% [markdown]
-# The correct spellings are several nats, that is hundreds of times or more, more probable than
-# the scrambled ones. This is all a language model is; ChatGPT differs in *how* it computes the next-token
-# probabilities (a Transformer over thousands of previous tokens instead of a table over one), in
-# scale, and in fine-tuning.
-#
 # ## Real models over time
 #
 # *How large are real language models, how much text did they see, and how much computation did
 # training them take?*
 #
-# The package ships a small table of published figures. Every row names its source
-# and a confidence label: V means checked against the paper, its abstract, a model card or a page
-# quoting it; M means from memory of the primary source and not re-checked, so treat those rows as
-# approximate. An empty cell means the source publishes no figure.
+# The package ships a small table of published figures. Every row names its source and a
+# confidence label: V means checked against the paper, its abstract, a model card or a page
+# quoting it; M means from memory of the primary source and not re-checked, so treat such rows as
+# approximate. An empty cell means the source publishes no figure. The numbered references under
+# the table are the rows' sources; the chapter's source list gives them in full.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -471,27 +671,40 @@ for i, r in enumerate(models, start=1):
 print()
 for i, r in enumerate(models, start=1):
     print(f"[{i}] {r.source}")
-print(f"\n{len(models)} models, {sum(r.training_flops is not None for r in models)} with published training compute")
+n_published = sum(r.training_flops is not None for r in models)
+print(f"\n{len(models)} models, {n_published} with published training compute, "
+      f"{sum(r.confidence == 'V' for r in models)} rows labelled V and {sum(r.confidence == 'M' for r in models)} labelled M")
+
+# %%
+by_name = {r.model: r for r in models}
+largest = max(models, key=lambda r: r.params)
+growth = largest.params / by_name["GPT-1"].params
+span = largest.released_year - by_name["GPT-1"].released_year
+tokens_per_param = {name: by_name[name].training_tokens / by_name[name].params
+                    for name in ("GPT-3", "Chinchilla", "Llama 3 70B")}
+assert tokens_per_param["GPT-3"] < 2 < tokens_per_param["Chinchilla"] < tokens_per_param["Llama 3 70B"]
+display(Markdown(
+    f"Two patterns stand out. The largest parameter count in the table, {largest.model}'s ({largest.params / 1e9:.0f}B; a "
+    f"mixture of experts, counted here by all its parameters), is {growth:,.0f} times GPT-1's: "
+    f"{math.log10(growth):.1f} orders of magnitude in {span:.1f} years. And after Chinchilla (Hoffmann et al. 2022), "
+    "which found that parameters and training tokens should be scaled equally, models were trained on far more "
+    f"tokens per parameter: GPT-3 saw {tokens_per_param['GPT-3']:.2f} tokens per parameter, Chinchilla "
+    f"{tokens_per_param['Chinchilla']:.0f}, Llama 3 70B {tokens_per_param['Llama 3 70B']:.0f}."
+))
 
 # %% [markdown]
-# Two patterns stand out. Parameters grew by more than three orders of magnitude in six years. And
-# after Chinchilla (Hoffmann et al. 2022), which found that parameters and training tokens should
-# be scaled equally, models were trained on far more tokens per parameter: GPT-3 saw
-# fewer than two tokens per parameter, Chinchilla twenty, Llama 3 70B about two hundred.
-#
 # ### Estimating training compute: 6·N·D
 #
-# *Only two rows publish their training compute. Can we estimate the others?*
+# *Few rows publish their training compute. Can we estimate the others?*
 #
 # Kaplan et al. (2020) estimate the training cost of a dense Transformer with $N$ parameters on $D$
 # tokens as $C \approx 6ND$ floating-point operations (FLOPs): about $2N$ per token for the forward
 # pass (a multiply and an add per weight) and twice that for the backward pass (Kaplan et al. 2020, §2.1). Check it
-# against GPT-3, whose paper publishes $3.64\times 10^3$ petaflop/s-days, that is
-# $3.14\times10^{23}$ FLOPs (Brown et al. 2020, Table D.1).
+# against GPT-3, whose paper publishes its compute in petaflop/s-days (Brown et al. 2020, Table D.1),
+# and against Llama 3.1 405B (Llama Team 2024).
 
 # %%
 # NBVAL_CHECK_OUTPUT
-by_name = {r.model: r for r in models}
 gpt3 = by_name["GPT-3"]
 pf_days = 3.64e3  # Brown et al. 2020, Table D.1
 pf_days_in_flops = pf_days * 1e15 * 24 * 3600  # 1 PF/s-day = 1e15 FLOP/s for 86,400 s
@@ -510,17 +723,60 @@ print(f"\nLlama 3.1 405B published: {llama.training_flops:.3g} FLOPs; 6ND = {est
 assert rel_llama < 0.01
 
 # %% [markdown]
-# For both models with a published figure, $6ND$ is within 1% of it. (Inference, by the same
-# accounting, costs about $2N$ FLOPs per generated token, not $6N$ (Kaplan et al. 2020).) We can therefore
-# fill the gaps with estimates, as long as we label them as estimates.
+# For these two models $6ND$ is within 1% of the published figure. (Inference, by the same
+# accounting, costs about $2N$ FLOPs per generated token, not $6N$ (Kaplan et al. 2020).)
 #
-# One row needs care. DeepSeek-V3 is a *mixture-of-experts* model: of its 671B parameters, only
-# about 37B are used for each token, according to the source in the table (an M row, so
-# approximate). The FLOPs per token depend on the parameters that are used, so the estimate must use
-# $N_{\text{active}}$; using the total would overstate the compute about eighteen-fold.
+# Chinchilla and Gopher test the estimate harder. Hoffmann et al. (2022) write that Chinchilla
+# "uses the same compute budget as Gopher but with 70B parameters and 4× more more data"
+# (abstract, sic), and that "both Chinchilla and Gopher have been trained for the same number of
+# FLOPs" (§4); they give the number of FLOPs used to train Gopher in the caption of their
+# Figure 2, and the table holds it for both models. What does $6ND$ say?
 
 # %%
-ACTIVE_PARAMS = {"DeepSeek-V3": 37e9}  # mixture of experts: parameters used per token (models.csv source column)
+# NBVAL_CHECK_OUTPUT
+gopher, chinchilla = by_name["Gopher"], by_name["Chinchilla"]
+budget = gopher.training_flops  # Hoffmann et al. 2022, Figure 2 caption
+assert chinchilla.training_flops == budget  # Hoffmann et al. 2022, section 4: the same number of FLOPs
+six_nd = {}
+for r in (gopher, chinchilla):
+    six_nd[r.model] = training_flops_estimate(r.params, r.training_tokens)
+    print(f"{r.model:<11} N = {r.params:.3g}, D = {r.training_tokens:.3g}: 6ND = {six_nd[r.model]:.3g} FLOPs, "
+          f"paper {r.training_flops:.3g} ({six_nd[r.model] / r.training_flops - 1:+.1%})")
+param_ratio = gopher.params / chinchilla.params
+token_ratio = chinchilla.training_tokens / gopher.training_tokens
+print(f"Gopher has {param_ratio:.2f}x Chinchilla's parameters; Chinchilla saw {token_ratio:.2f}x Gopher's tokens")
+print(f"6ND of Chinchilla / 6ND of Gopher = {six_nd['Chinchilla'] / six_nd['Gopher']:.3f}")
+assert math.isclose(six_nd["Chinchilla"] / six_nd["Gopher"], token_ratio / param_ratio)
+tolerance = 0.15  # how far 6ND may stray from the paper's own count for these two runs
+assert all(abs(c / budget - 1) < tolerance for c in six_nd.values())
+
+# %%
+display(Markdown(
+    f"By $6ND$ the two runs differ by {six_nd['Chinchilla'] / six_nd['Gopher'] - 1:.1%}, because the paper's round "
+    f"\"4×\" is two different ratios: the model is {param_ratio:.2f} times smaller, but the data "
+    f"{token_ratio:.2f} times larger. The paper did not pick the pair by $6ND$: its §4 says that the compute-optimal "
+    "size for Gopher's budget lay \"somewhere between 40 and 70 billion parameters\" and that it trained "
+    "the larger end \"for 1.4T tokens, due to both dataset and computational efficiency considerations\". Nor "
+    "does it count FLOPs as $6ND$: its Appendix F counts every matrix product, the embeddings and attention "
+    "included, and counts the embedding matrices among the parameters. So \"the same compute budget\" is true "
+    "by the paper's own count and at the precision of a training plan, while $6ND$ is "
+    f"{abs(six_nd['Gopher'] / budget - 1):.1%} below the published figure for Gopher and "
+    f"{abs(six_nd['Chinchilla'] / budget - 1):.1%} above it for Chinchilla. $6ND$ is an estimate, good to "
+    f"{max(rel, rel_llama):.1%} for GPT-3 and Llama 3.1 405B but only to within {tolerance:.0%} (asserted) for these "
+    "two, not an identity."
+))
+
+# %% [markdown]
+# We can therefore fill the gaps with estimates, as long as we label them as estimates.
+#
+# One row needs care. DeepSeek-V3 is a *mixture-of-experts* model: for each token, a router sends
+# it through a few of many expert sub-networks, so only part of the parameters is used. Of its
+# parameters, the number "activated for each token" is given in the abstract of its technical
+# report (DeepSeek-AI 2024). The FLOPs per token depend on the parameters that are used, so the
+# estimate must use $N_{\text{active}}$.
+
+# %%
+ACTIVE_PARAMS = {"DeepSeek-V3": 37e9}  # "37B activated for each token": DeepSeek-AI 2024, arXiv:2412.19437, abstract
 
 print(f"{'model':<15}{'N used':>9}{'D':>9}{'6ND (estimate)':>16}{'published':>11}")
 compute_points = []  # (year, FLOPs, published?, model)
@@ -536,7 +792,11 @@ for r in models:
     else:
         compute_points.append((r.released_year, est, False, r.model))
 
-print(f"\nfor scale: GPT-3 has {gpt3.params / model.vocab_size**2:.1e} times as many parameters as our bigram "
+deepseek = by_name["DeepSeek-V3"]
+overstatement = deepseek.params / ACTIVE_PARAMS["DeepSeek-V3"]
+print(f"\nDeepSeek-V3: using all {deepseek.params:.3g} parameters instead of the {ACTIVE_PARAMS['DeepSeek-V3']:.3g} "
+      f"active ones would overstate its compute {overstatement:.1f}-fold")
+print(f"for scale: GPT-3 has {gpt3.params / vocab_size**2:.1e} times as many parameters as our bigram "
       f"table and saw {gpt3.training_tokens / len(train_text):.1e} times as many tokens as we counted characters")
 
 # %%
@@ -544,8 +804,8 @@ print(f"\nfor scale: GPT-3 has {gpt3.params / model.vocab_size**2:.1e} times as 
 LABEL_PLACES = {
     "params": {"LLaMA-65B": (0, -12, "center"), "Llama 2 70B": (0, 6, "center")},
     "tokens": {"Llama 3 70B": (-6, -2, "right"), "Llama 3.1 405B": (0, 7, "center"),
-               "DeepSeek-V3": (0, -13, "center")},
-    "compute": {"Gopher": (-6, 2, "right"), "LLaMA-65B": (0, -13, "center")},
+               "DeepSeek-V3": (0, -13, "center"), "Gopher": (0, 7, "center")},
+    "compute": {"Gopher": (-6, 2, "right"), "Chinchilla": (0, 7, "center"), "LLaMA-65B": (0, -13, "center")},
 }
 
 
@@ -576,17 +836,24 @@ axes[2].set_ylabel("training compute (FLOPs)")
 axes[2].set_xlabel("release date (year)")
 axes[2].legend(loc="upper left")
 axes[2].set_xlim(2018, 2025.6)
+axes[2].set_ylim(1.5e23, 1.5e26)
 plt.show()
 
+# %%
+compute_growth = llama.training_flops / gpt3.training_flops
+late = [r for r in models if r.released_year > 2023]
+display(Markdown(
+    "What to see: all three quantities grew roughly exponentially, which a log scale turns into straight lines. "
+    f"Among the models released from 2023 on, {sum(r.params <= 1e11 for r in late)} of {len(late)} have at most "
+    f"{1e11 / 1e9:.0f}B parameters, while their training tokens range from {min(r.training_tokens for r in late) / 1e12:.1f}T to "
+    f"{max(r.training_tokens for r in late) / 1e12:.1f}T: the Chinchilla lesson in one picture. Filled markers in the bottom "
+    "panel are published compute; hollow markers are our $6ND$ estimates (DeepSeek-V3 with its active parameters). "
+    f"Between GPT-3 and Llama 3.1 405B, published training compute grew {compute_growth:.0f}-fold in "
+    f"{llama.released_year - gpt3.released_year:.1f} years. GPT-1 and GPT-2 have no token count in the table, so "
+    "they have no compute point."
+))
+
 # %% [markdown]
-# What to see: all three quantities grew roughly exponentially, which a log scale turns into
-# straight lines. After 2022 parameter counts stop rising steadily (several models of 65–70B
-# parameters), while training tokens keep rising by an order of magnitude: the Chinchilla lesson
-# in one picture. Filled markers in the bottom panel are published compute; hollow markers are our
-# $6ND$ estimates (DeepSeek-V3 with its active parameters). Between GPT-3 and Llama 3.1 405B,
-# training compute grew more than a hundredfold in about four years. GPT-1 and GPT-2 have no token
-# count in the table, so they have no compute point.
-#
 # ## How the words fit together
 #
 # *What is the relation between AIGC, a large language model, pretraining, fine-tuning, RLHF and
@@ -673,6 +940,11 @@ plt.show()
 #   network in it. It generates one token at a time, each chosen from its next-token distribution
 #   given all the tokens so far; that loop is what makes it *autoregressive*, and it needs no
 #   recurrence in the architecture (Vaswani et al. 2017; Radford et al. 2018).
+# * **"Sampling means taking the most probable token."** No. Taking the most probable token is
+#   *greedy decoding*; *sampling* draws the token at random with the model's probabilities. This
+#   chapter ran both on the bigram model: greedy decoding gave the same text every time and fell
+#   into a loop, sampling gave a different text for each seed, with frequencies that match the
+#   probabilities.
 # * **"ChatGPT is pretrained with masked language modelling (MLM) and next-sentence prediction
 #   (NSP)."** No. GPT models are pretrained with causal next-token prediction, the objective of
 #   this chapter's bigram model. MLM and NSP are BERT's objectives (Devlin et al. 2019).
@@ -683,7 +955,7 @@ plt.show()
 #   misquote.
 # * **"Training costs 2·N·D FLOPs."** No. Training costs about $6ND$ (forward and backward passes);
 #   $2N$ per token is the cost of *inference*. For GPT-3, $6ND$ reproduces the published
-#   $3.14\times10^{23}$ FLOPs to within 1%, as computed above (Brown et al. 2020, Table D.1).
+#   compute to within 1%, as asserted above (Brown et al. 2020, Table D.1).
 # ```
 
 # %% [markdown]
@@ -692,17 +964,22 @@ plt.show()
 # * The line to ChatGPT runs from the Transformer (2017) through GPT-1 (2018), GPT-2 (2019), GPT-3
 #   (2020) and InstructGPT (2022) to ChatGPT (30 November 2022): the same decoder-only, next-token
 #   model, scaled up and then fine-tuned with human feedback.
-# * A language model gives $p(\text{next token} \mid \text{text so far})$. A character bigram model
+# * A language model gives $p(\text{next token} \mid \text{text so far})$, and it trains on
+#   contexts paired with the token that follows, never on single tokens. A character bigram model
 #   does this with a table of counts and add-$k$ smoothing; on Python's help topics it beats the
-#   unigram model by more than a bit per character, and the uniform model by more than three, as
-#   printed above.
+#   unigram model by more than a bit per character and the uniform model by more than three (the
+#   cells assert both; the exact margins, printed above, depend on the Python version).
+# * Generating means choosing tokens one at a time: *sampling* draws them with the model's
+#   probabilities, *greedy decoding* takes the most probable one. Greedy decoding is deterministic
+#   and sent our bigram model into an endless loop.
 # * Cross-entropy on held-out text, in nats or bits per character, measures a language model; we
 #   checked the vectorised number against an explicit loop and against `F.cross_entropy`.
 # * Smoothing is needed because one unseen pair makes the held-out cross-entropy infinite; its
-#   strength is chosen by held-out score.
+#   strength is a hyperparameter, chosen by held-out score.
 # * Real models grew from 117M to hundreds of billions of parameters and trillions of training
-#   tokens; training compute is well estimated by $6ND$, which matches GPT-3's published figure to
-#   within 1%.
+#   tokens. Training compute is estimated by $6ND$: within 1% of the published figures for GPT-3
+#   and Llama 3.1 405B, but only within 15% of the Chinchilla paper's own count for Chinchilla and
+#   Gopher, which that paper says used the same compute budget.
 #
 # ## Exercises
 #
@@ -716,15 +993,21 @@ plt.show()
 #    cross-entropies. Where in the range does this chapter's last-10% split fall? *Hint:* build the
 #    training text as `corpus[:lo] + corpus[hi:]`, which creates one spurious pair at the seam; it
 #    changes the counts by one.
-# 3. **A trigram model.** Condition on the two previous characters: count $C[a,b,c]$ with
-#    `torch.bincount` on `(a * V + b) * V + c`, smooth, and score the held-out text. How many
-#    parameters does it have, how many of its contexts $(a, b)$ were never seen in training, and
-#    what is the best $k$ now? *Hint:* the best $k$ is smaller than for the bigram. Why?
-# 4. **Samples and temperature.** Sample from $p(b \mid a)^{1/\tau}$, renormalised, for
-#    $\tau \in \{0.5, 1, 2\}$. What happens as $\tau \to 0$? Which choice is *greedy decoding*, and
-#    why is greedy decoding not sampling? *Hint:* with $\tau \to 0$ each row puts all its mass on
-#    its largest entry.
-# 5. **GPT-3, trained the Chinchilla way.** Chinchilla's Table 3 suggests about 3.7T training
+# 3. **A trigram model.** Condition on the two previous characters: count $n(a,b,c)$ with
+#    `torch.bincount` on `(a * V + b) * V + c` (with `V = vocab_size`), smooth, and score the
+#    held-out text. How many parameters does it have, how many of its contexts $(a, b)$ were never
+#    seen in training, and what is the best $k$ now? *Hint:* the best $k$ is smaller than for the
+#    bigram. Why?
+# 4. **Temperature, between greedy and uniform.** Sample from $p(b \mid a)^{1/\tau}$,
+#    renormalised, for $\tau \in \{0.5, 1, 2\}$, and compute the cross-entropy of each tempered
+#    model on the held-out text. What happens to the samples and to the cross-entropy as
+#    $\tau \to 0$ and as $\tau \to \infty$? *Hint:* as $\tau \to 0$ each row puts all its mass on
+#    its largest entry, so sampling becomes greedy decoding; as $\tau \to \infty$ every row becomes
+#    uniform.
+# 5. **Greedy from every start.** Run `greedy_decode` from each character of the vocabulary. How
+#    many different loops does greedy decoding end in? *Hint:* each character has exactly one
+#    greedy successor, so the vocabulary is a graph with one arrow out of every node.
+# 6. **GPT-3, trained the Chinchilla way.** Chinchilla's Table 3 suggests about 3.7T training
 #    tokens for a 175B-parameter model, roughly twenty per parameter (Hoffmann et al. 2022). Use
 #    `training_flops_estimate` to compute the training compute of such a model. How many times
 #    GPT-3's published compute is it? Which model in the table comes closest in compute?
@@ -739,8 +1022,12 @@ plt.show()
 # | language model | 语言模型 | A probability distribution over token sequences, written as next-token probabilities. |
 # | large language model (LLM) | 大语言模型 | A language model with billions of parameters trained on a very large corpus. |
 # | token | 词元 | The unit a model reads and writes: here a character, in GPT a sub-word piece. |
+# | vocabulary | 词表 | The set $\mathcal{V}$ of all tokens a model can read and write; its size is $\lvert\mathcal{V}\rvert$. |
 # | bigram model | 二元语法模型 | A language model that conditions only on the previous token. |
+# | sampling | 采样 | Generating by drawing each next token at random with the model's probabilities. |
+# | greedy decoding | 贪心解码 | Generating by always taking the most probable next token; deterministic. |
 # | smoothing | 平滑 | Adding pseudo-counts so unseen events keep a non-zero probability. |
+# | hyperparameter | 超参数 | A setting chosen before training (here the smoothing constant $k$), not learned from the training text. |
 # | held-out text | 留出集 | Text the model never trained on, used only to measure it. |
 # | cross-entropy | 交叉熵 | The mean of −log p(next token) under the model, in nats or bits. |
 # | perplexity | 困惑度 | exp(cross-entropy in nats): the effective number of equally likely next tokens. |
@@ -748,29 +1035,49 @@ plt.show()
 # | fine-tuning | 微调 | Further training of a pretrained model on a smaller, targeted dataset. |
 # | reinforcement learning from human feedback (RLHF) | 人类反馈强化学习 | Fine-tuning against a reward model trained on human preference rankings. |
 # | decoder-only Transformer | 仅解码器 Transformer | A Transformer whose every layer sees only earlier tokens; the GPT architecture. |
+# | training compute (FLOPs) | 训练计算量（浮点运算次数） | The floating-point operations a training run performs, about $6ND$ for a dense Transformer. |
+# | mixture of experts (MoE) | 混合专家模型 | A model that routes each token through a few of many expert sub-networks, so only part of its parameters is used per token. |
 #
 # ## Sources
 #
 # * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* arXiv:2005.14165 (GPT-3;
 #   Table D.1 for training compute).
+# * Chowdhery, A. et al. (2022). *PaLM: Scaling Language Modeling with Pathways.* arXiv:2204.02311.
+# * DeepSeek-AI (2024). *DeepSeek-V3 Technical Report.* arXiv:2412.19437 (abstract: 671B total
+#   parameters, 37B activated per token, 14.8T training tokens, 2.788M H800 GPU-hours).
 # * Devlin, J. et al. (2019). *BERT: Pre-training of Deep Bidirectional Transformers for Language
 #   Understanding.* NAACL.
 # * Hoffmann, J. et al. (2022). *Training Compute-Optimal Large Language Models.* arXiv:2203.15556
-#   (Chinchilla).
+#   (Chinchilla; abstract and §4 for "the same compute budget", Table 1 for Gopher's and
+#   Chinchilla's parameters and tokens, Figure 2's caption for the FLOPs used to train Gopher,
+#   Table 3 for compute-optimal sizes, Appendix F for how FLOPs are counted).
+# * Holtzman, A., Buys, J., Du, L., Forbes, M. and Choi, Y. (2020). *The Curious Case of Neural
+#   Text Degeneration.* ICLR; arXiv:1904.09751 (repetition under greedy decoding).
 # * Kaplan, J. et al. (2020). *Scaling Laws for Neural Language Models.* arXiv:2001.08361 (§2.1,
 #   $C \approx 6ND$).
 # * Krizhevsky, A., Sutskever, I. and Hinton, G. (2012). *ImageNet Classification with Deep
 #   Convolutional Neural Networks.* NeurIPS.
+# * Llama Team, AI @ Meta (2024). *The Llama 3 Herd of Models.* arXiv:2407.21783 (Llama 3.1 405B);
+#   Meta (2024), *Llama 3 model card* (Llama 3 70B).
+# * McCarthy, J., Minsky, M. L., Rochester, N. and Shannon, C. E. (1955). *A Proposal for the
+#   Dartmouth Summer Research Project on Artificial Intelligence*, dated 31 August 1955; reprinted
+#   in *AI Magazine* 27(4), 2006.
 # * OpenAI (2022). *Introducing ChatGPT* (announcement, 30 November 2022).
 # * Ouyang, L. et al. (2022). *Training language models to follow instructions with human
 #   feedback.* arXiv:2203.02155 (InstructGPT).
 # * Radford, A. et al. (2018). *Improving Language Understanding by Generative Pre-Training*
 #   (GPT-1); (2019) *Language Models are Unsupervised Multitask Learners* (GPT-2).
-# * Turing, A. (1950). *Computing Machinery and Intelligence.* Mind.
-# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS.
+# * Rae, J. W. et al. (2021). *Scaling Language Models: Methods, Analysis & Insights from Training
+#   Gopher.* arXiv:2112.11446.
+# * Touvron, H. et al. (2023). *LLaMA: Open and Efficient Foundation Language Models.*
+#   arXiv:2302.13971; and (2023) *Llama 2: Open Foundation and Fine-Tuned Chat Models.*
+#   arXiv:2307.09288.
+# * Turing, A. (1950). *Computing Machinery and Intelligence.* Mind 59(236).
+# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS; arXiv:1706.03762.
 # * Reuters (1 February 2023), reporting the UBS estimate of ChatGPT's monthly users; Sam Altman,
 #   post on Twitter, 5 December 2022.
-# * The models table's own sources are listed under it, with one reference per row.
+# * The corpus: the `pydoc_data.topics` module of the Python standard library, in the version that
+#   runs the notebook (printed in the corpus cell).
 
 # %%
 print(f"chapter executed in {time.perf_counter() - chapter_start:.1f} s")

@@ -64,3 +64,27 @@ def test_malformed_rows_are_reported_with_their_line(tmp_path):
     bad_date.write_text(header + "\nX,2020,1e9,,,,,src,V\n", encoding="utf-8")
     with pytest.raises(ValueError, match="YYYY-MM"):
         load_models(bad_date)
+
+
+def test_gopher_and_chinchilla_share_one_published_budget_that_six_nd_only_approximates():
+    rows = {r.model: r for r in load_models()}
+    gopher, chinchilla = rows["Gopher"], rows["Chinchilla"]
+    # Hoffmann et al. 2022: Figure 2 caption (FLOPs used to train Gopher) and section 4 (same number of FLOPs).
+    assert gopher.training_flops == chinchilla.training_flops == 5.76e23
+    assert (gopher.params, gopher.training_tokens) == (280e9, 300e9)  # Hoffmann et al. 2022, Table 1
+    assert (chinchilla.params, chinchilla.training_tokens) == (70e9, 1.4e12)
+    est_gopher = training_flops_estimate(gopher.params, gopher.training_tokens)
+    est_chinchilla = training_flops_estimate(chinchilla.params, chinchilla.training_tokens)
+    assert est_gopher == pytest.approx(5.04e23, rel=1e-12)
+    assert est_chinchilla == pytest.approx(5.88e23, rel=1e-12)
+    assert est_chinchilla / est_gopher == pytest.approx(1.4e12 / 300e9 / 4, rel=1e-12)  # about 17% more
+    for est in (est_gopher, est_chinchilla):  # an estimate: within 15% of the paper's own count ...
+        assert abs(est / 5.76e23 - 1) < 0.15
+    assert abs(est_gopher / 5.76e23 - 1) > 0.10  # ... but, unlike for GPT-3, not within 1% of it
+
+
+def test_deepseek_v3_row_holds_the_abstract_figures():
+    deepseek = {r.model: r for r in load_models()}["DeepSeek-V3"]
+    assert (deepseek.params, deepseek.training_tokens, deepseek.gpu_hours) == (671e9, 14.8e12, 2.788e6)
+    assert deepseek.training_flops is None  # the report gives GPU-hours, not FLOPs
+    assert "arXiv:2412.19437" in deepseek.source and "37e9" in deepseek.source
