@@ -48,6 +48,24 @@ def test_closer_is_determined_by_a_bracket_opened_far_back(lang):
     assert p[lang.stoi["e"]] > 0 and p[lang.stoi["a"]] == 0
 
 
+def test_next_token_table_rows_equal_next_token_probs_of_each_prefix(lang):
+    for row in lang.sample(5, 30, seed=7):
+        table = lang.next_token_table(row)
+        assert table.shape == (31, lang.vocab_size)
+        for t in range(31):
+            np.testing.assert_array_equal(table[t], lang.next_token_probs(row[: t + 1]))
+        np.testing.assert_allclose(table.sum(1), 1.0, atol=1e-12)
+        # the observed next token always had positive probability
+        assert (table[np.arange(30), row[1:].numpy()] > 0).all()
+
+
+def test_next_token_table_refuses_an_impossible_prefix(lang):
+    with pytest.raises(ValueError, match="impossible"):
+        lang.next_token_table(lang.encode("^(]"))
+    with pytest.raises(ValueError, match="BOS"):
+        lang.next_token_table(lang.encode("(a)"))
+
+
 def test_impossible_sequences_have_zero_probability(lang):
     for text in ("^(]", "^a", "^)", "^((((("):  # wrong closer, word of the wrong group, close at depth 0, too deep
         assert lang.log_prob(lang.encode(text)) == -math.inf

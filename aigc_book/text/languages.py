@@ -205,6 +205,28 @@ class BracketLanguage:
         for tok in ids[1:]:
             if self._step(stack, tok) == -math.inf:
                 raise ValueError(f"prefix {self.decode(ids)!r} is impossible in this language")
+        return self._probs_given_stack(stack)
+
+    def next_token_table(self, ids) -> np.ndarray:
+        """Every next-token distribution along ``ids`` in one pass: ``(len(ids), vocab_size)``.
+
+        Row ``t`` is :meth:`next_token_probs` of ``ids[: t + 1]``, the true ``p(x_{t+1} | x_{<=t})``:
+        the distribution a language model's output at position ``t`` should match. Used to compute
+        a model's exact KL divergence from the truth on held-out text.
+        """
+        ids = [int(i) for i in ids]
+        if not ids or ids[0] != self.bos_id:
+            raise ValueError("a prefix must start with the BOS token (id 0, '^')")
+        stack: list[int] = []
+        out = np.empty((len(ids), self.vocab_size))
+        out[0] = self._probs_given_stack(stack)
+        for t, tok in enumerate(ids[1:], start=1):
+            if self._step(stack, tok) == -math.inf:
+                raise ValueError(f"prefix {self.decode(ids[: t + 1])!r} is impossible in this language")
+            out[t] = self._probs_given_stack(stack)
+        return out
+
+    def _probs_given_stack(self, stack: list[int]) -> np.ndarray:
         c = self.config
         d = len(stack)
         p = np.zeros(self.vocab_size)
