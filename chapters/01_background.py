@@ -46,7 +46,7 @@ chapter_start = time.perf_counter()
 print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, device: {device}")
 
 # %% [markdown]
-# ### Settings
+# ## Settings
 #
 # Every knob of the chapter is in the next cell. The chapter counts characters and draws samples,
 # which takes seconds on any CPU, so a GPU changes only one value: the number of random draws in
