@@ -252,7 +252,8 @@ class GPT(PretrainedMixin, nn.Module):
         attention's scores and weighted sum. Training (forward + backward) is three times that,
         hence the familiar ``C ≈ 6 N D`` (the PaLM paper's appendix B uses the same
         count, with ``6N + 12 L H Q T``). Embedding look-ups and the output projection are left
-        out, as in Kaplan et al.
+        out, as in Kaplan et al.; unlike their ``12 n_layer n_embd**2``, N here also counts biases
+        and LayerNorm gains, as if they were weights (chapter 2 measures the difference).
         """
         c = self.config
         n_ctx = c.block_size if seq_len is None else seq_len
