@@ -12,6 +12,8 @@ import random
 import numpy as np
 import torch
 
+from aigc_book.cpu_threads import follow_cpu_load
+
 DEVICE_ENV_VAR = "AIGC_DEVICE"
 _KNOWN_DEVICE_TYPES = ("cpu", "cuda", "mps")
 
@@ -26,11 +28,19 @@ def get_device(prefer: str | None = None) -> torch.device:
 
     Order of choice: the argument ``prefer``, else the environment variable ``AIGC_DEVICE``,
     else CUDA, then Apple MPS, then the CPU. A named device that is not available raises a
-    ``RuntimeError`` rather than silently running somewhere else.
+    ``RuntimeError`` rather than silently running somewhere else. On the CPU, PyTorch's thread
+    count then follows the machine's load (:func:`aigc_book.cpu_threads.follow_cpu_load`).
 
     >>> get_device("cpu")
     device(type='cpu')
     """
+    device = _choose_device(prefer)
+    if device.type == "cpu":
+        follow_cpu_load()
+    return device
+
+
+def _choose_device(prefer: str | None) -> torch.device:
     choice = prefer if prefer is not None else os.environ.get(DEVICE_ENV_VAR, "").strip()
     if not choice:
         if torch.cuda.is_available():

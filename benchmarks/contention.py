@@ -1,14 +1,16 @@
-"""How training speed degrades when the machine is not quiet, with and without passive OpenMP waiting.
+"""How training speed degrades when the machine is not quiet: fixed threads, passive OpenMP waiting, and ours.
 
     python benchmarks/contention.py            # about two minutes on a 2-core CPU
     python benchmarks/contention.py --steps 40 # quicker, noisier
+    python benchmarks/contention.py --policies default "follow load"
 
 A reader's laptop always has something else running. PyTorch's CPU kernels run on an OpenMP thread
 pool whose idle threads, by default, spin on a core waiting for the next parallel region; when
 another process holds that core, the spinning thread and the process fight over it and every
 parallel region waits for the slower one. ``OMP_WAIT_POLICY=PASSIVE`` makes idle threads sleep
-instead. The variable must be set before PyTorch loads OpenMP, so each setting runs in a fresh
-worker process (importing :mod:`aigc_book` first sets ``PASSIVE`` unless the variable is already set).
+instead (it must be set before PyTorch loads OpenMP, so each setting runs in a fresh worker process);
+``GOMP_SPINCOUNT`` shortens the spinning. The book's answer, ``follow load``, is
+:mod:`aigc_book.cpu_threads`: ``get_device()`` on the CPU lets the thread count follow the load.
 
 Each worker times ``--steps`` training steps of the ``train-gpt`` default model (4 layers, 4 heads,
 128 wide, context 64, batch 12; AdamW) and reports the median. Three conditions, one run:
@@ -40,6 +42,7 @@ POLICIES = {
     "spincount=30000": {"GOMP_SPINCOUNT": "30000"},
     "spincount=3000": {"GOMP_SPINCOUNT": "3000"},
     "passive": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "follow load": {"AIGC_FOLLOW_LOAD": "1"},  # read by the worker, not by OpenMP
 }
 
 
@@ -51,6 +54,11 @@ def worker(steps: int) -> None:
     from aigc_book.models.transformer import TransformerConfig
     from aigc_book.training.trainer import TrainConfig, configure_optimizer
 
+    if os.environ.get("AIGC_FOLLOW_LOAD") == "1":
+        from aigc_book.runtime import get_device
+
+        get_device("cpu")  # what every chapter and the command line do: threads follow the load
+    from aigc_book import cpu_threads
     torch.manual_seed(0)
     model = GPT(TransformerConfig(103, 64, 4, 4, 128))
     opt = configure_optimizer(model, TrainConfig(), torch.device("cpu"))
@@ -64,12 +72,14 @@ def worker(steps: int) -> None:
         opt.zero_grad(set_to_none=True)
         if i >= 5:  # warm-up steps are not counted
             times.append(1000 * (time.perf_counter() - t0))
-    print(json.dumps({"ms": statistics.median(times)}), flush=True)
+    follower = cpu_threads._follower
+    print(json.dumps({"ms": statistics.median(times), "looks": follower.history if follower else None,
+                      "times": [round(t) for t in times]}), flush=True)
 
 
 def run_workers(policy: dict, steps: int, n: int, busy: bool) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")} | policy
-    env["AIGC_OPENMP_DEFAULTS"] = "0"  # measure exactly the setting given
+    unset = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "AIGC_FOLLOW_LOAD", "AIGC_CPU_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in unset} | policy
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         procs = [subprocess.Popen([sys.executable, __file__, "--worker", "--steps", str(steps)], env=env,
@@ -83,7 +93,9 @@ def run_workers(policy: dict, steps: int, n: int, busy: bool) -> list[float]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--steps", type=int, default=80)
+    p.add_argument("--steps", type=int, default=120)
+    p.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES),
+                   help="which settings to measure (default: all)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
@@ -91,7 +103,8 @@ def main(argv=None) -> int:
         return 0
     print(f"cores: {os.cpu_count()}   load average before: {os.getloadavg()}", flush=True)
     result = {}
-    for label, policy in POLICIES.items():
+    for label in args.policies:
+        policy = POLICIES[label]
         quiet = run_workers(policy, args.steps, 1, busy=False)[0]
         busy = run_workers(policy, args.steps, 1, busy=True)[0]
         pair = statistics.mean(run_workers(policy, args.steps, 2, busy=False))
