@@ -105,6 +105,30 @@ assert product.dtype == expected, (device, product.dtype)
 print(f"on {device.type}, a matrix product inside aigc_book.autocast is {product.dtype}")
 
 # %% [markdown]
+# On a CPU, PyTorch splits every large operation over several threads, one per core, and waits for
+# the slowest. Your laptop is rarely quiet: when another program (or a second notebook that is
+# training) holds one of those cores, that thread runs only in the time slices the operating system
+# gives it, every operation waits for it, and the idle threads spin on the cores the other program
+# needs; two trainings side by side can each become many times slower (`benchmarks/contention.py`
+# measures how much on your machine). So when `get_device()` picks the CPU, it also lets the thread
+# count follow the machine's load (`aigc_book.cpu_threads`): before each optimiser step, at most
+# once a second, it counts how many cores *other* processes used and gives PyTorch the rest, so two
+# trainings take one core each instead of fighting over both. The price is that a sum split over a
+# different number of threads is added in a different order, so a run on a busy machine differs from
+# a quiet one in the last bits; set `AIGC_CPU_THREADS=N` before starting Jupyter to fix the count
+# and keep runs bit-for-bit repeatable.
+
+# %%
+from aigc_book import cpu_threads
+
+follower = cpu_threads.follow_cpu_load()  # get_device() above already did this; it is idempotent
+print(f"threads now: {torch.get_num_threads()} (at most {follower.max_threads if follower else 'fixed'})")
+for others in (0.0, 1.0):
+    n = cpu_threads.threads_for_load(2, others, 2)
+    print(f"2 cores, other programs using {others:.0f} core(s): {n} thread(s)")
+assert cpu_threads.threads_for_load(2, 1.0, 2) == 1
+
+# %% [markdown]
 # ## Reproducible randomness
 #
 # `seed_everything(seed)` seeds Python's `random`, NumPy and PyTorch on every device. Re-running a

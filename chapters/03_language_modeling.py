@@ -89,9 +89,9 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # by the cells, so they stay true. The language itself (the sequence length `T` and the validation
 # set) is the same on every device, so the floor and the exactly checked outputs do not change.
 #
-# On a CPU, PyTorch splits each matrix product over all cores; if other programs keep your cores
-# busy, every product waits for the slowest one, and `torch.set_num_threads(1)` in the cell above
-# can then be faster.
+# On a CPU, PyTorch splits each matrix product over all cores and waits for the slowest; when other
+# programs keep a core busy, `get_device()` has already arranged for the thread count to follow the
+# load (chapter 0, section "CPU or GPU").
 
 # %%
 T = 48  # tokens after BOS in every sequence of the language (fixed: the floor depends on it)
