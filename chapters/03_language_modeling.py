@@ -192,8 +192,10 @@ assert math.isclose(total, 1.0, abs_tol=1e-12)
 #           + \underbrace{\frac{1}{T}\sum_{t=1}^{T}\mathbb{E}\,\mathrm{KL}\big(p(\cdot\mid x_{<t})\,\|\,q(\cdot\mid x_{<t})\big)}_{\ge 0}.$$
 #
 # The split holds prefix by prefix: for any two distributions,
-# $-\sum_v p_v \log q_v = -\sum_v p_v \log p_v + \sum_v p_v \log (p_v / q_v)$ (Cover and Thomas
-# 2006, §2.3). The first term does not depend on the model; the second is zero only when $q = p$.
+# $-\sum_v p_v \log q_v = -\sum_v p_v \log p_v + \sum_v p_v \log (p_v / q_v)$, where the last sum
+# is the relative entropy (KL divergence; Cover and Thomas 2006, §2.3). The first term does not
+# depend on the model; the second is never negative and zero only when $q = p$ (the information
+# inequality, their Theorem 2.6.3).
 # So the loss of a perfect model is the **entropy** of the language, and the gap above it is the
 # model's KL divergence from the truth. **Perplexity** is $e^{H}$: the number of equally likely
 # choices that would be as surprising.
