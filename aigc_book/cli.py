@@ -4,12 +4,18 @@ Introduced in chapter 3, section "Your own text". Usage::
 
     python -m aigc_book train-gpt --text FILE [--layers 4 --heads 4 --embd 128 --block 64
                                   --batch 12 --iters 2000 --lr 1e-3 --device cpu --seed 1337 --out DIR]
-    python -m aigc_book sample --out DIR [--prompt TEXT --tokens 300 --temperature 0.8]
+    python -m aigc_book sample --out DIR [--prompt TEXT --tokens 300 --temperature 0.8 --top-k K --top-p P
+                               --min-p P --repetition-penalty R --greedy --num-beams K --length-penalty A]
 
 ``train-gpt`` holds out the last 10% of the file for validation, shows a progress bar on stderr,
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
 ``tokens_per_s``, ``train_loss``, ``val_loss`` (mean nats per character over the whole held-out
 tail), ``device`` and more. The defaults are nanoGPT's "baby GPT on a CPU" recipe.
+
+``sample`` samples by default (``--do-sample``, temperature 0.8, no top-k/top-p/min-p limit) and
+streams the text as it is generated; ``--greedy`` (or ``--temperature 0``) always takes the most
+probable token. ``--num-beams K`` runs beam search (chapter 4, section "Decoding"), or beam sampling
+unless ``--greedy`` is given, as in Hugging Face's ``generate``; it prints the best hypothesis at the end.
 
 Nothing is lost and nothing goes silently wrong:
 
@@ -48,6 +54,7 @@ MAX_TEXT_BYTES = 32 * 2**20  # a character-level model on a laptop: 32 MB is alr
 SNIFF_BYTES = 1 << 16  # binary files are recognised from their first 64 KB, before reading the rest
 MAX_SEED = 2**32 - 1  # NumPy's seeds stop here
 MAX_SAMPLE_TOKENS = 100_000
+MAX_BEAMS = 64  # each beam is a row of the batch and of the KV cache
 
 
 class UsageError(Exception):
@@ -275,17 +282,35 @@ def cmd_train_gpt(args) -> dict:
     return result
 
 
-def cmd_sample(args) -> None:
-    """Print the prompt and its continuation, token by token as they are generated."""
-    from aigc_book.models.gpt import GPT
-
+def check_sample_args(args) -> None:
+    """Every flag of ``sample`` that can be checked without loading the model."""
     if not 0 <= args.tokens <= MAX_SAMPLE_TOKENS:
         raise UsageError(f"--tokens must be in [0, {MAX_SAMPLE_TOKENS}], got {args.tokens}")
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
         raise UsageError(f"--top-k must be >= 1 (or left out for no limit), got {args.top_k}")
+    for flag, value in (("--top-p", args.top_p), ("--min-p", args.min_p)):
+        if value is not None and not 0.0 <= value <= 1.0:  # also refuses nan
+            raise UsageError(f"{flag} must be in [0, 1] (or left out for no limit), got {value}")
+    penalty = args.repetition_penalty
+    if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
+        raise UsageError(f"--repetition-penalty must be a finite number > 0 (1 = none; CTRL used 1.2), got {penalty}")
+    if not 1 <= args.num_beams <= MAX_BEAMS:
+        raise UsageError(f"--num-beams must be in [1, {MAX_BEAMS}] (1 = no beam search), got {args.num_beams}")
+    if not math.isfinite(args.length_penalty):
+        raise UsageError(f"--length-penalty must be a finite number (> 0 favours longer beams), "
+                         f"got {args.length_penalty}")
     check_seed(args.seed)
+
+
+def cmd_sample(args) -> None:
+    """Print the prompt and its continuation, token by token as they are generated (beam search:
+    the best hypothesis once the search ends)."""
+    from aigc_book.generation.search import generate
+    from aigc_book.models.gpt import GPT
+
+    check_sample_args(args)
     out = Path(args.out)
     if not out.is_dir():
         raise UsageError(
@@ -313,9 +338,17 @@ def cmd_sample(args) -> None:
         print(tok.decode(token.tolist()), end="", flush=True)
         args.sampled += 1
 
-    g = torch.Generator().manual_seed(args.seed)
-    model.generate(idx[:, -model.config.block_size:], args.tokens, temperature=args.temperature, top_k=args.top_k,
-                   generator=g, on_token=show)
+    do_sample = args.do_sample and args.temperature > 0  # --temperature 0 is greedy, as it always was
+    idx = idx[:, -model.config.block_size:]
+    result = generate(model, idx, max_new_tokens=args.tokens, do_sample=do_sample,
+                      temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p,
+                      min_p=args.min_p, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
+                      length_penalty=args.length_penalty, generator=torch.Generator().manual_seed(args.seed),
+                      on_token=show if args.num_beams == 1 else None)
+    if args.num_beams > 1:
+        new = result.sequences[0, idx.size(1):].tolist()
+        print(tok.decode(new), end="")
+        args.sampled = len(new)
     print(flush=True)
 
 
@@ -356,8 +389,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the directory train-gpt wrote")
     s.add_argument("--prompt", default="")
     s.add_argument("--tokens", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=0.8)
-    s.add_argument("--top-k", type=int, default=None)
+    s.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8; 0: greedy)")
+    s.add_argument("--top-k", type=int, default=None, help="sample among the K most probable characters only")
+    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= P")
+    s.add_argument("--min-p", type=float, default=None,
+                   help="drop characters less probable than P times the most probable one")
+    s.add_argument("--repetition-penalty", type=float, default=None,
+                   help="CTRL's penalty on characters already in the text (> 1 discourages them)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--do-sample", dest="do_sample", action="store_true", default=True,
+                      help="sample the next character (the default, at --temperature 0.8)")
+    mode.add_argument("--greedy", dest="do_sample", action="store_false",
+                      help="always take the most probable character (with --num-beams: plain beam search)")
+    s.add_argument("--num-beams", type=int, default=1, help="beam search with K beams (1: none)")
+    s.add_argument("--length-penalty", type=float, default=1.0,
+                   help="beam search ranks by sum log p / length**A (default 1; A > 0 favours longer beams)")
     s.add_argument("--seed", type=int, default=0)
     return parser
 

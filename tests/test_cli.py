@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from aigc_book.cli import main, min_chars
 from aigc_book.text.corpora import python_docs_text
@@ -52,6 +53,54 @@ def test_sample_continues_the_prompt(trained, capsys):
     assert text.startswith("The ") and len(text.rstrip("\n")) >= 4
     main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"])
     assert capsys.readouterr().out == text  # same seed, same sample
+
+
+def sample_text(out, capsys, *flags) -> str:
+    assert main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", *flags]) == 0
+    return capsys.readouterr().out
+
+
+def expected_text(out, **settings) -> str:
+    """What the library's generate gives for the prompt "The " (the CLI must print exactly this)."""
+    from aigc_book.generation import generate
+    from aigc_book.models.gpt import GPT
+    from aigc_book.text.char_tokenizer import CharTokenizer
+
+    tok, model = CharTokenizer.load(out / "tokenizer.json"), GPT.from_pretrained(out)
+    ids = generate(model, tok.encode_tensor("The ")[None], max_new_tokens=20, **settings).sequences[0]
+    return tok.decode(ids.tolist()) + "\n"
+
+
+def test_sample_greedy_flag_is_temperature_zero_and_ignores_the_seed(trained, capsys):
+    out, _ = trained
+    greedy = sample_text(out, capsys, "--greedy", "--seed", "1")
+    assert greedy == sample_text(out, capsys, "--temperature", "0", "--seed", "2")
+    assert greedy == expected_text(out)
+
+
+def test_sample_flags_reach_generate(trained, capsys):
+    out, _ = trained
+    text = sample_text(out, capsys, "--top-p", "0.9", "--min-p", "0.05", "--repetition-penalty", "1.3",
+                       "--top-k", "20", "--seed", "4")
+    assert text == expected_text(out, do_sample=True, temperature=0.8, top_k=20, top_p=0.9, min_p=0.05,
+                                 repetition_penalty=1.3, generator=torch.Generator().manual_seed(4))
+
+
+def test_sample_with_beams_prints_the_best_hypothesis(trained, capsys):
+    out, _ = trained
+    text = sample_text(out, capsys, "--num-beams", "3", "--greedy", "--length-penalty", "0.5")
+    assert text.startswith("The ")
+    assert text == expected_text(out, num_beams=3, length_penalty=0.5)
+    sampled = sample_text(out, capsys, "--num-beams", "3", "--seed", "5")  # without --greedy: beam sampling
+    assert sampled == expected_text(out, num_beams=3, do_sample=True, temperature=0.8,
+                                    generator=torch.Generator().manual_seed(5))
+
+
+def test_sample_greedy_and_do_sample_exclude_each_other(trained, capsys):
+    out, _ = trained
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sample", "--out", str(out), "--greedy", "--do-sample"])
+    assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_sampling_loads_the_model_without_the_training_code(trained):

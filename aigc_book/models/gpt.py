@@ -150,6 +150,9 @@ class GPT(PretrainedMixin, nn.Module):
 
         ``on_token``, if given, is called with each new ``(B,)`` column of tokens as soon as it is
         chosen, to stream the text out.
+
+        This is :func:`aigc_book.generation.generate` (chapter 4) with ``do_sample = temperature > 0``;
+        that function adds top-p, min-p, the repetition penalty, eos tokens and beam search.
         """
         check_token_ids(idx, self.config.vocab_size)  # a prompt longer than the context is cropped
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -158,52 +161,26 @@ class GPT(PretrainedMixin, nn.Module):
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.inference_mode():  # a little faster than no_grad for the many small steps
-                out = self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token)
-        finally:
-            self.train(was_training)
-        return out.clone()  # a normal tensor again, usable as input to training
+        return self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token)
 
     def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token):
-        c = self.config
-        B = idx.size(0)
-        out = torch.empty(B, idx.size(1) + max_new_tokens, dtype=idx.dtype, device=idx.device)
-        out[:, : idx.size(1)] = idx
-        n = idx.size(1)
-        if max_new_tokens == 0:
-            return out
-        cache = None
-        if use_cache:
-            cache = self.new_kv_cache(B)
-            logits = self._last_logits(out[:, max(0, n - c.block_size) : n], cache)
-        for step in range(max_new_tokens):
-            if not use_cache:
-                logits = self._last_logits(out[:, max(0, n - c.block_size) : n])  # (B, V)
-            out[:, n] = self._next_token(logits, temperature, top_k, generator)
-            if on_token is not None:
-                on_token(out[:, n].clone())
-            n += 1
-            if use_cache and step < max_new_tokens - 1:
-                if cache.length < c.block_size:
-                    logits = self._last_logits(out[:, n - 1 : n], cache)
-                else:  # the window slides: rebuild the cache from the last block_size tokens
-                    cache.reset()
-                    logits = self._last_logits(out[:, n - c.block_size : n], cache)
-        return out
+        """Chapter 4's :func:`aigc_book.generation.generate` (Hugging Face's argument names), called
+        with ``do_sample = temperature > 0``."""
+        from aigc_book.generation.search import generate
+
+        sample = temperature != 0
+        return generate(self, idx, max_new_tokens=max_new_tokens, do_sample=sample,
+                        temperature=float(temperature) if sample else 1.0, top_k=top_k if sample else None,
+                        use_cache=use_cache, generator=generator, on_token=on_token).sequences
 
     @staticmethod
     def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
         """``(B, V)`` logits -> ``(B,)`` next token ids (greedy if temperature is 0)."""
+        from aigc_book.generation.logits import process_scores
+
         if temperature == 0:
             return logits.argmax(dim=-1)
-        logits = logits / temperature
-        if top_k is not None:
-            kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, [-1]]  # (B, 1)
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
+        probs = torch.softmax(process_scores(logits, temperature=float(temperature), top_k=top_k), dim=-1)
         return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
 
     # ----------------------------------------------------------------------------- accounting

@@ -1,0 +1,25 @@
+"""Decoding: logits transformations (temperature, top-k, top-p, min-p, repetition penalty), and one
+``generate`` for greedy decoding, sampling and beam search with Hugging Face's argument names."""
+
+from aigc_book.generation.logits import (
+    apply_repetition_penalty,
+    apply_temperature,
+    min_p_filter,
+    next_token_distribution,
+    process_scores,
+    top_k_filter,
+    top_p_filter,
+)
+from aigc_book.generation.search import GenerateOutput, generate
+
+__all__ = [
+    "GenerateOutput",
+    "apply_repetition_penalty",
+    "apply_temperature",
+    "generate",
+    "min_p_filter",
+    "next_token_distribution",
+    "process_scores",
+    "top_k_filter",
+    "top_p_filter",
+]
