@@ -6,6 +6,9 @@ Introduced in chapter 3, section "Your own text". Usage::
                                   --batch 12 --iters 2000 --lr 1e-3 --device cpu --seed 1337 --out DIR]
     python -m aigc_book sample --out DIR [--prompt TEXT --tokens 300 --temperature 0.8 --top-k K --top-p P
                                --min-p P --repetition-penalty R --greedy --num-beams K --length-penalty A]
+    python -m aigc_book finetune --base DIR --data PAIRS.jsonl --method full|lora --out DIR
+                                 [--steps 200 --lr X --batch 8 --seed 1337 --lora-r 8 --lora-alpha 16
+                                  --device D --overwrite]
 
 ``train-gpt`` holds out the last 10% of the file for validation, shows a progress bar on stderr,
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
@@ -16,6 +19,13 @@ tail), ``device`` and more. The defaults are nanoGPT's "baby GPT on a CPU" recip
 streams the text as it is generated; ``--greedy`` (or ``--temperature 0``) always takes the most
 probable token. ``--num-beams K`` runs beam search (chapter 4, section "Decoding"), or beam sampling
 unless ``--greedy`` is given, as in Hugging Face's ``generate``; it prints the best hypothesis at the end.
+
+``finetune`` (chapter 4, section "Instruction following"; :mod:`aigc_book.training.finetune`) trains a
+``train-gpt`` model on ``{"prompt": ..., "response": ...}`` lines laid out in the chat template,
+fully or with LoRA (saved merged), prints one JSON object last (``initial_loss``, ``final_loss``,
+``trainable_params``, ``wall_s``, ...) and writes ``--out`` only when it has finished, atomically.
+``sample --out DIR`` on its result treats ``--prompt`` as the user's turn: it prints
+``<|user|>PROMPT<|end|><|assistant|>`` and the response, and stops at ``<|end|>``.
 
 Nothing is lost and nothing goes silently wrong:
 
@@ -317,7 +327,12 @@ def cmd_sample(args) -> None:
             f"--out {args.out}: no such directory (train first: python -m aigc_book train-gpt --text FILE --out DIR)"
         )
     try:
-        tok = CharTokenizer.load(out / TOKENIZER_FILE)
+        try:
+            tok = CharTokenizer.load(out / TOKENIZER_FILE)
+        except ValueError:  # a finetune model: characters and the chat template's special tokens
+            from aigc_book.training.finetune import load_tokenizer
+
+            tok = load_tokenizer(out / TOKENIZER_FILE)  # or CharTokenizer's error again
         model = GPT.from_pretrained(out)
     except (CheckpointError, ValueError, TypeError) as err:
         raise UsageError(str(err)) from None
@@ -326,9 +341,12 @@ def cmd_sample(args) -> None:
             f"--out {args.out}: {TOKENIZER_FILE} has {tok.vocab_size} characters but the model has "
             f"{model.config.vocab_size} outputs; they come from different runs"
         )
-    prompt = args.prompt if args.prompt else ("\n" if "\n" in tok.stoi else tok.itos[0])
+    chat = not isinstance(tok, CharTokenizer)  # a finetune model: --prompt is the user's turn of the chat template
+    if chat:
+        from aigc_book.tasks.chat import encode_chat, format_chat
+    prompt = format_chat(args.prompt) if chat else args.prompt or ("\n" if "\n" in tok.stoi else tok.itos[0])
     try:
-        idx = tok.encode_tensor(prompt)[None]
+        idx = torch.tensor([encode_chat(tok, args.prompt)[0]]) if chat else tok.encode_tensor(prompt)[None]
     except ValueError as err:
         raise UsageError(f"--prompt: {err}") from None
     print(prompt, end="", flush=True)
@@ -344,12 +362,99 @@ def cmd_sample(args) -> None:
                       temperature=args.temperature if do_sample else 1.0, top_k=args.top_k, top_p=args.top_p,
                       min_p=args.min_p, repetition_penalty=args.repetition_penalty, num_beams=args.num_beams,
                       length_penalty=args.length_penalty, generator=torch.Generator().manual_seed(args.seed),
+                      eos_token_id=tok.end_id if chat else None,  # the response ends at <|end|>
                       on_token=show if args.num_beams == 1 else None)
     if args.num_beams > 1:
         new = result.sequences[0, idx.size(1):].tolist()
         print(tok.decode(new), end="")
         args.sampled = len(new)
     print(flush=True)
+
+
+def check_finetune_args(args) -> None:
+    """Every flag of ``finetune`` that can be checked without reading the data or the base model."""
+    for name in ("steps", "batch"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise UsageError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.method != "lora" and (args.lora_r is not None or args.lora_alpha is not None):
+        raise UsageError("--lora-r and --lora-alpha apply to --method lora only")
+    if args.lora_r is not None and args.lora_r < 1:
+        raise UsageError(f"--lora-r must be >= 1, got {args.lora_r}")
+    if args.lora_alpha is not None and not (math.isfinite(args.lora_alpha) and args.lora_alpha > 0):
+        raise UsageError(f"--lora-alpha must be a finite number > 0, got {args.lora_alpha}")
+    check_seed(args.seed)
+
+
+def cmd_finetune(args) -> dict:
+    """Fine-tune a ``train-gpt`` model on prompt/response pairs (:mod:`aigc_book.training.finetune`)."""
+    from aigc_book.training.finetune import (
+        DEFAULT_LR,
+        check_output_dir,
+        check_pairs,
+        finetune,
+        load_base,
+        read_pairs,
+        save_finetuned,
+    )
+    from aigc_book.training.trainer import NonFiniteLossError
+
+    check_finetune_args(args)
+    try:
+        pairs, lines = read_pairs(args.data)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--data {err}") from None
+    try:
+        device = get_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device: {err}") from None
+    try:
+        out = check_output_dir(args.out, overwrite=args.overwrite, base=args.base)
+    except ValueError as err:
+        raise UsageError(f"--out {err}") from None
+    try:
+        model, tok = load_base(args.base, device=device)
+    except (CheckpointError, ValueError, TypeError) as err:
+        raise UsageError(f"--base {err}") from None
+    try:
+        check_pairs(tok, pairs, block_size=model.config.block_size, lines=lines, source=args.data)
+    except (ValueError, TypeError) as err:
+        raise UsageError(f"--data {err}") from None
+    lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+    seed_everything(args.seed)
+    try:
+        result = finetune(model, tok, pairs, method=args.method, steps=args.steps, lr=lr, batch_size=args.batch,
+                          seed=args.seed, lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha or 16.0,
+                          progress=not args.no_progress)
+    except NonFiniteLossError as err:
+        raise RunError(f"{err}; nothing was saved; try a smaller --lr (now {lr:g})") from None
+    ms = [m for m in result.history["ms"] if m is not None]
+    summary = {
+        "method": args.method,
+        "steps": args.steps,
+        "pairs": len(pairs),
+        "initial_loss": round(result.initial_loss, 4),
+        "final_loss": round(result.final_loss, 4),
+        "trainable_params": result.trainable,
+        "params": result.total,
+        "lr": lr,
+        "batch": args.batch,
+        "ms_per_step": round(statistics.median(ms), 3) if ms else None,
+        "wall_s": round(result.seconds, 1),
+        "device": str(device),
+        "out": str(out),
+    }
+    try:
+        save_finetuned(result.model, tok, out, overwrite=args.overwrite,
+                       log={"result": summary, "base": str(args.base), "data": str(args.data),
+                            "history": result.history})
+    except OSError as err:  # a full disk or a vanished directory
+        raise RunError(f"cannot write {out} ({err.strerror or err}); it was left as it was: make room, then "
+                       "run the command again") from None
+    except ValueError as err:  # --out was filled by something else while training ran
+        raise RunError(f"--out {err}; nothing was saved") from None
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -405,6 +510,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--length-penalty", type=float, default=1.0,
                    help="beam search ranks by sum log p / length**A (default 1; A > 0 favours longer beams)")
     s.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("finetune", help="fine-tune a train-gpt model on prompt/response pairs (chat template)")
+    f.add_argument("--base", required=True, help="a directory train-gpt (or finetune) wrote")
+    f.add_argument("--data", required=True, help='JSON Lines, one {"prompt": ..., "response": ...} per line')
+    f.add_argument("--method", required=True, choices=("full", "lora"),
+                   help="full: train every weight; lora: low-rank updates of every block's linears")
+    f.add_argument("--out", required=True, help="directory for the fine-tuned model (written when training ends)")
+    f.add_argument("--steps", type=int, default=200)
+    f.add_argument("--lr", type=float, default=None, help="peak learning rate (default 3e-4 full, 3e-3 lora)")
+    f.add_argument("--batch", type=int, default=8, help="pairs per step")
+    f.add_argument("--seed", type=int, default=1337)
+    f.add_argument("--lora-r", type=int, default=None, help="LoRA rank (default 8)")
+    f.add_argument("--lora-alpha", type=float, default=None, help="LoRA scale numerator, update x alpha/r (default 16)")
+    f.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    f.add_argument("--overwrite", action="store_true", help="replace the model that --out already holds")
     return parser
 
 
@@ -415,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train-gpt":
             result = cmd_train_gpt(args)
             print(json.dumps(result), flush=True)
+        elif args.command == "finetune":
+            print(json.dumps(cmd_finetune(args)), flush=True)
         else:
             cmd_sample(args)
     except UsageError as err:
@@ -427,6 +549,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             print(f"\naigc-book: interrupted after {getattr(args, 'sampled', 0)} of {args.tokens} tokens",
                   file=sys.stderr)
+        elif args.command == "finetune":
+            print("aigc-book: interrupted; finetune writes --out only once training has finished, so it holds "
+                  "what it held before: run the command again", file=sys.stderr)
         elif getattr(args, "training_started", False):
             print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)
         else:

@@ -75,10 +75,22 @@ def set_tokenizer(d):
     (d / "tokenizer.json").write_text(json.dumps({"type": "char", "chars": list("abc")}))
 
 
+def jsonl(t, text: str) -> str:
+    """``text`` written to ``t / "data.jsonl"``; returns the path."""
+    (t / "data.jsonl").write_text(text, encoding="utf-8")
+    return str(t / "data.jsonl")
+
+
+PAIR = '{"prompt": "ab", "response": "ba"}\n'
+
+
 # (id, argv builder, exit status, a phrase the message must contain)
 TRAIN = lambda f, *extra: ["train-gpt", "--text", str(f / "docs.txt"), "--out", str(f / "new"), *TINY, *extra]  # noqa: E731
 SAMPLE = lambda f, *extra: ["sample", "--out", str(f / "run"), *extra]  # noqa: E731
 EDITED = lambda f, t, edit: ["sample", "--out", edited_run(f, t, edit)]  # noqa: E731
+FINETUNE = lambda f, t, *extra, data=PAIR: ["finetune", "--base", str(f / "run"), "--data", jsonl(t, data),  # noqa: E731
+                                            "--method", "full", "--out", str(t / "ft"), "--steps", "2",
+                                            "--no-progress", "--device", "cpu", *extra]
 CASES = [
     ("text missing", lambda f, t: ["train-gpt", "--text", str(f / "nope.txt")], 2, "no such file"),
     ("text is a directory", lambda f, t: ["train-gpt", "--text", str(f)], 2, "not a regular file"),
@@ -145,6 +157,53 @@ CASES = [
      "do not belong together"),
     ("tokenizer from another run", lambda f, t: EDITED(f, t, set_tokenizer), 2,
      "come from different runs"),
+    ("finetune JSON line malformed", lambda f, t: FINETUNE(f, t, data=PAIR + '{"prompt": "ab",\n'), 2,
+     "data.jsonl:2: not valid JSON"),
+    ("finetune line not an object", lambda f, t: FINETUNE(f, t, data='["ab", "ba"]\n'), 2,
+     "data.jsonl:1: expected a JSON object"),
+    ("finetune key missing", lambda f, t: FINETUNE(f, t, data=PAIR + '{"prompt": "ab"}\n'), 2,
+     "data.jsonl:2: missing key 'response'"),
+    ("finetune response not a string", lambda f, t: FINETUNE(f, t, data='{"prompt": "ab", "response": 3}\n'), 2,
+     "data.jsonl:1: 'response' must be a string"),
+    ("finetune data empty", lambda f, t: FINETUNE(f, t, data="\n  \n"), 2, "holds no prompt/response pairs"),
+    ("finetune data missing", lambda f, t: [*FINETUNE(f, t), "--data", str(t / "nope.jsonl")], 2, "no such file"),
+    ("finetune data is a directory", lambda f, t: [*FINETUNE(f, t), "--data", str(t)], 2, "not a regular file"),
+    ("finetune characters the base cannot encode",
+     lambda f, t: FINETUNE(f, t, data=PAIR + '{"prompt": "a\u9f8d", "response": "\u00e9"}\n'), 2,
+     "data.jsonl:2: the base model's tokenizer cannot encode 'é', '龍'"),
+    ("finetune pair longer than the context",
+     lambda f, t: FINETUNE(f, t, data='{"prompt": "' + "a" * 20 + '", "response": "b"}\n'), 2,
+     "data.jsonl:1: the conversation is 25 tokens"),
+    ("finetune base not a model", lambda f, t: [*FINETUNE(f, t), "--base", str(t)], 2,
+     "written by save_pretrained or train-gpt"),
+    ("finetune base missing", lambda f, t: [*FINETUNE(f, t), "--base", str(t / "nothing")], 2, "no such directory"),
+    ("finetune base without tokenizer",
+     lambda f, t: [*FINETUNE(f, t), "--base", edited_run(f, t, lambda d: (d / "tokenizer.json").unlink())], 2,
+     "tokenizer.json"),
+    ("finetune out holds a model", lambda f, t: [*FINETUNE(f, t), "--out", edited_run(f, t, lambda d: None)], 2,
+     "add --overwrite"),
+    ("finetune out is the base", lambda f, t: [*FINETUNE(f, t, "--overwrite"), "--out", str(f / "run")], 2,
+     "is the base model's directory"),
+    ("finetune overwrite out with other files", lambda f, t: [*FINETUNE(f, t, "--overwrite"), "--out", str(f)], 2,
+     "holds files that are not a model"),
+    ("finetune out is a file", lambda f, t: [*FINETUNE(f, t), "--out", str(f / "a_file")], 2,
+     "exists and is not a directory"),
+    ("finetune steps zero", lambda f, t: FINETUNE(f, t, "--steps", "0"), 2, "--steps must be >= 1"),
+    ("finetune batch zero", lambda f, t: FINETUNE(f, t, "--batch", "0"), 2, "--batch must be >= 1"),
+    ("finetune lr zero", lambda f, t: FINETUNE(f, t, "--lr", "0"), 2, "--lr must be a finite number > 0"),
+    ("finetune lr nan", lambda f, t: FINETUNE(f, t, "--lr", "nan"), 2, "--lr must be a finite number > 0"),
+    ("finetune lora rank zero", lambda f, t: FINETUNE(f, t, "--method", "lora", "--lora-r", "0"), 2,
+     "--lora-r must be >= 1"),
+    ("finetune lora alpha negative", lambda f, t: FINETUNE(f, t, "--method", "lora", "--lora-alpha", "-1"), 2,
+     "--lora-alpha must be a finite number > 0"),
+    ("finetune lora rank with full", lambda f, t: FINETUNE(f, t, "--lora-r", "4"), 2,
+     "apply to --method lora only"),
+    ("finetune seed negative", lambda f, t: FINETUNE(f, t, "--seed", "-1"), 2, "--seed must be in"),
+    ("finetune device unknown", lambda f, t: FINETUNE(f, t, "--device", "tpu"), 2, "unknown device"),
+    ("finetune lr 1e30 diverges", lambda f, t: FINETUNE(f, t, "--lr", "1e30", "--steps", "4"), 1,
+     "the loss is"),
+    ("finetune lora lr 1e30 diverges",
+     lambda f, t: FINETUNE(f, t, "--method", "lora", "--lr", "1e30", "--steps", "4"), 1, "nothing was saved"),
 ]
 
 
