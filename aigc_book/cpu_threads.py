@@ -7,14 +7,16 @@ the slowest. When another program holds one of those cores, the thread that shar
 when the operating system gives it a time slice, and every operation waits for it; meanwhile the
 threads that finished early spin, burning the core the other program (or a second training) needs.
 ``benchmarks/contention.py`` measures what this costs: on a 2-core CPU, a second training beside
-the first made each step dozens of times slower.
+the first made each step of the chapters' small model up to about a hundred times slower in our
+runs (it varies from run to run), and one busy core made it about twice as slow.
 
 The remedy here needs no environment variables: about once a second, from a hook that PyTorch runs
 before every optimiser step (so every training loop follows the load, the book's or the reader's
-own), count how many cores *other* processes used since the last look (all CPU time on the cores
-this process may use, minus this process's own) and give PyTorch the cores that are left, never
-fewer than one and never more than it started with. Two trainings side by side then take one core
-each instead of fighting over both.
+own) and from the book's evaluation and generation loops (:func:`check_cpu_load`), count how many
+cores *other* processes used since the last look (all CPU time on the cores this process may use,
+minus this process's own) and give PyTorch the cores that are left, never fewer than one and never
+more than it started with. Two trainings side by side then take one core each instead of fighting
+over both.
 
 The price: a floating-point sum split over a different number of threads is added in a different
 order, so a run whose thread count changed differs from a quiet run in the last bits (about 1e-7
@@ -116,6 +118,13 @@ def follow_cpu_load() -> LoadFollower | None:
         _follower = LoadFollower()
         _handle = register_optimizer_step_pre_hook(_follower)
     return _follower
+
+
+def check_cpu_load() -> None:
+    """Look at the load now if it is time (and following was started): for loops with no optimiser
+    step, such as evaluation and generation. Costs a comparison when it is not time."""
+    if _follower is not None:
+        _follower()
 
 
 def stop_following_cpu_load() -> None:

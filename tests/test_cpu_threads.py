@@ -112,3 +112,22 @@ def test_env_var_with_a_bad_value_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv(cpu_threads.THREADS_ENV_VAR, value)
     with pytest.raises(ValueError, match="AIGC_CPU_THREADS=.*whole number of threads"):
         follow_cpu_load()
+
+
+def test_loops_without_an_optimiser_step_look_at_the_load_too():
+    cpu_threads.check_cpu_load()  # not following: nothing happens
+    follower = follow_cpu_load()
+    follower.every_s = 0.0
+    time.sleep(0.01)
+    cpu_threads.check_cpu_load()
+    assert len(follower.history) == 1
+    from aigc_book.models.gpt import GPT
+    from aigc_book.models.transformer import TransformerConfig
+    from aigc_book.training.evaluation import lm_loss
+
+    model = GPT(TransformerConfig(vocab_size=5, block_size=8, n_layer=1, n_head=1, n_embd=8))
+    time.sleep(0.01)
+    lm_loss(model, torch.randint(0, 5, (4, 9)))  # evaluation
+    time.sleep(0.01)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 3)  # generation
+    assert len(follower.history) >= 3

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from aigc_book.cpu_threads import check_cpu_load
 from aigc_book.generation.logits import (
     check_min_p,
     check_repetition_penalty,
@@ -76,6 +77,7 @@ class NextLogits:
         self.cache = model.new_kv_cache(batch_size) if use_cache else None
 
     def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
+        check_cpu_load()  # generation has no optimiser step: follow the machine's load from here
         n = tokens.size(1)
         cache = self.cache
         if cache is None:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.cpu_threads import check_cpu_load
+
 __all__ = ["lm_loss"]
 
 
@@ -55,6 +57,7 @@ def lm_loss(model: nn.Module, tokens: torch.Tensor, block_size: int | None = Non
     total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     try:
         for w in groups:
+            check_cpu_load()  # no optimiser step here: follow the machine's load from the loop
             w = w.to(device)
             logits, _ = model(w[:, :-1])
             logits = logits if logits.dtype == torch.float64 else logits.float()  # bf16 logits: sum in fp32
