@@ -159,18 +159,19 @@ print(first.tolist())
 #
 # | Chapter | Topic | Modules in `aigc_book` |
 # |---|---|---|
-# | 0 | Preface | `runtime` (devices, seeds, mixed precision), `plotting` |
+# | 0 | Preface | `runtime` (devices, seeds, mixed precision), `cpu_threads`, `plotting` |
 # | 1 | From AI to AIGC to ChatGPT | `models.bigram`, `text.corpora`, `text.char_tokenizer`, `facts` |
 # | 2 | Attention, from the formula to a GPT | `layers.attention`, `layers.positions`, `layers.kv_cache`, `layers.block`, `layers.surgery`, `models.transformer`, `models.gpt`, `models.hf_gpt2`, `training.evaluation`, `efficiency.timing` |
 # | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `models.ngram`, `training.objectives`, `training.trainer`, `training.checkpoint`, `models.io`, `files`, `cli` |
+# | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `training.finetune` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the
-# loop and the evaluation, and `efficiency` the measuring tools. Adaptation, RLHF and the efficiency
-# chapter add their own subpackages beside these.
+# loop and the evaluation, and `efficiency` the measuring tools. Chapter 4 adds `adaptation`,
+# `tasks`, `incontext` and `generation` beside these; RLHF and the efficiency chapter will add theirs.
 #
-# Later chapters cover adapting a pretrained model (fine-tuning, parameter-efficient methods,
-# decoding), learning from human feedback (SFT, reward models, PPO, DPO) and what all of it costs.
+# Later chapters cover learning from human feedback (SFT, reward models, PPO, DPO) and what all of
+# it costs.
 
 # %% [markdown]
 # ## Notation
