@@ -28,3 +28,12 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)  # no stray .tmp after a full disk or a Ctrl-C
         raise
+
+
+def fsync_path(path) -> None:
+    """Flush a file, or a directory's entries, to disk (so a rename that follows is durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

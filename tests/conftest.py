@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -38,3 +40,23 @@ def tiny_gpt(make_tiny_gpt) -> GPT:
 def tiny_ids() -> torch.Tensor:
     """A (2, 7) batch of token ids for the tiny vocabulary."""
     return torch.randint(0, TINY["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(1))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fixed_cpu_threads():
+    """One CPU thread count per test module: many tests compare runs bit for bit (a resumed run with
+    a straight one), and a sum split over another number of threads is added in another order. The
+    book lets the count follow the machine's load (aigc_book.cpu_threads) unless AIGC_CPU_THREADS
+    fixes it; here it is fixed, for this process and the processes the tests start.
+    tests/test_cpu_threads.py removes the variable where it tests the following itself."""
+    from aigc_book import cpu_threads
+
+    cpu_threads.stop_following_cpu_load()  # back to the count PyTorch started with
+    before = os.environ.get(cpu_threads.THREADS_ENV_VAR)
+    os.environ[cpu_threads.THREADS_ENV_VAR] = str(torch.get_num_threads())
+    yield
+    cpu_threads.stop_following_cpu_load()
+    if before is None:
+        os.environ.pop(cpu_threads.THREADS_ENV_VAR, None)
+    else:
+        os.environ[cpu_threads.THREADS_ENV_VAR] = before

@@ -32,6 +32,7 @@ DATA = {"train": LANG.sample(128, 12, seed=0), "val": LANG.sample(32, 12, seed=1
 STEPS, EVERY = 6, 2  # checkpoint and evaluate every EVERY steps
 
 
+
 def make_trainer() -> Trainer:
     torch.manual_seed(0)
     config = TransformerConfig(LANG.vocab_size, 12, n_layer=1, n_head=2, n_embd=16, dropout=0.1)  # dropout: global RNG
@@ -137,7 +138,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(nth, straight, monkeypatch, t
     ck = tmp_path / "checkpoint"
     t.train(until=EVERY, checkpoint_dir=ck, checkpoint_every=EVERY)  # one good checkpoint at step 2
     calls = {"n": 0}
-    real_fsync, real_save = checkpoint_module._fsync, checkpoint_module.save_model
+    real_fsync, real_save = checkpoint_module.fsync_path, checkpoint_module.save_model
 
     def failing(real):
         def wrapped(*args, **kwargs):
@@ -147,7 +148,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint(nth, straight, monkeypatch, t
             return real(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(checkpoint_module, "_fsync", failing(real_fsync))
+    monkeypatch.setattr(checkpoint_module, "fsync_path", failing(real_fsync))
     monkeypatch.setattr(checkpoint_module, "save_model", failing(real_save))
     with pytest.raises(OSError, match="No space left"):
         t.train(checkpoint_dir=ck, checkpoint_every=EVERY)
@@ -215,7 +216,7 @@ TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--bat
 # directory switch (os.replace). Dying before the first checkpoint is complete (save_model 1,
 # os.replace 3) leaves nothing to resume, and --resume says so; every other case resumes.
 KILL_CASES = [("checkpoint", "save_model", 1), ("checkpoint", "save_model", 3), ("torch", "save", 2),
-              ("checkpoint", "_fsync", 9), ("checkpoint", "_fsync", 13), ("os", "replace", 3),
+              ("checkpoint", "fsync_path", 9), ("checkpoint", "fsync_path", 13), ("os", "replace", 3),
               ("os", "replace", 4), ("os", "replace", 7)]
 
 

@@ -124,6 +124,15 @@ def test_jsonl_round_trip_skips_blank_lines(tmp_path):
     pairs = read_jsonl(path)
     assert pairs[:5] == [{"prompt": i.prompt, "response": i.answer} for i in insts]
     assert pairs[5] == {"prompt": "p", "response": "r"}
+    _, numbers = read_jsonl(path, line_numbers=True)
+    assert numbers == [1, 2, 3, 4, 5, 8]  # the blank lines 6 and 7 are skipped but counted
+
+
+def test_jsonl_keeps_unicode_line_breaks_inside_strings(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    pairs = [("a\u2028b", "c\u0085d"), ("e\u2029f", "g")]
+    write_jsonl(path, pairs)
+    assert read_jsonl(path) == [{"prompt": p, "response": r} for p, r in pairs]
 
 
 @pytest.mark.parametrize("content, message", [

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from aigc_book.files import atomic_write
-from aigc_book.tasks.instructions import CHARS, Instruction, check
+from aigc_book.tasks.instructions import CHARS, Instruction, as_pair, check
 from aigc_book.text.char_tokenizer import CharTokenizer, token_ids
 from aigc_book.training.objectives import IGNORE
 
@@ -187,12 +187,7 @@ def encode_sft(tokenizer: ChatTokenizer, pairs, *, max_length: int | None = None
     """
     rows, n_prompts = [], []
     for i, pair in enumerate(pairs):
-        if isinstance(pair, Instruction):
-            prompt, response = pair.prompt, pair.answer
-        elif isinstance(pair, dict):
-            prompt, response = pair["prompt"], pair["response"]
-        else:
-            prompt, response = pair
+        prompt, response = as_pair(pair, i)
         try:
             ids, n_prompt = encode_chat(tokenizer, prompt, response)
         except ValueError as err:

@@ -47,6 +47,7 @@ __all__ = [
     "answer",
     "check",
     "score",
+    "as_pair",
     "read_jsonl",
     "write_jsonl",
 ]
@@ -235,24 +236,31 @@ def score(instruction: Instruction | str, response: str, *, partial: bool = Fals
 # ---------------------------------------------------------------------------------------------
 
 
+def as_pair(pair, i: int = 0) -> tuple[str, str]:
+    """``(prompt, response)`` from an :class:`Instruction` (its answer is the response), a ``(prompt,
+    response)`` tuple or a dict with those two keys; ``i`` names the pair in the error message."""
+    if isinstance(pair, Instruction):
+        prompt, response = pair.prompt, pair.answer
+    elif isinstance(pair, dict):
+        prompt, response = pair.get("prompt"), pair.get("response")
+    elif isinstance(pair, (tuple, list)) and len(pair) == 2:
+        prompt, response = pair
+    else:
+        raise TypeError(f"pair {i}: expected an Instruction, a (prompt, response) tuple or a dict with 'prompt' "
+                        f"and 'response', got {pair!r}")
+    if not isinstance(prompt, str) or not isinstance(response, str):
+        raise TypeError(f"pair {i}: prompt and response must be strings, got {prompt!r} and {response!r}")
+    return prompt, response
+
+
 def write_jsonl(path, pairs: Iterable) -> int:
     """Write ``{"prompt": ..., "response": ...}`` lines; returns how many.
 
-    ``pairs`` holds :class:`Instruction` objects (their answer is the response), ``(prompt,
-    response)`` tuples or dicts with those two keys. Written atomically (:func:`aigc_book.files.atomic_write`).
+    ``pairs`` holds anything :func:`as_pair` takes. Written atomically (:func:`aigc_book.files.atomic_write`).
     """
     lines = []
     for i, pair in enumerate(pairs):
-        if isinstance(pair, Instruction):
-            prompt, response = pair.prompt, pair.answer
-        elif isinstance(pair, dict):
-            prompt, response = pair.get("prompt"), pair.get("response")
-        elif isinstance(pair, (tuple, list)) and len(pair) == 2:
-            prompt, response = pair
-        else:
-            raise TypeError(f"pair {i}: expected an Instruction, a (prompt, response) tuple or a dict, got {pair!r}")
-        if not isinstance(prompt, str) or not isinstance(response, str):
-            raise TypeError(f"pair {i}: prompt and response must be strings, got {prompt!r} and {response!r}")
+        prompt, response = as_pair(pair, i)
         lines.append(json.dumps({"prompt": prompt, "response": response}, ensure_ascii=False))
     if not lines:
         raise ValueError("no pairs to write: an empty file could not be read back")
@@ -261,12 +269,14 @@ def write_jsonl(path, pairs: Iterable) -> int:
     return len(lines)
 
 
-def read_jsonl(path) -> list[dict[str, str]]:
+def read_jsonl(path, *, line_numbers: bool = False):
     """Prompt/response pairs from a JSON Lines file: one ``{"prompt": str, "response": str}`` per line.
 
     Blank lines are skipped and other keys ignored. A ValueError names the file and the line number
     of the first line that is not a JSON object, lacks a key or holds a non-string; a file with no
-    pairs at all is an error too.
+    pairs at all is an error too. Lines end at ``\n`` only (JSON Lines' separator), so a string
+    holding another Unicode line break (U+2028, ...) is read back as written. With
+    ``line_numbers=True`` returns ``(pairs, numbers)``: the line each pair came from.
     """
     path = Path(path)
     try:
@@ -275,8 +285,8 @@ def read_jsonl(path) -> list[dict[str, str]]:
         raise FileNotFoundError(f"{path}: no such file (expected JSON Lines of prompt/response pairs)") from None
     except UnicodeDecodeError as err:
         raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    pairs = []
-    for lineno, line in enumerate(text.splitlines(), start=1):
+    pairs, numbers = [], []
+    for lineno, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -293,6 +303,7 @@ def read_jsonl(path) -> list[dict[str, str]]:
             if not isinstance(obj[key], str):
                 raise ValueError(f"{path}:{lineno}: {key!r} must be a string, got {type(obj[key]).__name__}")
         pairs.append({"prompt": obj["prompt"], "response": obj["response"]})
+        numbers.append(lineno)
     if not pairs:
         raise ValueError(f"{path}: the file holds no prompt/response pairs (it is empty or blank)")
-    return pairs
+    return (pairs, numbers) if line_numbers else pairs

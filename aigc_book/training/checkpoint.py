@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from aigc_book.files import fsync_path
 from aigc_book.models.io import CheckpointError, load_model, save_model
 
 __all__ = ["MANIFEST_FILE", "STATE_FILE", "write_checkpoint", "read_checkpoint", "interrupts_deferred"]
@@ -59,14 +60,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint(directory, model: nn.Module, state: dict) -> Path:
     """Write ``model`` and ``state`` (which must hold ``"step"``) as the checkpoint ``directory``, atomically."""
     directory = Path(directory)
@@ -82,7 +75,7 @@ def write_checkpoint(directory, model: nn.Module, state: dict) -> Path:
             shutil.rmtree(prev, ignore_errors=True)
             os.replace(directory, prev)  # from here until the next line, NAME.prev is the fallback
         os.replace(tmp, directory)
-        _fsync(directory.parent)
+        fsync_path(directory.parent)
     return directory
 
 
@@ -94,8 +87,8 @@ def _write_files(tmp: Path, model: nn.Module, state: dict) -> None:
     manifest = {"format": FORMAT, "step": int(state["step"]), "files": digests}
     (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
     for name in [*files, MANIFEST_FILE]:
-        _fsync(tmp / name)
-    _fsync(tmp)
+        fsync_path(tmp / name)
+    fsync_path(tmp)
 
 
 def _verify(directory: Path) -> dict:

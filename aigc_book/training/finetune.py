@@ -46,6 +46,7 @@ from torch import nn
 
 from aigc_book.adaptation.freezing import count_trainable
 from aigc_book.adaptation.lora import LoRALinear, apply_lora, merge_lora
+from aigc_book.files import fsync_path
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import CONFIG_FILE, MODEL_FILE, CheckpointError, save_model
 from aigc_book.tasks.chat import (
@@ -57,7 +58,7 @@ from aigc_book.tasks.chat import (
     grow_vocabulary,
     sft_batch,
 )
-from aigc_book.tasks.instructions import Instruction, read_jsonl
+from aigc_book.tasks.instructions import as_pair, read_jsonl
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.training.checkpoint import interrupts_deferred
 from aigc_book.training.objectives import IGNORE
@@ -169,27 +170,7 @@ def read_pairs(path, *, max_bytes: int = MAX_DATA_BYTES) -> tuple[list[dict[str,
     if path.stat().st_size > max_bytes:
         raise ValueError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is more than finetune reads "
                          f"({max_bytes / 2**20:.0f} MB); fine-tune on a sample of the pairs")
-    pairs = read_jsonl(path)
-    # read_jsonl skips blank lines: number the others as it reads them (same decoding, same split).
-    lines = [i for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1) if line.strip()]
-    if len(lines) != len(pairs):
-        lines = list(range(1, len(pairs) + 1))  # cannot happen while read_jsonl reads as above
-    return pairs, lines
-
-
-def _prompt_response(pair, i: int) -> tuple[str, str]:
-    if isinstance(pair, Instruction):
-        prompt, response = pair.prompt, pair.answer
-    elif isinstance(pair, dict):
-        prompt, response = pair.get("prompt"), pair.get("response")
-    elif isinstance(pair, (tuple, list)) and len(pair) == 2:
-        prompt, response = pair
-    else:
-        raise TypeError(f"pair {i}: expected a dict with 'prompt' and 'response', a (prompt, response) tuple "
-                        f"or an Instruction, got {pair!r}")
-    if not isinstance(prompt, str) or not isinstance(response, str):
-        raise TypeError(f"pair {i}: prompt and response must be strings, got {prompt!r} and {response!r}")
-    return prompt, response
+    return read_jsonl(path, line_numbers=True)
 
 
 def check_pairs(tokenizer: ChatTokenizer, pairs, *, block_size: int, lines=None, source=None) -> None:
@@ -212,7 +193,7 @@ def check_pairs(tokenizer: ChatTokenizer, pairs, *, block_size: int, lines=None,
     known = tokenizer.chars.stoi
     for i, pair in enumerate(pairs):
         where = f"{source}:{lines[i]}" if lines is not None else f"pair {i}"
-        prompt, response = _prompt_response(pair, i)
+        prompt, response = as_pair(pair, i)
         unknown = sorted(set(prompt + response) - known.keys())
         if unknown:
             more = f" and {len(unknown) - 10} more" if unknown[10:] else ""
@@ -425,14 +406,6 @@ def check_output_dir(out, *, overwrite: bool = False, base=None) -> Path:
     return out
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def save_finetuned(model: nn.Module, tokenizer: ChatTokenizer, out, *, overwrite: bool = False,
                    log: dict | None = None) -> Path:
     """Write ``model`` (``config.json``, ``model.safetensors``), ``tokenizer.json`` and, if given,
@@ -456,14 +429,14 @@ def save_finetuned(model: nn.Module, tokenizer: ChatTokenizer, out, *, overwrite
         if log is not None:
             (tmp / LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
         for p in [*tmp.iterdir(), tmp]:
-            _fsync(p)
+            fsync_path(p)
         with interrupts_deferred():  # a Ctrl-C lands before the swap or after it, never between the renames
             if out.exists():
                 shutil.rmtree(old, ignore_errors=True)
                 os.replace(out, old)
             os.replace(tmp, out)
             swapped = True
-            _fsync(out.parent)
+            fsync_path(out.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         if not swapped and not out.exists() and old.exists():
