@@ -549,6 +549,7 @@ from aigc_book.tasks.chat import (
     instruction_accuracy,
     sft_batch,
 )
+from aigc_book.training.finetune import make_trainable
 
 chat_tok = ChatTokenizer()
 sft_train = instructions.sample_instructions(settings.sft_pairs, seed=6)
@@ -561,35 +562,47 @@ print(f"chat vocabulary: {chat_tok.vocab_size} ids (the base model had {V})")
 print("tokens with a loss:", repr(chat_tok.decode([t for t in targets.tolist() if t != IGNORE])))
 
 
-def sft_model(train_on_prompt: bool, seed: int = 0):
+SFT_LR = {"full": 2e-3, "lora": 3e-3}
+
+
+def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
+    """The base model with the chat vocabulary, fine-tuned on the instructions; returns (model, trainable)."""
     torch.manual_seed(seed)
-    model = grow_vocabulary(copy.deepcopy(base).requires_grad_(True).train(), chat_tok.vocab_size)
-    cfg = TrainConfig(max_iters=settings.sft_iters, lr=2e-3, warmup_iters=30, seed=seed, progress=False)
+    model = grow_vocabulary(copy.deepcopy(base).train(), chat_tok.vocab_size)
+    # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
+    trainable, hooks = make_trainable(model, method, first_new_row=V)
+    cfg = TrainConfig(max_iters=settings.sft_iters, lr=SFT_LR[method], warmup_iters=30, seed=seed, progress=False,
+                      weight_decay=0.1 if method == "full" else 0.0)  # decay would shrink the frozen rows
     trainer = Trainer(model, lambda split, g: sft_batch(sft_data, settings.batch, g, train_on_prompt=train_on_prompt),
                       causal_lm_loss, cfg, device=device)
     trainer.train()
-    return model
+    for hook in hooks:
+        hook.remove()
+    return model, trainable
 
 
-sft_results = {}
-for train_on_prompt in (False, True):
-    model = sft_model(train_on_prompt)
-    sft_results[train_on_prompt] = (model, instruction_accuracy(model, chat_tok, sft_val))
-chat_model = sft_results[False][0]
+sft_runs = {("full", "response only"): sft_model(False), ("full", "prompt and response"): sft_model(True),
+            ("lora", "response only"): sft_model(False, "lora")}
+sft_accuracy = {key: instruction_accuracy(model, chat_tok, sft_val) for key, (model, _) in sft_runs.items()}
+chat_model = sft_runs["full", "response only"][0]
 kinds = instructions.KINDS
-table = ["| loss on | all | " + " | ".join(kinds) + " |", "|---|---:|" + "---:|" * len(kinds)]
-for train_on_prompt, (_, acc) in sft_results.items():
-    label = "prompt and response" if train_on_prompt else "response only"
-    table.append(f"| {label} | {acc['all']:.2f} | " + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in kinds) + " |")
+table = ["| method | loss on | trainable | all | " + " | ".join(kinds) + " |",
+         "|---|---|---:|---:|" + "---:|" * len(kinds)]
+for (method, loss_on), (_, trainable) in sft_runs.items():
+    acc = sft_accuracy[method, loss_on]
+    table.append(f"| {method} | {loss_on} | {trainable:,} | {acc['all']:.2f} | "
+                 + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in kinds) + " |")
 display(Markdown("\n".join(table)))
 
 # %% [markdown]
 # The table gives the share of held-out instructions whose greedy response the checker accepts, for
 # each kind, after the same number of steps. Training on the prompt as well spends part of every
 # step on predicting the user's text — random letters and numbers that cannot be predicted — instead
-# of the answers; compare the rows kind by kind. (One seed each: a difference of a few points is
-# within the noise.)
-# Here are a few of the response-only model's answers:
+# of the answers; compare the first two rows kind by kind. The third row trains LoRA (and the new
+# special-token rows) instead of every weight, with the same loop (`make_trainable` is what the
+# `finetune` command uses). One seed each: a difference of a few points is within the noise.
+#
+# Here are a few of the fully fine-tuned, response-only model's answers:
 
 # %%
 from aigc_book.tasks.chat import generate_responses
@@ -870,6 +883,7 @@ decoding = {
     "top-k 3": dict(do_sample=True, top_k=3),
     "top-p 0.9": dict(do_sample=True, top_p=0.9),
     "min-p 0.1": dict(do_sample=True, min_p=0.1),
+    "beam search, 4 beams": dict(num_beams=4),
 }
 table = ["| decoding | well formed | distinct of 200 | true log-prob per token | example |", "|---|---:|---:|---:|---|"]
 quality = {}
@@ -894,7 +908,9 @@ display(Markdown(
     f"probability on impossible symbols, and over 32 draws that adds up. A high temperature makes it worse "
     f"({q['sampling, T=2']:.0%} at $T=2$); a low temperature ({q['sampling, T=0.5']:.0%} at $T=0.5$), "
     f"top-k ({q['top-k 3']:.0%}), top-p ({q['top-p 0.9']:.0%}) and min-p ({q['min-p 0.1']:.0%}) cut the "
-    f"unlikely tail and trade variety for staying on the likely path."))
+    f"unlikely tail and trade variety for staying on the likely path. Beam search, like greedy decoding, "
+    f"returns {quality['beam search, 4 beams']['distinct']} text for the 200 identical prompts: "
+    f"`{quality['beam search, 4 beams']['text']}`."))
 assert q["sampling, T=2"] < q["sampling, T=1"] < q["sampling, T=0.5"]
 assert min(q["top-p 0.9"], q["min-p 0.1"], q["top-k 3"]) > q["sampling, T=1"]
 
@@ -970,6 +986,32 @@ with_sacrebleu = metrics.bleu([" ".join(hyp)], [" ".join(ref)])
 print(f"BLEU of {' '.join(hyp)!r} against {' '.join(ref)!r}: by hand {by_hand:.2f}, sacrebleu {with_sacrebleu:.2f}")
 assert abs(metrics.bleu_by_hand([hyp], [[ref]]) - by_hand) < 1e-9
 assert abs(by_hand - with_sacrebleu) < 1e-6
+
+# %% [markdown]
+# ## Common misconceptions
+#
+# *Which claims about adapting and prompting models are wrong, and what is right instead?*
+#
+# ```{admonition} Common misconceptions, corrected
+# :class: warning
+#
+# * **"LoRA cuts memory 10,000 times."** No. On GPT-3 175B it cut the *trainable parameters* about
+#   10,000 times and the GPU memory about 3 times (Hu et al. 2021); this chapter's table shows why
+#   memory falls less: activations and the frozen weights remain.
+# * **"Extractive QA is trained with the answer's token ids."** No. The labels are *positions* in
+#   the input, where the answer starts and ends; the source article's script passes token ids and
+#   never gives the model the question (section "Extractive question answering").
+# * **"Few-shot learning trains the model on the examples."** No weight changes. The examples are
+#   part of the input; the model conditions on them, as the few-shot cell above showed.
+# * **"Prompt tuning is as good as fine-tuning."** Only for large models (Lester et al. 2021); on
+#   this chapter's small model it stayed at chance.
+# * **"Beam search always gives better text than sampling."** It finds sequences of high
+#   probability, which for open-ended text are often repetitive (Holtzman et al. 2020); the
+#   decoding table above measures it on the bracket language.
+# * **"An English model can be prompted in Chinese."** GPT-2 was trained on English web text; its
+#   byte-level tokenizer splits each Chinese character into byte pieces it has rarely seen
+#   (section "Decoding").
+# ```
 
 # %% [markdown]
 # ## Summary
