@@ -920,8 +920,10 @@ assert min(q["top-p 0.9"], q["min-p 0.1"], q["top-k 3"]) > q["sampling, T=1"]
 #
 # **Prompting an English model in Chinese.** The source article generates with GPT-2 fetched from a
 # model hub, prompting it with a Chinese sentence. Offline, the download fails; and even online,
-# GPT-2 was trained on English web text, and its byte-level tokenizer has few merges for Chinese
-# characters, each 3 bytes in UTF-8. A byte-level BPE trained on English text shows the effect:
+# GPT-2 was trained on English web pages — non-English pages were deliberately filtered out
+# (Radford et al. 2019, §3.7) — and its byte-level tokenizer learned its merges from that text, while
+# each Chinese character is 3 bytes in UTF-8. A byte-level BPE trained on English text shows the
+# effect:
 
 # %%
 from aigc_book.text.bpe import train_hf_bpe
@@ -1008,8 +1010,8 @@ assert abs(by_hand - with_sacrebleu) < 1e-6
 # * **"Beam search always gives better text than sampling."** It finds sequences of high
 #   probability, which for open-ended text are often repetitive (Holtzman et al. 2020); the
 #   decoding table above measures it on the bracket language.
-# * **"An English model can be prompted in Chinese."** GPT-2 was trained on English web text; its
-#   byte-level tokenizer splits each Chinese character into byte pieces it has rarely seen
+# * **"An English model can be prompted in Chinese."** GPT-2 was trained on English web pages; a
+#   byte-level tokenizer trained on English splits each Chinese character into byte pieces
 #   (section "Decoding").
 # ```
 
@@ -1106,6 +1108,7 @@ print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s on {device
 # * Ouyang, L. et al. (2022). *Training Language Models to Follow Instructions with Human Feedback.* NeurIPS.
 # * Papineni, K. et al. (2002). *BLEU: a Method for Automatic Evaluation of Machine Translation.* ACL.
 # * Popović, M. (2015). *chrF: character n-gram F-score for automatic MT evaluation.* WMT.
+# * Radford, A. et al. (2019). *Language Models are Unsupervised Multitask Learners.* OpenAI (GPT-2).
 # * Raffel, C. et al. (2020). *Exploring the Limits of Transfer Learning with a Unified Text-to-Text
 #   Transformer.* JMLR.
 # * Rajpurkar, P. et al. (2016). *SQuAD: 100,000+ Questions for Machine Comprehension of Text.* EMNLP.
