@@ -457,6 +457,48 @@ def cmd_finetune(args) -> dict:
     return summary
 
 
+def check_rlhf_args(args) -> None:
+    """Every flag of ``rlhf`` that can be checked before any training."""
+    if args.steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {args.steps}")
+    if args.method == "best-of-n" and args.steps > 1024:
+        raise UsageError(f"--steps is n for best-of-n: at most 1024 samples per prompt, got {args.steps}")
+    check_seed(args.seed)
+
+
+def cmd_rlhf(args) -> dict:
+    """SFT -> preferences -> reward model -> one method (:func:`aigc_book.rlhf.pipeline.run_rlhf`)."""
+    from aigc_book.rlhf.pipeline import run_rlhf
+    from aigc_book.training.finetune import check_output_dir, save_finetuned
+    from aigc_book.training.trainer import NonFiniteLossError
+
+    check_rlhf_args(args)
+    try:
+        device = get_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device: {err}") from None
+    try:
+        out = check_output_dir(args.out, overwrite=args.overwrite)
+    except ValueError as err:
+        raise UsageError(f"--out {err}") from None
+    seed_everything(args.seed)
+    say = (lambda message: None) if args.no_progress else (lambda message: print(f"[rlhf] {message}", file=sys.stderr))
+    try:
+        summary, policy, tok = run_rlhf(args.method, steps=args.steps, seed=args.seed, device=device,
+                                        progress=not args.no_progress, log=say)
+    except (NonFiniteLossError, FloatingPointError) as err:
+        raise RunError(f"{err}; nothing was saved") from None
+    summary["device"], summary["out"] = str(device), str(out)
+    try:
+        save_finetuned(policy, tok, out, overwrite=args.overwrite, log={"result": summary})
+    except OSError as err:
+        raise RunError(f"cannot write {out} ({err.strerror or err}); it was left as it was: make room, then "
+                       "run the command again") from None
+    except ValueError as err:
+        raise RunError(f"--out {err}; nothing was saved") from None
+    return summary
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aigc_book", description="Train and sample small GPTs on a CPU or GPU."
@@ -525,6 +567,15 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     f.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     f.add_argument("--overwrite", action="store_true", help="replace the model that --out already holds")
+    r = sub.add_parser("rlhf", help="SFT, preferences, a reward model, then PPO, DPO, GRPO or best-of-n (chapter 5)")
+    r.add_argument("--method", required=True, choices=("ppo", "dpo", "grpo", "best-of-n"))
+    r.add_argument("--steps", type=int, default=150,
+                   help="PPO/GRPO iterations, DPO optimizer steps, or n for best-of-n (default 150)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--out", required=True, help="directory for the tuned chat model (written when the run ends)")
+    r.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+    r.add_argument("--overwrite", action="store_true", help="replace the model that --out already holds")
     return parser
 
 
@@ -537,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(result), flush=True)
         elif args.command == "finetune":
             print(json.dumps(cmd_finetune(args)), flush=True)
+        elif args.command == "rlhf":
+            print(json.dumps(cmd_rlhf(args)), flush=True)
         else:
             cmd_sample(args)
     except UsageError as err:
@@ -549,8 +602,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "sample":
             print(f"\naigc-book: interrupted after {getattr(args, 'sampled', 0)} of {args.tokens} tokens",
                   file=sys.stderr)
-        elif args.command == "finetune":
-            print("aigc-book: interrupted; finetune writes --out only once training has finished, so it holds "
+        elif args.command in ("finetune", "rlhf"):
+            print(f"aigc-book: interrupted; {args.command} writes --out only once training has finished, so it holds "
                   "what it held before: run the command again", file=sys.stderr)
         elif getattr(args, "training_started", False):
             print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)

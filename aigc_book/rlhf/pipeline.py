@@ -129,8 +129,11 @@ def fit_reward_model(sft: SFTPolicy, pairs: PreferencePairs, settings: RLHFSetti
 
 
 def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings | None = None, device=None,
-             progress: bool = False, sft: SFTPolicy | None = None, log: Callable[[str], None] | None = None) -> dict:
-    """The whole pipeline for one method; returns the summary (what the command prints as JSON).
+             progress: bool = False, sft: SFTPolicy | None = None,
+             log: Callable[[str], None] | None = None) -> tuple[dict, GPT, ChatTokenizer]:
+    """The whole pipeline for one method; returns ``(summary, policy, tokenizer)``: the summary is
+    what the command prints as JSON, the policy the tuned model (for best-of-n, the SFT model that
+    the sampling wraps).
 
     ``steps``: PPO or GRPO iterations, DPO optimizer steps, or n for best-of-n. ``sft`` reuses an
     already-built SFT policy (the chapter builds it once).
@@ -187,7 +190,7 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
     })
     if "proxy" in before:
         summary["proxy_reward_before"] = round(before["proxy"], 4)
-    return summary
+    return summary, policy, tok
 
 
 def _loop(trainer, steps: int, progress: bool) -> None:
