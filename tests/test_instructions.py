@@ -31,6 +31,7 @@ from aigc_book.tasks.instructions import (
     read_jsonl,
     sample_instructions,
     score,
+    well_formed,
     write_jsonl,
 )
 from aigc_book.text.languages import BracketLanguage
@@ -297,3 +298,23 @@ def test_a_real_gpt_generates_through_the_template():
     assert len(out) == 4 and all(isinstance(s, str) and len(s) <= 5 for s in out)
     with pytest.raises(ValueError, match="Instruction objects"):
         instruction_accuracy(model, TOK, ["add 1+2"])
+
+
+@pytest.mark.parametrize("prompt, response, expected", [
+    ("reverse abcd", "dcba", True),  # correct
+    ("reverse abcd", "abcd", True),  # wrong, but the right length and letters
+    ("reverse abcd", "dcbx", False),  # x is not in the argument
+    ("reverse abcd", "dcb", False),  # too short
+    ("add 7+12", "18", True),
+    ("add 7+12", "1a", False),
+    ("count a in abab", "7", True),
+    ("close ([", ")]", True),  # closers, right number, wrong order
+    ("close ([", "]a", False),
+])
+def test_well_formed_checks_length_and_alphabet_only(prompt, response, expected):
+    assert well_formed(prompt, response) is expected
+
+
+def test_well_formed_rejects_a_non_string_response():
+    with pytest.raises(TypeError, match="must be a str"):
+        well_formed("add 1+2", 3)

@@ -69,12 +69,16 @@ def make_pairs(prompts, chosen, rejected, p_chosen=None) -> PreferencePairs:
 @pytest.mark.parametrize("prompt, response, expected", [
     ("reverse abcd", "dcba", 1.0),
     ("reverse abcd", " dcba ", 1.0),  # surrounding whitespace is ignored
-    ("reverse abcd", "dcbx", 0.75),  # one substitution in four characters
-    ("reverse abcd", "dcbaa", 0.8),  # one insertion: 1 - 1/5
+    ("reverse abcd", "dcbx", 0.5 * 0.75),  # one substitution in four characters, x not in the argument
+    ("reverse abcd", "dcab", 0.5 + 0.5 * 0.5),  # well formed (a permutation), two substitutions
+    ("reverse abcd", "dcbaa", 0.5 * 0.8),  # one insertion: 1 - 1/5, and too long
     ("add 7+12", "", 0.0),  # two deletions in two characters
-    ("count a in abab", "3", 0.0),
+    ("add 7+12", "18", 0.5 + 0.5 * 0.5),  # a two-digit number: well formed
+    ("count a in abab", "3", 0.5),  # well formed, wrong
+    ("close ([", "])", 1.0),
+    ("close ([", ")]", 0.5),  # closers in the wrong order: well formed, no character in place
 ])
-def test_gold_reward_is_one_when_correct_and_graded_by_edit_distance(prompt, response, expected):
+def test_gold_reward_is_half_form_half_graded_content(prompt, response, expected):
     assert gold_reward(prompt, response) == pytest.approx(expected)
 
 
@@ -83,7 +87,7 @@ def test_gold_rewards_scores_each_row_text_against_its_prompt():
     batch = pack(TOK, [inst, "sort ba", "add 1+2"], [ids("ba"), ids("ba"), ids("3")])
     out = gold_rewards(batch)
     assert out.shape == (3,) and out.dtype == torch.get_default_dtype()
-    torch.testing.assert_close(out, torch.tensor([1.0, 0.0, 1.0]))
+    torch.testing.assert_close(out, torch.tensor([1.0, 0.5, 1.0]))  # "ba" for "sort ba" is well formed
 
 
 def test_gold_reward_rejects_what_is_not_text():
@@ -173,7 +177,7 @@ def test_pairs_select_and_split_keep_rows_together():
     sub = pairs.select([2, 0])
     assert sub.chosen.texts == ["3", "ba"] and sub.rejected.texts == ["4", "ab"]
     torch.testing.assert_close(sub.p_chosen, torch.tensor([0.4, 0.9]))
-    torch.testing.assert_close(sub.gold_rejected, torch.tensor([0.0, 0.0]))
+    torch.testing.assert_close(sub.gold_rejected, torch.tensor([0.5, 0.5]))  # wrong, but well formed
     first, rest = pairs.split(1)
     assert first.chosen.prompts == ["reverse ab"] and rest.chosen.prompts == ["sort ba", "add 1+2"]
     with pytest.raises(ValueError, match="n_first"):
@@ -191,9 +195,8 @@ def test_pairs_reject_inconsistent_parts():
         PreferencePairs(c, c, torch.ones(3), torch.ones(2), torch.ones(2))
     with pytest.raises(ValueError, match="rows"):
         PreferencePairs(c, c.select([0]), torch.ones(2), torch.ones(2), torch.ones(2))
-    empty = pack(TOK, ["reverse ab", "sort ba"], [[], ids("ab")])
-    with pytest.raises(ValueError, match="at least one token"):
-        PreferencePairs(empty, c, torch.ones(2), torch.ones(2), torch.ones(2))
+    with pytest.raises(ValueError, match="at least one token"):  # pack refuses an empty response up front
+        pack(TOK, ["reverse ab", "sort ba"], [[], ids("ab")])
 
 
 # ---- collecting preferences from a policy ------------------------------------------------------

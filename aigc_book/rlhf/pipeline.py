@@ -50,15 +50,15 @@ class RLHFSettings:
     """Everything :func:`run_rlhf` needs besides the method, its steps and the seed."""
 
     recipe: PolicyRecipe = field(default_factory=PolicyRecipe)
-    pairs: int = 2_000  # preference prompts (pairs with two identical answers are dropped)
+    pairs: int = 12_000  # preference prompts (pairs with two identical answers are dropped)
     labeler_temperature: float = 0.1
     length_bias: float = 0.3  # the labelers' bias per character of response length
-    rm_steps: int = 300
-    rm_batch: int = 32
-    rm_lr: float = 1e-3
+    rm_steps: int = 600
+    rm_batch: int = 64
+    rm_lr: float = 3e-4
     max_new_tokens: int = 10
     eval_prompts: int = 512
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.02))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.1))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(lr=1e-4, kl_coef=0.01))
     dpo_beta: float = 0.1
     dpo_lr: float = 3e-4

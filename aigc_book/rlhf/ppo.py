@@ -114,16 +114,16 @@ class FixedKLController:
 class AdaptiveKLController:
     r"""Ziegler et al. (2019, §2.2): with
     :math:`e = \mathrm{clip}((\mathrm{KL} - \mathrm{KL}_\mathrm{target}) / \mathrm{KL}_\mathrm{target}, -0.2, 0.2)`,
-    :math:`\beta \leftarrow \beta\,(1 + K_\beta\, e)` and :math:`K_\beta = 0.1 \cdot n / \mathrm{horizon}`,
-    ``n`` the rollouts since the last update: β grows while the policy spends more KL than the target
-    and shrinks while it spends less."""
+    :math:`\beta \leftarrow \beta\,(1 + K_\beta\, e)` and :math:`K_\beta = n / \mathrm{horizon}`,
+    ``n`` the rollouts since the last update (as their code, openai/lm-human-preferences, and ``trl``
+    compute it): β grows while the policy spends more KL than the target and shrinks while it spends less."""
 
     def __init__(self, kl_coef: float, target: float, horizon: int):
         self.value, self.target, self.horizon = float(kl_coef), float(target), int(horizon)
 
     def update(self, kl: float, n_rollouts: int) -> None:
         error = min(max((kl - self.target) / self.target, -0.2), 0.2)
-        self.value *= 1 + 0.1 * error * n_rollouts / self.horizon
+        self.value *= 1 + error * n_rollouts / self.horizon
 
 
 class PPOTrainer:

@@ -29,7 +29,7 @@ from torch import nn
 
 from aigc_book.rlhf.rollouts import Responses, sample_responses
 from aigc_book.tasks.chat import ChatTokenizer
-from aigc_book.tasks.instructions import Instruction, score
+from aigc_book.tasks.instructions import Instruction, score, well_formed
 
 __all__ = [
     "gold_reward",
@@ -44,17 +44,22 @@ TensorLike = torch.Tensor | float | Sequence[float]  # what torch.as_tensor turn
 
 
 def gold_reward(prompt: Instruction | str, response_text: str) -> float:
-    r"""The hidden true reward of one response, in ``[0, 1]``.
+    r"""The hidden true reward of one response, in ``[0, 1]``: half for its form, half for its content.
 
+    .. math:: g(x, y) = \tfrac12\,[\,y \text{ well formed}\,] + \tfrac12\,\mathrm{score}(x, y),
+
+    with ``well formed`` from :func:`aigc_book.tasks.instructions.well_formed` (the answer's length
+    and alphabet) and ``score`` the checker's partial credit,
     ``instructions.score(prompt, response_text, partial=True)``: 1.0 for the correct answer, else
     :math:`1 - d / \max(|a|, |y|)` with :math:`d` the Levenshtein distance between the answer
-    :math:`a` and the response :math:`y`. It is graded, so two wrong answers can still be ranked.
+    :math:`a` and the response :math:`y`. It is 1 exactly for the correct answer, and graded, so two
+    wrong answers can still be ranked — like a teacher who gives marks for a well-presented answer.
     """
     if not isinstance(prompt, (Instruction, str)):
         raise TypeError(f"prompt must be an Instruction or a str, got {type(prompt).__name__}")
     if not isinstance(response_text, str):
         raise TypeError(f"response_text must be a str (the decoded response), got {type(response_text).__name__}")
-    return score(prompt, response_text, partial=True)
+    return 0.5 * float(well_formed(prompt, response_text)) + 0.5 * score(prompt, response_text, partial=True)
 
 
 def gold_rewards(responses: Responses) -> torch.Tensor:

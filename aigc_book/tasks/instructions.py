@@ -47,6 +47,7 @@ __all__ = [
     "answer",
     "check",
     "score",
+    "well_formed",
     "as_pair",
     "read_jsonl",
     "write_jsonl",
@@ -229,6 +230,22 @@ def score(instruction: Instruction | str, response: str, *, partial: bool = Fals
         return 0.0
     target, got = answer(_prompt(instruction)), response.strip()
     return 1.0 - _edit_distance(target, got) / max(len(target), len(got), 1)
+
+
+def well_formed(instruction: Instruction | str, response: str) -> bool:
+    """True when ``response`` has the *form* of a right answer, right or not: the answer's length, and
+    only characters a right answer could use (closing brackets for ``close``; the argument's characters
+    for ``reverse`` and ``sort``; digits for ``count`` and ``add``). Checking the form needs no solving,
+    which is why a reward model learns it far sooner than correctness (chapter 5)."""
+    if not isinstance(response, str):
+        raise TypeError(f"a response must be a str, got {type(response).__name__}")
+    prompt = _prompt(instruction)
+    kind, args = parse(prompt)
+    text = response.strip()
+    if len(text) != len(answer(prompt)):
+        return False
+    allowed = set(CLOSERS) if kind == "close" else set(args[0]) if kind in ("reverse", "sort") else set("0123456789")
+    return all(c in allowed for c in text)
 
 
 # ---------------------------------------------------------------------------------------------
