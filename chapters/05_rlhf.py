@@ -61,6 +61,7 @@ class Settings:
     leash_steps: int = 80  # the shorter PPO runs of the KL-leash comparison
     dpo_steps: int = 200
     grpo_steps: int = 150
+    checker_ppo_steps: int = 150  # PPO on GRPO's reward, for the comparison
     max_new_tokens: int = 10
 
 
@@ -71,7 +72,7 @@ if device.type == "cuda":
                                             sft_lr=1e-3),
                         preference_prompts=40_000, rm_pair_counts=(1_000, 4_000, 16_000), rm_steps=1500,
                         eval_prompts=1024, bon_samples=64, ppo_steps=500, leash_steps=300, dpo_steps=800,
-                        grpo_steps=600)
+                        grpo_steps=600, checker_ppo_steps=600)
 for name, value in asdict(settings).items():
     print(f"  {name:<20}{value}")
 
@@ -116,6 +117,7 @@ held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000)
 # for the reward model below.
 
 # %%
+# NBVAL_CHECK_OUTPUT
 from aigc_book.rlhf.pipeline import RLHFSettings
 from aigc_book.rlhf.preferences import Labelers, bayes_accuracy, collect_preferences, gold_reward
 
@@ -126,6 +128,11 @@ for prompt, response in [("add 7+12", "19"), ("add 7+12", "18"), ("add 7+12", "1
     print(f"gold({prompt!r}, {response!r}) = {gold_reward(prompt, response):.3f}")
 p = labelers.prob_prefers_first(torch.tensor(1.0), torch.tensor(0.5), torch.tensor(2), torch.tensor(2))
 assert torch.isclose(p, torch.sigmoid(torch.tensor(0.5 / rl.labeler_temperature)))  # the formula, by hand
+p = labelers.prob_prefers_first(torch.tensor(0.5), torch.tensor(0.5), torch.tensor(4), torch.tensor(2))
+print(f"labelers: temperature {labelers.temperature}, length bias {labelers.length_bias} per character; "
+      f"two equally good answers, 4 and 2 characters long: the longer is preferred with probability {p:.3f}")
+
+# %%
 t0 = time.perf_counter()
 prefs = collect_preferences(reference, tok, instructions.sample_instructions(settings.preference_prompts, seed=1000),
                             labelers, max_new_tokens=settings.max_new_tokens,
@@ -134,9 +141,12 @@ rm_eval, rm_train = prefs.split(500)
 print(f"{len(prefs):,} pairs from {settings.preference_prompts:,} prompts (pairs of identical answers dropped) "
       f"in {time.perf_counter() - t0:.0f} s; {len(rm_eval)} held out")
 bayes = bayes_accuracy(rm_eval.p_chosen)
-longer = (torch.tensor([len(t) for t in rm_eval.chosen.texts]) > torch.tensor([len(t) for t in rm_eval.rejected.texts]))
-print(f"Bayes limit of label accuracy on the held-out pairs: {bayes:.3f}; the chosen answer is the longer one "
-      f"in {longer.float().mean():.0%} of them")
+len_c = torch.tensor([len(t) for t in rm_train.chosen.texts])
+len_r = torch.tensor([len(t) for t in rm_train.rejected.texts])
+differ = len_c != len_r
+print(f"Bayes limit of label accuracy on the held-out pairs: {bayes:.3f}")
+print(f"of the {int(differ.sum()):,} training pairs whose answers differ in length, the longer one was chosen in "
+      f"{(len_c > len_r)[differ].float().mean():.0%}")
 
 # %% [markdown]
 # ## A reward model from preferences
@@ -604,12 +614,12 @@ import base64
 import io
 
 betas = sorted({0.0, 0.03, rl.ppo.kl_coef, 0.3})
-leash = {}
+leash, leash_policies = {}, {}
 for beta in betas:
     if beta == rl.ppo.kl_coef:
         leash[beta] = ppo_trace[: settings.leash_steps]
     else:
-        leash[beta] = run_ppo(rm, settings.leash_steps, beta)[1]
+        leash_policies[beta], leash[beta] = run_ppo(rm, settings.leash_steps, beta)
 
 
 def leash_figure(beta):
@@ -661,14 +671,21 @@ display(Markdown("Means over the last 10 iterations of each run:\n\n" + "\n".joi
 # draws data and fits.
 
 # %%
-from aigc_book.rlhf.overoptimization import fit_best_of_n, fit_rl, predict_best_of_n, predict_rl
+from aigc_book.rlhf.overoptimization import (
+    fit_best_of_n,
+    fit_rl,
+    peak_of_best_of_n,
+    peak_of_rl,
+    predict_best_of_n,
+    predict_rl,
+)
 
 d_bon = np.sqrt(bon["small"]["kl"])
 gain_bon = bon["small"]["gold"] - bon["small"]["gold"][0]
 a_bon, b_bon = fit_best_of_n(d_bon, gain_bon)
-free = leash[0.0]
-d_rl = np.sqrt(np.maximum(smooth([t["kl"] for t in free]), 1e-6))
-gain_rl = smooth([t["gold"] for t in free]) - np.mean([t["gold"] for t in free[:5]])
+free_trace = leash[0.0]
+d_rl = np.sqrt(np.maximum(smooth([t["kl"] for t in free_trace]), 1e-6))
+gain_rl = smooth([t["gold"] for t in free_trace]) - np.mean([t["gold"] for t in free_trace[:5]])
 a_rl, b_rl = fit_rl(d_rl, gain_rl)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 grid = np.linspace(0, d_bon.max() * 1.05, 100)
@@ -686,18 +703,43 @@ axes[0].set_title("Best-of-n")
 axes[1].set_title("PPO")
 plt.tight_layout()
 plt.show()
+fits = {"best-of-n": (a_bon, b_bon, peak_of_best_of_n(a_bon, b_bon), d_bon.max()),
+        "PPO, β = 0": (a_rl, b_rl, peak_of_rl(a_rl, b_rl), d_rl.max())}
+for name, (a, b, peak, reach) in fits.items():
+    where = "beyond the data" if peak > reach else f"at d = {peak:.2f}"
+    print(f"{name}: alpha {a:+.4f}, beta {b:+.4f}; fitted peak {where} (data reach d = {reach:.2f})")
+display(Markdown(
+    f"With no KL penalty, PPO's reward-model score climbed from {leash[0.0][0]['proxy']:+.3f} to "
+    f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash[0.0][0]['gold']:.3f} to "
+    f"{last[0.0]['gold']:.3f}. Gao et al. saw gold rise before it fell; ours "
+    + ("rises first, then falls." if gain_rl.max() > 0.01 else
+       "barely rises at all: a reward model that is right on only "
+       f"{rm_accuracy[max(rm_accuracy)]:.0%} of pairs points the policy away from gold almost from the start.")))
 
 # %% [markdown]
 # What did the unleashed policy learn to exploit? The labelers liked length, so the reward model
-# learned to like it, and the length of the answers is where to look:
+# learned to like it; and it judges form better than content. Look at length, form and whether the
+# answers still end:
 
 # %%
-lengths = {b: (leash[b][0]["length"], last[b]["length"]) for b in betas}
-for b, (start, end) in lengths.items():
-    print(f"β = {b:<5g} answer length {start:.2f} -> {end:.2f} characters; "
+for b in betas:
+    print(f"β = {b:<5g} answer length {leash[b][0]['length']:.2f} -> {last[b]['length']:.2f} characters; "
           f"gold {leash[b][0]['gold']:.3f} -> {last[b]['gold']:.3f}")
-longest = max(zip(after.texts, shown), key=lambda pair: len(pair[0]))
-print(f"the longest PPO answer above: {longest[1].prompt!r} -> {longest[0]!r} (correct: {longest[1].answer!r})")
+free = sample_responses(leash_policies[0.0], tok, held_out, max_new_tokens=settings.max_new_tokens,
+                        generator=torch.Generator(device=device).manual_seed(7))
+sft_samples = sample_responses(reference, tok, held_out, max_new_tokens=settings.max_new_tokens,
+                               generator=torch.Generator(device=device).manual_seed(7))
+ill = [not instructions.well_formed(p, t) for p, t in zip(free.prompts, free.texts)]
+ill_sft = [not instructions.well_formed(p, t) for p, t in zip(sft_samples.prompts, sft_samples.texts)]
+unfinished = 1 - np.mean(free.finished(tok.end_id))
+print(f"β = 0 policy: {np.mean(ill):.0%} of answers ill-formed (SFT: {np.mean(ill_sft):.0%}); "
+      f"{unfinished:.0%} never close with <|end|> (SFT: {1 - np.mean(sft_samples.finished(tok.end_id)):.0%})")
+rows = ["| prompt | answer | β = 0 PPO sample | gold | reward model |", "|---|---|---|---:|---:|"]
+scores = reward_scores(rm, free)
+for i in range(6):
+    rows.append(f"| `{held_out[i].prompt}` | `{held_out[i].answer}` | `{free.texts[i]}` | "
+                f"{gold_reward(held_out[i], free.texts[i]):.2f} | {scores[i]:+.2f} |")
+display(Markdown("\n".join(rows)))
 
 # %% [markdown]
 # ## DPO: preferences without a reward model
@@ -734,6 +776,14 @@ for average in (False, True):
     e = dpo_eval[name]
     print(f"{name:<20} gold {e['gold']:.3f} (SFT {sft_eval['gold']:.3f}), accuracy {e['accuracy']:.3f}, "
           f"KL {e['kl']:.2f} nats, length {e['length']:.2f}, {time.perf_counter() - t0:.0f} s")
+summed, averaged = dpo_eval["DPO"], dpo_eval["DPO, mean log-probs"]
+display(Markdown(
+    f"Same pairs, same β, same steps: with summed log-probabilities DPO ends at gold {summed['gold']:.3f} and KL "
+    f"{summed['kl']:.2f} nats; with averaged ones at gold {averaged['gold']:.3f} and KL {averaged['kl']:.2f} nats. "
+    + ("Averaging moved the policy further for less: dividing by the length weakens the leash β provides. "
+       if averaged["kl"] > summed["kl"] and averaged["gold"] < summed["gold"] else "")
+    + "Both learned from the same labels as the reward model, length bias included: DPO optimises the labelers' "
+      "preferences, not the gold reward, and nothing stops it exploiting the same bias."))
 
 # %% [markdown]
 # ## GRPO: a verifiable reward and no value head
@@ -766,14 +816,32 @@ for _ in range(settings.grpo_steps):
     grpo.step()
 grpo_eval = evaluate(grpo_policy, reference, tok, held_out, reward_model=rm, **measure)
 grpo_rollouts = settings.grpo_steps * rl.grpo.prompts_per_step * rl.grpo.group_size
-ppo_rollouts = settings.ppo_steps * rl.ppo.batch_size
 print(f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; gold {sft_eval['gold']:.3f} -> "
       f"{grpo_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f} -> {grpo_eval['accuracy']:.3f}, "
       f"KL {grpo_eval['kl']:.2f} nats")
-per_1000 = {"GRPO (checker)": 1000 * (grpo_eval["gold"] - sft_eval["gold"]) / grpo_rollouts,
-            "PPO (reward model)": 1000 * (ppo_eval["gold"] - sft_eval["gold"]) / ppo_rollouts}
-for name, value in per_1000.items():
-    print(f"gold-reward gain per 1,000 rollouts, {name}: {value:+.4f}")
+
+# %% [markdown]
+# Is the gain GRPO's, or the reward's? PPO on the same checker, with its value head, tells them apart.
+# The comparison that matters is gold reward gained per rollout sampled.
+
+# %%
+checker_trace = []
+ppo_checker = copy.deepcopy(reference)
+trainer = PPOTrainer(ppo_checker, reference, tok, checker_reward, prompt_sampler(),
+                     PPOConfig(**{**asdict(rl.ppo), "lr": 3e-5, "kl_coef": 0.05}), seed=0,
+                     callback=lambda step, responses, stats: checker_trace.append(
+                         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
+for _ in range(settings.checker_ppo_steps):
+    trainer.step()
+checker_eval = evaluate(ppo_checker, reference, tok, held_out, reward_model=rm, **measure)
+runs = {"GRPO, checker": (grpo_eval, grpo_rollouts),
+        "PPO, checker": (checker_eval, settings.checker_ppo_steps * rl.ppo.batch_size),
+        "PPO, reward model": (ppo_eval, settings.ppo_steps * rl.ppo.batch_size)}
+rows = ["| method, reward | rollouts | gold reward | accuracy | KL (nats) | gold gain per 1,000 rollouts |",
+        "|---|---:|---:|---:|---:|---:|"]
+rows += [f"| {name} | {n:,} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['kl']:.2f} | "
+         f"{1000 * (e['gold'] - sft_eval['gold']) / n:+.4f} |" for name, (e, n) in runs.items()]
+display(Markdown(f"SFT: gold {sft_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f}.\n\n" + "\n".join(rows)))
 
 # %% [markdown]
 # ## All the methods on one chart
@@ -791,7 +859,7 @@ ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in ppo_trace]), 0)), smooth([t[
         "-", label=f"PPO rollouts (β = {rl.ppo.kl_coef:g})")
 ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in grpo_trace]), 0)), smooth([t["gold"] for t in grpo_trace]),
         "-", label="GRPO rollouts (checker)")
-points = {"SFT": sft_eval, "PPO": ppo_eval, **dpo_eval, "GRPO": grpo_eval}
+points = {"SFT": sft_eval, "PPO": ppo_eval, **dpo_eval, "GRPO": grpo_eval, "PPO, checker": checker_eval}
 for name, e in points.items():
     ax.plot(math.sqrt(max(e["kl"], 0)), e["gold"], "k*" if name == "SFT" else "D", ms=10)
     ax.annotate(name, (math.sqrt(max(e["kl"], 0)), e["gold"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
@@ -994,6 +1062,21 @@ display(Markdown(
 #   rankings of 4 to 9 outputs per prompt, and PPO with a per-token KL penalty. Its 1.3B model's
 #   outputs were preferred to 175B GPT-3's. ChatGPT is a sibling of InstructGPT, fine-tuned from a
 #   GPT-3.5-series model (OpenAI 2022).
+
+# %% [markdown]
+# What this chapter measured, on its held-out prompts:
+
+# %%
+display(Markdown("\n".join([
+    f"* The reward model agreed with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels; the Bayes limit was "
+    f"{bayes:.1%}.",
+    f"* PPO against it raised its score from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f} and moved the "
+    f"gold reward from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f} (β = {rl.ppo.kl_coef:g}); without a KL "
+    f"penalty the gold reward of its rollouts ended at {last[0.0]['gold']:.3f}.",
+    f"* PPO against the checker moved the gold reward from {sft_eval['gold']:.3f} to {checker_eval['gold']:.3f}, "
+    f"GRPO to {grpo_eval['gold']:.3f}; DPO (summed log-probabilities) to {dpo_eval['DPO']['gold']:.3f}, averaged "
+    f"to {dpo_eval['DPO, mean log-probs']['gold']:.3f}.",
+])))
 
 # %% [markdown]
 # ## Exercises
