@@ -187,6 +187,8 @@ ax.plot(list(rm_accuracy), list(rm_accuracy.values()), "o-", label="reward model
 ax.axhline(bayes, color="k", ls="--", label=f"Bayes limit ({bayes:.2f})")
 ax.axhline(0.5, color="gray", ls=":", label="chance")
 ax.set_xscale("log")
+ax.set_xticks(list(rm_accuracy), [f"{n:,}" for n in rm_accuracy])
+ax.minorticks_off()
 ax.set_xlabel("training pairs")
 ax.set_ylabel("held-out label accuracy")
 ax.set_title("Reward-model accuracy against the best possible")
@@ -857,8 +859,8 @@ fig, ax = plt.subplots(figsize=(7, 4.2))
 ax.plot(np.sqrt(bon["large"]["kl"]), bon["large"]["gold"], "o-", label="best-of-n (reward model)")
 ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in ppo_trace]), 0)), smooth([t["gold"] for t in ppo_trace]),
         "-", label=f"PPO rollouts (β = {rl.ppo.kl_coef:g})")
-ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in grpo_trace]), 0)), smooth([t["gold"] for t in grpo_trace]),
-        "-", label="GRPO rollouts (checker)")
+ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in grpo_trace], 30), 0)), smooth([t["gold"] for t in grpo_trace], 30),
+        "-", label="GRPO rollouts (checker, moving average of 30)")
 points = {"SFT": sft_eval, "PPO": ppo_eval, **dpo_eval, "GRPO": grpo_eval, "PPO, checker": checker_eval}
 for name, e in points.items():
     ax.plot(math.sqrt(max(e["kl"], 0)), e["gold"], "k*" if name == "SFT" else "D", ms=10)

@@ -42,6 +42,18 @@ def tiny_ids() -> torch.Tensor:
     return torch.randint(0, TINY["vocab_size"], (2, 7), generator=torch.Generator().manual_seed(1))
 
 
+@pytest.fixture
+def one_cpu_thread():
+    """One PyTorch thread while a test runs (``pytestmark = pytest.mark.usefixtures("one_cpu_thread")``):
+    tiny models gain nothing from a second one, and when another program holds a core every operation
+    waits for the thread that shares it (see aigc_book/cpu_threads.py), which made a 60-step training
+    30 times slower on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True, scope="module")
 def fixed_cpu_threads():
     """One CPU thread count per test module: many tests compare runs bit for bit (a resumed run with

@@ -23,17 +23,9 @@ from aigc_book.rlhf.rollouts import sample_responses
 from aigc_book.tasks.chat import ChatTokenizer
 
 TOK = ChatTokenizer()
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One PyTorch thread while a test runs: these tiny models gain nothing from a second one, and when
-    another program holds a core every operation waits for the thread that shares it (see
-    aigc_book/cpu_threads.py), which made a 60-step training here 30 times slower on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -32,16 +32,9 @@ TOK = ChatTokenizer()
 BLOCK = 32
 TOY_PROMPTS = ("add 1+2", "sort cab")  # 10 and 11 tokens in the chat template
 TOY_NEW_TOKENS = 3
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One PyTorch thread while a test runs: these tiny models gain nothing from a second one, and on
-    a busy 2-core machine a second thread waits for the core another program holds."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def chat_gpt(seed: int = 0) -> GPT:
@@ -519,3 +512,31 @@ def test_run_rlhf_returns_the_summary_the_command_prints(method, sft):
 def test_run_rlhf_rejects_a_bad_method_or_steps(method, steps, message):
     with pytest.raises(ValueError, match=message):
         run_rlhf(method, steps=steps, settings=TINY_SETTINGS)
+
+
+def test_check_fields_names_the_first_bad_field():
+    from types import SimpleNamespace
+
+    from aigc_book.rlhf.common import check_fields
+
+    good = SimpleNamespace(n=3, lr=0.1, coef=0.0)
+    check_fields(good, positive_ints=("n",), positive=("lr",), nonnegative=("coef",))
+    for bad, match in ((dict(n=0), "n must be a positive int"), (dict(n=True), "n must be a positive int"),
+                       (dict(lr=0.0), "lr must be a finite number > 0"), (dict(lr=float("nan")), "lr must be"),
+                       (dict(coef=-1e-9), "coef must be a finite number >= 0"), (dict(coef=True), "coef must be")):
+        with pytest.raises(ValueError, match=match):
+            check_fields(SimpleNamespace(**{**vars(good), **bad}), positive_ints=("n",), positive=("lr",),
+                         nonnegative=("coef",))
+
+
+def test_optimizer_step_refuses_a_non_finite_loss_before_changing_anything():
+    from aigc_book.rlhf.common import optimizer_step
+
+    layer = torch.nn.Linear(2, 1)
+    before = layer.weight.detach().clone()
+    opt = torch.optim.SGD(layer.parameters(), lr=0.1)
+    with pytest.raises(FloatingPointError, match="step 3: the loss is nan"):
+        optimizer_step(layer(torch.ones(1, 2)).sum() * float("nan"), layer, opt, 1.0, "step 3")
+    assert torch.equal(layer.weight, before)
+    optimizer_step(layer(torch.ones(1, 2)).sum(), layer, opt, 1.0, "step 4")
+    assert not torch.equal(layer.weight, before)

@@ -19,15 +19,14 @@ none can be gamed. One :meth:`GRPOTrainer.step`:
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from aigc_book.models.gpt import GPT
+from aigc_book.rlhf.common import check_fields, optimizer_step
 from aigc_book.rlhf.losses import grpo_advantages, kl_estimates, masked_mean, ppo_policy_loss
 from aigc_book.rlhf.rollouts import sample_responses, token_logprobs
 from aigc_book.tasks.chat import ChatTokenizer
@@ -50,23 +49,13 @@ class GRPOConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("prompts_per_step", "minibatch_size", "epochs", "max_new_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_fields(self, positive_ints=("prompts_per_step", "minibatch_size", "epochs", "max_new_tokens"),
+                     positive=("lr", "clip_eps"), nonnegative=("kl_coef", "grad_clip"))
         if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a baseline needs two samples), got {self.group_size!r}")
         if (self.prompts_per_step * self.group_size) % self.minibatch_size:
             raise ValueError(f"prompts_per_step * group_size ({self.prompts_per_step * self.group_size}) must be a "
                              f"multiple of minibatch_size ({self.minibatch_size})")
-        for name in ("lr", "clip_eps"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("kl_coef", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 class GRPOTrainer:
@@ -119,14 +108,7 @@ class GRPOTrainer:
                 kl_term = masked_mean(k3, mask[rows])
                 loss = ppo_policy_loss(logprobs, old_logprobs[rows], advantages[rows], mask[rows], c.clip_eps)
                 loss = loss + c.kl_coef * kl_term
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"GRPO step {self.n_steps}: the loss is {loss.item()}; lower lr "
-                                             f"(now {c.lr:g})")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.policy.parameters(), c.grad_clip)
-                self.optimizer.step()
+                optimizer_step(loss, self.policy, self.optimizer, c.grad_clip, f"GRPO step {self.n_steps}")
                 losses.append(loss.item())
                 kls.append(kl_term.item())
         self.policy.eval()

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from aigc_book.models.gpt import GPT
+from aigc_book.rlhf.common import check_fields, optimizer_step
 from aigc_book.rlhf.heads import PolicyWithValue
 from aigc_book.rlhf.losses import gae, kl_estimates, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from aigc_book.rlhf.rollouts import Responses, sample_responses, token_logprobs
@@ -80,21 +80,12 @@ class PPOConfig:
     grad_clip: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "horizon"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_fields(self, positive_ints=("batch_size", "minibatch_size", "ppo_epochs", "max_new_tokens", "horizon"),
+                     positive=("lr", "clip_eps", "value_clip"),
+                     nonnegative=("vf_coef", "kl_coef", "ptx_coef", "grad_clip"))
         if self.batch_size % self.minibatch_size:
             raise ValueError(f"batch_size ({self.batch_size}) must be a multiple of minibatch_size "
                              f"({self.minibatch_size})")
-        for name in ("lr", "clip_eps", "value_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("vf_coef", "kl_coef", "ptx_coef", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.target_kl is not None and not (math.isfinite(self.target_kl) and self.target_kl > 0):
             raise ValueError(f"target_kl must be None or a finite number > 0, got {self.target_kl!r}")
         if not (0 <= self.gamma <= 1 and 0 <= self.lam <= 1):
@@ -209,14 +200,7 @@ class PPOTrainer:
                     ptx = causal_lm_loss(self.policy, batch)
                     loss = loss + c.ptx_coef * ptx
                     stats["ptx_loss"].append(ptx.item())
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"PPO step {self.n_steps}: the loss is {loss.item()}; lower lr "
-                                             f"(now {c.lr:g})")
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if c.grad_clip > 0:
-                    nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
-                self.optimizer.step()
+                optimizer_step(loss, self.model, self.optimizer, c.grad_clip, f"PPO iteration {self.n_steps}")
                 with torch.no_grad():
                     log_ratio = logprobs - data["logprobs"][rows]
                     stats["policy_loss"].append(pg.item())

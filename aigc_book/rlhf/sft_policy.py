@@ -22,6 +22,7 @@ import torch
 
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
+from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import ChatTokenizer, encode_sft, grow_vocabulary, instruction_accuracy, sft_batch
 from aigc_book.text.languages import BracketLanguage
@@ -49,11 +50,8 @@ class PolicyRecipe:
     sft_lr: float = 2e-3
 
     def __post_init__(self) -> None:
-        for name in ("n_layer", "n_head", "n_embd", "pretrain_seqs", "pretrain_iters", "sft_pairs", "sft_iters",
-                     "batch"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        check_fields(self, positive_ints=("n_layer", "n_head", "n_embd", "pretrain_seqs", "pretrain_iters", "sft_pairs",
+                                          "sft_iters", "batch"), positive=("pretrain_lr", "sft_lr"))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
