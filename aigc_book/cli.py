@@ -9,6 +9,8 @@ Introduced in chapter 3, section "Your own text". Usage::
     python -m aigc_book finetune --base DIR --data PAIRS.jsonl --method full|lora --out DIR
                                  [--steps 200 --lr X --batch 8 --seed 1337 --lora-r 8 --lora-alpha 16
                                   --device D --overwrite]
+    python -m aigc_book rlhf --method ppo|dpo|grpo|best-of-n --out DIR [--steps 150 --seed 0 --device D
+                             --no-progress --overwrite]
 
 ``train-gpt`` holds out the last 10% of the file for validation, shows a progress bar on stderr,
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
@@ -26,6 +28,14 @@ fully or with LoRA (saved merged), prints one JSON object last (``initial_loss``
 ``trainable_params``, ``wall_s``, ...) and writes ``--out`` only when it has finished, atomically.
 ``sample --out DIR`` on its result treats ``--prompt`` as the user's turn: it prints
 ``<|user|>PROMPT<|end|><|assistant|>`` and the response, and stops at ``<|end|>``.
+
+``rlhf`` (chapter 5; :func:`aigc_book.rlhf.pipeline.run_rlhf`) runs the chapter's whole pipeline —
+the SFT model, simulated labelers' preferences, a reward model, then the method — with progress on
+stderr, and prints one JSON object last: ``method``, ``gold_reward_before``, ``gold_reward_after``,
+``proxy_reward_after`` (the reward model's score, where one is used), ``kl`` (nats per response, to
+the SFT model), ``wall_s`` and more. ``--steps`` is PPO's or GRPO's iterations, DPO's optimizer steps,
+or n for best-of-n. The tuned chat model is written to ``--out`` at the end, atomically (an interrupted
+run leaves ``--out`` as it was; run the command again: the same seed gives the same run).
 
 Nothing is lost and nothing goes silently wrong:
 

@@ -540,3 +540,10 @@ def test_optimizer_step_refuses_a_non_finite_loss_before_changing_anything():
     assert torch.equal(layer.weight, before)
     optimizer_step(layer(torch.ones(1, 2)).sum(), layer, opt, 1.0, "step 4")
     assert not torch.equal(layer.weight, before)
+
+
+def test_reward_model_trains_its_trunk_even_when_copied_from_a_frozen_policy():
+    gpt = chat_gpt().requires_grad_(False)
+    rm = RewardModel(gpt)
+    assert all(p.requires_grad for p in rm.parameters())
+    assert rm.config is not gpt.config and rm.config == gpt.config

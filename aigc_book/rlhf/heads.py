@@ -35,8 +35,8 @@ class RewardModel(nn.Module):
 
     def __init__(self, gpt: GPT):
         super().__init__()
-        self.transformer = copy.deepcopy(gpt.transformer)
-        self.config = gpt.config
+        self.transformer = copy.deepcopy(gpt.transformer).requires_grad_(True)  # even if gpt is frozen
+        self.config = copy.deepcopy(gpt.config)  # its own: growing the policy's vocabulary later leaves it alone
         self.head = nn.Linear(gpt.config.n_embd, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
