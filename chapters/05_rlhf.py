@@ -58,7 +58,7 @@ class Settings:
     eval_prompts: int = 256  # held-out prompts for every measurement
     bon_samples: int = 32  # samples per prompt for the best-of-n curves
     ppo_steps: int = 120
-    leash_steps: int = 80  # the shorter PPO runs of the KL-leash comparison
+    leash_steps: int = 60  # the shorter PPO runs of the KL-leash comparison
     dpo_steps: int = 200
     grpo_steps: int = 150
     checker_ppo_steps: int = 150  # PPO on GRPO's reward, for the comparison
@@ -175,10 +175,11 @@ for n_pairs in settings.rm_pair_counts:
     n_pairs = min(n_pairs, len(rm_train))
     torch.manual_seed(0)
     rm = RewardModel(reference)
+    steps = min(settings.rm_steps, max(100, 8 * n_pairs // rl.rm_batch))  # about 8 passes over a small set
     train_reward_model(rm, rm_train.split(n_pairs)[0] if n_pairs < len(rm_train) else rm_train,
-                       steps=settings.rm_steps, batch_size=rl.rm_batch, lr=rl.rm_lr, seed=0, device=device)
+                       steps=steps, batch_size=rl.rm_batch, lr=rl.rm_lr, seed=0, device=device)
     reward_models[n_pairs], rm_accuracy[n_pairs] = rm, preference_accuracy(rm, rm_eval)
-    print(f"reward model on {n_pairs:>5,} pairs: held-out accuracy {rm_accuracy[n_pairs]:.3f}")
+    print(f"reward model on {n_pairs:>5,} pairs, {steps} steps: held-out accuracy {rm_accuracy[n_pairs]:.3f}")
 rm = reward_models[max(reward_models)]  # the best one: PPO and best-of-n optimise it
 small_rm = reward_models[min(reward_models)]
 
@@ -1115,6 +1116,12 @@ display(Markdown("\n".join([
 # 7. **A group that teaches nothing.** Call `grpo_advantages` on a group in which every response
 #    earned the same reward. What are the advantages, and what does the policy learn from that
 #    prompt? *Check:* the cell below.
+# 8. **The alignment tax and PPO-ptx.** Measure the pretraining loss of the SFT model and of the
+#    β = 0 PPO policy on held-out bracket-language sequences (`aigc_book.training.evaluation.lm_loss`
+#    on `sft.pretrain_seqs`-like samples of `BracketLanguage`). Then rerun that PPO with
+#    `PPOConfig(ptx_coef=1.0)` and `ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, 16, g)`
+#    (InstructGPT's PPO-ptx). *Check:* the PPO-ptx policy's pretraining loss should end closer to the
+#    SFT model's, and the trainer's stats report `ptx_loss` every iteration.
 
 # %%
 from aigc_book.rlhf.losses import dpo_loss, grpo_advantages, kl_estimates
