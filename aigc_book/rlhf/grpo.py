@@ -79,7 +79,10 @@ class GRPOTrainer:
         self.policy, self.reference = policy.requires_grad_(True), reference.eval().requires_grad_(False)
         self.tokenizer, self.reward_fn, self.prompt_fn, self.callback = tokenizer, reward_fn, prompt_fn, callback
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=c.lr, weight_decay=0.0, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # prompts and minibatch order
+        device = next(policy.parameters()).device  # sampling draws on the model's device (one generator on a CPU)
+        self.sample_generator = (self.generator if device.type == "cpu"
+                                 else torch.Generator(device=device).manual_seed(seed))
         self.n_steps = 0
         self.history: list[dict] = []
 
@@ -89,7 +92,7 @@ class GRPOTrainer:
         t0 = time.perf_counter()
         prompts = self.prompt_fn(c.prompts_per_step, self.generator)
         responses = sample_responses(self.policy, self.tokenizer, prompts, max_new_tokens=c.max_new_tokens,
-                                     generator=self.generator, num_return_sequences=c.group_size)
+                                     generator=self.sample_generator, num_return_sequences=c.group_size)
         with torch.no_grad():
             old_logprobs = token_logprobs(self.policy, responses.tokens)
             ref_logprobs = token_logprobs(self.reference, responses.tokens)

@@ -88,7 +88,7 @@ def evaluate(policy: GPT, reference: GPT, tokenizer: ChatTokenizer, prompts, *, 
     Pass ``responses`` to measure given samples instead (best-of-n)."""
     if responses is None:
         responses = sample_responses(policy, tokenizer, prompts, max_new_tokens=max_new_tokens,
-                                     generator=torch.Generator().manual_seed(seed))
+                                     generator=torch.Generator(device=_device(policy)).manual_seed(seed))
     mask = responses.action_mask
     k1, _ = kl_estimates(token_logprobs(policy, responses.tokens), token_logprobs(reference, responses.tokens))
     out = {"gold": gold_rewards(responses).mean().item(), "kl": (k1 * mask).sum(1).mean().item(),
@@ -112,7 +112,7 @@ def make_preferences(sft: SFTPolicy, settings: RLHFSettings, *, seed: int) -> Pr
     labelers = Labelers(settings.labeler_temperature, settings.length_bias)
     prompts = instructions.sample_instructions(settings.pairs, seed=seed + 1000)
     pairs = collect_preferences(sft.model, sft.tokenizer, prompts, labelers, max_new_tokens=settings.max_new_tokens,
-                                generator=torch.Generator().manual_seed(seed + 1001))
+                                generator=torch.Generator(device=_device(sft.model)).manual_seed(seed + 1001))
     n_train = int(0.8 * len(pairs))
     train, held_out = pairs.split(n_train)
     return Preferences(train, held_out)
@@ -178,7 +178,7 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
         after = evaluate(policy, reference, tok, held_out, **measure)
     else:
         picked = best_of_n(reference, tok, held_out, rm, n=steps, max_new_tokens=s.max_new_tokens,
-                           generator=torch.Generator().manual_seed(seed + 3))
+                           generator=torch.Generator(device=_device(reference)).manual_seed(seed + 3))
         after = evaluate(reference, reference, tok, held_out, reward_model=rm, responses=picked, **measure)
         after["kl"] = best_of_n_kl(steps)  # the analytic value (an upper bound for discrete responses)
     summary.update({
@@ -191,6 +191,10 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
     if "proxy" in before:
         summary["proxy_reward_before"] = round(before["proxy"], 4)
     return summary, policy, tok
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
 
 
 def _loop(trainer, steps: int, progress: bool) -> None:

@@ -149,7 +149,10 @@ class PPOTrainer:
         self.kl_ctl = (FixedKLController(c.kl_coef) if c.target_kl is None
                        else AdaptiveKLController(c.kl_coef, c.target_kl, c.horizon))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(seed)  # prompts and minibatch order
+        device = next(policy.parameters()).device  # sampling draws on the model's device (one generator on a CPU)
+        self.sample_generator = (self.generator if device.type == "cpu"
+                                 else torch.Generator(device=device).manual_seed(seed))
         self.n_steps = 0
         self.history: list[dict] = []
 
@@ -162,7 +165,7 @@ class PPOTrainer:
         """Sample responses and everything the update needs (all detached)."""
         c = self.config
         responses = sample_responses(self.policy, self.tokenizer, prompts, max_new_tokens=c.max_new_tokens,
-                                     generator=self.generator)
+                                     generator=self.sample_generator)
         self.model.eval()
         logprobs, values = self.model(responses.tokens)
         ref_logprobs = token_logprobs(self.reference, responses.tokens)
