@@ -55,7 +55,7 @@ class Settings:
     preference_prompts: int = 12_000  # prompts whose two sampled answers the labelers rank
     rm_pair_counts: tuple = (300, 1_500, 100_000)  # reward models trained on this many pairs (at most all)
     rm_steps: int = 600
-    eval_prompts: int = 256  # held-out prompts for every measurement
+    eval_prompts: int = 1_024  # held-out prompts for every measurement (standard error of a mean gold ≈ 0.01)
     bon_samples: int = 32  # samples per prompt for the best-of-n curves
     ppo_steps: int = 120
     leash_steps: int = 60  # the shorter PPO runs of the KL-leash comparison
@@ -71,7 +71,7 @@ if device.type == "cuda":
                                             sft_pairs=20_000, sft_iters=2000, batch=128, pretrain_lr=1e-3,
                                             sft_lr=1e-3),
                         preference_prompts=40_000, rm_pair_counts=(1_000, 4_000, 16_000), rm_steps=1500,
-                        eval_prompts=1024, bon_samples=64, ppo_steps=500, leash_steps=300, dpo_steps=800,
+                        eval_prompts=4096, bon_samples=64, ppo_steps=500, leash_steps=300, dpo_steps=800,
                         grpo_steps=600, checker_ppo_steps=600)
 for name, value in asdict(settings).items():
     print(f"  {name:<20}{value}")
@@ -85,8 +85,14 @@ for name, value in asdict(settings).items():
 # a small GPT pretrained on the bracket language, then fine-tuned on the instruction family (close
 # brackets, reverse, sort, count, add) in the chat template. A frozen copy is the **reference**
 # $\pi_\text{ref}$ that every method is measured against.
+#
+# The feedback stage uses two of the five kinds, `sort` and `count`: their answers can be judged from
+# simple features (the letters of a sorted answer are in order; a count is one digit), so a reward
+# model as small as the policy has a chance. Exercise 9 runs the stage on every kind, where the reward
+# model must judge `add 7+12 → 19` — which takes knowing the sum.
 
 # %%
+from aigc_book.rlhf.pipeline import RLHFSettings
 from aigc_book.rlhf.sft_policy import build_sft_policy
 from aigc_book.tasks import instructions
 
@@ -94,7 +100,10 @@ sft = build_sft_policy(settings.recipe, seed=0, device=device)
 reference, tok = sft.model, sft.tokenizer
 print(f"SFT policy: {reference.num_parameters():,} parameters, built in {sft.seconds:.0f} s; "
       f"greedy accuracy on held-out instructions {sft.accuracy['all']:.2f}")
-held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000)
+rl = RLHFSettings()  # the defaults of `python -m aigc_book rlhf`: the feedback stage's instructions, labelers, ...
+family = rl.instruction_config
+print(f"the feedback stage's instructions: {', '.join(family.kinds)}")
+held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000, config=family)
 
 # %% [markdown]
 # **The gold reward** $g(x, y)$ grades a response $y$ to the prompt $x$ the way a teacher marks an
@@ -118,10 +127,8 @@ held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-from aigc_book.rlhf.pipeline import RLHFSettings
 from aigc_book.rlhf.preferences import Labelers, bayes_accuracy, collect_preferences, gold_reward
 
-rl = RLHFSettings()  # the defaults of `python -m aigc_book rlhf`: labelers, learning rates, KL coefficients
 labelers = Labelers(temperature=rl.labeler_temperature, length_bias=rl.length_bias)
 for prompt, response in [("add 7+12", "19"), ("add 7+12", "18"), ("add 7+12", "1+"), ("sort dbca", "abdc"),
                          ("sort dbca", "abcd]]")]:
@@ -134,7 +141,7 @@ print(f"labelers: temperature {labelers.temperature}, length bias {labelers.leng
 
 # %%
 t0 = time.perf_counter()
-prefs = collect_preferences(reference, tok, instructions.sample_instructions(settings.preference_prompts, seed=1000),
+prefs = collect_preferences(reference, tok, instructions.sample_instructions(settings.preference_prompts, seed=1000, config=family),
                             labelers, max_new_tokens=settings.max_new_tokens,
                             generator=torch.Generator(device=device).manual_seed(1))
 rm_eval, rm_train = prefs.split(500)
@@ -206,9 +213,9 @@ display(Markdown(
     f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels, {gap:.2f} "
     f"below the Bayes limit of {bayes:.1%}. Where does it fail? On the {int(form_differs.sum())} held-out pairs "
     f"whose answers differ in *form* it is right {right[form_differs].mean():.1%} of the time; on the "
-    f"{int((~form_differs).sum())} that differ only in content, {right[~form_differs].mean():.1%}. Telling `19` from "
-    "`18` for `add 7+12` needs the reward model to know that 7 + 12 = 19: judging content is as hard as producing "
-    "it, and this reward model is no bigger than the policy. Form can be judged without solving anything. Real "
+    f"{int((~form_differs).sum())} that differ only in content, {right[~form_differs].mean():.1%}. Preferring "
+    "`abcd` to `abdc` for `sort dbca` takes seeing that two letters are out of order, and counting takes counting: "
+    "content is harder to judge than form, and this reward model is no bigger than the policy. Real "
     "reward models are imperfect too: InstructGPT's 6B reward model agreed with held-out labelers "
     "69.6 ± 0.9% of the time (Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."))
 
@@ -347,7 +354,7 @@ def run_ppo(reward_model, steps, kl_coef, seed=0):
 
     policy = copy.deepcopy(reference)
     config = PPOConfig(**{**asdict(rl.ppo), "kl_coef": kl_coef})
-    trainer = PPOTrainer(policy, reference, tok, reward_model.score, prompt_sampler(), config, seed=seed,
+    trainer = PPOTrainer(policy, reference, tok, reward_model.score, prompt_sampler(family), config, seed=seed,
                          callback=grade)
     for _ in range(steps):
         trainer.step()
@@ -392,8 +399,8 @@ display(Markdown(
     f"from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f}, and answers from {sft_eval['length']:.2f} to "
     f"{ppo_eval['length']:.2f} characters long. PPO did its job — it raised the reward it was given — "
     + ("and the gold reward rose with it." if ppo_eval["gold"] > sft_eval["gold"] else
-       "but what it was given is a judge that cannot do arithmetic and likes long answers, so the gold reward "
-       "did not follow.")))
+       "but what it was given is a judge that is often wrong about content and likes long answers, so the gold "
+       "reward did not follow.")))
 
 # %% [markdown]
 # ## The clipped objective
@@ -616,7 +623,7 @@ print(f"after {pg_steps} ascent steps: ratios from {pg_ratio.min():.2f} to {pg_r
 import base64
 import io
 
-betas = sorted({0.0, 0.03, rl.ppo.kl_coef, 0.3})
+betas = sorted({0.0, 0.03, 0.1, rl.ppo.kl_coef})
 leash, leash_policies = {}, {}
 for beta in betas:
     if beta == rl.ppo.kl_coef:
@@ -654,6 +661,8 @@ display(HTML(f"""<div><label>β = <span id="leash-beta">{betas[0]:g}</span>
 <img id="leash-img" src="data:image/png;base64,{images[0]}" style="max-width:100%"></div>"""))
 last = {b: {k: float(np.mean([t[k] for t in leash[b][-10:]])) for k in ("proxy", "gold", "kl", "length")}
         for b in betas}
+leash_start = {b: {k: float(np.mean([t[k] for t in leash[b][:5]])) for k in ("proxy", "gold", "kl", "length")}
+               for b in betas}
 rows = ["| β | reward-model score | gold reward | KL (nats) | length |", "|---:|---:|---:|---:|---:|"]
 rows += [f"| {b:g} | {v['proxy']:+.3f} | {v['gold']:.3f} | {v['kl']:.2f} | {v['length']:.2f} |" for b, v in last.items()]
 display(Markdown("Means over the last 10 iterations of each run:\n\n" + "\n".join(rows)))
@@ -712,9 +721,9 @@ for name, (a, b, peak, reach) in fits.items():
     where = "beyond the data" if peak > reach else f"at d = {peak:.2f}"
     print(f"{name}: alpha {a:+.4f}, beta {b:+.4f}; fitted peak {where} (data reach d = {reach:.2f})")
 display(Markdown(
-    f"With no KL penalty, PPO's reward-model score climbed from {leash[0.0][0]['proxy']:+.3f} to "
-    f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash[0.0][0]['gold']:.3f} to "
-    f"{last[0.0]['gold']:.3f}. Gao et al. saw gold rise before it fell; ours "
+    f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
+    f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
+    f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before it fell; ours "
     + ("rises first, then falls." if gain_rl.max() > 0.01 else
        "barely rises at all: a reward model that is right on only "
        f"{rm_accuracy[max(rm_accuracy)]:.0%} of pairs points the policy away from gold almost from the start.")))
@@ -725,9 +734,9 @@ display(Markdown(
 # answers still end:
 
 # %%
-for b in betas:
-    print(f"β = {b:<5g} answer length {leash[b][0]['length']:.2f} -> {last[b]['length']:.2f} characters; "
-          f"gold {leash[b][0]['gold']:.3f} -> {last[b]['gold']:.3f}")
+for b in betas:  # first 5 iterations -> last 10
+    print(f"β = {b:<5g} answer length {leash_start[b]['length']:.2f} -> {last[b]['length']:.2f} characters; "
+          f"gold {leash_start[b]['gold']:.3f} -> {last[b]['gold']:.3f}")
 free = sample_responses(leash_policies[0.0], tok, held_out, max_new_tokens=settings.max_new_tokens,
                         generator=torch.Generator(device=device).manual_seed(7))
 sft_samples = sample_responses(reference, tok, held_out, max_new_tokens=settings.max_new_tokens,
@@ -811,7 +820,7 @@ assert torch.allclose(adv[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]) * by_hand, a
 assert adv[4:].abs().max() == 0  # a group whose answers all earn the same teaches nothing
 grpo_trace = []
 grpo_policy = copy.deepcopy(reference)
-grpo = GRPOTrainer(grpo_policy, reference, tok, checker_reward, prompt_sampler(), rl.grpo, seed=0,
+grpo = GRPOTrainer(grpo_policy, reference, tok, checker_reward, prompt_sampler(family), rl.grpo, seed=0,
                    callback=lambda step, responses, stats: grpo_trace.append(
                        {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
 t0 = time.perf_counter()
@@ -830,7 +839,7 @@ print(f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; go
 # %%
 checker_trace = []
 ppo_checker = copy.deepcopy(reference)
-trainer = PPOTrainer(ppo_checker, reference, tok, checker_reward, prompt_sampler(),
+trainer = PPOTrainer(ppo_checker, reference, tok, checker_reward, prompt_sampler(family),
                      PPOConfig(**{**asdict(rl.ppo), "lr": 3e-5, "kl_coef": 0.05}), seed=0,
                      callback=lambda step, responses, stats: checker_trace.append(
                          {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
@@ -1122,6 +1131,10 @@ display(Markdown("\n".join([
 #    `PPOConfig(ptx_coef=1.0)` and `ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, 16, g)`
 #    (InstructGPT's PPO-ptx). *Check:* the PPO-ptx policy's pretraining loss should end closer to the
 #    SFT model's, and the trainer's stats report `ptx_loss` every iteration.
+# 9. **Feedback on every kind.** Rerun the chapter with `RLHFSettings(kinds=instructions.KINDS)` in
+#    place of `RLHFSettings()`. How accurate is the reward model now, and what does PPO do to the gold
+#    reward at each β? *Check:* compare the reward model's accuracy on the pairs of each kind
+#    (`pair_rewards` on `rm_eval.select(...)`); `add` and `reverse` should be the hardest to judge.
 
 # %%
 from aigc_book.rlhf.losses import dpo_loss, grpo_advantages, kl_estimates

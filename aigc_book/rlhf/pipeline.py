@@ -50,6 +50,10 @@ class RLHFSettings:
     """Everything :func:`run_rlhf` needs besides the method, its steps and the seed."""
 
     recipe: PolicyRecipe = field(default_factory=PolicyRecipe)
+    # The kinds of instruction of the feedback stage: those whose answers a small reward model can judge
+    # best (a sorted answer has its letters in order; a count is one digit), so that a learned reward
+    # can help at all. Chapter 5's exercises ask what happens with every kind.
+    kinds: tuple[str, ...] = ("sort", "count")
     pairs: int = 12_000  # preference prompts (pairs with two identical answers are dropped)
     labeler_temperature: float = 0.1
     length_bias: float = 0.3  # the labelers' bias per character of response length
@@ -58,12 +62,17 @@ class RLHFSettings:
     rm_lr: float = 3e-4
     max_new_tokens: int = 10
     eval_prompts: int = 512
-    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.1))
+    ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.3))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(lr=1e-4, kl_coef=0.01))
     dpo_beta: float = 0.1
     dpo_lr: float = 3e-4
     dpo_batch: int = 32
     ptx_batch: int = 16
+
+    @property
+    def instruction_config(self) -> instructions.InstructionConfig:
+        """The instruction family of the feedback stage (:attr:`kinds`, chapter 4's other settings)."""
+        return instructions.InstructionConfig(kinds=self.kinds)
 
 
 def prompt_sampler(config: instructions.InstructionConfig | None = None) -> Callable:
@@ -110,7 +119,7 @@ class Preferences:
 def make_preferences(sft: SFTPolicy, settings: RLHFSettings, *, seed: int) -> Preferences:
     """Pairs of the SFT model's responses to fresh prompts, ranked by the simulated labelers; 20% held out."""
     labelers = Labelers(settings.labeler_temperature, settings.length_bias)
-    prompts = instructions.sample_instructions(settings.pairs, seed=seed + 1000)
+    prompts = instructions.sample_instructions(settings.pairs, seed=seed + 1000, config=settings.instruction_config)
     pairs = collect_preferences(sft.model, sft.tokenizer, prompts, labelers, max_new_tokens=settings.max_new_tokens,
                                 generator=torch.Generator(device=_device(sft.model)).manual_seed(seed + 1001))
     n_train = int(0.8 * len(pairs))
@@ -149,7 +158,7 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
         say("building the SFT policy (pretraining, then supervised fine-tuning)")
         sft = build_sft_policy(s.recipe, seed=seed, device=device, progress=progress)
     tok, reference = sft.tokenizer, sft.model
-    held_out = instructions.sample_instructions(s.eval_prompts, seed=seed + 2000)
+    held_out = instructions.sample_instructions(s.eval_prompts, seed=seed + 2000, config=s.instruction_config)
     measure = dict(max_new_tokens=s.max_new_tokens, seed=seed + 3)
     summary: dict = {"method": method, "steps": steps, "seed": seed}
     rm = None
@@ -165,11 +174,13 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
     say(f"running {method}")
     if method == "ppo":
         ptx = (lambda g: sequence_lm_batch(sft.pretrain_seqs, s.ptx_batch, g)) if s.ppo.ptx_coef > 0 else None
-        trainer = PPOTrainer(policy, reference, tok, rm.score, prompt_sampler(), s.ppo, ptx_batch_fn=ptx, seed=seed)
+        trainer = PPOTrainer(policy, reference, tok, rm.score, prompt_sampler(s.instruction_config), s.ppo,
+                             ptx_batch_fn=ptx, seed=seed)
         _loop(trainer, steps, progress)
         after = evaluate(policy, reference, tok, held_out, reward_model=rm, **measure)
     elif method == "grpo":
-        trainer = GRPOTrainer(policy, reference, tok, checker_reward, prompt_sampler(), s.grpo, seed=seed)
+        trainer = GRPOTrainer(policy, reference, tok, checker_reward, prompt_sampler(s.instruction_config), s.grpo,
+                              seed=seed)
         _loop(trainer, steps, progress)
         after = evaluate(policy, reference, tok, held_out, **measure)
     elif method == "dpo":
