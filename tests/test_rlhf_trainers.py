@@ -8,6 +8,7 @@ margin. Every model here is 1 layer, 2 heads, 32 wide, so the whole file runs in
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from aigc_book.rlhf.best_of_n import best_of_n_kl
 from aigc_book.rlhf.dpo import train_dpo
 from aigc_book.rlhf.grpo import GRPOConfig, GRPOTrainer
 from aigc_book.rlhf.heads import PolicyWithValue, RewardModel
-from aigc_book.rlhf.pipeline import METHODS, RLHFSettings, run_rlhf
+from aigc_book.rlhf.pipeline import METHODS, RLHFSettings, prompt_sampler, run_rlhf
 from aigc_book.rlhf.ppo import AdaptiveKLController, FixedKLController, PPOConfig, PPOTrainer
 from aigc_book.rlhf.preferences import PreferencePairs
 from aigc_book.rlhf.rollouts import pack, sample_responses, sequence_logprobs, token_logprobs
@@ -547,3 +548,17 @@ def test_reward_model_trains_its_trunk_even_when_copied_from_a_frozen_policy():
     rm = RewardModel(gpt)
     assert all(p.requires_grad for p in rm.parameters())
     assert rm.config is not gpt.config and rm.config == gpt.config
+
+
+def test_the_feedback_stage_draws_only_its_kinds_of_instruction(sft):
+    from aigc_book.rlhf.pipeline import make_preferences
+
+    assert RLHFSettings().instruction_config.kinds == ("sort", "count")
+    settings = dataclasses.replace(TINY_SETTINGS, kinds=("count",))
+    prefs = make_preferences(sft, settings, seed=0)
+    prompts = prefs.train.chosen.prompts + prefs.held_out.chosen.prompts
+    assert prompts and all(p.startswith("count ") for p in prompts)
+    prompt_fn = prompt_sampler(settings.instruction_config)
+    assert all(p.startswith("count ") for p in prompt_fn(20, torch.Generator().manual_seed(0)))
+    with pytest.raises(ValueError, match="kinds"):
+        dataclasses.replace(TINY_SETTINGS, kinds=("poetry",))

@@ -65,9 +65,13 @@ class RLHFSettings:
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.3))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(lr=1e-4, kl_coef=0.01))
     dpo_beta: float = 0.1
-    dpo_lr: float = 3e-4
+    dpo_lr: float = 1e-4
     dpo_batch: int = 32
     ptx_batch: int = 16
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        self.instruction_config  # noqa: B018 -- builds the config, whose checks name a bad kind
 
     @property
     def instruction_config(self) -> instructions.InstructionConfig:
