@@ -211,11 +211,11 @@ form_differs = torch.tensor([instructions.well_formed(p, a) != instructions.well
                              zip(rm_eval.chosen.prompts, rm_eval.chosen.texts, rm_eval.rejected.texts)])
 display(Markdown(
     f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels, {gap:.2f} "
-    f"below the Bayes limit of {bayes:.1%}. Where does it fail? On the {int(form_differs.sum())} held-out pairs "
-    f"whose answers differ in *form* it is right {right[form_differs].mean():.1%} of the time; on the "
-    f"{int((~form_differs).sum())} that differ only in content, {right[~form_differs].mean():.1%}. Preferring "
-    "`abcd` to `abdc` for `sort dbca` takes seeing that two letters are out of order, and counting takes counting: "
-    "content is harder to judge than form, and this reward model is no bigger than the policy. Real "
+    f"below the Bayes limit of {bayes:.1%}. On the {int(form_differs.sum())} held-out pairs whose answers differ in "
+    f"*form* it is right {right[form_differs].mean():.1%} of the time; on the {int((~form_differs).sum())} that "
+    f"differ only in content, {right[~form_differs].mean():.1%}. Preferring `abcd` to `abdc` for `sort dbca` takes "
+    "seeing that two letters are out of order, and preferring the right count takes counting; this reward model "
+    "is no bigger than the policy, and has only these comparisons to learn from. Real "
     "reward models are imperfect too: InstructGPT's 6B reward model agreed with held-out labelers "
     "69.6 ± 0.9% of the time (Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."))
 
@@ -724,9 +724,10 @@ display(Markdown(
     f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
     f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
     f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before it fell; ours "
-    + ("rises first, then falls." if gain_rl.max() > 0.01 else
-       "barely rises at all: a reward model that is right on only "
-       f"{rm_accuracy[max(rm_accuracy)]:.0%} of pairs points the policy away from gold almost from the start.")))
+    + ("rises first, then falls (the fit's initial slope α is positive)." if a_rl > 0 else
+       "does not rise at all without a leash (the fit's initial slope α is negative): a reward model that is "
+       f"right on {rm_accuracy[max(rm_accuracy)]:.0%} of pairs points an unleashed policy away from gold from the "
+       "start. With β = " + f"{rl.ppo.kl_coef:g}" + " (section \"PPO from scratch\") it rose.")))
 
 # %% [markdown]
 # What did the unleashed policy learn to exploit? The labelers liked length, so the reward model
