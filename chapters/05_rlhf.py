@@ -715,6 +715,8 @@ axes[0].set_title("Best-of-n")
 axes[1].set_title("PPO")
 plt.tight_layout()
 plt.show()
+peak_d = peak_of_rl(a_rl, b_rl)
+peak_gain = predict_rl(peak_d, a_rl, b_rl) if math.isfinite(peak_d) else float("nan")
 fits = {"best-of-n": (a_bon, b_bon, peak_of_best_of_n(a_bon, b_bon), d_bon.max()),
         "PPO, β = 0": (a_rl, b_rl, peak_of_rl(a_rl, b_rl), d_rl.max())}
 for name, (a, b, peak, reach) in fits.items():
@@ -723,11 +725,13 @@ for name, (a, b, peak, reach) in fits.items():
 display(Markdown(
     f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
     f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
-    f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before it fell; ours "
-    + ("rises first, then falls (the fit's initial slope α is positive)." if a_rl > 0 else
-       "does not rise at all without a leash (the fit's initial slope α is negative): a reward model that is "
-       f"right on {rm_accuracy[max(rm_accuracy)]:.0%} of pairs points an unleashed policy away from gold from the "
-       "start. With β = " + f"{rl.ppo.kl_coef:g}" + " (section \"PPO from scratch\") it rose.")))
+    f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before "
+    "it fell. "
+    + (f"Ours rises to a fitted peak of {peak_gain:+.3f} at d = {peak_d:.2f}, then falls." if peak_d >= d_rl.min() else
+       f"Here the fitted curve peaks at d = {peak_d:.2f} (a gain of {peak_gain:+.3f}), before the first smoothed point "
+       f"at d = {d_rl.min():.2f}: without a leash the policy passes the peak within its first iterations. With "
+       f"β = {rl.ppo.kl_coef:g} (section \"PPO from scratch\") the gold reward gained "
+       f"{ppo_eval['gold'] - sft_eval['gold']:+.3f} instead.")))
 
 # %% [markdown]
 # What did the unleashed policy learn to exploit? The labelers liked length, so the reward model
