@@ -668,6 +668,46 @@ rows += [f"| {b:g} | {v['proxy']:+.3f} | {v['gold']:.3f} | {v['kl']:.2f} | {v['l
 display(Markdown("Means over the last 10 iterations of each run:\n\n" + "\n".join(rows)))
 
 # %% [markdown]
+# InstructGPT had a second leash. RL against a reward model made the policy worse at what it had
+# learned in pretraining (the paper measured it on public NLP datasets and called it an "alignment
+# tax"); **PPO-ptx** adds the pretraining loss to PPO's, $\gamma$ times (Ouyang et al. 2022, eq. 2).
+# Here the pretraining data is chapter 3's bracket language: the next cell measures the policies'
+# loss on held-out bracket sequences, the floor being the language's entropy, and reruns the
+# unleashed (β = 0) PPO with $\gamma = 1$.
+
+# %%
+from aigc_book.text.languages import BracketLanguage
+from aigc_book.training.evaluation import lm_loss
+from aigc_book.training.objectives import sequence_lm_batch
+
+bracket = BracketLanguage()
+bracket_val = bracket.sample(500, sft.pretrain_seqs.size(1) - 1, seed=99).to(device)
+floor = bracket.entropy_floor(sft.pretrain_seqs.size(1) - 1)
+ptx_config = PPOConfig(**{**asdict(rl.ppo), "kl_coef": 0.0, "ptx_coef": 1.0})
+ptx_trace = []
+ptx_policy = copy.deepcopy(reference)
+trainer = PPOTrainer(ptx_policy, reference, tok, rm.score, prompt_sampler(family), ptx_config, seed=0,
+                     ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, rl.ptx_batch, g),
+                     callback=lambda step, responses, stats: ptx_trace.append(
+                         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
+for _ in range(settings.leash_steps):
+    trainer.step()
+tax = {"SFT": lm_loss(reference, bracket_val), "PPO, β = 0": lm_loss(leash_policies[0.0], bracket_val),
+       "PPO-ptx, β = 0, γ = 1": lm_loss(ptx_policy, bracket_val)}
+gold_end = {"SFT": leash_start[0.0]["gold"], "PPO, β = 0": last[0.0]["gold"],
+            "PPO-ptx, β = 0, γ = 1": float(np.mean([t["gold"] for t in ptx_trace[-10:]]))}
+rows = ["| policy | bracket-language loss (nats/token) | gold reward of the last rollouts |", "|---|---:|---:|"]
+rows += [f"| {name} | {tax[name]:.3f} | {gold_end[name]:.3f} |" for name in tax]
+display(Markdown("\n".join(rows)))
+display(Markdown(
+    f"The language's entropy floor is {floor:.3f} nats per token, and the SFT model is already far above it, at "
+    f"{tax['SFT']:.3f}: supervised fine-tuning on chat data had paid most of the tax before RL began. "
+    f"Unleashed PPO moved the pretraining loss from {tax['SFT']:.3f} to {tax['PPO, β = 0']:.3f} nats per token; "
+    f"with the pretraining gradients mixed in it ended at {tax['PPO-ptx, β = 0, γ = 1']:.3f}. "
+    + ("PPO-ptx paid less of the tax. " if tax["PPO-ptx, β = 0, γ = 1"] < tax["PPO, β = 0"] else "")
+    + "It does not stop the reward model being gamed — that is the KL penalty's job, or a better reward model's."))
+
+# %% [markdown]
 # ## Over-optimisation
 #
 # *Why does more reward-model score eventually mean worse answers?*
@@ -1130,12 +1170,10 @@ display(Markdown("\n".join([
 # 7. **A group that teaches nothing.** Call `grpo_advantages` on a group in which every response
 #    earned the same reward. What are the advantages, and what does the policy learn from that
 #    prompt? *Check:* the cell below.
-# 8. **The alignment tax and PPO-ptx.** Measure the pretraining loss of the SFT model and of the
-#    β = 0 PPO policy on held-out bracket-language sequences (`aigc_book.training.evaluation.lm_loss`
-#    on `sft.pretrain_seqs`-like samples of `BracketLanguage`). Then rerun that PPO with
-#    `PPOConfig(ptx_coef=1.0)` and `ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, 16, g)`
-#    (InstructGPT's PPO-ptx). *Check:* the PPO-ptx policy's pretraining loss should end closer to the
-#    SFT model's, and the trainer's stats report `ptx_loss` every iteration.
+# 8. **How much pretraining to mix in.** Rerun the PPO-ptx cell of section "The KL leash" with
+#    $\gamma$ = 0.1 and 10. How do the bracket-language loss and the gold reward trade off? *Check:*
+#    the trainer's stats report `ptx_loss` every iteration; with $\gamma$ = 10 the pretraining loss
+#    should stay close to the SFT model's.
 # 9. **Feedback on every kind.** Rerun the chapter with `RLHFSettings(kinds=instructions.KINDS)` in
 #    place of `RLHFSettings()`. How accurate is the reward model now, and what does PPO do to the gold
 #    reward at each β? *Check:* compare the reward model's accuracy on the pairs of each kind
