@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["check_fields", "optimizer_step"]
+__all__ = ["check_fields", "optimizer_step", "trainer_generators"]
 
 
 def check_fields(config, *, positive_ints=(), positive=(), nonnegative=()) -> None:
@@ -39,3 +39,11 @@ def optimizer_step(loss: torch.Tensor, model: nn.Module, optimizer: torch.optim.
     if grad_clip > 0:
         nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
+
+
+def trainer_generators(policy: nn.Module, seed: int) -> tuple[torch.Generator, torch.Generator]:
+    """``(generator, sample_generator)`` of a trainer: a CPU generator for prompts and minibatch order,
+    and one on the policy's device for sampling (the same one on a CPU, so a CPU run draws one stream)."""
+    generator = torch.Generator().manual_seed(seed)
+    device = next(policy.parameters()).device
+    return generator, generator if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from aigc_book.models.gpt import GPT
-from aigc_book.rlhf.common import check_fields, optimizer_step
+from aigc_book.rlhf.common import check_fields, optimizer_step, trainer_generators
 from aigc_book.rlhf.losses import grpo_advantages, kl_estimates, masked_mean, ppo_policy_loss
 from aigc_book.rlhf.rollouts import sample_responses, token_logprobs
 from aigc_book.tasks.chat import ChatTokenizer
@@ -79,10 +79,7 @@ class GRPOTrainer:
         self.policy, self.reference = policy.requires_grad_(True), reference.eval().requires_grad_(False)
         self.tokenizer, self.reward_fn, self.prompt_fn, self.callback = tokenizer, reward_fn, prompt_fn, callback
         self.optimizer = torch.optim.AdamW(policy.parameters(), lr=c.lr, weight_decay=0.0, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(seed)  # prompts and minibatch order
-        device = next(policy.parameters()).device  # sampling draws on the model's device (one generator on a CPU)
-        self.sample_generator = (self.generator if device.type == "cpu"
-                                 else torch.Generator(device=device).manual_seed(seed))
+        self.generator, self.sample_generator = trainer_generators(policy, seed)
         self.n_steps = 0
         self.history: list[dict] = []
 

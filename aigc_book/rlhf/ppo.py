@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from aigc_book.models.gpt import GPT
-from aigc_book.rlhf.common import check_fields, optimizer_step
+from aigc_book.rlhf.common import check_fields, optimizer_step, trainer_generators
 from aigc_book.rlhf.heads import PolicyWithValue
 from aigc_book.rlhf.losses import gae, kl_estimates, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from aigc_book.rlhf.rollouts import Responses, sample_responses, token_logprobs
@@ -149,10 +149,7 @@ class PPOTrainer:
         self.kl_ctl = (FixedKLController(c.kl_coef) if c.target_kl is None
                        else AdaptiveKLController(c.kl_coef, c.target_kl, c.horizon))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=c.lr, weight_decay=0.0, eps=1e-5)
-        self.generator = torch.Generator().manual_seed(seed)  # prompts and minibatch order
-        device = next(policy.parameters()).device  # sampling draws on the model's device (one generator on a CPU)
-        self.sample_generator = (self.generator if device.type == "cpu"
-                                 else torch.Generator(device=device).manual_seed(seed))
+        self.generator, self.sample_generator = trainer_generators(policy, seed)
         self.n_steps = 0
         self.history: list[dict] = []
 
