@@ -221,18 +221,43 @@ class GPT(PretrainedMixin, nn.Module):
             counts["output head (untied)"] = self.lm_head.weight.numel()
         return counts
 
-    def flops_per_token(self, seq_len: int | None = None, training: bool = False) -> float:
-        """Approximate FLOPs per token, following Kaplan et al. (2020, §2.1, Table 1).
+    def flops_per_token(
+        self, seq_len: int | None = None, training: bool = False, *, output_layer: bool = False,
+        full_attention: bool = False,
+    ) -> float:
+        """Approximate FLOPs per token, following Kaplan et al. (2020, arXiv:2001.08361, §2.1, Table 1).
 
         Forward pass: ``2 N + 2 n_layer n_ctx n_embd`` with N the non-embedding parameters and
         ``n_ctx`` the context length (``seq_len``, default ``block_size``); the second term is
         attention's scores and weighted sum. Training (forward + backward) is three times that,
-        hence the familiar ``C ≈ 6 N D`` (the PaLM paper's appendix B uses the same
-        count, with ``6N + 12 L H Q T``). Embedding look-ups and the output projection are left
+        hence the familiar ``C ≈ 6 N D``. Embedding look-ups and the output projection are left
         out, as in Kaplan et al.; unlike their ``12 n_layer n_embd**2``, N here also counts biases
         and LayerNorm gains, as if they were weights (chapter 2 measures the difference).
+
+        * ``output_layer``: add the output projection, ``2 n_embd vocab_size`` per token (three
+          times that for training).
+        * ``full_attention``: count the scores ``QK^T`` and the weighted sum ``AV`` over the full
+          ``T x T`` table, ``4 n_layer T n_embd`` forward, as ``FlopCounterMode`` and the
+          written-out (math) attention do, instead of Kaplan's ``2 n_layer n_ctx n_embd``; for
+          training that is PaLM's attention term ``12 L H Q T`` (Chowdhery et al. 2022,
+          arXiv:2204.02311, App. B). With both options the count matches the counter within 5%
+          for widths of 32 and more and ``T <= 2 n_embd`` (tested;
+          :func:`aigc_book.efficiency.flops.flops_differences` names each gap exactly).
+
+        What causal masking saves: query ``i`` may see only keys ``0..i``, so only ``T (T + 1) / 2``
+        of the ``T^2`` scores matter; Kaplan's term is that causal average. The written-out
+        attention computes the whole table and then masks it, so it executes the full count. A
+        flash kernel works in tiles and skips the tiles wholly above the diagonal, so it executes
+        roughly the causal half plus the diagonal tiles
+        (:func:`aigc_book.efficiency.flops.causal_tile_fraction`), while the counter's formula for
+        it still reports the full table, and its backward pass recomputes ``QK^T`` (five products
+        instead of four). Neither count includes softmax, GELU or LayerNorm.
+
+        The formula itself is :func:`aigc_book.efficiency.flops.flops_per_token`, a function of the
+        config; this method passes it this model's actual non-embedding parameter count.
         """
-        c = self.config
-        n_ctx = c.block_size if seq_len is None else seq_len
-        forward = 2 * self.num_parameters(exclude_embeddings=True) + 2 * c.n_layer * n_ctx * c.n_embd
-        return float(3 * forward if training else forward)
+        from aigc_book.efficiency.flops import flops_per_token  # here: the flops module imports GPT
+
+        n = self.num_parameters(exclude_embeddings=True)
+        return float(flops_per_token(self.config, seq_len, training, output_layer=output_layer,
+                                     full_attention=full_attention, n_params=n))
