@@ -11,11 +11,26 @@ Introduced in chapter 3, section "Your own text". Usage::
                                   --device D --overwrite]
     python -m aigc_book rlhf --method ppo|dpo|grpo|best-of-n --out DIR [--steps 150 --seed 0 --device D
                              --no-progress --overwrite]
+    python -m aigc_book measure [--n-layer 4 --n-embd 256 --dtype float32|bfloat16 --device D ...]
 
 ``train-gpt`` holds out the last 10% of the file for validation, shows a progress bar on stderr,
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
 ``tokens_per_s``, ``train_loss``, ``val_loss`` (mean nats per character over the whole held-out
-tail), ``device`` and more. The defaults are nanoGPT's "baby GPT on a CPU" recipe.
+tail), ``device``, ``world_size``, ``global_batch`` and more. The defaults are nanoGPT's "baby GPT on
+a CPU" recipe.
+
+``train-gpt`` also trains data-parallel (chapter 6, section "When one machine is not enough";
+:mod:`aigc_book.training.distributed`) when started by torchrun, with the same flags::
+
+    torchrun --nproc_per_node 2 -m aigc_book train-gpt --text FILE [flags as above]
+
+Each process (gloo on a CPU, nccl on ``cuda:LOCAL_RANK``) draws its own ``--batch`` windows, so a step
+sees ``global_batch = batch x world_size`` of them and ``tokens_per_s`` counts all processes. Rank 0
+alone shows the progress bar, writes the checkpoints, the model and the log, and prints the JSON
+line and any error; ``--resume`` needs the same number of processes and is then exact. On a CPU
+each process takes ``cores // nproc_per_node`` threads unless ``AIGC_CPU_THREADS`` is set. Under
+torchrun a bad input is still one line from the program (exit 2 in every process), but torchrun
+adds its own report of the failed processes and exits 1.
 
 ``sample`` samples by default (``--do-sample``, temperature 0.8, no top-k/top-p/min-p limit) and
 streams the text as it is generated; ``--greedy`` (or ``--temperature 0``) always takes the most
@@ -37,6 +52,11 @@ the SFT model), ``wall_s`` and more. ``--steps`` is PPO's or GRPO's iterations, 
 or n for best-of-n. The tuned chat model is written to ``--out`` at the end, atomically (an interrupted
 run leaves ``--out`` as it was; run the command again: the same seed gives the same run).
 
+``measure`` (chapter 6, section "Outside the notebook: `measure`"; :mod:`aigc_book.efficiency.measure`)
+measures this machine — matrix-product peak, memory bandwidth, a GPT training step's model FLOP
+utilisation, decoding speed with and without the KV cache — with a progress bar on stderr, and prints
+one JSON object last.
+
 Nothing is lost and nothing goes silently wrong:
 
 * every bad input (a missing, empty, binary or huge file; a flag out of range; a model that would
@@ -50,9 +70,11 @@ Nothing is lost and nothing goes silently wrong:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -192,23 +214,42 @@ def prepare_out(out: Path, resume: bool, overwrite: bool) -> None:
         shutil.rmtree(p, ignore_errors=True)
 
 
-def cmd_train_gpt(args) -> dict:
+def torchrun_place():
+    """This process's place when torchrun started it with more than one process, else None."""
+    from aigc_book.training.distributed import torchrun_env
+
+    try:
+        env = torchrun_env()
+    except ValueError as err:
+        raise UsageError(f"torchrun: {err}") from None
+    return env if env is not None and env.world_size > 1 else None
+
+
+def cmd_train_gpt(args) -> dict | None:
+    """Train as ``args`` say; returns the JSON summary (None on the ranks > 0 of a torchrun job)."""
     # Imported here so that `--help` and bad arguments answer without loading the models.
     from aigc_book.models.gpt import GPT
     from aigc_book.models.transformer import TransformerConfig
+    from aigc_book.training import distributed as dp
     from aigc_book.training.evaluation import lm_loss
     from aigc_book.training.objectives import causal_lm_batch, causal_lm_loss
-    from aigc_book.training.trainer import NonFiniteLossError, TrainConfig, Trainer
+    from aigc_book.training.trainer import TrainConfig, Trainer
 
     check_train_args(args)
+    place = torchrun_place()
+    world_size, rank = (place.world_size, place.rank) if place else (1, 0)
     text = read_text_file(args.text, args.block)
+    if place is not None and not os.environ.get(dp.THREADS_ENV_VAR):
+        # before get_device, whose load follower never goes above the count it starts with
+        torch.set_num_threads(dp.threads_per_process(place.local_world_size))
     try:
         device = get_device(args.device)
+        device = dp.process_device(place, device) if place is not None else device
     except (ValueError, RuntimeError) as err:
         raise UsageError(f"--device: {err}") from None
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
-    seed_everything(args.seed)
+    seed_everything(dp.rank_seed(args.seed, rank))  # each rank its own dropout; DDP copies rank 0's weights
     tok = CharTokenizer.fit(text)
     train_text, val_text = split_train_val(text, VAL_FRACTION)
     train_ids, val_ids = tok.encode_tensor(train_text), tok.encode_tensor(val_text)
@@ -222,6 +263,8 @@ def cmd_train_gpt(args) -> dict:
     with torch.device("meta"):  # count the parameters without allocating them
         n_params = GPT(config).num_parameters()
     need = training_bytes(n_params, args.layers, args.embd, args.heads, args.block, args.batch, tok.vocab_size)
+    if place is not None and device.type == "cpu":
+        need *= place.local_world_size  # the processes on this machine share its memory
     free = available_bytes(device)
     if free is not None and need > free:
         raise UsageError(
@@ -254,7 +297,45 @@ def cmd_train_gpt(args) -> dict:
     def eval_fn(m):
         return {split: lm_loss(m, ids, args.block, max_tokens=quick) for split, ids in data.items()}
 
-    trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device, eval_fn=eval_fn)
+    # One process: no process group. Under torchrun: join it now, and leave it however the run ends.
+    with dp.process_group(place, device) if place is not None else contextlib.nullcontext():
+        trainer = Trainer(model, batch_fn, causal_lm_loss, train_cfg, device=device, eval_fn=eval_fn)
+        history, wall = run_training(args, trainer, text, out, rank)
+        if rank != 0:  # every rank holds the same weights; rank 0 writes them
+            return None
+        ms = [m for m in history["ms"] if m is not None]
+        ms = statistics.median(ms[min(5, len(ms) - 1):]) if ms else float("nan")  # skip the first, slow steps
+        model.save_pretrained(out)
+        tok.save(out / TOKENIZER_FILE)
+        result = {
+            "params": model.num_parameters(),
+            "ms_per_iter": round(ms, 3),
+            "tokens_per_s": round(world_size * args.batch * args.block * 1000.0 / ms, 1),  # all processes'
+            "train_loss": round(history["evals"][-1]["train"], 4),
+            "val_loss": round(lm_loss(model, val_ids, args.block), 4),
+            "device": str(device),
+            "iters": args.iters,
+            "vocab_size": tok.vocab_size,
+            "train_chars": len(train_text),
+            "val_chars": len(val_text),
+            "wall_s": round(wall, 1),
+            "threads": torch.get_num_threads(),
+            "compiled": args.compile,
+            "world_size": world_size,
+            "global_batch": world_size * args.batch,  # windows per optimizer step, all processes together
+            "out": str(out),
+        }
+        log = {"result": result, "history": history}
+        (out / "train_log.json").write_text(json.dumps(log), encoding="utf-8")
+    return result
+
+
+def run_training(args, trainer, text: str, out: Path, rank: int = 0) -> tuple[dict, float]:
+    """Resume if ``--resume`` asks, then train; returns the history and the seconds it took.
+    Messages come from rank 0 only."""
+    from aigc_book.training.trainer import NonFiniteLossError
+
+    say = (lambda message: print(message, file=sys.stderr)) if rank == 0 else (lambda message: None)
     # What --resume must find unchanged besides the model and the TrainConfig.
     trainer.metadata = {"batch": args.batch, "text_sha256": hashlib.sha256(text.encode()).hexdigest()}
     checkpoint = out / CHECKPOINT_DIR
@@ -264,8 +345,8 @@ def cmd_train_gpt(args) -> dict:
         except CheckpointError as err:
             raise UsageError(f"--resume: {err}") from None
         if trainer.resume_note:
-            print(f"aigc-book: warning: {trainer.resume_note}", file=sys.stderr)
-        print(f"resuming from step {trainer.step} ({checkpoint})", file=sys.stderr)
+            say(f"aigc-book: warning: {trainer.resume_note}")
+        say(f"resuming from step {trainer.step} ({checkpoint})")
     args.training_started = True  # from here on, Ctrl-C leaves a checkpoint to resume from
     t0 = time.perf_counter()
     try:
@@ -276,30 +357,7 @@ def cmd_train_gpt(args) -> dict:
     except OSError as err:  # a full disk or a vanished directory while saving
         raise RunError(f"cannot write the checkpoint in {checkpoint} ({err.strerror or err}); the previous one is "
                        f"intact: make room, then run the same command with --resume") from None
-    wall = time.perf_counter() - t0
-    ms = [m for m in history["ms"] if m is not None]
-    ms = statistics.median(ms[min(5, len(ms) - 1):]) if ms else float("nan")  # skip the first, slow steps
-    model.save_pretrained(out)
-    tok.save(out / TOKENIZER_FILE)
-    result = {
-        "params": model.num_parameters(),
-        "ms_per_iter": round(ms, 3),
-        "tokens_per_s": round(args.batch * args.block * 1000.0 / ms, 1),
-        "train_loss": round(history["evals"][-1]["train"], 4),
-        "val_loss": round(lm_loss(model, val_ids, args.block), 4),
-        "device": str(device),
-        "iters": args.iters,
-        "vocab_size": tok.vocab_size,
-        "train_chars": len(train_text),
-        "val_chars": len(val_text),
-        "wall_s": round(wall, 1),
-        "threads": torch.get_num_threads(),
-        "compiled": args.compile,
-        "out": str(out),
-    }
-    log = {"result": result, "history": history}
-    (out / "train_log.json").write_text(json.dumps(log), encoding="utf-8")
-    return result
+    return history, time.perf_counter() - t0
 
 
 def check_sample_args(args) -> None:
@@ -586,7 +644,17 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     r.add_argument("--overwrite", action="store_true", help="replace the model that --out already holds")
+    from aigc_book.efficiency.measure import add_measure_arguments
+
+    add_measure_arguments(sub.add_parser(
+        "measure", help="this machine's peak FLOP/s, memory bandwidth, a GPT's MFU and decoding speed (chapter 6)"))
     return parser
+
+
+def speaks(args) -> bool:
+    """Whether this process reports errors: all but the ranks > 0 of a torchrun ``train-gpt``, which
+    check the same inputs and meet the same failures as rank 0 (one line, not one per process)."""
+    return args.command != "train-gpt" or os.environ.get("RANK", "0") in ("", "0")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -595,23 +663,34 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "train-gpt":
             result = cmd_train_gpt(args)
-            print(json.dumps(result), flush=True)
+            if result is not None:  # None: a torchrun rank other than 0
+                print(json.dumps(result), flush=True)
         elif args.command == "finetune":
             print(json.dumps(cmd_finetune(args)), flush=True)
         elif args.command == "rlhf":
             print(json.dumps(cmd_rlhf(args)), flush=True)
+        elif args.command == "measure":
+            from aigc_book.efficiency.measure import cmd_measure
+
+            print(json.dumps(cmd_measure(args)), flush=True)
         else:
             cmd_sample(args)
     except UsageError as err:
-        print(f"aigc-book: error: {err}", file=sys.stderr)
+        if speaks(args):
+            print(f"aigc-book: error: {err}", file=sys.stderr)
         return 2
     except RunError as err:
-        print(f"aigc-book: error: {err}", file=sys.stderr)
+        if speaks(args):
+            print(f"aigc-book: error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        if args.command == "sample":
+        if not speaks(args):
+            pass
+        elif args.command == "sample":
             print(f"\naigc-book: interrupted after {getattr(args, 'sampled', 0)} of {args.tokens} tokens",
                   file=sys.stderr)
+        elif args.command == "measure":
+            print("aigc-book: interrupted; measure writes nothing, run it again", file=sys.stderr)
         elif args.command in ("finetune", "rlhf"):
             print(f"aigc-book: interrupted; {args.command} writes --out only once training has finished, so it holds "
                   "what it held before: run the command again", file=sys.stderr)
