@@ -11,6 +11,7 @@ from aigc_book.generation.logits import (
     top_p_filter,
 )
 from aigc_book.generation.search import GenerateOutput, generate
+from aigc_book.generation.speculative import speculative_generate as speculative_generate  # chapter 6
 
 __all__ = [
     "GenerateOutput",
