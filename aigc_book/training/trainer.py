@@ -22,10 +22,22 @@ history and every random state (PyTorch, CUDA, NumPy, Python, the trainer's data
 stopping at step k and resuming gives bitwise the same weights as never stopping (tested).
 Loading uses ``torch.load(weights_only=True)``, which cannot run code from a file; a corrupt or
 mismatched checkpoint raises :class:`CheckpointError` naming the file.
+
+Data parallel (chapter 6, section "When one machine is not enough"; :mod:`aigc_book.training.distributed`):
+when a process group of more than one process is initialised (``torchrun``), the model is wrapped in
+``DistributedDataParallel``, and each rank draws its *own* micro-batches (its data generator is
+seeded with :func:`~aigc_book.training.distributed.rank_seed`, which is ``seed`` itself on rank 0).
+The gradients are averaged during the backward pass (not after every accumulated micro-batch:
+``no_sync``), so every rank takes the same step; the loss in ``history`` is the mean over ranks;
+evaluation runs on every rank on the same data and gives the same numbers; only rank 0 shows the
+progress bar and writes checkpoints, which hold every rank's random states, so resuming with the
+same number of processes is exact too (tested). Ctrl-C is recorded, the ranks agree on it at the
+end of the step, and all stop after that same step with a checkpoint.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -41,6 +53,7 @@ from torch import nn
 
 from aigc_book.models.io import CheckpointError
 from aigc_book.runtime import autocast
+from aigc_book.training import distributed as dp
 from aigc_book.training.checkpoint import interrupts_deferred, read_checkpoint, write_checkpoint
 
 
@@ -134,21 +147,30 @@ class Trainer:
         eval_fn: ``eval_fn(model) -> {split: loss}``, e.g. :func:`aigc_book.training.evaluation.lm_loss`
             over held-out text; by default :meth:`evaluate` averages ``loss_fn`` over ``eval_iters``
             fixed batches of each split in ``eval_splits``.
+        distributed: ``None`` (default): data parallel when a process group of more than one process
+            is initialised; ``False``: train alone even then. (Every rank must build its Trainer.)
 
     After :meth:`train`, ``history`` holds ``step``, ``train_loss``, ``lr``, ``ms`` per step and
     ``evals`` (one dict per evaluation: ``step`` and a loss per split).
     """
 
     def __init__(self, model: nn.Module, batch_fn: Callable, loss_fn: Callable, config: TrainConfig | None = None,
-                 device: torch.device | str | None = None, eval_fn: Callable | None = None) -> None:
+                 device: torch.device | str | None = None, eval_fn: Callable | None = None,
+                 distributed: bool | None = None) -> None:
         self.config = cfg = config or TrainConfig()
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.model = model.to(self.device)
-        # The compiled wrapper shares the model's parameters; checkpoints and evaluation use the model.
-        self.train_model = torch.compile(self.model) if cfg.compile else self.model
+        self.rank, self.world_size = dp.world() if distributed is not False else (0, 1)
+        # DDP broadcasts rank 0's weights now and averages gradients in every backward pass.
+        self.ddp = dp.wrap_ddp(self.model, self.device) if self.world_size > 1 else None
+        # The wrappers share the model's parameters; checkpoints and evaluation use the plain model.
+        wrapped = self.ddp if self.ddp is not None else self.model
+        self.train_model = torch.compile(wrapped) if cfg.compile else wrapped
         self.batch_fn, self.loss_fn, self.eval_fn = batch_fn, loss_fn, eval_fn
         self.optimizer = configure_optimizer(model, cfg, self.device)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.generator = torch.Generator().manual_seed(dp.rank_seed(cfg.seed, self.rank))
+        self._sigint: dp.SigintRecorder | None = None  # data parallel: Ctrl-C recorded while training
+        self._stop_agreed = False
         self.step = 0
         self.history: dict[str, list] = {"step": [], "train_loss": [], "lr": [], "ms": [], "evals": []}
         self.metadata: dict = {}  # what else must match on resume (e.g. the command line's batch size)
@@ -170,16 +192,29 @@ class Trainer:
         cfg, model = self.config, self.model
         model.train()
         total = 0.0
-        for _ in range(cfg.grad_accum):
+        for i in range(cfg.grad_accum):
             batch = _to(self.batch_fn("train", self.generator), self.device)
-            with autocast(self.device):
-                loss = self.loss_fn(self.train_model, batch)
-            (loss / cfg.grad_accum).backward()
+            # DDP: average the gradients once, in the last micro-batch's backward pass
+            sync = self.ddp is None or i == cfg.grad_accum - 1
+            with contextlib.nullcontext() if sync else self.ddp.no_sync():
+                with autocast(self.device):
+                    loss = self.loss_fn(self.train_model, batch)
+                (loss / cfg.grad_accum).backward()
             total += loss.item()
+        total = self._agree(total) if self.ddp is not None else total
         params = [p for p in model.parameters() if p.grad is not None]
         max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")  # inf: measure, do not clip
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm)) if params else 0.0
         return total / cfg.grad_accum, grad_norm
+
+    def _agree(self, total: float) -> float:
+        """Data parallel: one small all-reduce gives every rank the loss summed over ranks and whether
+        any rank saw Ctrl-C (``self._stop_agreed``), so all ranks record and decide the same."""
+        asked = self._sigint is not None and self._sigint.requested
+        both = torch.tensor([total, float(asked)], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(both)
+        self._stop_agreed = bool(both[1] > 0)
+        return float(both[0]) / self.world_size
 
     def _update(self, loss: float, grad_norm: float, ms: float | None = None) -> float:
         if not (math.isfinite(loss) and math.isfinite(grad_norm)):
@@ -218,42 +253,53 @@ class Trainer:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress,
+        bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress or self.rank != 0,
                    desc="train", dynamic_ncols=True, leave=False)
         rng_at_step_start, in_step = None, False
-        try:
-            evals = self.history["evals"]
-            if self._eval_due(self.step) and not (evals and evals[-1]["step"] == self.step):
-                evals.append({"step": self.step, **self.evaluate()})  # an interrupt came before it ran
-            while self.step < until:
-                t0 = time.perf_counter()
-                if checkpoint_dir is not None:  # an interrupted step is redone from this state
-                    rng_at_step_start = capture_rng_state(self.generator)
-                in_step = True
-                loss, grad_norm = self._gradients()
-                if self.device.type == "cuda":
-                    torch.cuda.synchronize(self.device)
-                with interrupts_deferred():  # a step is committed whole: weights, counter, history
-                    self._update(loss, grad_norm, ms=1000 * (time.perf_counter() - t0))
-                    in_step = False
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-                if self._eval_due(self.step):
-                    record = {"step": self.step, **self.evaluate()}
-                    self.history["evals"].append(record)
-                    bar.set_postfix(loss=f"{loss:.4f}", **{k: f"{v:.4f}" for k, v in record.items() if k != "step"})
-                if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
+        # Data parallel: Ctrl-C is only recorded, and the ranks stop together after the same step (_agree).
+        recorder = dp.SigintRecorder() if self.ddp is not None else contextlib.nullcontext()
+        commit = contextlib.nullcontext if self.ddp is not None else interrupts_deferred
+        self._stop_agreed = False
+        with recorder as self._sigint:
+            try:
+                evals = self.history["evals"]
+                if self._eval_due(self.step) and not (evals and evals[-1]["step"] == self.step):
+                    evals.append({"step": self.step, **self.evaluate()})  # an interrupt came before it ran
+                while self.step < until:
+                    t0 = time.perf_counter()
+                    if checkpoint_dir is not None:  # an interrupted step is redone from this state
+                        rng_at_step_start = capture_rng_state(self.generator)
+                    in_step = True
+                    loss, grad_norm = self._gradients()
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    with commit():  # a step is committed whole: weights, counter, history
+                        self._update(loss, grad_norm, ms=1000 * (time.perf_counter() - t0))
+                        in_step = False
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+                    if self._stop_agreed:  # some rank saw Ctrl-C; every rank knows it after this same step
+                        raise KeyboardInterrupt
+                    if self._eval_due(self.step):
+                        record = {"step": self.step, **self.evaluate()}
+                        self.history["evals"].append(record)
+                        bar.set_postfix(loss=f"{loss:.4f}",
+                                        **{k: f"{v:.4f}" for k, v in record.items() if k != "step"})
+                    if checkpoint_dir is not None and checkpoint_every and self.step % checkpoint_every == 0:
+                        self.save_checkpoint(checkpoint_dir)
+            except KeyboardInterrupt:
+                if checkpoint_dir is not None:
+                    if in_step and rng_at_step_start is not None:  # the half-done step will be redone
+                        restore_rng_state(rng_at_step_start, self.generator)
+                    self.optimizer.zero_grad(set_to_none=True)
                     self.save_checkpoint(checkpoint_dir)
-        except KeyboardInterrupt:
-            if checkpoint_dir is not None:
-                if in_step and rng_at_step_start is not None:  # the half-done step will be redone
-                    restore_rng_state(rng_at_step_start, self.generator)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.save_checkpoint(checkpoint_dir)
-                print(f"\ninterrupted at step {self.step}; checkpoint saved to {checkpoint_dir}", file=sys.stderr)
-            raise
-        finally:
-            bar.close()
+                    if self.rank == 0:
+                        print(f"\ninterrupted at step {self.step}; checkpoint saved to {checkpoint_dir}",
+                              file=sys.stderr)
+                raise
+            finally:
+                self._sigint, self._stop_agreed = None, False
+                bar.close()
         return self.history
 
     @torch.no_grad()
@@ -288,17 +334,32 @@ class Trainer:
     # ---- checkpoints --------------------------------------------------------------------------
     def save_checkpoint(self, directory) -> Path:
         """Write the model, the optimizer, the history and every random state as one atomic
-        checkpoint (:func:`aigc_book.training.checkpoint.write_checkpoint`)."""
-        state = {
-            "format": 2,
-            "step": self.step,
-            "train_config": json.loads(json.dumps(asdict(self.config))),
-            "metadata": self.metadata,
-            "optimizer": self.optimizer.state_dict(),
-            "history": self.history,
-            "rng": capture_rng_state(self.generator),
-        }
-        return write_checkpoint(directory, self.model, state)
+        checkpoint (:func:`aigc_book.training.checkpoint.write_checkpoint`).
+
+        Data parallel: every rank must call it; rank 0 collects each rank's random states and alone
+        writes (the weights and optimizer moments are the same on every rank), and the others wait
+        until the checkpoint is complete."""
+        rng = capture_rng_state(self.generator)
+        per_rank = None
+        if self.world_size > 1:
+            per_rank = [None] * self.world_size
+            torch.distributed.all_gather_object(per_rank, rng)
+        if self.rank == 0:
+            state = {
+                "format": 2,
+                "step": self.step,
+                "train_config": json.loads(json.dumps(asdict(self.config))),
+                "metadata": self.metadata,
+                "optimizer": self.optimizer.state_dict(),
+                "history": self.history,
+                "rng": rng,
+            }
+            if per_rank is not None:
+                state.update(world_size=self.world_size, rng_per_rank=per_rank)
+            write_checkpoint(directory, self.model, state)
+        if self.world_size > 1:
+            torch.distributed.barrier()  # no rank goes on (or exits) while rank 0 is still writing
+        return Path(directory)
 
     def load_checkpoint(self, directory) -> Path:
         """Restore the newest complete checkpoint; returns the directory it came from.
@@ -307,6 +368,11 @@ class Trainer:
         previous one is intact it is used and ``self.resume_note`` says why.
         """
         state, path, self.resume_note = read_checkpoint(directory, self.model)
+        saved_world = state.get("world_size", 1) if isinstance(state, dict) else 1
+        if saved_world != self.world_size:
+            how = "one process, without torchrun" if saved_world == 1 else f"{saved_world} processes"
+            raise CheckpointError(f"{path}: written by {saved_world} process(es) but resumed by {self.world_size}: "
+                                  f"each process's data stream is part of the state; resume with {how}")
         try:
             saved_cfg = state["train_config"]
             own = json.loads(json.dumps(asdict(self.config)))
@@ -321,7 +387,8 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.step = int(state["step"])
             self.history = state["history"]
-            restore_rng_state(state["rng"], self.generator)
+            restore_rng_state(state["rng_per_rank"][self.rank] if self.world_size > 1 else state["rng"],
+                              self.generator)
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
