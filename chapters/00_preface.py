@@ -165,15 +165,16 @@ print(first.tolist())
 # | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `models.ngram`, `training.objectives`, `training.trainer`, `training.checkpoint`, `models.io`, `files`, `cli` |
 # | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `training.finetune` |
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`) |
+# | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `training.distributed`, `productivity` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the
 # loop and the evaluation, and `efficiency` the measuring tools. Chapter 4 adds `adaptation`,
-# `tasks`, `incontext` and `generation` beside these, and chapter 5 `rlhf`; the efficiency chapter
-# will add its own.
+# `tasks`, `incontext` and `generation` beside these, chapter 5 `rlhf`, and chapter 6 fills
+# `efficiency` with the accounting of compute, memory, time and money, plus `productivity`.
 #
-# Later chapters cover what all of it costs, models beyond text, and a capstone that chains the book
-# into a tiny chat model.
+# Later chapters cover models beyond text, and a capstone that chains the book into a tiny chat
+# model.
 
 # %% [markdown]
 # ## Notation

@@ -267,9 +267,9 @@ from aigc_book.rlhf.rollouts import sample_responses
 N = settings.bon_samples
 bon_pool = sample_responses(reference, tok, held_out, max_new_tokens=settings.max_new_tokens, num_return_sequences=N,
                             generator=torch.Generator(device=device).manual_seed(3))
-gold_pool = gold_rewards(bon_pool).view(-1, N).numpy()
+gold_pool = gold_rewards(bon_pool).view(-1, N).cpu().numpy()
 ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= N]
-bon = {name: best_of_n_expectation(reward_scores(model, bon_pool).view(-1, N).numpy(), gold_pool, ns)
+bon = {name: best_of_n_expectation(reward_scores(model, bon_pool).view(-1, N).cpu().numpy(), gold_pool, ns)
        for name, model in (("large", rm), ("small", small_rm))}
 bon["gold"] = best_of_n_expectation(gold_pool, gold_pool, ns)  # picking by the gold reward itself: the ceiling
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
