@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ModelFacts", "load_models", "training_flops_estimate", "MODELS_CSV_COLUMNS"]
+__all__ = ["ModelFacts", "load_models", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS"]
 
 MODELS_CSV_COLUMNS = (
     "model",
@@ -71,6 +71,29 @@ def _parse_number(text: str, *, column: str, line: int, required: bool) -> float
     return value
 
 
+def read_table(filename: str, columns: tuple[str, ...], path: str | Path | None = None) -> list[tuple[int, dict]]:
+    """Rows of one of the book's CSV tables as ``(line number, {column: text})``, header checked.
+
+    ``path`` defaults to the copy of ``filename`` shipped in ``aigc_book/data``. A header other than
+    ``columns`` or a row with too few or too many fields raises ``ValueError`` naming the file and line;
+    the loaders (:func:`load_models`, ``efficiency.cost.load_accelerators``,
+    ``productivity.load_studies``) check the values.
+    """
+    if path is None:
+        text = resources.files("aigc_book").joinpath("data", filename).read_text(encoding="utf-8")
+    else:
+        text = Path(path).read_text(encoding="utf-8")
+    reader = csv.DictReader(text.splitlines())
+    if tuple(reader.fieldnames or ()) != columns:
+        raise ValueError(f"{filename} columns must be {columns}, got {reader.fieldnames}")
+    rows = []
+    for line, raw in enumerate(reader, start=2):
+        if None in raw or any(v is None for v in raw.values()):
+            raise ValueError(f"{filename} line {line}: expected {len(columns)} fields")
+        rows.append((line, raw))
+    return rows
+
+
 def load_models(path: str | Path | None = None) -> list[ModelFacts]:
     """Load the models table, in file order (which is release order).
 
@@ -78,17 +101,8 @@ def load_models(path: str | Path | None = None) -> list[ModelFacts]:
     naming the line and column: a missing source or confidence, a date not in ``YYYY-MM`` form, a
     number that does not parse or is not positive.
     """
-    if path is None:
-        text = resources.files("aigc_book").joinpath("data", "models.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    reader = csv.DictReader(text.splitlines())
-    if tuple(reader.fieldnames or ()) != MODELS_CSV_COLUMNS:
-        raise ValueError(f"models.csv columns must be {MODELS_CSV_COLUMNS}, got {reader.fieldnames}")
     rows: list[ModelFacts] = []
-    for line, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise ValueError(f"models.csv line {line}: expected {len(MODELS_CSV_COLUMNS)} fields")
+    for line, raw in read_table("models.csv", MODELS_CSV_COLUMNS, path):
         released = raw["released"].strip()
         parts = released.split("-")
         if len(parts) != 2 or not (parts[0].isdigit() and parts[1].isdigit()) or not 1 <= int(parts[1]) <= 12:

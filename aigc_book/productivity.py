@@ -26,11 +26,11 @@ measure what happened.
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
+
+from aigc_book.facts import read_table
 
 __all__ = [
     "DESIGN_MARKERS",
@@ -135,17 +135,8 @@ def load_studies(path: str | Path | None = None) -> list[Study]:
     required cell, a number that does not parse, or a confidence other than ``V``/``M`` raises
     ``ValueError`` naming the line and column.
     """
-    if path is None:
-        text = resources.files("aigc_book").joinpath("data", "productivity.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    reader = csv.DictReader(text.splitlines())
-    if tuple(reader.fieldnames or ()) != PRODUCTIVITY_CSV_COLUMNS:
-        raise ValueError(f"productivity.csv columns must be {PRODUCTIVITY_CSV_COLUMNS}, got {reader.fieldnames}")
     studies = []
-    for line, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise ValueError(f"productivity.csv line {line}: expected {len(PRODUCTIVITY_CSV_COLUMNS)} fields")
+    for line, raw in read_table("productivity.csv", PRODUCTIVITY_CSV_COLUMNS, path):
         for column in ("study", "design", "outcome", "source"):
             if not raw[column].strip():
                 raise ValueError(f"productivity.csv line {line}: column {column!r} must not be empty")

@@ -27,13 +27,11 @@ Communications of the ACM 52(4)) a step takes the larger of its compute time and
 
 from __future__ import annotations
 
-import csv
 import math
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
-from aigc_book.facts import ModelFacts, load_models, training_flops_estimate
+from aigc_book.facts import ModelFacts, load_models, read_table, training_flops_estimate
 
 __all__ = [
     "ACCELERATORS_CSV_COLUMNS",
@@ -114,17 +112,8 @@ def load_accelerators(path: str | Path | None = None) -> list[Accelerator]:
     NVIDIA datasheet values) and a confidence label, ``V`` (checked) or ``M`` (from memory).
     Malformed rows raise ``ValueError`` naming the line and column.
     """
-    if path is None:
-        text = resources.files("aigc_book").joinpath("data", "accelerators.csv").read_text(encoding="utf-8")
-    else:
-        text = Path(path).read_text(encoding="utf-8")
-    reader = csv.DictReader(text.splitlines())
-    if tuple(reader.fieldnames or ()) != ACCELERATORS_CSV_COLUMNS:
-        raise ValueError(f"accelerators.csv columns must be {ACCELERATORS_CSV_COLUMNS}, got {reader.fieldnames}")
     rows: list[Accelerator] = []
-    for line, raw in enumerate(reader, start=2):
-        if None in raw or any(v is None for v in raw.values()):
-            raise ValueError(f"accelerators.csv line {line}: expected {len(ACCELERATORS_CSV_COLUMNS)} fields")
+    for line, raw in read_table("accelerators.csv", ACCELERATORS_CSV_COLUMNS, path):
         for column in ("name", "source"):
             if not raw[column].strip():
                 raise ValueError(f"accelerators.csv line {line}: column {column!r} must not be empty")
