@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ModelFacts", "load_models", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS"]
+__all__ = ["ModelFacts", "load_models", "positive_number", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS"]
 
 MODELS_CSV_COLUMNS = (
     "model",
@@ -56,18 +56,19 @@ class ModelFacts:
         return int(year) + (int(month) - 0.5) / 12
 
 
-def _parse_number(text: str, *, column: str, line: int, required: bool) -> float | None:
+def positive_number(text: str, *, table: str, column: str, line: int, required: bool = True) -> float | None:
+    """A table cell that must hold a positive, finite number (None for an empty optional cell)."""
     text = text.strip()
     if not text:
         if required:
-            raise ValueError(f"models.csv line {line}: column {column!r} must not be empty")
+            raise ValueError(f"{table} line {line}: column {column!r} must not be empty")
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ValueError(f"models.csv line {line}: column {column!r} is not a number: {text!r}") from None
+        raise ValueError(f"{table} line {line}: column {column!r} is not a number: {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"models.csv line {line}: column {column!r} must be positive, got {text!r}")
+        raise ValueError(f"{table} line {line}: column {column!r} must be positive, got {text!r}")
     return value
 
 
@@ -114,7 +115,7 @@ def load_models(path: str | Path | None = None) -> list[ModelFacts]:
         if confidence not in ("V", "M"):
             raise ValueError(f"models.csv line {line}: confidence must be 'V' or 'M', got {confidence!r}")
         num = {
-            c: _parse_number(raw[c], column=c, line=line, required=(c == "params"))
+            c: positive_number(raw[c], table="models.csv", column=c, line=line, required=(c == "params"))
             for c in ("params", "training_tokens", "training_flops", "gpu_hours")
         }
         rows.append(

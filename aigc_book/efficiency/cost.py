@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc_book.facts import ModelFacts, load_models, read_table, training_flops_estimate
+from aigc_book.facts import ModelFacts, load_models, positive_number, read_table, training_flops_estimate
 
 __all__ = [
     "ACCELERATORS_CSV_COLUMNS",
@@ -95,16 +95,6 @@ class Accelerator:
         return self.memory_bandwidth_gb_s * 1e9
 
 
-def _csv_number(text: str, *, column: str, line: int) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ValueError(f"accelerators.csv line {line}: column {column!r} is not a number: {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"accelerators.csv line {line}: column {column!r} must be positive, got {text!r}")
-    return value
-
-
 def load_accelerators(path: str | Path | None = None) -> list[Accelerator]:
     """Load the accelerators table (A100 80GB SXM and H100 SXM), in file order.
 
@@ -120,7 +110,7 @@ def load_accelerators(path: str | Path | None = None) -> list[Accelerator]:
         if raw["confidence"].strip() not in ("V", "M"):
             raise ValueError(f"accelerators.csv line {line}: confidence must be 'V' or 'M', got {raw['confidence']!r}")
         numbers = {
-            c: _csv_number(raw[c].strip(), column=c, line=line)
+            c: positive_number(raw[c], table="accelerators.csv", column=c, line=line)
             for c in ("bf16_dense_tflops", "memory_gb", "memory_bandwidth_gb_s")
         }
         rows.append(
