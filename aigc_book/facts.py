@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-__all__ = ["ModelFacts", "load_models", "positive_number", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS"]
+__all__ = [
+    "ModelFacts", "load_models", "positive_number", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS",
+]
 
 MODELS_CSV_COLUMNS = (
     "model",
