@@ -196,7 +196,9 @@ def test_torchrun_bad_flag_is_one_line_from_the_program(text_file, tmp_path):
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("aigc-book:")]
     assert ours == ["aigc-book: error: --batch must be >= 1, got 0"]  # once, not once per process
-    assert result.stderr.count("exitcode  : 2") == 2  # torchrun's own report: both processes exited 2
+    # torchrun's own report names a process that exited 2; the other one may already have been stopped by
+    # torchrun when the first one failed (a race: both or one are listed)
+    assert result.stderr.count("exitcode  : 2") >= 1
     assert not (tmp_path / "r" / "checkpoint").exists()
 
 
