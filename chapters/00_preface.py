@@ -166,15 +166,16 @@ print(first.tolist())
 # | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `training.finetune` |
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`) |
 # | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `training.distributed`, `productivity` |
+# | 7 | Beyond text | `layers.cross_attention`, `vision.shapes`, `vision.patches`, `models.captioner` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the
 # loop and the evaluation, and `efficiency` the measuring tools. Chapter 4 adds `adaptation`,
 # `tasks`, `incontext` and `generation` beside these, chapter 5 `rlhf`, and chapter 6 fills
-# `efficiency` with the accounting of compute, memory, time and money, plus `productivity`.
+# `efficiency` with the accounting of compute, memory, time and money, plus `productivity`; chapter 7
+# adds cross-attention and `vision`.
 #
-# Later chapters cover models beyond text, and a capstone that chains the book into a tiny chat
-# model.
+# The last chapter is a capstone that chains the book into a tiny chat model.
 
 # %% [markdown]
 # ## Notation
