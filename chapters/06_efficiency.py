@@ -146,7 +146,8 @@ for key in ("weight_matrices", "attention_full", "output_layer", "biases_and_nor
 # embedding is trained: its input gradient is needed. Softmax, GELU, LayerNorm and residual additions
 # are not matrix products; the last line is a rough estimate of them (a stated convention of a few
 # FLOPs per element), a few per cent of the total for this small model. The 5% agreement needs
-# the width to dominate: in a model 8 wide, biases alone are 17% of the formula.
+# the width to dominate: biases and LayerNorm parameters add about $13/(12C)$ to $N$'s matrices, more
+# than 5% once the model is narrower than about 22.
 #
 # **What causal masking saves.** A token attends only to the tokens before it, so half the $T\times T$
 # table is never needed. The counter and the written-out attention compute it all; Kaplan's count
