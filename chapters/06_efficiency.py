@@ -127,6 +127,7 @@ for name, cf, ff, ct, ft in check_rows:
 # %%
 # NBVAL_CHECK_OUTPUT
 diff = flopcount.flops_differences(net, T_ctx, batch=2)
+assert 13 / (12 * 22) < 0.05 < 13 / (12 * 21)  # biases and norms, 13C per layer against 12C², pass 5% below width 22
 assert diff["counted_forward"] == diff["weight_matrices"] + diff["attention_full"] + diff["output_layer"]
 assert diff["formula_forward"] == diff["counted_forward"] + diff["biases_and_norms"]
 assert diff["counted_training"] == 3 * diff["counted_forward"]
@@ -193,7 +194,7 @@ display(Markdown(
 #
 # A datasheet's peak is a ceiling. The first measurement is what a large matrix product actually
 # achieves here, in float32 and in bfloat16 (16-bit "brain" floating point: float32's exponent range
-# with 8 bits of mantissa). Then a real training step of a GPT — forward, backward and an AdamW update
+# with 8 bits of precision, 7 of them stored: checked below). Then a real training step of a GPT — forward, backward and an AdamW update
 # on random tokens — gives the **model FLOP utilisation** (Chowdhery et al. 2022, App. B): the model
 # FLOPs per token times the tokens per second, divided by the peak. "Model FLOPs" are the FLOPs the
 # model needs, not the ones the hardware happened to do: recomputation (checkpointing, the fused
@@ -202,6 +203,7 @@ display(Markdown(
 # %%
 from aigc_book.efficiency import cost, hardware
 
+assert torch.finfo(torch.bfloat16).eps == 2**-7 and torch.finfo(torch.float32).eps == 2**-23  # stored mantissa bits
 peaks = {"float32": hardware.matmul_peak(device, torch.float32, n=settings.matmul_n)}
 if hardware.bf16_supported(device):
     peaks["bfloat16"] = hardware.matmul_peak(device, torch.bfloat16, n=settings.matmul_n)
