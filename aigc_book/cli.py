@@ -12,6 +12,9 @@ Introduced in chapter 3, section "Your own text". Usage::
     python -m aigc_book rlhf --method ppo|dpo|grpo|best-of-n --out DIR [--steps 150 --seed 0 --device D
                              --no-progress --overwrite]
     python -m aigc_book measure [--n-layer 4 --n-embd 256 --dtype float32|bfloat16 --device D ...]
+    python -m aigc_book tiny-chatgpt --out DIR [--method grpo|ppo|dpo|best-of-n --device D --overwrite ...]
+    python -m aigc_book chat --model DIR [--temperature 0.8 --top-k K --top-p P --min-p P --repetition-penalty R
+                             --greedy --max-new-tokens 64 --seed 0 --device D --message TEXT ...]
 
 ``train-gpt`` holds out the last 10% of the file for validation, shows a progress bar on stderr,
 and prints one JSON object as the last line of stdout: ``params``, ``ms_per_iter`` (median),
@@ -56,6 +59,19 @@ run leaves ``--out`` as it was; run the command again: the same seed gives the s
 measures this machine — matrix-product peak, memory bandwidth, a GPT training step's model FLOP
 utilisation, decoding speed with and without the KV cache — with a progress bar on stderr, and prints
 one JSON object last.
+
+``chat`` (chapter 8, section "Talking to it"; :mod:`aigc_book.capstone.chat`) talks to a chat model: a
+``finetune`` or ``rlhf`` output, or a ``tiny-chatgpt --out`` directory (its ``tuned/`` model, else ``sft/``).
+Without ``--message`` it is an interactive chat (``you>`` / ``bot>``, the reply streamed; ``/reset``
+starts over, ``/quit`` or Ctrl-D ends it); each ``--message`` is one user turn of a single conversation,
+answered in turn, and one JSON object is printed at the end (``turns`` of ``user``/``assistant``,
+``dropped_turns``: the oldest turns that no longer fit in the context, ...). The sampling flags are
+``sample``'s; the same ``--seed`` gives the same conversation.
+
+``tiny-chatgpt`` (chapter 8, section "The recipe in one command"; :mod:`aigc_book.capstone.command`)
+trains a tokenizer, pretrains, fine-tunes on conversations and tunes with chapter 5's GRPO (or
+``--method``), writes ``DIR/report.md``, and prints one JSON object last. Run again after an
+interruption, it skips the finished stages and continues the unfinished one.
 
 Nothing is lost and nothing goes silently wrong:
 
@@ -364,6 +380,17 @@ def check_sample_args(args) -> None:
     """Every flag of ``sample`` that can be checked without loading the model."""
     if not 0 <= args.tokens <= MAX_SAMPLE_TOKENS:
         raise UsageError(f"--tokens must be in [0, {MAX_SAMPLE_TOKENS}], got {args.tokens}")
+    check_sampling_flags(args)
+    if not 1 <= args.num_beams <= MAX_BEAMS:
+        raise UsageError(f"--num-beams must be in [1, {MAX_BEAMS}] (1 = no beam search), got {args.num_beams}")
+    if not math.isfinite(args.length_penalty):
+        raise UsageError(f"--length-penalty must be a finite number (> 0 favours longer beams), "
+                         f"got {args.length_penalty}")
+    check_seed(args.seed)
+
+
+def check_sampling_flags(args) -> None:
+    """The flags ``sample`` and ``chat`` share: --temperature, --top-k, --top-p, --min-p, --repetition-penalty."""
     if not (math.isfinite(args.temperature) and args.temperature >= 0):
         raise UsageError(f"--temperature must be a finite number >= 0 (0 = greedy), got {args.temperature}")
     if args.top_k is not None and args.top_k < 1:
@@ -374,12 +401,6 @@ def check_sample_args(args) -> None:
     penalty = args.repetition_penalty
     if penalty is not None and not (math.isfinite(penalty) and penalty > 0):
         raise UsageError(f"--repetition-penalty must be a finite number > 0 (1 = none; CTRL used 1.2), got {penalty}")
-    if not 1 <= args.num_beams <= MAX_BEAMS:
-        raise UsageError(f"--num-beams must be in [1, {MAX_BEAMS}] (1 = no beam search), got {args.num_beams}")
-    if not math.isfinite(args.length_penalty):
-        raise UsageError(f"--length-penalty must be a finite number (> 0 favours longer beams), "
-                         f"got {args.length_penalty}")
-    check_seed(args.seed)
 
 
 def cmd_sample(args) -> None:
@@ -567,6 +588,58 @@ def cmd_rlhf(args) -> dict:
     return summary
 
 
+def add_sampling_arguments(p: argparse.ArgumentParser, unit: str) -> None:
+    """The flags ``sample`` and ``chat`` share (checked by :func:`check_sampling_flags`); ``unit`` names the tokens."""
+    p.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8; 0: greedy)")
+    p.add_argument("--top-k", type=int, default=None, help=f"sample among the K most probable {unit} only")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= P")
+    p.add_argument("--min-p", type=float, default=None,
+                   help=f"drop {unit} less probable than P times the most probable one")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help=f"CTRL's penalty on {unit} already in the text (> 1 discourages them)")
+
+
+def check_chat_args(args) -> None:
+    """Every flag of ``chat`` that can be checked without loading the model."""
+    check_sampling_flags(args)
+    if not 1 <= args.max_new_tokens <= MAX_SAMPLE_TOKENS:
+        raise UsageError(f"--max-new-tokens must be in [1, {MAX_SAMPLE_TOKENS}], got {args.max_new_tokens}")
+    check_seed(args.seed)
+
+
+def cmd_chat(args) -> dict | None:
+    """Chat with a chat model (:mod:`aigc_book.capstone.chat`): the REPL, or with ``--message`` one
+    conversation whose JSON summary is returned."""
+    from aigc_book.capstone.chat import ChatSession, SamplingSettings, load_chat_model, run_terminal_chat
+
+    check_chat_args(args)
+    settings = SamplingSettings(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
+                                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                                max_new_tokens=args.max_new_tokens)
+    try:
+        device = get_device(args.device)
+    except (ValueError, RuntimeError) as err:
+        raise UsageError(f"--device: {err}") from None
+    try:
+        model, tok = load_chat_model(args.model, device=device)
+    except (CheckpointError, ValueError, TypeError) as err:
+        raise UsageError(f"--model {err}") from None
+    session = ChatSession(model, tok, settings, seed=args.seed)
+    if args.message is None:
+        run_terminal_chat(session)
+        return None
+    for i, message in enumerate(args.message):  # every message is checked before the first reply
+        try:
+            session.check_message(message)
+        except ValueError as err:
+            raise UsageError(f"--message #{i + 1}: {err}") from None
+    t0 = time.perf_counter()
+    for message in args.message:
+        session.reply(message)
+    return {**session.summary(), "model": str(args.model), "device": str(device),
+            "wall_s": round(time.perf_counter() - t0, 3)}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aigc_book", description="Train and sample small GPTs on a CPU or GPU."
@@ -604,13 +677,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="the directory train-gpt wrote")
     s.add_argument("--prompt", default="")
     s.add_argument("--tokens", type=int, default=300)
-    s.add_argument("--temperature", type=float, default=0.8, help="sampling temperature (default 0.8; 0: greedy)")
-    s.add_argument("--top-k", type=int, default=None, help="sample among the K most probable characters only")
-    s.add_argument("--top-p", type=float, default=None, help="nucleus sampling: the smallest set with mass >= P")
-    s.add_argument("--min-p", type=float, default=None,
-                   help="drop characters less probable than P times the most probable one")
-    s.add_argument("--repetition-penalty", type=float, default=None,
-                   help="CTRL's penalty on characters already in the text (> 1 discourages them)")
+    add_sampling_arguments(s, "characters")
     mode = s.add_mutually_exclusive_group()
     mode.add_argument("--do-sample", dest="do_sample", action="store_true", default=True,
                       help="sample the next character (the default, at --temperature 0.8)")
@@ -644,8 +711,22 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     r.add_argument("--overwrite", action="store_true", help="replace the model that --out already holds")
+    c = sub.add_parser("chat", help="talk to a chat model from tiny-chatgpt or finetune (chapter 8)")
+    c.add_argument("--model", required=True, help="a tiny-chatgpt --out directory, or a model directory finetune wrote")
+    add_sampling_arguments(c, "tokens")
+    c.add_argument("--greedy", dest="do_sample", action="store_false", default=True,
+                   help="always take the most probable token (same as --temperature 0)")
+    c.add_argument("--max-new-tokens", type=int, default=64, help="longest reply in tokens (the context may cut it)")
+    c.add_argument("--seed", type=int, default=0, help="the same seed gives the same conversation")
+    c.add_argument("--device", default=None, help="cpu, cuda or mps (default: the best available)")
+    c.add_argument("--message", action="append", default=None,
+                   help="a user message (repeat for several turns): answer them as one conversation and print "
+                        "one JSON line, instead of the interactive chat")
+    from aigc_book.capstone.command import add_tiny_chatgpt_arguments
     from aigc_book.efficiency.measure import add_measure_arguments
 
+    add_tiny_chatgpt_arguments(sub.add_parser(
+        "tiny-chatgpt", help="tokenizer, pretraining, SFT, preference tuning and a report card, resumable (chapter 8)"))
     add_measure_arguments(sub.add_parser(
         "measure", help="this machine's peak FLOP/s, memory bandwidth, a GPT's MFU and decoding speed (chapter 6)"))
     return parser
@@ -669,6 +750,14 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(cmd_finetune(args)), flush=True)
         elif args.command == "rlhf":
             print(json.dumps(cmd_rlhf(args)), flush=True)
+        elif args.command == "chat":
+            result = cmd_chat(args)
+            if result is not None:  # None: the interactive chat, which printed as it went
+                print(json.dumps(result, ensure_ascii=False), flush=True)
+        elif args.command == "tiny-chatgpt":
+            from aigc_book.capstone.command import cmd_tiny_chatgpt
+
+            print(json.dumps(cmd_tiny_chatgpt(args)), flush=True)
         elif args.command == "measure":
             from aigc_book.efficiency.measure import cmd_measure
 
@@ -689,11 +778,14 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "sample":
             print(f"\naigc-book: interrupted after {getattr(args, 'sampled', 0)} of {args.tokens} tokens",
                   file=sys.stderr)
-        elif args.command == "measure":
-            print("aigc-book: interrupted; measure writes nothing, run it again", file=sys.stderr)
+        elif args.command in ("measure", "chat"):
+            print(f"aigc-book: interrupted; {args.command} writes nothing, run it again", file=sys.stderr)
         elif args.command in ("finetune", "rlhf"):
             print(f"aigc-book: interrupted; {args.command} writes --out only once training has finished, so it holds "
                   "what it held before: run the command again", file=sys.stderr)
+        elif args.command == "tiny-chatgpt":
+            print("aigc-book: interrupted; finished stages are kept and an unfinished pretraining or fine-tuning "
+                  "saved a checkpoint: run the same command again to continue", file=sys.stderr)
         elif getattr(args, "training_started", False):
             print("aigc-book: interrupted; run the same command with --resume to continue", file=sys.stderr)
         else:

@@ -167,15 +167,15 @@ print(first.tolist())
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`) |
 # | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `training.distributed`, `productivity` |
 # | 7 | Beyond text | `layers.cross_attention`, `vision.shapes`, `vision.patches`, `models.captioner` |
+# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.tokenizer`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `capstone.command` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the
 # loop and the evaluation, and `efficiency` the measuring tools. Chapter 4 adds `adaptation`,
 # `tasks`, `incontext` and `generation` beside these, chapter 5 `rlhf`, and chapter 6 fills
 # `efficiency` with the accounting of compute, memory, time and money, plus `productivity`; chapter 7
-# adds cross-attention and `vision`.
-#
-# The last chapter is a capstone that chains the book into a tiny chat model.
+# adds cross-attention and `vision`. The capstone, chapter 8, chains them all in `capstone`: a tiny
+# chat model from nothing, on a laptop CPU, with a report card of every stage.
 
 # %% [markdown]
 # ## Notation

@@ -8,8 +8,8 @@ Python 3.11), so every reader has the same English corpus without a download.
 from __future__ import annotations
 
 
-def python_docs_text() -> str:
-    """The ``pydoc_data.topics`` texts joined in sorted-key order (deterministic for a Python version)."""
+def python_topics() -> list[str]:
+    """The ``pydoc_data.topics`` texts, one document per topic, in sorted-key order (chapter 8's corpus)."""
     try:
         from pydoc_data.topics import topics
     except ImportError as err:  # some distributions strip pydoc_data
@@ -17,7 +17,12 @@ def python_docs_text() -> str:
             "this Python has no pydoc_data module (some Linux distributions package it separately); "
             "use any UTF-8 text file instead"
         ) from err
-    return "\n\n".join(topics[key].strip() for key in sorted(topics))
+    return [topics[key].strip() for key in sorted(topics)]
+
+
+def python_docs_text() -> str:
+    """The ``pydoc_data.topics`` texts joined in sorted-key order (deterministic for a Python version)."""
+    return "\n\n".join(python_topics())
 
 
 def split_train_val(text, val_fraction: float = 0.1):
