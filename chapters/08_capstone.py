@@ -18,7 +18,7 @@
 #
 # The same pipeline is one command, `python -m aigc_book tiny-chatgpt --out DIR`, and
 # `python -m aigc_book chat --model DIR` talks to its result. The chapter runs a smaller setting so
-# that it finishes in about two minutes; the command's defaults train longer.
+# that it finishes in a few minutes on a laptop; the command's defaults train a larger model for longer.
 
 # %%
 import math
@@ -49,8 +49,8 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # *How large is the run, and where do you change it?*
 #
 # `CapstoneSettings` holds every size and step count. The chapter's CPU values produced the stored
-# outputs; the command's defaults (`CapstoneSettings()`) train the same model about six times longer.
-# On a CUDA GPU, `CapstoneSettings.for_device` scales the model and the steps up.
+# outputs; the command's defaults (`CapstoneSettings()`) train a wider, deeper model with a longer
+# context for more steps. On a CUDA GPU, `CapstoneSettings.for_device` scales the model and the steps up.
 
 # %%
 from aigc_book.capstone.pipeline import CapstoneSettings
@@ -86,7 +86,7 @@ print(f"output directory: {RUN}")
 # fine-tuning from its last checkpoint. The command line is the same function:
 #
 # ```bash
-# python -m aigc_book tiny-chatgpt --out runs/chat            # about ten minutes on a laptop CPU
+# python -m aigc_book tiny-chatgpt --out runs/chat            # the defaults: minutes, not hours, on a CPU
 # python -m aigc_book chat --model runs/chat                  # talk to it
 # python -m aigc_book tiny-chatgpt --out runs/chat-ppo --method ppo
 # ```
@@ -244,6 +244,7 @@ display(Markdown("\n".join(rows) + f"\n\nAccuracy on {settings.eval_prompts} hel
 
 # %%
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
+from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import sft_batch
 
 example = sample_conversations(1, seed=5, max_turns=3)[0]
@@ -256,6 +257,7 @@ assert tok.decode(trained) == "".join(f"{turn.answer}<|end|>" for turn in exampl
 
 stages = run_until("sft")
 f = stages["sft"]
+add_prompts = (instructions.InstructionConfig().max_operand + 1) ** 2
 kinds = [k for k in f["accuracy"] if k != "all"]
 rows = ["| kind | before (pretrained) | after SFT | held-out prompts also in the SFT data |", "|---|---:|---:|---:|"]
 rows += [f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | {f['held_out_seen_in_training'][k]:.0%} |"
@@ -263,8 +265,10 @@ rows += [f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | {f['held_ou
 rows.append(f"| **all** | {p['accuracy']['all']:.1%} | **{f['accuracy']['all']:.1%}** | |")
 display(Markdown("Greedy accuracy on held-out instructions:\n\n" + "\n".join(rows) + "\n\n"
                  f"The training loss (responses, plus the pretraining windows mixed in; see below) went from "
-                 f"{f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token in {settings.sft_iters} steps. `add` has only 100 different prompts (sums of two digits), so its "
-                 "held-out prompts were all seen in training; for the other kinds most were not."))
+                 f"{f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token in {settings.sft_iters} steps. "
+                 f"`add` has only {add_prompts} different prompts (sums of two numbers up to "
+                 f"{instructions.InstructionConfig().max_operand}), so its held-out prompts were all seen in training; "
+                 "for the other kinds most were not."))
 
 # %% [markdown]
 # Fine-tuning on instructions alone makes a model forget the text it was pretrained on: chapter 5's SFT
@@ -307,7 +311,8 @@ display(Markdown("\n".join(rows)))
 sampled_gain = u["accuracy_sampled"]["all"] - f["accuracy_sampled"]["all"]
 greedy_gain = u["accuracy"]["all"] - f["accuracy"]["all"]
 display(Markdown(
-    f"GRPO changed the sampled accuracy by {sampled_gain:+.1%} and the greedy accuracy by {greedy_gain:+.1%}, "
+    f"GRPO changed the sampled accuracy by {100 * sampled_gain:+.1f} percentage points and the greedy accuracy by "
+    f"{100 * greedy_gain:+.1f}, "
     f"moving {r['kl']:.2f} nats from the SFT model. "
     + ("Most of what it bought is in the samples: it made the model's right answers more probable, which "
        "is what a chat at a temperature shows, while the most probable answer was often right already."
@@ -337,7 +342,6 @@ display(Markdown((RUN / "report.md").read_text(encoding="utf-8")))
 
 # %%
 from aigc_book.capstone.chat import ChatSession, SamplingSettings, chat_widget, load_chat_model
-from aigc_book.tasks import instructions
 
 model, chat_tok = load_chat_model(RUN, device=device)
 session = ChatSession(model, chat_tok, seed=0)

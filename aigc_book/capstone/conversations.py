@@ -16,10 +16,9 @@ on every token that is not part of a response.
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import SFTData, encode_chat
+from aigc_book.tasks.chat import SFTData, encode_chat, pad_sft
 
 __all__ = ["sample_conversations", "encode_conversations"]
 
@@ -56,7 +55,7 @@ def encode_conversations(tokenizer, conversations, *, max_length: int | None = N
     users' turns, so only responses are trained on. A conversation longer than ``max_length``
     tokens is an error naming it, or with ``truncate`` keeps its first turns that fit (a first
     turn that does not fit is still an error)."""
-    rows, masks = [], []
+    rows = []
     for i, turns in enumerate(conversations):
         ids: list[int] = []
         is_prompt: list[bool] = []
@@ -71,16 +70,7 @@ def encode_conversations(tokenizer, conversations, *, max_length: int | None = N
             raise ValueError(f"conversation {i} has no turns")
         if max_length is not None and len(ids) > max_length:
             raise ValueError(f"conversation {i} is {len(ids)} tokens long, more than max_length={max_length}")
-        rows.append(ids)
-        masks.append(is_prompt)
+        rows.append((ids, is_prompt))
     if not rows:
         raise ValueError("no conversations to encode")
-    L = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), L), tokenizer.pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros(len(rows), L, dtype=torch.bool)
-    real_mask = torch.zeros(len(rows), L, dtype=torch.bool)
-    for i, (r, m) in enumerate(zip(rows, masks)):
-        tokens[i, : len(r)] = torch.tensor(r)
-        prompt_mask[i, : len(r)] = torch.tensor(m)
-        real_mask[i, : len(r)] = True
-    return SFTData(tokens, prompt_mask, real_mask, tokenizer.pad_id)
+    return pad_sft(rows, tokenizer.pad_id)

@@ -22,7 +22,7 @@ import re
 from pathlib import Path
 
 from aigc_book.files import atomic_write
-from aigc_book.tasks.chat import ASSISTANT, END, PAD, SPECIALS, USER
+from aigc_book.tasks.chat import SPECIALS, SpecialTokens
 from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
 from aigc_book.text.char_tokenizer import token_ids
 from aigc_book.training.finetune import load_tokenizer
@@ -35,7 +35,7 @@ if DIGIT_SPLIT_PATTERN == GPT2_SPLIT_PATTERN:  # the GPT-2 pattern changed under
     raise ImportError("aigc_book.text.bpe.GPT2_SPLIT_PATTERN no longer contains ' ?\\d+'; update DIGIT_SPLIT_PATTERN")
 
 
-class BPEChatTokenizer:
+class BPEChatTokenizer(SpecialTokens):
     """A trained :class:`~aigc_book.text.bpe.ByteBPE` (ids ``0..bpe.vocab_size-1``) plus special tokens.
 
     >>> tok = train_chat_tokenizer("add 7+12 and 3+4 " * 20, vocab_size=270)
@@ -48,52 +48,15 @@ class BPEChatTokenizer:
     def __init__(self, bpe: ByteBPE, specials=SPECIALS) -> None:
         if not isinstance(bpe, ByteBPE):
             raise TypeError(f"bpe must be a trained ByteBPE, got {type(bpe).__name__}")
-        specials = tuple(specials)
-        if len(set(specials)) != len(specials) or any(not isinstance(s, str) or len(s) < 2 for s in specials):
-            raise ValueError(f"specials must be distinct strings of 2 or more characters, got {specials}")
-        missing = [s for s in SPECIALS if s not in specials]
-        if missing:
-            raise ValueError(f"specials must include the chat template's {SPECIALS}; {missing[0]!r} is missing")
         self.bpe = bpe
-        self.specials = specials
-        self.special_ids = {s: bpe.vocab_size + i for i, s in enumerate(specials)}
-        # Longest first, so that one special that starts another is not matched too early.
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")")
+        self._set_specials(self._check_specials(specials), bpe.vocab_size)
 
     @property
     def vocab_size(self) -> int:
         return self.bpe.vocab_size + len(self.specials)
 
-    def __len__(self) -> int:
-        return self.vocab_size
-
-    @property
-    def user_id(self) -> int:
-        return self.special_ids[USER]
-
-    @property
-    def assistant_id(self) -> int:
-        return self.special_ids[ASSISTANT]
-
-    @property
-    def end_id(self) -> int:
-        return self.special_ids[END]
-
-    @property
-    def pad_id(self) -> int:
-        return self.special_ids[PAD]
-
-    def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
-        """Ids of ``text``; a special-token string becomes its one id only when ``allow_special``
-        (otherwise it is encoded as the bytes it is made of, like any typed text)."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
-        if not allow_special:
-            return self.bpe.encode(text)
-        out: list[int] = []
-        for piece in self._split.split(text):
-            out += [self.special_ids[piece]] if piece in self.special_ids else self.bpe.encode(piece)
-        return out
+    def _encode_text(self, text: str) -> list[int]:
+        return self.bpe.encode(text)  # bytes: any text, never an error
 
     def decode(self, ids, *, skip_special: bool = False) -> str:
         """Text of ``ids``: the bytes of each run of BPE ids are joined, then decoded as UTF-8 (an

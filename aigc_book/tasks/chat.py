@@ -37,11 +37,13 @@ __all__ = [
     "END",
     "PAD",
     "SPECIALS",
+    "SpecialTokens",
     "ChatTokenizer",
     "format_chat",
     "encode_chat",
     "SFTData",
     "encode_sft",
+    "pad_sft",
     "sft_batch",
     "grow_vocabulary",
     "generate_responses",
@@ -52,41 +54,33 @@ USER, ASSISTANT, END, PAD = "<|user|>", "<|assistant|>", "<|end|>", "<|pad|>"
 SPECIALS: tuple[str, ...] = (USER, ASSISTANT, END, PAD)
 
 
-class ChatTokenizer:
-    """Characters and special tokens <-> ids: ``chars`` get ids ``0..n-1``, ``specials`` ``n..n+k-1``.
+class SpecialTokens:
+    """What every chat tokenizer shares: special tokens with one id each, after the ordinary ids.
 
-    >>> tok = ChatTokenizer()
-    >>> tok.decode(tok.encode("<|user|>add 1+2<|end|>"))
-    '<|user|>add 1+2<|end|>'
-    >>> len(tok.encode("<|user|>")), tok.user_id == tok.encode("<|user|>")[0]
-    (1, True)
+    A subclass calls :meth:`_set_specials` with the first special id and implements
+    ``_encode_text(text)`` (ordinary text to ids) and ``vocab_size``; ``encode`` and the id
+    properties come from here. Used by :class:`ChatTokenizer` (characters) and the capstone's
+    byte-level BPE (:class:`aigc_book.capstone.tokenizer.BPEChatTokenizer`).
     """
 
-    def __init__(self, chars=CHARS, specials=SPECIALS) -> None:
-        self.chars = CharTokenizer(chars)
+    @staticmethod
+    def _check_specials(specials) -> tuple[str, ...]:
         specials = tuple(specials)
         if len(set(specials)) != len(specials) or any(not isinstance(s, str) or len(s) < 2 for s in specials):
             raise ValueError(f"specials must be distinct strings of 2 or more characters, got {specials}")
         for s in SPECIALS:
             if s not in specials:
                 raise ValueError(f"specials must include the chat template's {SPECIALS}; {s!r} is missing")
-        clash = [s for s in specials if all(c in self.chars for c in s)]
-        if clash:
-            raise ValueError(f"special token {clash[0]!r} could also be typed as ordinary characters; "
-                             "give it a character outside chars (e.g. '|')")
+        return specials
+
+    def _set_specials(self, specials: tuple[str, ...], first_id: int) -> None:
         self.specials = specials
-        n = self.chars.vocab_size
-        self.special_ids = {s: n + i for i, s in enumerate(specials)}
-        self.itos = list(self.chars.itos) + list(specials)
+        self.special_ids = {s: first_id + i for i, s in enumerate(specials)}
         # Longest first, so that one special that starts another is not matched too early.
         self._split = re.compile("(" + "|".join(re.escape(s) for s in sorted(specials, key=len, reverse=True)) + ")")
 
-    @property
-    def vocab_size(self) -> int:
-        return len(self.itos)
-
     def __len__(self) -> int:
-        return len(self.itos)
+        return self.vocab_size
 
     @property
     def user_id(self) -> int:
@@ -106,15 +100,43 @@ class ChatTokenizer:
 
     def encode(self, text: str, *, allow_special: bool = True) -> list[int]:
         """Ids of ``text``; a special-token string becomes its one id unless ``allow_special`` is False
-        (then, as for any character outside the vocabulary, a ValueError)."""
+        (then it is ordinary text, encoded as the tokenizer encodes any text)."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         if not allow_special:
-            return self.chars.encode(text)
+            return self._encode_text(text)
         out: list[int] = []
         for piece in self._split.split(text):
-            out += [self.special_ids[piece]] if piece in self.special_ids else self.chars.encode(piece)
+            out += [self.special_ids[piece]] if piece in self.special_ids else self._encode_text(piece)
         return out
+
+
+class ChatTokenizer(SpecialTokens):
+    """Characters and special tokens <-> ids: ``chars`` get ids ``0..n-1``, ``specials`` ``n..n+k-1``.
+
+    >>> tok = ChatTokenizer()
+    >>> tok.decode(tok.encode("<|user|>add 1+2<|end|>"))
+    '<|user|>add 1+2<|end|>'
+    >>> len(tok.encode("<|user|>")), tok.user_id == tok.encode("<|user|>")[0]
+    (1, True)
+    """
+
+    def __init__(self, chars=CHARS, specials=SPECIALS) -> None:
+        self.chars = CharTokenizer(chars)
+        specials = self._check_specials(specials)
+        clash = [s for s in specials if all(c in self.chars for c in s)]
+        if clash:
+            raise ValueError(f"special token {clash[0]!r} could also be typed as ordinary characters; "
+                             "give it a character outside chars (e.g. '|')")
+        self._set_specials(specials, self.chars.vocab_size)
+        self.itos = list(self.chars.itos) + list(specials)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def _encode_text(self, text: str) -> list[int]:
+        return self.chars.encode(text)  # a character outside the vocabulary: a ValueError naming it
 
     def decode(self, ids, *, skip_special: bool = False) -> str:
         """Text of ``ids``; with ``skip_special`` the special tokens are left out."""
@@ -199,15 +221,21 @@ def encode_sft(tokenizer: ChatTokenizer, pairs, *, max_length: int | None = None
         n_prompts.append(n_prompt)
     if not rows:
         raise ValueError("no pairs to encode")
-    L = max(len(r) for r in rows)
-    tokens = torch.full((len(rows), L), tokenizer.pad_id, dtype=torch.long)
+    return pad_sft([(r, [i < n for i in range(len(r))]) for r, n in zip(rows, n_prompts)], tokenizer.pad_id)
+
+
+def pad_sft(rows, pad_id: int) -> SFTData:
+    """:class:`SFTData` from ``(ids, is_prompt)`` rows (two lists of one length each), right-padded with
+    ``pad_id``: ``is_prompt`` marks the tokens that carry no loss."""
+    L = max(len(ids) for ids, _ in rows)
+    tokens = torch.full((len(rows), L), pad_id, dtype=torch.long)
     prompt_mask = torch.zeros(len(rows), L, dtype=torch.bool)
     real_mask = torch.zeros(len(rows), L, dtype=torch.bool)
-    for i, (r, n) in enumerate(zip(rows, n_prompts)):
-        tokens[i, : len(r)] = torch.tensor(r)
-        prompt_mask[i, :n] = True
-        real_mask[i, : len(r)] = True
-    return SFTData(tokens, prompt_mask, real_mask, tokenizer.pad_id)
+    for i, (ids, is_prompt) in enumerate(rows):
+        tokens[i, : len(ids)] = torch.tensor(ids)
+        prompt_mask[i, : len(ids)] = torch.tensor(is_prompt, dtype=torch.bool)
+        real_mask[i, : len(ids)] = True
+    return SFTData(tokens, prompt_mask, real_mask, pad_id)
 
 
 def sft_batch(data: SFTData, batch_size: int, generator: torch.Generator, *, train_on_prompt: bool = False) -> dict:

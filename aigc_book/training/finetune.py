@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -116,12 +115,8 @@ class BaseChatTokenizer(ChatTokenizer):
                 raise
         # ChatTokenizer's state, built as its __init__ builds it (tests/test_finetune.py checks they agree).
         self.chars = CharTokenizer(chars)
-        self.specials = tuple(specials)
-        n = self.chars.vocab_size
-        self.special_ids = {s: n + i for i, s in enumerate(self.specials)}
+        self._set_specials(tuple(specials), self.chars.vocab_size)
         self.itos = list(self.chars.itos) + list(self.specials)
-        self._split = re.compile("(" + "|".join(re.escape(s) for s in sorted(self.specials, key=len, reverse=True))
-                                 + ")")
 
 
 def load_tokenizer(path) -> CharTokenizer | ChatTokenizer:
