@@ -382,6 +382,22 @@ for bad in ["", "   ", "sort " + "abcdefgh" * 40]:
 print("你好 →", repr(long_chat.reply("你好")))
 
 # %% [markdown]
+# The instructions it was fine-tuned on use the letters a to h and numbers up to 9. Outside that family it
+# has seen nothing to imitate, and a right answer there would be luck:
+
+# %%
+config = instructions.InstructionConfig()
+outside = ["reverse hello", "sort zyxw", "add 23+45", "count o in foo"]
+right_outside = 0
+for prompt in outside:
+    session.reset()
+    reply = session.reply(prompt)
+    right_outside += instructions.check(prompt, reply)
+    print(f"you> {prompt}\nbot> {reply}    [{'right' if instructions.check(prompt, reply) else 'wrong'}]")
+print(f"{right_outside} of {len(outside)} right outside the family (letters {config.letters}, "
+      f"numbers up to {config.max_operand})")
+
+# %% [markdown]
 # In Jupyter, the widget below is the same session with a text box (Enter sends; Reset starts a new
 # conversation). On the static site it needs a running kernel; the conversation above is its transcript.
 # In a terminal: `python -m aigc_book chat --model DIR`.
@@ -493,6 +509,8 @@ display(Markdown("\n".join(rows)))
 # * **"Preference tuning teaches new skills."** Here it mostly made right answers the model could
 #   already sample more probable (section "Preference tuning" measures greedy and sampled accuracy
 #   separately); a method that samples can only reinforce what it samples.
+# * **"It learned to reverse, so it can reverse anything."** It learned the family it was shown; the
+#   cell in section "Talking to it" counts its right answers outside it.
 # * **"The chat remembers the whole conversation."** It sees its context window and nothing else; a
 #   long conversation loses its oldest turns.
 # * **"Training a chat model takes a data centre."** Training a *good* one does. The recipe itself runs

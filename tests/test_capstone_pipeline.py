@@ -354,3 +354,16 @@ def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_p
             run_pipeline(out, tiny())
     assert (out / ".sft.partial" / pipeline.STAGE_FILE).exists() and not (out / "sft").exists()
     assert same_results(run_pipeline(out, tiny())["stages"], report["stages"])
+
+
+def test_an_empty_work_directory_left_by_a_kill_is_started_afresh(finished, tmp_path):
+    reference, report = finished
+    out = tmp_path / "run"
+    (out / ".tokenizer.partial").mkdir(parents=True)  # killed between mkdir and its settings file
+    assert same_results(run_pipeline(out, tiny())["stages"], report["stages"])
+
+
+def test_the_flop_meter_leaves_no_global_hook_behind():
+    with FlopMeter():
+        pass
+    assert not torch.nn.modules.module._has_any_global_hook()

@@ -132,4 +132,7 @@ class FlopMeter:
     def __exit__(self, *exc) -> None:
         if self._handle is not None:
             self._handle.remove()
+            # PyTorch 2.13's handle forgets the with_kwargs flag it registered; left behind, it makes every
+            # later torch.compile(module) warn about global hooks that no longer exist.
+            nn.modules.module._global_forward_hooks_with_kwargs.pop(self._handle.id, None)
             self._handle = None

@@ -44,7 +44,7 @@ from aigc_book.capstone.conversations import encode_conversations, sample_conver
 from aigc_book.capstone.corpus import Corpus, CorpusSettings, build_corpus
 from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.tokenizer import BPEChatTokenizer, train_chat_tokenizer
-from aigc_book.files import fsync_path
+from aigc_book.files import atomic_write, fsync_path
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.grpo import GRPOConfig
@@ -57,7 +57,7 @@ from aigc_book.tasks.chat import generate_responses, sft_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
 
 __all__ = ["STAGES", "STAGE_FILE", "SAMPLE_PROMPTS", "CapstoneSettings", "StageMismatchError", "run_pipeline",
-           "stage_records", "load_stage_model"]
+           "load_stage_model"]
 
 STAGES = ("tokenizer", "pretrained", "sft", "tuned")
 STAGE_FILE = "stage.json"
@@ -200,6 +200,8 @@ def _difference(saved, settings: CapstoneSettings, stage: str) -> str:
 def _start(out: Path, stage: str, settings: CapstoneSettings) -> Path:
     """The work directory of an unfinished stage: made fresh, or reused if its settings match."""
     work = _partial(out, stage)
+    if work.exists() and not (work / "settings.json").exists():
+        shutil.rmtree(work)  # killed before its first file: it holds nothing
     if work.exists():
         saved = _read_json(work / "settings.json")
         if saved != settings.fingerprint(stage):
@@ -208,8 +210,13 @@ def _start(out: Path, stage: str, settings: CapstoneSettings) -> Path:
                 f"({_difference(saved, settings, stage)}); use another --out, or --overwrite to start again")
         return work
     work.mkdir(parents=True)
-    (work / "settings.json").write_text(json.dumps(settings.fingerprint(stage)), encoding="utf-8")
+    _write_json(work / "settings.json", settings.fingerprint(stage))
     return work
+
+
+def _write_json(path: Path, data) -> None:
+    encoded = json.dumps(data).encode("utf-8")
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded))
 
 
 def _commit(out: Path, stage: str, work: Path, settings: CapstoneSettings, record: dict) -> dict:
@@ -233,7 +240,10 @@ class _Spent:
 
     def __init__(self, work: Path) -> None:
         self.path = work / SPENT_FILE
-        saved = json.loads(self.path.read_text()) if self.path.exists() else {}
+        try:
+            saved = json.loads(self.path.read_text())
+        except (OSError, ValueError):  # none yet (or unreadable): count from here
+            saved = {}
         self.seconds, self.flops = saved.get("seconds", 0.0), saved.get("flops", 0.0)
 
     def __enter__(self) -> _Spent:
@@ -245,7 +255,7 @@ class _Spent:
         self.meter.__exit__()
         self.seconds += time.perf_counter() - self.t0
         self.flops += self.meter.flops
-        self.path.write_text(json.dumps({"seconds": self.seconds, "flops": self.flops}))
+        _write_json(self.path, {"seconds": self.seconds, "flops": self.flops})
 
 
 def load_stage_model(out, stage: str, *, device=None) -> tuple[GPT, BPEChatTokenizer]:
@@ -253,10 +263,6 @@ def load_stage_model(out, stage: str, *, device=None) -> tuple[GPT, BPEChatToken
     directory = Path(out) / stage
     return GPT.from_pretrained(directory, device=device), BPEChatTokenizer.load(directory / TOKENIZER_FILE)
 
-
-def stage_records(out) -> dict[str, dict]:
-    """The records of every finished stage in ``out``."""
-    return {s: _read_json(Path(out) / s / STAGE_FILE)["record"] for s in STAGES if (Path(out) / s).exists()}
 
 
 # ------------------------------------------------------------------------------------------------
