@@ -63,7 +63,9 @@ from aigc_book import get_device, seed_everything, use_book_style
 use_book_style()
 device = get_device()
 seed_everything(0)
-print(f"aigc_book {aigc_book.__version__}, PyTorch {torch.__version__}, Python {platform.python_version()}")
+print(
+    f"aigc_book {aigc_book.__version__}, PyTorch {torch.__version__}, Python {platform.python_version()}"
+)
 print(f"device: {device}, CPU threads PyTorch uses: {torch.get_num_threads()}")
 
 # %% [markdown]
@@ -122,7 +124,9 @@ print(f"on {device.type}, a matrix product inside aigc_book.autocast is {product
 from aigc_book import cpu_threads
 
 follower = cpu_threads.follow_cpu_load()  # get_device() above already did this; it is idempotent
-print(f"threads now: {torch.get_num_threads()} (at most {follower.max_threads if follower else 'fixed'})")
+print(
+    f"threads now: {torch.get_num_threads()} (at most {follower.max_threads if follower else 'fixed'})"
+)
 for others in (0.0, 1.0):
     n = cpu_threads.threads_for_load(2, others, 2)
     print(f"2 cores, other programs using {others:.0f} core(s): {n} thread(s)")
@@ -208,7 +212,9 @@ print(first.tolist())
 # NBVAL_CHECK_OUTPUT
 import math
 
-probabilities = torch.tensor([0.5, 0.25, 0.125, 0.125], dtype=torch.float64)  # p(x_t | x_<t) at four positions
+probabilities = torch.tensor(
+    [0.5, 0.25, 0.125, 0.125], dtype=torch.float64
+)  # p(x_t | x_<t) at four positions
 nats = -probabilities.log().mean().item()
 bits = -probabilities.log2().mean().item()
 assert math.isclose(bits, nats / math.log(2))

@@ -62,9 +62,13 @@ SAMPLE_CHARS = 300  # length of each generated text
 SAMPLE_SEEDS = (0, 1)  # two seeds: sampled texts differ between them, greedy decoding cannot
 N_DRAWS = 20_000  # random draws in the check that sampling follows p(b | a)
 if device.type == "cuda":
-    N_DRAWS = 2_000_000  # a GPU draws millions at once; the check's tolerance shrinks as 1/sqrt(N_DRAWS)
-print(f"held-out fraction {HELD_OUT_FRACTION}, k = {K_FIRST} first, {len(K_GRID)} values of k compared, "
-      f"samples of {SAMPLE_CHARS} characters, {N_DRAWS:,} draws on {device}")
+    N_DRAWS = (
+        2_000_000  # a GPU draws millions at once; the check's tolerance shrinks as 1/sqrt(N_DRAWS)
+    )
+print(
+    f"held-out fraction {HELD_OUT_FRACTION}, k = {K_FIRST} first, {len(K_GRID)} values of k compared, "
+    f"samples of {SAMPLE_CHARS} characters, {N_DRAWS:,} draws on {device}"
+)
 
 # %% [markdown]
 # ## A short history
@@ -129,14 +133,24 @@ modern_events = [  # months as given in the sources cited above
 fig, (ax_early, ax_modern) = plt.subplots(
     1, 2, figsize=(11, 4.5), sharey=True, gridspec_kw={"width_ratios": [1, 3.0], "wspace": 0.06}
 )
-for ax, events, (lo, hi) in ((ax_early, early_events, (1948, 1959)), (ax_modern, modern_events, (2011.4, 2023.6))):
+for ax, events, (lo, hi) in (
+    (ax_early, early_events, (1948, 1959)),
+    (ax_modern, modern_events, (2011.4, 2023.6)),
+):
     ax.axhline(0, color="black", lw=1)
     for x, level, label in events:
         highlight = label.startswith("ChatGPT")
         ax.plot([x, x], [0, 0.9 * level], color="grey", lw=0.8)
         ax.plot(x, 0, "o", color="C1" if highlight else "C0", ms=9 if highlight else 6, zorder=3)
-        ax.text(x, 0.95 * level, label, ha="center", va="bottom" if level > 0 else "top", fontsize=8,
-                fontweight="bold" if highlight else "normal")
+        ax.text(
+            x,
+            0.95 * level,
+            label,
+            ha="center",
+            va="bottom" if level > 0 else "top",
+            fontsize=8,
+            fontweight="bold" if highlight else "normal",
+        )
     ax.set_xlim(lo, hi)
     ax.set_ylim(-3.0, 3.0)
     ax.set_yticks([])
@@ -153,10 +167,18 @@ plt.show()
 # NBVAL_CHECK_OUTPUT
 # Month precision (mid-month) where the sources give a month: the arXiv number 1706.03762 dates the
 # Transformer paper to June 2017; GPT-1 is from June 2018 (Radford et al. 2018); ChatGPT launched on 30 November 2022.
-transformer_paper, gpt1_paper, chatgpt_launch = date(2017, 6, 15), date(2018, 6, 15), date(2022, 11, 30)
-years = {name: (chatgpt_launch - start).days / 365.25 for name, start in
-         [("Transformer", transformer_paper), ("GPT-1", gpt1_paper)]}
-print(f"Transformer paper to ChatGPT: {years['Transformer']:.1f} years; GPT-1 to ChatGPT: {years['GPT-1']:.1f} years")
+transformer_paper, gpt1_paper, chatgpt_launch = (
+    date(2017, 6, 15),
+    date(2018, 6, 15),
+    date(2022, 11, 30),
+)
+years = {
+    name: (chatgpt_launch - start).days / 365.25
+    for name, start in [("Transformer", transformer_paper), ("GPT-1", gpt1_paper)]
+}
+print(
+    f"Transformer paper to ChatGPT: {years['Transformer']:.1f} years; GPT-1 to ChatGPT: {years['GPT-1']:.1f} years"
+)
 
 # %% [markdown]
 # The left panel covers the 1950s, the right panel 2012 to 2023; the decades in between are cut
@@ -229,16 +251,25 @@ counts = {a: {b: 0 for b in chars} for a in chars}
 for a, b in pairs:
     counts[a][b] += 1
 k = 1
-prob = {a: {b: Fraction(counts[a][b] + k, sum(counts[a].values()) + k * len(chars)) for b in chars} for a in chars}
-print(f"{len(pairs)} pairs:", " ".join(a + b for a, b in pairs), f"| vocabulary {chars}, |V| = {len(chars)}")
+prob = {
+    a: {b: Fraction(counts[a][b] + k, sum(counts[a].values()) + k * len(chars)) for b in chars}
+    for a in chars
+}
+print(
+    f"{len(pairs)} pairs:",
+    " ".join(a + b for a, b in pairs),
+    f"| vocabulary {chars}, |V| = {len(chars)}",
+)
 for a in chars:
     print(f"p(. | {a}) =", {b: str(p) for b, p in prob[a].items()})
 assert all(sum(prob[a].values()) == 1 for a in chars)  # exact: every row is a distribution
 p_pairs = math.prod(prob[a][b] for a, b in pairs)
 ce_by_hand = -math.log(p_pairs) / len(pairs)
 print(f"p(pairs) = {p_pairs} = {float(p_pairs):.6f}")
-print(f"cross-entropy = -ln({p_pairs}) / {len(pairs)} = {ce_by_hand:.6f} nats/char "
-      f"= {ce_by_hand / math.log(2):.6f} bits/char")
+print(
+    f"cross-entropy = -ln({p_pairs}) / {len(pairs)} = {ce_by_hand:.6f} nats/char "
+    f"= {ce_by_hand / math.log(2):.6f} bits/char"
+)
 
 banana = BigramLM.from_text(word, k=1.0)
 assert math.isclose(banana.cross_entropy(word), ce_by_hand, rel_tol=1e-12)
@@ -267,11 +298,17 @@ from pydoc_data.topics import topics
 
 corpus = python_docs_text()
 train_text, heldout_text = split_train_val(corpus, HELD_OUT_FRACTION)
-vocab = CharTokenizer.fit(corpus)  # the alphabet of the whole corpus, so every held-out char has an id
+vocab = CharTokenizer.fit(
+    corpus
+)  # the alphabet of the whole corpus, so every held-out char has an id
 vocab_size = len(vocab)  # |V| in the formulas
-print(f"Python {sys.version.split()[0]}: {len(topics)} help topics, {len(corpus):,} characters, "
-      f"{vocab_size} distinct characters")
-print(f"training text: {len(train_text):,} characters; held-out text: {len(heldout_text):,} characters")
+print(
+    f"Python {sys.version.split()[0]}: {len(topics)} help topics, {len(corpus):,} characters, "
+    f"{vocab_size} distinct characters"
+)
+print(
+    f"training text: {len(train_text):,} characters; held-out text: {len(heldout_text):,} characters"
+)
 print(f"held-out characters never seen in training: {sorted(set(heldout_text) - set(train_text))}")
 print("start of the held-out text:", repr(heldout_text[:120]))
 ends, pos = {}, 0
@@ -330,19 +367,30 @@ print("names containing 'tokeniz' in torch and torch.nn:", torch_names_with_toke
 assert not torch_names_with_token
 
 # Give the article's dataset a tokenizer that exists, and look at what it yields.
-article_dataset = seed_namespace["ShakespeareDataset"](train_text, SimpleNamespace(vocab=vocab.itos, encode=vocab.encode))
+article_dataset = seed_namespace["ShakespeareDataset"](
+    train_text, SimpleNamespace(vocab=vocab.itos, encode=vocab.encode)
+)
 article_batch = next(iter(DataLoader(article_dataset, batch_size=4)))
-print("the article's dataset, one batch:", article_batch.tolist(), "shape", tuple(article_batch.shape))
+print(
+    "the article's dataset, one batch:", article_batch.tolist(), "shape", tuple(article_batch.shape)
+)
 assert article_batch.shape == (4,)  # four unrelated single tokens: no target to predict
 
 # What this chapter counts: (previous, next) pairs. What the Transformer chapters train on: windows and their shift.
 ids = vocab.encode_tensor(train_text)
 x_prev, x_next = ids[:-1], ids[1:]  # (T-1,) each: the bigram model's examples
-print("first bigram examples:", [vocab.decode([int(a)]) + vocab.decode([int(b)]) for a, b in zip(x_prev[:6], x_next[:6])])
-window = causal_lm_batch(ids, batch_size=2, block_size=12, generator=torch.Generator().manual_seed(0))
+print(
+    "first bigram examples:",
+    [vocab.decode([int(a)]) + vocab.decode([int(b)]) for a, b in zip(x_prev[:6], x_next[:6])],
+)
+window = causal_lm_batch(
+    ids, batch_size=2, block_size=12, generator=torch.Generator().manual_seed(0)
+)
 for inp, tgt in zip(window["idx"], window["targets"]):
     print(f"input {vocab.decode(inp)!r:16} target {vocab.decode(tgt)!r}")
-assert torch.equal(window["idx"][:, 1:], window["targets"][:, :-1])  # the target is the input shifted by one
+assert torch.equal(
+    window["idx"][:, 1:], window["targets"][:, :-1]
+)  # the target is the input shifted by one
 
 # %% [markdown]
 # Two mistakes show. `torch.nn.Transformer` has no attribute `TransformerEncoder` (that class
@@ -364,7 +412,7 @@ assert torch.equal(window["idx"][:, 1:], window["targets"][:, :-1])  # the targe
 t0 = time.perf_counter()
 model = BigramLM.from_text(train_text, k=K_FIRST, vocab=vocab)
 print(f"counted {int(model.counts.sum()):,} character pairs in {time.perf_counter() - t0:.2f} s")
-print(f"parameters: |V|^2 = {vocab_size}^2 = {vocab_size ** 2:,} probabilities")
+print(f"parameters: |V|^2 = {vocab_size}^2 = {vocab_size**2:,} probabilities")
 assert int(model.counts.sum()) == len(x_prev)  # one count per training pair
 P = model.probs()  # (|V|, |V|), float64, row a is p(. | a)
 torch.testing.assert_close(P.sum(dim=1), torch.ones(vocab_size, dtype=torch.float64))
@@ -393,12 +441,19 @@ top1 = {}
 for a in ["q", "h", "d", "s", "y", " "]:
     top = P[vocab.index(a)].topk(3)
     top1[a] = (vocab.itos[int(top.indices[0])], float(top.values[0]))
-    shown_top = ", ".join(f"{vocab.itos[j]!r} {p:.2f}" for p, j in zip(top.values.tolist(), top.indices.tolist()))
+    shown_top = ", ".join(
+        f"{vocab.itos[j]!r} {p:.2f}" for p, j in zip(top.values.tolist(), top.indices.tolist())
+    )
     print(f"after {a!r}: {shown_top}")
 (first_a, (first_b, first_p)), *rest = top1.items()
-display(Markdown(f"What to see: English spelling is already there. The likeliest next character after {show_char(first_a)} "
-                 f"is {show_char(first_b)} (p = {first_p:.2f}); "
-                 + "; ".join(f"after {show_char(a)}, {show_char(b)} ({p:.2f})" for a, (b, p) in rest) + "."))
+display(
+    Markdown(
+        f"What to see: English spelling is already there. The likeliest next character after {show_char(first_a)} "
+        f"is {show_char(first_b)} (p = {first_p:.2f}); "
+        + "; ".join(f"after {show_char(a)}, {show_char(b)} ({p:.2f})" for a, (b, p) in rest)
+        + "."
+    )
+)
 
 # %% [markdown]
 # Each row is the distribution of the next character after the row's character (only the columns
@@ -416,11 +471,19 @@ display(Markdown(f"What to see: English spelling is already there. The likeliest
 # `torch.multinomial` and a seeded `torch.Generator`, so a seed makes the draw repeatable.
 
 # %%
-sampled = {seed: model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(seed), start="T") for seed in SAMPLE_SEEDS}
-assert model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(SAMPLE_SEEDS[0]), start="T") == sampled[SAMPLE_SEEDS[0]]
+sampled = {
+    seed: model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(seed), start="T")
+    for seed in SAMPLE_SEEDS
+}
+assert (
+    model.sample(SAMPLE_CHARS, torch.Generator().manual_seed(SAMPLE_SEEDS[0]), start="T")
+    == sampled[SAMPLE_SEEDS[0]]
+)
 assert sampled[SAMPLE_SEEDS[0]] != sampled[SAMPLE_SEEDS[1]]  # another seed, another text
 print(f"sampled with seed {SAMPLE_SEEDS[0]}:\n{sampled[SAMPLE_SEEDS[0]]}\n")
-print(f"sampled with seed {SAMPLE_SEEDS[1]} (first 120 characters):\n{sampled[SAMPLE_SEEDS[1]][:120]}")
+print(
+    f"sampled with seed {SAMPLE_SEEDS[1]} (first 120 characters):\n{sampled[SAMPLE_SEEDS[1]][:120]}"
+)
 
 # %% [markdown]
 # The output has the texture of the corpus (word-length chunks, spaces, the odd bracket or
@@ -428,6 +491,7 @@ print(f"sampled with seed {SAMPLE_SEEDS[1]} (first 120 characters):\n{sampled[SA
 #
 # **Greedy decoding** takes the row's most probable character instead. Written out, it is one
 # `argmax` per step:
+
 
 # %%
 def greedy_decode(probs: torch.Tensor, start: str, n_chars: int) -> str:
@@ -449,12 +513,14 @@ for t, c in enumerate(greedy):
     if c in first_seen:
         break
     first_seen[c] = t
-loop_start, loop = first_seen[c], greedy[first_seen[c]:t]
+loop_start, loop = first_seen[c], greedy[first_seen[c] : t]
 assert t <= vocab_size  # at most |V| distinct characters can come before the first repeat
 assert greedy[loop_start:] == (loop * SAMPLE_CHARS)[: SAMPLE_CHARS - loop_start]
 print(f"greedy: {greedy[:60]!r}...")
-print(f"after {loop_start} characters greedy decoding repeats {loop!r} (length {len(loop)}) "
-      f"to the end of its {SAMPLE_CHARS} characters")
+print(
+    f"after {loop_start} characters greedy decoding repeats {loop!r} (length {len(loop)}) "
+    f"to the end of its {SAMPLE_CHARS} characters"
+)
 
 # %% [markdown]
 # Greedy decoding is deterministic, and for this model it is useless: a first-order chain with a
@@ -472,12 +538,16 @@ print(f"after {loop_start} characters greedy decoding repeats {loop!r} (length {
 # %%
 row_cpu = P[vocab.index("h")]  # (|V|,) float64
 row_dev = row_cpu.to(device=device, dtype=torch.float32)  # float32 exists on every device
-draws = torch.multinomial(row_dev, N_DRAWS, replacement=True, generator=torch.Generator(device=device).manual_seed(0))
+draws = torch.multinomial(
+    row_dev, N_DRAWS, replacement=True, generator=torch.Generator(device=device).manual_seed(0)
+)
 freq = torch.bincount(draws.cpu(), minlength=vocab_size).to(torch.float64) / N_DRAWS
 std_err = (row_cpu * (1 - row_cpu) / N_DRAWS).sqrt()
 z = (freq - row_cpu).abs() / std_err
 for j in row_cpu.topk(3).indices.tolist():
-    print(f"p({vocab.itos[j]!r} | 'h') = {row_cpu[j]:.4f}, frequency in {N_DRAWS:,} draws = {freq[j]:.4f}")
+    print(
+        f"p({vocab.itos[j]!r} | 'h') = {row_cpu[j]:.4f}, frequency in {N_DRAWS:,} draws = {freq[j]:.4f}"
+    )
 print(f"largest deviation over all {vocab_size} characters: {z.max():.2f} standard errors")
 assert (z < 5).all()
 
@@ -502,12 +572,16 @@ train_ids, heldout_ids = ids, vocab.encode_tensor(heldout_text)
 unigram_counts = torch.bincount(train_ids, minlength=vocab_size).to(torch.float64)
 p_train = unigram_counts / unigram_counts.sum()
 unigram_entropy = -(p_train[p_train > 0] * p_train[p_train > 0].log()).sum().item()
-p_unigram = (unigram_counts + K_FIRST) / (unigram_counts.sum() + K_FIRST * vocab_size)  # add-k, as for the bigram
+p_unigram = (unigram_counts + K_FIRST) / (
+    unigram_counts.sum() + K_FIRST * vocab_size
+)  # add-k, as for the bigram
 ce_unigram = -p_unigram.log()[heldout_ids[1:]].mean().item()  # score the same T-1 characters
 ce_bigram = model.cross_entropy(heldout_text)
 ce_bigram_train = model.cross_entropy(train_text)
 
-print(f"{'model (scored on held-out text)':<38}{'nats/char':>10}{'bits/char':>11}{'perplexity':>12}")
+print(
+    f"{'model (scored on held-out text)':<38}{'nats/char':>10}{'bits/char':>11}{'perplexity':>12}"
+)
 for name, ce in [
     (f"uniform, ln |V| (|V| = {vocab_size})", ce_uniform),
     ("unigram, add-k", ce_unigram),
@@ -519,28 +593,34 @@ print(f"bigram cross-entropy on its own training text: {ce_bigram_train:.4f} nat
 assert ce_bigram < ce_unigram < ce_uniform
 assert (ce_unigram - ce_bigram) / ln2 > 1  # the previous character is worth more than a bit
 assert (ce_uniform - ce_bigram) / ln2 > 3
-assert abs(ce_unigram - unigram_entropy) < 0.1  # "close": the two parts use letters at similar rates
+assert (
+    abs(ce_unigram - unigram_entropy) < 0.1
+)  # "close": the two parts use letters at similar rates
 
 if ce_bigram < ce_bigram_train:
     train_vs_heldout = (
         f"Here the bigram model scores *better* on the held-out text ({ce_bigram:.4f} nats/char) than on the "
         f"text it was counted from ({ce_bigram_train:.4f}), which is unusual: the held-out tail of the sorted "
         f"topics (from {heldout_topics[0]!r} to {heldout_topics[-1]!r}, printed above) happens to be more "
-        "predictable than the average topic.")
+        "predictable than the average topic."
+    )
 else:
     train_vs_heldout = (
         f"As usual, the bigram model scores worse on the held-out text ({ce_bigram:.4f} nats/char) than on the "
-        f"text it was counted from ({ce_bigram_train:.4f}): counts fit best the text they came from.")
-display(Markdown(
-    f"With Python {platform.python_version()}: the table reads from worst to best. Knowing the character "
-    f"frequencies (unigram) saves {(ce_uniform - ce_unigram) / ln2:.2f} bits per character against the uniform "
-    f"guess; knowing the previous character (bigram) saves {(ce_unigram - ce_bigram) / ln2:.2f} bits more. "
-    f"The bigram model's perplexity, {math.exp(ce_bigram):.1f}, says that on average it is as unsure as if it "
-    f"were choosing among that many equally likely characters, against all {vocab_size} for the uniform model.\n\n"
-    f"The unigram model's held-out cross-entropy ({ce_unigram:.4f} nats/char) is close to the entropy of the "
-    f"training text's character frequencies ({unigram_entropy:.4f}), as it should be when the two parts of the "
-    f"corpus use letters at similar rates. {train_vs_heldout}"
-))
+        f"text it was counted from ({ce_bigram_train:.4f}): counts fit best the text they came from."
+    )
+display(
+    Markdown(
+        f"With Python {platform.python_version()}: the table reads from worst to best. Knowing the character "
+        f"frequencies (unigram) saves {(ce_uniform - ce_unigram) / ln2:.2f} bits per character against the uniform "
+        f"guess; knowing the previous character (bigram) saves {(ce_unigram - ce_bigram) / ln2:.2f} bits more. "
+        f"The bigram model's perplexity, {math.exp(ce_bigram):.1f}, says that on average it is as unsure as if it "
+        f"were choosing among that many equally likely characters, against all {vocab_size} for the uniform model.\n\n"
+        f"The unigram model's held-out cross-entropy ({ce_unigram:.4f} nats/char) is close to the entropy of the "
+        f"training text's character frequencies ({unigram_entropy:.4f}), as it should be when the two parts of the "
+        f"corpus use letters at similar rates. {train_vs_heldout}"
+    )
+)
 
 # %% [markdown]
 # A held-out number describes the model *on that text*; compare models on the same held-out text,
@@ -593,10 +673,16 @@ for k_ in K_GRID:
 for k_, tr, ho in zip(K_GRID, ce_train_k, ce_heldout_k):
     print(f"k = {k_:<6g} training {tr:.4f}   held-out {ho:.4f} nats/char")
 best_k = min(zip(ce_heldout_k, K_GRID))[1]
-print(f"lowest held-out cross-entropy at k = {best_k:g}; the chapter used K_FIRST = {K_FIRST:g} above")
-assert K_GRID[0] == 0 and ce_train_k[0] == min(ce_train_k)  # k = 0 maximises the likelihood of the training text
+print(
+    f"lowest held-out cross-entropy at k = {best_k:g}; the chapter used K_FIRST = {K_FIRST:g} above"
+)
+assert K_GRID[0] == 0 and ce_train_k[0] == min(
+    ce_train_k
+)  # k = 0 maximises the likelihood of the training text
 assert math.isinf(ce_heldout_k[0])  # ... and gives some held-out pair probability 0
-assert 0 < K_GRID.index(best_k) < len(K_GRID) - 1  # the held-out minimum lies inside the grid, not at an end
+assert (
+    0 < K_GRID.index(best_k) < len(K_GRID) - 1
+)  # the held-out minimum lies inside the grid, not at an end
 
 fig, ax = plt.subplots()
 ax.semilogx(K_GRID[1:], ce_train_k[1:], "o-", label="training text")
@@ -620,6 +706,7 @@ plt.show()
 #
 # A bigram model can also say which of two strings is more "English-like in the corpus' way":
 
+
 # %%
 def log_p_after_first(s: str) -> float:
     ids_s = vocab.encode_tensor(s)
@@ -630,15 +717,19 @@ ratios = []
 for good, bad in [("the ", "teh "), ("def ", "fde ")]:
     lg, lb = log_p_after_first(good), log_p_after_first(bad)
     ratios.append(math.exp(lg - lb))
-    print(f"log p({good!r}) = {lg:7.3f}, log p({bad!r}) = {lb:7.3f} nats (given the first character): "
-          f"{good!r} is {ratios[-1]:,.0f} times more probable")
+    print(
+        f"log p({good!r}) = {lg:7.3f}, log p({bad!r}) = {lb:7.3f} nats (given the first character): "
+        f"{good!r} is {ratios[-1]:,.0f} times more probable"
+    )
     assert lg > lb
-display(Markdown(
-    f"The correct spellings are {math.log(min(ratios)):.1f} to {math.log(max(ratios)):.1f} nats, that is "
-    f"{min(ratios):,.0f} to {max(ratios):,.0f} times, more probable than the scrambled ones. This is all a "
-    "language model is; ChatGPT differs in *how* it computes the next-token probabilities (a Transformer over "
-    "thousands of previous tokens instead of a table over one), in scale, and in fine-tuning."
-))
+display(
+    Markdown(
+        f"The correct spellings are {math.log(min(ratios)):.1f} to {math.log(max(ratios)):.1f} nats, that is "
+        f"{min(ratios):,.0f} to {max(ratios):,.0f} times, more probable than the scrambled ones. This is all a "
+        "language model is; ChatGPT differs in *how* it computes the next-token probabilities (a Transformer over "
+        "thousands of previous tokens instead of a table over one), in scale, and in fine-tuning."
+    )
+)
 
 # %% [markdown]
 # ## Real models over time
@@ -666,31 +757,41 @@ print(header)
 print("-" * len(header))
 for i, r in enumerate(models, start=1):
     ratio = fmt(r.training_tokens / r.params) if r.training_tokens else "-"
-    print(f"{r.model:<15}{r.released:<10}{fmt(r.params):>9}{fmt(r.training_tokens):>9}{ratio:>14}"
-          f"{fmt(r.training_flops):>19}{r.confidence:>6}  [{i}]")
+    print(
+        f"{r.model:<15}{r.released:<10}{fmt(r.params):>9}{fmt(r.training_tokens):>9}{ratio:>14}"
+        f"{fmt(r.training_flops):>19}{r.confidence:>6}  [{i}]"
+    )
 print()
 for i, r in enumerate(models, start=1):
     print(f"[{i}] {r.source}")
 n_published = sum(r.training_flops is not None for r in models)
-print(f"\n{len(models)} models, {n_published} with published training compute, "
-      f"{sum(r.confidence == 'V' for r in models)} rows labelled V and {sum(r.confidence == 'M' for r in models)} labelled M")
+print(
+    f"\n{len(models)} models, {n_published} with published training compute, "
+    f"{sum(r.confidence == 'V' for r in models)} rows labelled V and {sum(r.confidence == 'M' for r in models)} labelled M"
+)
 
 # %%
 by_name = {r.model: r for r in models}
 largest = max(models, key=lambda r: r.params)
 growth = largest.params / by_name["GPT-1"].params
 span = largest.released_year - by_name["GPT-1"].released_year
-tokens_per_param = {name: by_name[name].training_tokens / by_name[name].params
-                    for name in ("GPT-3", "Chinchilla", "Llama 3 70B")}
-assert tokens_per_param["GPT-3"] < 2 < tokens_per_param["Chinchilla"] < tokens_per_param["Llama 3 70B"]
-display(Markdown(
-    f"Two patterns stand out. The largest parameter count in the table, {largest.model}'s ({largest.params / 1e9:.0f}B; a "
-    f"mixture of experts, counted here by all its parameters), is {growth:,.0f} times GPT-1's: "
-    f"{math.log10(growth):.1f} orders of magnitude in {span:.1f} years. And after Chinchilla (Hoffmann et al. 2022), "
-    "which found that parameters and training tokens should be scaled equally, models were trained on far more "
-    f"tokens per parameter: GPT-3 saw {tokens_per_param['GPT-3']:.2f} tokens per parameter, Chinchilla "
-    f"{tokens_per_param['Chinchilla']:.0f}, Llama 3 70B {tokens_per_param['Llama 3 70B']:.0f}."
-))
+tokens_per_param = {
+    name: by_name[name].training_tokens / by_name[name].params
+    for name in ("GPT-3", "Chinchilla", "Llama 3 70B")
+}
+assert (
+    tokens_per_param["GPT-3"] < 2 < tokens_per_param["Chinchilla"] < tokens_per_param["Llama 3 70B"]
+)
+display(
+    Markdown(
+        f"Two patterns stand out. The largest parameter count in the table, {largest.model}'s ({largest.params / 1e9:.0f}B; a "
+        f"mixture of experts, counted here by all its parameters), is {growth:,.0f} times GPT-1's: "
+        f"{math.log10(growth):.1f} orders of magnitude in {span:.1f} years. And after Chinchilla (Hoffmann et al. 2022), "
+        "which found that parameters and training tokens should be scaled equally, models were trained on far more "
+        f"tokens per parameter: GPT-3 saw {tokens_per_param['GPT-3']:.2f} tokens per parameter, Chinchilla "
+        f"{tokens_per_param['Chinchilla']:.0f}, Llama 3 70B {tokens_per_param['Llama 3 70B']:.0f}."
+    )
+)
 
 # %% [markdown]
 # ### Estimating training compute: 6·N·D
@@ -710,7 +811,9 @@ pf_days = 3.64e3  # Brown et al. 2020, Table D.1
 pf_days_in_flops = pf_days * 1e15 * 24 * 3600  # 1 PF/s-day = 1e15 FLOP/s for 86,400 s
 estimate = training_flops_estimate(gpt3.params, gpt3.training_tokens)
 rel = abs(estimate - gpt3.training_flops) / gpt3.training_flops
-print(f"GPT-3 published: {pf_days:.3g} PF-days = {pf_days_in_flops:.4g} FLOPs (table: {gpt3.training_flops:.3g})")
+print(
+    f"GPT-3 published: {pf_days:.3g} PF-days = {pf_days_in_flops:.4g} FLOPs (table: {gpt3.training_flops:.3g})"
+)
 print(f"6 N D = 6 x {gpt3.params:.3g} x {gpt3.training_tokens:.3g} = {estimate:.3g} FLOPs")
 print(f"relative difference: {rel:.2%}")
 assert math.isclose(pf_days_in_flops, gpt3.training_flops, rel_tol=0.005)
@@ -719,7 +822,9 @@ assert rel < 0.01
 llama = by_name["Llama 3.1 405B"]
 est_llama = training_flops_estimate(llama.params, llama.training_tokens)
 rel_llama = abs(est_llama - llama.training_flops) / llama.training_flops
-print(f"\nLlama 3.1 405B published: {llama.training_flops:.3g} FLOPs; 6ND = {est_llama:.3g} ({rel_llama:.2%} apart)")
+print(
+    f"\nLlama 3.1 405B published: {llama.training_flops:.3g} FLOPs; 6ND = {est_llama:.3g} ({rel_llama:.2%} apart)"
+)
 assert rel_llama < 0.01
 
 # %% [markdown]
@@ -736,35 +841,43 @@ assert rel_llama < 0.01
 # NBVAL_CHECK_OUTPUT
 gopher, chinchilla = by_name["Gopher"], by_name["Chinchilla"]
 budget = gopher.training_flops  # Hoffmann et al. 2022, Figure 2 caption
-assert chinchilla.training_flops == budget  # Hoffmann et al. 2022, section 4: the same number of FLOPs
+assert (
+    chinchilla.training_flops == budget
+)  # Hoffmann et al. 2022, section 4: the same number of FLOPs
 six_nd = {}
 for r in (gopher, chinchilla):
     six_nd[r.model] = training_flops_estimate(r.params, r.training_tokens)
-    print(f"{r.model:<11} N = {r.params:.3g}, D = {r.training_tokens:.3g}: 6ND = {six_nd[r.model]:.3g} FLOPs, "
-          f"paper {r.training_flops:.3g} ({six_nd[r.model] / r.training_flops - 1:+.1%})")
+    print(
+        f"{r.model:<11} N = {r.params:.3g}, D = {r.training_tokens:.3g}: 6ND = {six_nd[r.model]:.3g} FLOPs, "
+        f"paper {r.training_flops:.3g} ({six_nd[r.model] / r.training_flops - 1:+.1%})"
+    )
 param_ratio = gopher.params / chinchilla.params
 token_ratio = chinchilla.training_tokens / gopher.training_tokens
-print(f"Gopher has {param_ratio:.2f}x Chinchilla's parameters; Chinchilla saw {token_ratio:.2f}x Gopher's tokens")
+print(
+    f"Gopher has {param_ratio:.2f}x Chinchilla's parameters; Chinchilla saw {token_ratio:.2f}x Gopher's tokens"
+)
 print(f"6ND of Chinchilla / 6ND of Gopher = {six_nd['Chinchilla'] / six_nd['Gopher']:.3f}")
 assert math.isclose(six_nd["Chinchilla"] / six_nd["Gopher"], token_ratio / param_ratio)
 tolerance = 0.15  # how far 6ND may stray from the paper's own count for these two runs
 assert all(abs(c / budget - 1) < tolerance for c in six_nd.values())
 
 # %%
-display(Markdown(
-    f"By $6ND$ the two runs differ by {six_nd['Chinchilla'] / six_nd['Gopher'] - 1:.1%}, because the paper's round "
-    f"\"4×\" is two different ratios: the model is {param_ratio:.2f} times smaller, but the data "
-    f"{token_ratio:.2f} times larger. The paper did not pick the pair by $6ND$: its §4 says that the compute-optimal "
-    "size for Gopher's budget lay \"somewhere between 40 and 70 billion parameters\" and that it trained "
-    "the larger end \"for 1.4T tokens, due to both dataset and computational efficiency considerations\". Nor "
-    "does it count FLOPs as $6ND$: its Appendix F counts every matrix product, the embeddings and attention "
-    "included, and counts the embedding matrices among the parameters. So \"the same compute budget\" is true "
-    "by the paper's own count and at the precision of a training plan, while $6ND$ is "
-    f"{abs(six_nd['Gopher'] / budget - 1):.1%} below the published figure for Gopher and "
-    f"{abs(six_nd['Chinchilla'] / budget - 1):.1%} above it for Chinchilla. $6ND$ is an estimate, good to "
-    f"{max(rel, rel_llama):.1%} for GPT-3 and Llama 3.1 405B but only to within {tolerance:.0%} (asserted) for these "
-    "two, not an identity."
-))
+display(
+    Markdown(
+        f"By $6ND$ the two runs differ by {six_nd['Chinchilla'] / six_nd['Gopher'] - 1:.1%}, because the paper's round "
+        f"\"4×\" is two different ratios: the model is {param_ratio:.2f} times smaller, but the data "
+        f"{token_ratio:.2f} times larger. The paper did not pick the pair by $6ND$: its §4 says that the compute-optimal "
+        "size for Gopher's budget lay \"somewhere between 40 and 70 billion parameters\" and that it trained "
+        "the larger end \"for 1.4T tokens, due to both dataset and computational efficiency considerations\". Nor "
+        "does it count FLOPs as $6ND$: its Appendix F counts every matrix product, the embeddings and attention "
+        "included, and counts the embedding matrices among the parameters. So \"the same compute budget\" is true "
+        "by the paper's own count and at the precision of a training plan, while $6ND$ is "
+        f"{abs(six_nd['Gopher'] / budget - 1):.1%} below the published figure for Gopher and "
+        f"{abs(six_nd['Chinchilla'] / budget - 1):.1%} above it for Chinchilla. $6ND$ is an estimate, good to "
+        f"{max(rel, rel_llama):.1%} for GPT-3 and Llama 3.1 405B but only to within {tolerance:.0%} (asserted) for these "
+        "two, not an identity."
+    )
+)
 
 # %% [markdown]
 # We can therefore fill the gaps with estimates, as long as we label them as estimates.
@@ -776,7 +889,9 @@ display(Markdown(
 # estimate must use $N_{\text{active}}$.
 
 # %%
-ACTIVE_PARAMS = {"DeepSeek-V3": 37e9}  # "37B activated for each token": DeepSeek-AI 2024, arXiv:2412.19437, abstract
+ACTIVE_PARAMS = {
+    "DeepSeek-V3": 37e9
+}  # "37B activated for each token": DeepSeek-AI 2024, arXiv:2412.19437, abstract
 
 print(f"{'model':<15}{'N used':>9}{'D':>9}{'6ND (estimate)':>16}{'published':>11}")
 compute_points = []  # (year, FLOPs, published?, model)
@@ -786,7 +901,9 @@ for r in models:
         continue
     n_used = ACTIVE_PARAMS.get(r.model, r.params)
     est = training_flops_estimate(n_used, r.training_tokens)
-    print(f"{r.model:<15}{n_used:>9.3g}{r.training_tokens:>9.3g}{est:>16.3g}{fmt(r.training_flops):>11}")
+    print(
+        f"{r.model:<15}{n_used:>9.3g}{r.training_tokens:>9.3g}{est:>16.3g}{fmt(r.training_flops):>11}"
+    )
     if r.training_flops is not None:
         compute_points.append((r.released_year, r.training_flops, True, r.model))
     else:
@@ -794,18 +911,30 @@ for r in models:
 
 deepseek = by_name["DeepSeek-V3"]
 overstatement = deepseek.params / ACTIVE_PARAMS["DeepSeek-V3"]
-print(f"\nDeepSeek-V3: using all {deepseek.params:.3g} parameters instead of the {ACTIVE_PARAMS['DeepSeek-V3']:.3g} "
-      f"active ones would overstate its compute {overstatement:.1f}-fold")
-print(f"for scale: GPT-3 has {gpt3.params / vocab_size**2:.1e} times as many parameters as our bigram "
-      f"table and saw {gpt3.training_tokens / len(train_text):.1e} times as many tokens as we counted characters")
+print(
+    f"\nDeepSeek-V3: using all {deepseek.params:.3g} parameters instead of the {ACTIVE_PARAMS['DeepSeek-V3']:.3g} "
+    f"active ones would overstate its compute {overstatement:.1f}-fold"
+)
+print(
+    f"for scale: GPT-3 has {gpt3.params / vocab_size**2:.1e} times as many parameters as our bigram "
+    f"table and saw {gpt3.training_tokens / len(train_text):.1e} times as many tokens as we counted characters"
+)
 
 # %%
 # Where a label would overlap a neighbour's: (x offset, y offset in points, alignment) per panel.
 LABEL_PLACES = {
     "params": {"LLaMA-65B": (0, -12, "center"), "Llama 2 70B": (0, 6, "center")},
-    "tokens": {"Llama 3 70B": (-6, -2, "right"), "Llama 3.1 405B": (0, 7, "center"),
-               "DeepSeek-V3": (0, -13, "center"), "Gopher": (0, 7, "center")},
-    "compute": {"Gopher": (-6, 2, "right"), "Chinchilla": (0, 7, "center"), "LLaMA-65B": (0, -13, "center")},
+    "tokens": {
+        "Llama 3 70B": (-6, -2, "right"),
+        "Llama 3.1 405B": (0, 7, "center"),
+        "DeepSeek-V3": (0, -13, "center"),
+        "Gopher": (0, 7, "center"),
+    },
+    "compute": {
+        "Gopher": (-6, 2, "right"),
+        "Chinchilla": (0, 7, "center"),
+        "LLaMA-65B": (0, -13, "center"),
+    },
 }
 
 
@@ -822,8 +951,15 @@ axes[0].set_ylabel("parameters N")
 axes[0].set_title("Figure 1.4: Language models by release date (log scale)")
 
 with_tokens = [r for r in models if r.training_tokens is not None]
-axes[1].semilogy([r.released_year for r in with_tokens], [r.training_tokens for r in with_tokens], "o", color="C2")
-label_points(axes[1], [(r.released_year, r.training_tokens, r.model) for r in with_tokens], "tokens")
+axes[1].semilogy(
+    [r.released_year for r in with_tokens],
+    [r.training_tokens for r in with_tokens],
+    "o",
+    color="C2",
+)
+label_points(
+    axes[1], [(r.released_year, r.training_tokens, r.model) for r in with_tokens], "tokens"
+)
 axes[1].set_ylabel("training tokens D")
 axes[1].set_ylim(1.5e11, 5e13)
 
@@ -842,16 +978,18 @@ plt.show()
 # %%
 compute_growth = llama.training_flops / gpt3.training_flops
 late = [r for r in models if r.released_year > 2023]
-display(Markdown(
-    "What to see: all three quantities grew roughly exponentially, which a log scale turns into straight lines. "
-    f"Among the models released from 2023 on, {sum(r.params <= 1e11 for r in late)} of {len(late)} have at most "
-    f"{1e11 / 1e9:.0f}B parameters, while their training tokens range from {min(r.training_tokens for r in late) / 1e12:.1f}T to "
-    f"{max(r.training_tokens for r in late) / 1e12:.1f}T: the Chinchilla lesson in one picture. Filled markers in the bottom "
-    "panel are published compute; hollow markers are our $6ND$ estimates (DeepSeek-V3 with its active parameters). "
-    f"Between GPT-3 and Llama 3.1 405B, published training compute grew {compute_growth:.0f}-fold in "
-    f"{llama.released_year - gpt3.released_year:.1f} years. GPT-1 and GPT-2 have no token count in the table, so "
-    "they have no compute point."
-))
+display(
+    Markdown(
+        "What to see: all three quantities grew roughly exponentially, which a log scale turns into straight lines. "
+        f"Among the models released from 2023 on, {sum(r.params <= 1e11 for r in late)} of {len(late)} have at most "
+        f"{1e11 / 1e9:.0f}B parameters, while their training tokens range from {min(r.training_tokens for r in late) / 1e12:.1f}T to "
+        f"{max(r.training_tokens for r in late) / 1e12:.1f}T: the Chinchilla lesson in one picture. Filled markers in the bottom "
+        "panel are published compute; hollow markers are our $6ND$ estimates (DeepSeek-V3 with its active parameters). "
+        f"Between GPT-3 and Llama 3.1 405B, published training compute grew {compute_growth:.0f}-fold in "
+        f"{llama.released_year - gpt3.released_year:.1f} years. GPT-1 and GPT-2 have no token count in the table, so "
+        "they have no compute point."
+    )
+)
 
 # %% [markdown]
 # ## How the words fit together
@@ -882,17 +1020,30 @@ ax.axis("off")
 
 
 def box(x, y, text, color="#deebf7", w=2.6, h=1.0):
-    ax.add_patch(FancyBboxPatch((x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05",
-                                fc=color, ec="#3c6e9f", lw=1.2))
+    ax.add_patch(
+        FancyBboxPatch(
+            (x - w / 2, y - h / 2), w, h, boxstyle="round,pad=0.05", fc=color, ec="#3c6e9f", lw=1.2
+        )
+    )
     ax.text(x, y, text, ha="center", va="center", fontsize=8.5)
 
 
 def arrow(start, end, text="", style="-|>", ls="-"):
-    ax.annotate("", xy=end, xytext=start,
-                arrowprops=dict(arrowstyle=style, color="#333333", lw=1.3, ls=ls, shrinkA=0, shrinkB=0))
+    ax.annotate(
+        "",
+        xy=end,
+        xytext=start,
+        arrowprops=dict(arrowstyle=style, color="#333333", lw=1.3, ls=ls, shrinkA=0, shrinkB=0),
+    )
     if text:
-        ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.15, text, ha="center", fontsize=7.5,
-                style="italic")
+        ax.text(
+            (start[0] + end[0]) / 2,
+            (start[1] + end[1]) / 2 + 0.15,
+            text,
+            ha="center",
+            fontsize=7.5,
+            style="italic",
+        )
 
 
 box(1.5, 3.9, "AIGC / generative AI\ntext, images, audio, code")
@@ -900,19 +1051,33 @@ box(5.0, 3.9, "Large language model (LLM)\nlearns p(next token | text so far)")
 box(8.5, 3.9, "Pretraining\nnext-token prediction on\nweb-scale text (self-supervised)")
 box(8.5, 1.3, "Supervised fine-tuning (SFT)\non human-written\ndemonstrations")
 box(5.0, 1.3, "RLHF\nreward model from human rankings,\nthen PPO with a KL penalty", w=3.2)
-box(1.5, 1.3, "ChatGPT (2022-11-30)\nGPT-3.5-series model,\nsibling of InstructGPT", color="#fdd0a2")
+box(
+    1.5, 1.3, "ChatGPT (2022-11-30)\nGPT-3.5-series model,\nsibling of InstructGPT", color="#fdd0a2"
+)
 arrow((2.8, 3.9), (3.7, 3.9), "for text")
 arrow((6.3, 3.9), (7.2, 3.9), "stage 1")
 arrow((8.5, 3.35), (8.5, 1.85), "")
 ax.text(8.6, 2.6, "stage 2", fontsize=7.5, style="italic")
 arrow((7.2, 1.3), (6.65, 1.3), "stage 3")
 arrow((3.35, 1.3), (2.8, 1.3), "")
-ax.text(5.0, 5.0, "architecture: decoder-only Transformer (later chapters)", ha="center", fontsize=8,
-        color="#555555")
+ax.text(
+    5.0,
+    5.0,
+    "architecture: decoder-only Transformer (later chapters)",
+    ha="center",
+    fontsize=8,
+    color="#555555",
+)
 arrow((5.0, 4.85), (5.0, 4.45), ls="--")
-ax.text(5.0, 2.6, "the character bigram model of this chapter asks the same question,\n"
-        "p(next | context), with a one-character context", ha="center", fontsize=7.5,
-        color="#555555")
+ax.text(
+    5.0,
+    2.6,
+    "the character bigram model of this chapter asks the same question,\n"
+    "p(next | context), with a one-character context",
+    ha="center",
+    fontsize=7.5,
+    color="#555555",
+)
 ax.set_title("Figure 1.5: From AIGC to ChatGPT, a concept map")
 plt.show()
 

@@ -42,7 +42,12 @@ from tqdm.auto import tqdm
 
 from aigc_book import get_device, seed_everything, use_book_style
 from aigc_book.efficiency.timing import attention_timings
-from aigc_book.layers.attention import MultiHeadAttention, attention_fused, attention_reference, causal_mask
+from aigc_book.layers.attention import (
+    MultiHeadAttention,
+    attention_fused,
+    attention_reference,
+    causal_mask,
+)
 from aigc_book.layers.block import TransformerBlock
 from aigc_book.layers.kv_cache import KVCache
 from aigc_book.layers.positions import RotaryEmbedding, apply_rope, sinusoidal_encoding
@@ -69,7 +74,9 @@ print(f"Python {platform.python_version()}, PyTorch {torch.__version__}, device:
 # same experiments run larger, so the printed numbers differ from the stored ones.
 
 # %%
-GPT_SHAPE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64)  # the GPT we count, train and inspect
+GPT_SHAPE = dict(
+    n_layer=4, n_head=4, n_embd=128, block_size=64
+)  # the GPT we count, train and inspect
 TRAIN = dict(steps=1600, batch_size=24, lr=5e-3, dropout=0.0)  # its training run
 GENERATION = dict(context=1024, new_tokens=128)  # the KV-cache demonstration (context = block_size)
 TIMING_LENGTHS = [128, 256, 512, 1024, 2048]  # sequence lengths timed in Figure 2.5
@@ -79,8 +86,13 @@ if device.type == "cuda":
     TRAIN = dict(steps=3000, batch_size=32, lr=2e-3, dropout=0.1)
     GENERATION = dict(context=1024, new_tokens=512)
     TIMING_LENGTHS = [512, 1024, 2048, 4096, 8192]
-for name, value in (("GPT_SHAPE", GPT_SHAPE), ("TRAIN", TRAIN), ("GENERATION", GENERATION),
-                    ("TIMING_LENGTHS", TIMING_LENGTHS), ("DEPTHS", DEPTHS)):
+for name, value in (
+    ("GPT_SHAPE", GPT_SHAPE),
+    ("TRAIN", TRAIN),
+    ("GENERATION", GENERATION),
+    ("TIMING_LENGTHS", TIMING_LENGTHS),
+    ("DEPTHS", DEPTHS),
+):
     print(f"{name:<15}{value}")
 
 # %% [markdown]
@@ -115,18 +127,24 @@ outputs = [[sum(w * v[c] for w, v in zip(row, vectors)) for c in range(d_k)] for
 
 print(f"{'query':<6}{'scores (the, cat, sat)':<28}{'weights (the, cat, sat)':<28}output")
 for word, s, w, o in zip(words, scores, weights, outputs):
-    print(f"{word:<6}{'  '.join(f'{x:6.4f}' for x in s):<28}{'  '.join(f'{x:6.4f}' for x in w):<28}"
-          f"({o[0]:.4f}, {o[1]:.4f})")
+    print(
+        f"{word:<6}{'  '.join(f'{x:6.4f}' for x in s):<28}{'  '.join(f'{x:6.4f}' for x in w):<28}"
+        f"({o[0]:.4f}, {o[1]:.4f})"
+    )
 
 X = torch.tensor(vectors, dtype=torch.float64)
 out, attn_weights = attention_reference(X, X, X, return_weights=True)
 assert torch.allclose(attn_weights, torch.tensor(weights, dtype=torch.float64), atol=1e-15)
 assert torch.allclose(out, torch.tensor(outputs, dtype=torch.float64), atol=1e-15)
 assert torch.allclose(F.scaled_dot_product_attention(X, X, X), out, atol=1e-15)
-assert weights[0][0] == weights[0][2] > weights[0][1]  # "the": itself and "sat" tie, "cat" gets less
+assert (
+    weights[0][0] == weights[0][2] > weights[0][1]
+)  # "the": itself and "sat" tie, "cat" gets less
 assert max(weights[2]) == weights[2][2]  # "sat" keeps the largest share for itself
 assert all(abs(sum(row) - 1) < 1e-15 for row in weights)
-print("attention_reference and PyTorch's scaled_dot_product_attention agree with the hand computation")
+print(
+    "attention_reference and PyTorch's scaled_dot_product_attention agree with the hand computation"
+)
 
 # %% [markdown]
 # Read the first row: "the" $=(1,0)$ matches itself and "sat" $=(1,1)$ equally (dot product 1)
@@ -159,7 +177,9 @@ W_Q, W_K, W_V = (torch.randn(d_model, d_k, generator=gen, dtype=torch.float64) f
 Q, K, V = X @ W_Q, X @ W_K, X @ W_V  # (T, d_k) each
 A = torch.softmax(Q @ K.T / math.sqrt(d_k), dim=-1)  # (T, T): row i = weights of query i
 O = A @ V  # (T, d_k)
-print(f"X {tuple(X.shape)} -> Q, K, V {tuple(Q.shape)} -> scores QK^T {tuple((Q @ K.T).shape)} -> output {tuple(O.shape)}")
+print(
+    f"X {tuple(X.shape)} -> Q, K, V {tuple(Q.shape)} -> scores QK^T {tuple((Q @ K.T).shape)} -> output {tuple(O.shape)}"
+)
 
 rows = []
 for i in range(T):  # one query at a time, as in the hand computation
@@ -214,6 +234,7 @@ print("Var(scaled) :", " ".join(f"{v:7.2f}" for v in scaled_var))
 # 32 random keys, the largest attention weight and the size $\lVert J\rVert_F$ of the Jacobian, with
 # and without the scale, and checks the Jacobian formula against autograd.
 
+
 # %%
 def softmax_jacobian_norm(scores: torch.Tensor) -> torch.Tensor:
     """Frobenius norm of d softmax(s) / d s = diag(a) - a a^T, for each row of ``scores``."""
@@ -243,16 +264,31 @@ fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"wspace": 0.3})
 axes[0].loglog(dims, dot_var, "o-", label="q·k")
 axes[0].loglog(dims, scaled_var, "s-", label="q·k / √d_k")
 axes[0].loglog(dims, dims, "k:", lw=1, label="slope 1 (= d_k)")
-axes[0].set(xlabel="head dimension d_k", ylabel="variance of the score", title="(a) variance of dot products")
+axes[0].set(
+    xlabel="head dimension d_k",
+    ylabel="variance of the score",
+    title="(a) variance of dot products",
+)
 for name, style in (("unscaled", "o-"), ("scaled", "s-")):
     axes[1].semilogx(dims, max_weight[name], style, label=name)
     axes[2].loglog(dims, grad_norm[name], style, label=name)
 axes[1].axhline(1 / n_keys, color="grey", ls=":", lw=1, label=f"uniform (1/{n_keys})")
-axes[1].set(xlabel="head dimension d_k", ylabel="mean largest weight", title=f"(b) softmax saturation, {n_keys} keys")
-axes[2].set(xlabel="head dimension d_k", ylabel="mean Frobenius norm of the Jacobian", title="(c) size of the softmax gradient")
+axes[1].set(
+    xlabel="head dimension d_k",
+    ylabel="mean largest weight",
+    title=f"(b) softmax saturation, {n_keys} keys",
+)
+axes[2].set(
+    xlabel="head dimension d_k",
+    ylabel="mean Frobenius norm of the Jacobian",
+    title="(c) size of the softmax gradient",
+)
 for ax in axes:
     ax.legend()
-fig.suptitle("Figure 2.1: Without the 1/√d_k scale, scores grow, softmax saturates and gradients vanish", y=1.03)
+fig.suptitle(
+    "Figure 2.1: Without the 1/√d_k scale, scores grow, softmax saturates and gradients vanish",
+    y=1.03,
+)
 plt.show()
 print("d_k                     :", " ".join(f"{d:6d}" for d in dims))
 for name in ("unscaled", "scaled"):
@@ -262,25 +298,39 @@ for name in ("unscaled", "scaled"):
 i64 = dims.index(64)
 below = [u < s for u, s in zip(grad_norm["unscaled"], grad_norm["scaled"])]
 d_cross = dims[below.index(True)]  # from here on the unscaled gradient is the smaller one
-assert all(below[below.index(True):])
-assert max_weight["unscaled"][i64] > 0.5 and max_weight["unscaled"][-1] > 0.9 and max_weight["scaled"][-1] < 0.5
+assert all(below[below.index(True) :])
+assert (
+    max_weight["unscaled"][i64] > 0.5
+    and max_weight["unscaled"][-1] > 0.9
+    and max_weight["scaled"][-1] < 0.5
+)
 assert grad_norm["unscaled"][-1] < grad_norm["scaled"][-1] / 3
-spread = {name: (min(v), max(v)) for name, v in (("weight", max_weight["scaled"]), ("gradient", grad_norm["scaled"]))}
-spread_from_16 = {name: (min(v[dims.index(16):]), max(v[dims.index(16):]))
-                  for name, v in (("weight", max_weight["scaled"]), ("gradient", grad_norm["scaled"]))}
+spread = {
+    name: (min(v), max(v))
+    for name, v in (("weight", max_weight["scaled"]), ("gradient", grad_norm["scaled"]))
+}
+spread_from_16 = {
+    name: (min(v[dims.index(16) :]), max(v[dims.index(16) :]))
+    for name, v in (("weight", max_weight["scaled"]), ("gradient", grad_norm["scaled"]))
+}
 assert spread_from_16["weight"][1] - spread_from_16["weight"][0] < 0.02  # flat from d_k = 16 on
 assert spread_from_16["gradient"][1] - spread_from_16["gradient"][0] < 0.02
-assert all(abs(v * d / 2 - 1) < 0.15 for v, d in zip(sq_len_var, dims))  # Var(|q|^2 / d_k) = 2 / d_k
-display(Markdown(
-    f"Without the scale, the mean largest weight climbs from {max_weight['unscaled'][0]:.3f} at $d_k=1$ to "
-    f"{max_weight['unscaled'][i64]:.3f} at GPT-2's head size $d_k=64$ and {max_weight['unscaled'][-1]:.3f} at "
-    f"$d_k=1024$. From $d_k={d_cross}$ on, the unscaled gradient is the smaller one and keeps falling, to "
-    f"{grad_norm['unscaled'][-1]:.3f} at $d_k=1024$ against {grad_norm['scaled'][-1]:.3f} with the scale. "
-    f"With the scale, over the whole range $d_k = 1 \\ldots 1024$ the largest weight stays between "
-    f"{spread['weight'][0]:.3f} and {spread['weight'][1]:.3f} and the gradient norm between "
-    f"{spread['gradient'][0]:.3f} and {spread['gradient'][1]:.3f}; from $d_k=16$ on both vary by less than 0.02. "
-    f"The variance of $\\lVert q\\rVert^2/d_k$ across queries, which sets how spread out one query's scaled scores "
-    f"are, is {sq_len_var[0]:.2f} at $d_k=1$ and {sq_len_var[-1]:.4f} at $d_k=1024$ ($2/d_k$ in theory)."))
+assert all(
+    abs(v * d / 2 - 1) < 0.15 for v, d in zip(sq_len_var, dims)
+)  # Var(|q|^2 / d_k) = 2 / d_k
+display(
+    Markdown(
+        f"Without the scale, the mean largest weight climbs from {max_weight['unscaled'][0]:.3f} at $d_k=1$ to "
+        f"{max_weight['unscaled'][i64]:.3f} at GPT-2's head size $d_k=64$ and {max_weight['unscaled'][-1]:.3f} at "
+        f"$d_k=1024$. From $d_k={d_cross}$ on, the unscaled gradient is the smaller one and keeps falling, to "
+        f"{grad_norm['unscaled'][-1]:.3f} at $d_k=1024$ against {grad_norm['scaled'][-1]:.3f} with the scale. "
+        f"With the scale, over the whole range $d_k = 1 \\ldots 1024$ the largest weight stays between "
+        f"{spread['weight'][0]:.3f} and {spread['weight'][1]:.3f} and the gradient norm between "
+        f"{spread['gradient'][0]:.3f} and {spread['gradient'][1]:.3f}; from $d_k=16$ on both vary by less than 0.02. "
+        f"The variance of $\\lVert q\\rVert^2/d_k$ across queries, which sets how spread out one query's scaled scores "
+        f"are, is {sq_len_var[0]:.2f} at $d_k=1$ and {sq_len_var[-1]:.4f} at $d_k=1024$ ($2/d_k$ in theory)."
+    )
+)
 
 # %% [markdown]
 # What to see: (a) the variance of the raw dot product follows the dotted line $d_k$ (within the 5%
@@ -315,7 +365,9 @@ display(Markdown(
 T = 8
 lengths = [8, 5]  # a batch of two sequences; the second has 3 padding tokens
 causal = causal_mask(T, device=device)  # (T, T)
-padding = torch.arange(T, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]  # (B, T): True = real
+padding = (
+    torch.arange(T, device=device)[None, :] < torch.tensor(lengths, device=device)[:, None]
+)  # (B, T): True = real
 combined = causal & padding[1][None, :]  # sequence 2: causal and no padded keys
 
 gen = torch.Generator().manual_seed(1)
@@ -323,17 +375,33 @@ q, k, v = (torch.randn(2, 1, T, 4, generator=gen, dtype=torch.float64).to(device
 mask = causal & padding[:, None, None, :]  # (B, 1, T, T)
 _, w = attention_reference(q, k, v, mask, return_weights=True)
 assert torch.all(w[~mask.expand_as(w)] == 0)  # hidden pairs get exactly zero weight
-assert torch.allclose(w.sum(-1), torch.ones(2, 1, T, dtype=torch.float64, device=device))  # rows still sum to 1
-assert torch.allclose(attention_fused(q, k, v, mask), attention_reference(q, k, v, mask), atol=1e-12)
+assert torch.allclose(
+    w.sum(-1), torch.ones(2, 1, T, dtype=torch.float64, device=device)
+)  # rows still sum to 1
+assert torch.allclose(
+    attention_fused(q, k, v, mask), attention_reference(q, k, v, mask), atol=1e-12
+)
 
 fig, axes = plt.subplots(1, 4, figsize=(14, 3.6))
-panels = [(causal, "(a) causal mask"), (padding[1][None, :].expand(T, T), "(b) padding mask, sequence 2"),
-          (combined, "(c) causal and padding"), (w[1, 0], "(d) weights under (c)")]
+panels = [
+    (causal, "(a) causal mask"),
+    (padding[1][None, :].expand(T, T), "(b) padding mask, sequence 2"),
+    (combined, "(c) causal and padding"),
+    (w[1, 0], "(d) weights under (c)"),
+]
 for ax, (m, title) in zip(axes, panels):
     ax.imshow(m.float().cpu(), cmap="Blues", vmin=0, vmax=1)
-    ax.set(title=title, xlabel="key position j", ylabel="query position i", xticks=range(T), yticks=range(T))
+    ax.set(
+        title=title,
+        xlabel="key position j",
+        ylabel="query position i",
+        xticks=range(T),
+        yticks=range(T),
+    )
     ax.grid(False)
-fig.suptitle("Figure 2.2: Masks as pictures (blue = may attend) and the attention weights they allow", y=1.02)
+fig.suptitle(
+    "Figure 2.2: Masks as pictures (blue = may attend) and the attention weights they allow", y=1.02
+)
 plt.show()
 
 # %% [markdown]
@@ -386,7 +454,9 @@ with torch.no_grad():
     ref.in_proj_weight.copy_(mha.c_attn.weight)
     ref.in_proj_bias.copy_(mha.c_attn.bias)
     ref.out_proj.load_state_dict(mha.c_proj.state_dict())
-y_torch, _ = ref(x, x, x, attn_mask=~causal_mask(T, device=device))  # PyTorch's mask: True = NOT allowed
+y_torch, _ = ref(
+    x, x, x, attn_mask=~causal_mask(T, device=device)
+)  # PyTorch's mask: True = NOT allowed
 assert torch.allclose(y, y_torch, atol=1e-12)
 print("reshape == loop over heads == nn.MultiheadAttention")
 
@@ -406,7 +476,9 @@ print("reshape == loop over heads == nn.MultiheadAttention")
 
 # %%
 torch.manual_seed(0)
-encoder_config = TransformerConfig(vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, causal=False)
+encoder_config = TransformerConfig(
+    vocab_size=20, block_size=16, n_layer=2, n_head=2, n_embd=16, causal=False
+)
 encoder = Transformer(encoder_config).double().to(device).eval()  # bidirectional: causal=False
 
 
@@ -416,7 +488,9 @@ def encode(ids):
 
 tokens = torch.tensor([[3, 7, 1, 12, 5, 9]], device=device)
 perm = torch.tensor([4, 2, 0, 5, 1, 3], device=device)
-assert not torch.allclose(encode(tokens[:, perm]), encode(tokens)[:, perm])  # with positions: order matters
+assert not torch.allclose(
+    encode(tokens[:, perm]), encode(tokens)[:, perm]
+)  # with positions: order matters
 with torch.no_grad():
     encoder.wpe.weight.zero_()  # remove the position information
 assert torch.allclose(encode(tokens[:, perm]), encode(tokens)[:, perm], atol=1e-12)
@@ -449,30 +523,49 @@ assert abs(pe[3, 5].item() - math.cos(3 / 10000 ** (4 / d))) < 1e-12
 
 gen = torch.Generator().manual_seed(0)
 cos, sin = RotaryEmbedding(d, P)(0, P, dtype=torch.float64)
-q0, k0 = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(d, generator=gen, dtype=torch.float64)
-rope_scores = apply_rope(q0.expand(P, d), cos, sin) @ apply_rope(k0.expand(P, d), cos, sin).T  # [m, n]
+q0, k0 = (
+    torch.randn(d, generator=gen, dtype=torch.float64),
+    torch.randn(d, generator=gen, dtype=torch.float64),
+)
+rope_scores = (
+    apply_rope(q0.expand(P, d), cos, sin) @ apply_rope(k0.expand(P, d), cos, sin).T
+)  # [m, n]
 learned = torch.randn(P, d, generator=gen, dtype=torch.float64)  # an (untrained) learned table
 
 
 def diagonal_spread(gram: torch.Tensor) -> float:
     """Largest range of values along any diagonal: 0 when entries depend only on n - m."""
-    return max((torch.diagonal(gram, o).max() - torch.diagonal(gram, o).min()).item() for o in range(-P + 2, P - 1))
+    return max(
+        (torch.diagonal(gram, o).max() - torch.diagonal(gram, o).min()).item()
+        for o in range(-P + 2, P - 1)
+    )
 
 
-spreads = {"sinusoidal": diagonal_spread(pe @ pe.T), "rotary": diagonal_spread(rope_scores),
-           "learned (random init)": diagonal_spread(learned @ learned.T)}
+spreads = {
+    "sinusoidal": diagonal_spread(pe @ pe.T),
+    "rotary": diagonal_spread(rope_scores),
+    "learned (random init)": diagonal_spread(learned @ learned.T),
+}
 for name, s in spreads.items():
     print(f"{name:<22} largest spread along a diagonal: {s:.2e}")
-assert spreads["sinusoidal"] < 1e-10 and spreads["rotary"] < 1e-10 and spreads["learned (random init)"] > 1
+assert (
+    spreads["sinusoidal"] < 1e-10
+    and spreads["rotary"] < 1e-10
+    and spreads["learned (random init)"] > 1
+)
 gram_sin = pe @ pe.T
-assert torch.all(gram_sin.diagonal() >= gram_sin.max(dim=1).values - 1e-12)  # each position most similar to itself
+assert torch.all(
+    gram_sin.diagonal() >= gram_sin.max(dim=1).values - 1e-12
+)  # each position most similar to itself
 
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.6))
 axes[0].imshow(pe.T, aspect="auto", cmap="RdBu", vmin=-1, vmax=1)
 axes[0].set(title="(a) sinusoidal PE", xlabel="position p", ylabel="dimension")
-for ax, gram, title in ((axes[1], pe @ pe.T, "(b) sinusoidal: PE_m · PE_n"),
-                        (axes[2], rope_scores, "(c) rotary: score of q at m, k at n"),
-                        (axes[3], learned @ learned.T, "(d) learned (random): E_m · E_n")):
+for ax, gram, title in (
+    (axes[1], pe @ pe.T, "(b) sinusoidal: PE_m · PE_n"),
+    (axes[2], rope_scores, "(c) rotary: score of q at m, k at n"),
+    (axes[3], learned @ learned.T, "(d) learned (random): E_m · E_n"),
+):
     ax.imshow(gram, cmap="viridis")
     ax.set(title=title, xlabel="position n", ylabel="position m")
 for ax in axes:
@@ -533,10 +626,14 @@ var = ((x - mu) ** 2).mean(dim=-1, keepdim=True)  # divides by C
 ln_ours = gamma * (x - mu) / torch.sqrt(var + eps) + beta
 ln_torch = F.layer_norm(x, (C_ln,), gamma, beta, eps)
 torch.testing.assert_close(ln_ours, ln_torch, rtol=0, atol=1e-12)
-ln_slip = gamma * (x - mu) / torch.sqrt(x.var(dim=-1, keepdim=True) + eps) + beta  # x.var divides by C - 1
+ln_slip = (
+    gamma * (x - mu) / torch.sqrt(x.var(dim=-1, keepdim=True) + eps) + beta
+)  # x.var divides by C - 1
 slip = (ln_slip - ln_torch).abs().max().item()
 assert slip > 1e-3
-print(f"LayerNorm written out == F.layer_norm; dividing by C - 1 instead is off by up to {slip:.3f}")
+print(
+    f"LayerNorm written out == F.layer_norm; dividing by C - 1 instead is off by up to {slip:.3f}"
+)
 
 u = torch.linspace(-6, 6, 2001, dtype=torch.float64, device=device)
 gelu_exact = u * 0.5 * (1 + torch.erf(u / math.sqrt(2)))  # x * Phi(x)
@@ -544,8 +641,10 @@ gelu_tanh = 0.5 * u * (1 + torch.tanh(math.sqrt(2 / math.pi) * (u + 0.044715 * u
 torch.testing.assert_close(gelu_exact, F.gelu(u), rtol=0, atol=1e-12)
 torch.testing.assert_close(gelu_tanh, F.gelu(u, approximate="tanh"), rtol=0, atol=1e-12)
 gap = (gelu_tanh - gelu_exact).abs()
-print(f"GELU written out == F.gelu (exact and tanh); on [-6, 6] the tanh approximation differs from x·Φ(x) "
-      f"by at most {gap.max().item():.1e} (at x = {u[gap.argmax()].item():+.2f})")
+print(
+    f"GELU written out == F.gelu (exact and tanh); on [-6, 6] the tanh approximation differs from x·Φ(x) "
+    f"by at most {gap.max().item():.1e} (at x = {u[gap.argmax()].item():+.2f})"
+)
 
 # %% [markdown]
 # The tanh form is an approximation, and a close one: the largest gap is printed above. It matters
@@ -555,13 +654,23 @@ print(f"GELU written out == F.gelu (exact and tanh); on [-6, 6] the tanh approxi
 # `nn.TransformerEncoderLayer` with the same weights.
 
 # %%
-x = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(device)
+x = torch.randn(2, 6, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).to(
+    device
+)
 for norm_first in (True, False):
     torch.manual_seed(0)
     block = TransformerBlock(16, 4, norm_first=norm_first, causal=False).double().to(device).eval()
-    ref = nn.TransformerEncoderLayer(16, 4, dim_feedforward=64, dropout=0.0, batch_first=True, norm_first=norm_first,
-                                     activation=lambda h: F.gelu(h, approximate="tanh"), dtype=torch.float64,
-                                     device=device).eval()
+    ref = nn.TransformerEncoderLayer(
+        16,
+        4,
+        dim_feedforward=64,
+        dropout=0.0,
+        batch_first=True,
+        norm_first=norm_first,
+        activation=lambda h: F.gelu(h, approximate="tanh"),
+        dtype=torch.float64,
+        device=device,
+    ).eval()
     with torch.no_grad():
         ref.self_attn.in_proj_weight.copy_(block.attn.c_attn.weight)
         ref.self_attn.in_proj_bias.copy_(block.attn.c_attn.bias)
@@ -571,7 +680,9 @@ for norm_first in (True, False):
         ref.norm1.load_state_dict(block.ln_1.state_dict())
         ref.norm2.load_state_dict(block.ln_2.state_dict())
     assert torch.allclose(block(x), ref(x), atol=1e-12)
-    print(f"{'pre-LN' if norm_first else 'post-LN'} block == nn.TransformerEncoderLayer(norm_first={norm_first})")
+    print(
+        f"{'pre-LN' if norm_first else 'post-LN'} block == nn.TransformerEncoderLayer(norm_first={norm_first})"
+    )
 
 # %% [markdown]
 # A **GPT** is then: a token embedding (an $n_\text{vocab}\times C$ table), a position embedding,
@@ -594,24 +705,34 @@ torch.manual_seed(0)
 model = GPT(config).to(device)
 counts = model.parameter_counts()
 total = model.num_parameters()
-print(f"n_vocab = {config.vocab_size} characters, context {config.block_size}, L = {config.n_layer} layers, "
-      f"{config.n_head} heads, C = {config.n_embd}\n")
+print(
+    f"n_vocab = {config.vocab_size} characters, context {config.block_size}, L = {config.n_layer} layers, "
+    f"{config.n_head} heads, C = {config.n_embd}\n"
+)
 for name, n in counts.items():
     print(f"{name:<22}{n:>11,}  {n / total:6.1%}")
 print(f"{'total':<22}{total:>11,}")
 L, C, n_vocab = config.n_layer, config.n_embd, config.vocab_size
 non_embedding = model.num_parameters(exclude_embeddings=True)
-print(f"\nnon-embedding N = {non_embedding:,}; Kaplan's 12·L·C² = {12 * L * C * C:,} "
-      f"(the difference is biases and LayerNorms: 13·L·C + 2·C = {13 * L * C + 2 * C:,})")
+print(
+    f"\nnon-embedding N = {non_embedding:,}; Kaplan's 12·L·C² = {12 * L * C * C:,} "
+    f"(the difference is biases and LayerNorms: 13·L·C + 2·C = {13 * L * C + 2 * C:,})"
+)
 assert sum(counts.values()) == total
 assert non_embedding == 12 * L * C * C + 13 * L * C + 2 * C
-assert counts["attention"] == L * (4 * C * C + 4 * C) and counts["feed-forward"] == L * (8 * C * C + 5 * C)
+assert counts["attention"] == L * (4 * C * C + 4 * C) and counts["feed-forward"] == L * (
+    8 * C * C + 5 * C
+)
 
 with torch.device("meta"):  # GPT-2 small's shape, without allocating its weights
-    gpt2_small = GPT(TransformerConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768))
+    gpt2_small = GPT(
+        TransformerConfig(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)
+    )
 gpt2_counts = gpt2_small.parameter_counts()
-print(f"GPT-2 small (n_vocab 50257, 12 layers, C = 768): {gpt2_small.num_parameters():,} parameters, of which the "
-      f"token table holds {gpt2_counts['token embedding']:,} ({gpt2_counts['token embedding'] / gpt2_small.num_parameters():.0%})")
+print(
+    f"GPT-2 small (n_vocab 50257, 12 layers, C = 768): {gpt2_small.num_parameters():,} parameters, of which the "
+    f"token table holds {gpt2_counts['token embedding']:,} ({gpt2_counts['token embedding'] / gpt2_small.num_parameters():.0%})"
+)
 
 # %% [markdown]
 # Two thirds of the block's parameters sit in the feed-forward network, one third in attention (the
@@ -635,12 +756,24 @@ print(f"GPT-2 small (n_vocab 50257, 12 layers, C = 768): {gpt2_small.num_paramet
 # cell checks that, then measures the standard deviation of the residual stream after every block
 # of freshly initialised GPTs of several depths, with the scaling and with all projections at 0.02.
 
+
 # %%
 def residual_stream_std(n_layer: int, scaled: bool, batch: torch.Tensor) -> list[float]:
     """Standard deviation of the residual stream after the embeddings and after each block, at initialisation."""
     torch.manual_seed(0)
-    net = GPT(TransformerConfig(vocab_size=n_vocab, block_size=config.block_size, n_layer=n_layer,
-                                n_head=config.n_head, n_embd=config.n_embd)).to(device).eval()
+    net = (
+        GPT(
+            TransformerConfig(
+                vocab_size=n_vocab,
+                block_size=config.block_size,
+                n_layer=n_layer,
+                n_head=config.n_head,
+                n_embd=config.n_embd,
+            )
+        )
+        .to(device)
+        .eval()
+    )
     proj = [p for name, p in net.named_parameters() if name.endswith("c_proj.weight")]
     assert len(proj) == 2 * n_layer  # N = 2L residual branches
     measured = torch.cat([p.detach().flatten() for p in proj]).std().item()
@@ -649,34 +782,55 @@ def residual_stream_std(n_layer: int, scaled: bool, batch: torch.Tensor) -> list
         for p in proj:
             nn.init.normal_(p, mean=0.0, std=0.02)
     stds = []
-    hooks = [blk.register_forward_hook(lambda mod, inp, out: stds.append(out.std().item())) for blk in net.transformer.h]
+    hooks = [
+        blk.register_forward_hook(lambda mod, inp, out: stds.append(out.std().item()))
+        for blk in net.transformer.h
+    ]
     with torch.no_grad():
-        emb = net.transformer.wpe.add(net.transformer.wte(batch), torch.arange(batch.size(1), device=device))
+        emb = net.transformer.wpe.add(
+            net.transformer.wte(batch), torch.arange(batch.size(1), device=device)
+        )
         net(batch)
     for h in hooks:
         h.remove()
     return [emb.std().item(), *stds]
 
 
-probe = torch.randint(n_vocab, (8, config.block_size), generator=torch.Generator().manual_seed(0)).to(device)
-stream = {(n, scaled): residual_stream_std(n, scaled, probe) for n in DEPTHS for scaled in (True, False)}
+probe = torch.randint(
+    n_vocab, (8, config.block_size), generator=torch.Generator().manual_seed(0)
+).to(device)
+stream = {
+    (n, scaled): residual_stream_std(n, scaled, probe) for n in DEPTHS for scaled in (True, False)
+}
 print(f"{'layers':>6}  {'final std, 0.02/sqrt(2L)':>25}  {'final std, 0.02':>16}  {'ratio':>6}")
 for n in DEPTHS:
-    print(f"{n:>6}  {stream[n, True][-1]:>25.4f}  {stream[n, False][-1]:>16.4f}  {stream[n, False][-1] / stream[n, True][-1]:>6.2f}")
+    print(
+        f"{n:>6}  {stream[n, True][-1]:>25.4f}  {stream[n, False][-1]:>16.4f}  {stream[n, False][-1] / stream[n, True][-1]:>6.2f}"
+    )
 final_scaled = [stream[n, True][-1] for n in DEPTHS]
 growth = stream[DEPTHS[-1], False][-1] / stream[DEPTHS[0], False][-1]
-print(f"unscaled: {DEPTHS[-1]} layers vs {DEPTHS[0]}: std x{growth:.2f} "
-      f"(sqrt of the depth ratio: {math.sqrt(DEPTHS[-1] / DEPTHS[0]):.2f}); "
-      f"scaled: spread of the final std across depths {max(final_scaled) / min(final_scaled):.3f}x")
-assert max(final_scaled) / min(final_scaled) < 1.15  # scaled: the end of the stream does not grow with depth
+print(
+    f"unscaled: {DEPTHS[-1]} layers vs {DEPTHS[0]}: std x{growth:.2f} "
+    f"(sqrt of the depth ratio: {math.sqrt(DEPTHS[-1] / DEPTHS[0]):.2f}); "
+    f"scaled: spread of the final std across depths {max(final_scaled) / min(final_scaled):.3f}x"
+)
+assert (
+    max(final_scaled) / min(final_scaled) < 1.15
+)  # scaled: the end of the stream does not grow with depth
 assert growth > 2.5  # unscaled: it does
 
 deep = DEPTHS[-1]
 fig, ax = plt.subplots(figsize=(7, 3.8))
-for scaled, style, label in ((True, "o-", "c_proj std 0.02/√(2L) (GPT-2)"), (False, "s-", "c_proj std 0.02")):
+for scaled, style, label in (
+    (True, "o-", "c_proj std 0.02/√(2L) (GPT-2)"),
+    (False, "s-", "c_proj std 0.02"),
+):
     ax.plot(range(deep + 1), stream[deep, scaled], style, ms=3, label=label)
-ax.set(xlabel="position in the stack (0 = embeddings, l = after block l)", ylabel="std of the residual stream",
-       title=f"Figure 2.4: The residual stream at initialisation, {deep} layers")
+ax.set(
+    xlabel="position in the stack (0 = embeddings, l = after block l)",
+    ylabel="std of the residual stream",
+    title=f"Figure 2.4: The residual stream at initialisation, {deep} layers",
+)
 ax.legend()
 plt.show()
 
@@ -715,6 +869,7 @@ plt.show()
 # the missing formula with `register_flop_formula`. And, like the written-out attention, PyTorch's
 # formula counts the full $T\times T$ table, masked half included.
 
+
 # %%
 def count_flops(fn) -> int:
     """FLOPs of every matrix product that ``fn()`` runs, as counted by PyTorch."""
@@ -746,23 +901,31 @@ small = 2 * (13 * L * C + 2 * C)  # biases and LayerNorm parameters inside N
 assert kaplan == matrices + small + 2 * L * T_ctx * C
 assert model.flops_per_token(training=True) == 3 * kaplan
 
-rows = [("weight matrices, 2 x 12LC²", matrices, matrices),
-        ("biases and LayerNorms (in N)", 0, small),
-        ("attention, QK^T and AV", attention_full, 2 * L * T_ctx * C),
-        ("output layer, 2 C n_vocab", head_flops, 0),
-        ("embedding look-ups", 0, 0)]
+rows = [
+    ("weight matrices, 2 x 12LC²", matrices, matrices),
+    ("biases and LayerNorms (in N)", 0, small),
+    ("attention, QK^T and AV", attention_full, 2 * L * T_ctx * C),
+    ("output layer, 2 C n_vocab", head_flops, 0),
+    ("embedding look-ups", 0, 0),
+]
 print(f"forward FLOPs per token at context {T_ctx}:")
 print(f"{'term':<32}{'FlopCounterMode':>16}{'flops_per_token':>17}")
 for name, counted, estimated in rows:
     print(f"{name:<32}{counted:>16,}{estimated:>17,}")
 print(f"{'total':<32}{forward:>16,}{int(kaplan):>17,}")
-print(f"training (forward + backward): counted {training:,} = 3 x forward; estimate {model.flops_per_token(training=True):,.0f}")
-print(f"left out of the estimate: the output layer, {head_flops:,} FLOPs/token = {head_flops / forward:.1%} of the counted forward "
-      f"pass, and half of the counted attention, {attention_full // 2:,} = {attention_full / 2 / forward:.1%}")
+print(
+    f"training (forward + backward): counted {training:,} = 3 x forward; estimate {model.flops_per_token(training=True):,.0f}"
+)
+print(
+    f"left out of the estimate: the output layer, {head_flops:,} FLOPs/token = {head_flops / forward:.1%} of the counted forward "
+    f"pass, and half of the counted attention, {attention_full // 2:,} = {attention_full / 2 / forward:.1%}"
+)
 g = gpt2_small.config
 gpt2_head = 2 * g.n_embd * g.vocab_size
-print(f"GPT-2 small at context {g.block_size}: estimate {gpt2_small.flops_per_token():,.0f} FLOPs/token; its output layer adds "
-      f"{gpt2_head:,} ({gpt2_head / (gpt2_small.flops_per_token() + gpt2_head):.0%} of the sum)")
+print(
+    f"GPT-2 small at context {g.block_size}: estimate {gpt2_small.flops_per_token():,.0f} FLOPs/token; its output layer adds "
+    f"{gpt2_head:,} ({gpt2_head / (gpt2_small.flops_per_token() + gpt2_head):.0%} of the sum)"
+)
 
 # %% [markdown]
 # Every term of the counted forward pass is accounted for exactly (the asserts), and the backward
@@ -774,26 +937,41 @@ print(f"GPT-2 small at context {g.block_size}: estimate {gpt2_small.flops_per_to
 # fused kernel: what does the counter see with it, before and after we register a formula?
 
 # %%
-from torch.utils.flop_counter import flop_registry, register_flop_formula, sdpa_backward_flop_count, sdpa_flop_count
+from torch.utils.flop_counter import (
+    flop_registry,
+    register_flop_formula,
+    sdpa_backward_flop_count,
+    sdpa_flop_count,
+)
 
 set_fused(model, True)
 fused_before = count_flops(lambda: model(idx)) // n_tok
-print(f"fused kernel on {device.type}, as PyTorch ships: the counter sees {fused_before - matrices - head_flops:,} attention FLOPs per token")
+print(
+    f"fused kernel on {device.type}, as PyTorch ships: the counter sees {fused_before - matrices - head_flops:,} attention FLOPs per token"
+)
 cpu_kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 cpu_kernel_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
 print(f"formula registered for {cpu_kernel}: {cpu_kernel in flop_registry}")
 if cpu_kernel not in flop_registry:  # the guard lets the cell run twice
     register_flop_formula(cpu_kernel)(
-        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v))
+        lambda q, k, v, *args, out_shape=None, **kwargs: sdpa_flop_count(q, k, v)
+    )
     register_flop_formula(cpu_kernel_backward)(
-        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(grad_out, q, k, v))
+        lambda grad_out, q, k, v, *args, out_shape=None, **kwargs: sdpa_backward_flop_count(
+            grad_out, q, k, v
+        )
+    )
 fused_forward = count_flops(lambda: model(idx)) // n_tok
 fused_training = count_flops(lambda: model(idx, idx).loss.backward()) // n_tok
 model.zero_grad(set_to_none=True)
 assert fused_forward == forward
-assert fused_training == training + attention_full // 2  # the fused backward recomputes QK^T once more
-print(f"with a formula: forward {fused_forward:,} (= written-out), forward + backward {fused_training:,} "
-      f"(= written-out + {attention_full // 2:,}: the backward recomputes the scores)")
+assert (
+    fused_training == training + attention_full // 2
+)  # the fused backward recomputes QK^T once more
+print(
+    f"with a formula: forward {fused_forward:,} (= written-out), forward + backward {fused_training:,} "
+    f"(= written-out + {attention_full // 2:,}: the backward recomputes the scores)"
+)
 
 # %% [markdown]
 # If the first line above reports 0 attention FLOPs, the counter had no formula for the kernel that
@@ -822,8 +1000,10 @@ hf_logits = hf_model(sample).logits
 torch.testing.assert_close(ours_logits, hf_logits, rtol=1e-10, atol=1e-12)
 back = from_hf_gpt2(hf_model)
 torch.testing.assert_close(back(sample)[0], ours_logits, rtol=0, atol=0)
-print(f"{type(hf_model).__name__}: largest logit difference {(ours_logits - hf_logits).abs().max().item():.1e} "
-      f"over {ours_logits.numel():,} logits (float64); converting back is exact")
+print(
+    f"{type(hf_model).__name__}: largest logit difference {(ours_logits - hf_logits).abs().max().item():.1e} "
+    f"over {ours_logits.numel():,} logits (float64); converting back is exact"
+)
 model = model.float()
 
 # %% [markdown]
@@ -847,8 +1027,15 @@ model = model.float()
 
 # %%
 torch.manual_seed(0)
-long_model = GPT(TransformerConfig(vocab_size=n_vocab, block_size=GENERATION["context"], n_layer=config.n_layer,
-                                   n_head=config.n_head, n_embd=config.n_embd)).to(device)
+long_model = GPT(
+    TransformerConfig(
+        vocab_size=n_vocab,
+        block_size=GENERATION["context"],
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+    )
+).to(device)
 prompt = torch.tensor([tokenizer.encode("The ")], device=device)
 n_new = GENERATION["new_tokens"]
 results = {}
@@ -859,12 +1046,25 @@ for use_cache in (False, True):
         torch.cuda.synchronize()
     results[use_cache, "s"] = time.perf_counter() - start
 assert torch.equal(results[True], results[False])
-sampled = [long_model.generate(prompt, n_new, temperature=1.0, top_k=20, use_cache=use_cache,
-                               generator=torch.Generator(device=device).manual_seed(0)) for use_cache in (False, True)]
-assert torch.equal(*sampled)  # the same random draws give the same tokens with and without the cache
-print(f"{n_new} new tokens, greedy: without cache {n_new / results[False, 's']:.0f} tok/s, "
-      f"with KV cache {n_new / results[True, 's']:.0f} tok/s "
-      f"({results[False, 's'] / results[True, 's']:.1f}x); identical tokens, greedy and sampled")
+sampled = [
+    long_model.generate(
+        prompt,
+        n_new,
+        temperature=1.0,
+        top_k=20,
+        use_cache=use_cache,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )
+    for use_cache in (False, True)
+]
+assert torch.equal(
+    *sampled
+)  # the same random draws give the same tokens with and without the cache
+print(
+    f"{n_new} new tokens, greedy: without cache {n_new / results[False, 's']:.0f} tok/s, "
+    f"with KV cache {n_new / results[True, 's']:.0f} tok/s "
+    f"({results[False, 's'] / results[True, 's']:.1f}x); identical tokens, greedy and sampled"
+)
 
 # %% [markdown]
 # The cache does not make a step cost "one token's forward pass". It removes the recomputation of
@@ -878,29 +1078,40 @@ print(f"{n_new} new tokens, greedy: without cache {n_new / results[False, 's']:.
 
 # %%
 set_fused(long_model, False)
-ctx_ids = torch.randint(n_vocab, (1, GENERATION["context"]), generator=torch.Generator().manual_seed(0)).to(device)
+ctx_ids = torch.randint(
+    n_vocab, (1, GENERATION["context"]), generator=torch.Generator().manual_seed(0)
+).to(device)
 positions = [16, GENERATION["context"] // 4, GENERATION["context"] - 1]
 step_flops = {}
 with torch.no_grad():
     for t in positions:
         cache = long_model.new_kv_cache(1)
         long_model._last_logits(ctx_ids[:, :t], cache)  # the t earlier tokens are in the cache
-        cached = count_flops(lambda: long_model._last_logits(ctx_ids[:, t:t + 1], cache))  # noqa: B023
-        uncached = count_flops(lambda: long_model._last_logits(ctx_ids[:, :t + 1]))  # noqa: B023
+        cached = count_flops(lambda: long_model._last_logits(ctx_ids[:, t : t + 1], cache))  # noqa: B023
+        uncached = count_flops(lambda: long_model._last_logits(ctx_ids[:, : t + 1]))  # noqa: B023
         attention_part = 4 * L * (t + 1) * C
         assert cached == matrices + attention_part + head_flops
         assert uncached == (t + 1) * matrices + 4 * L * (t + 1) ** 2 * C + head_flops
         step_flops[t] = (cached, attention_part, uncached)
 set_fused(long_model, True)
-print(f"{'position t':>10}  {'step with cache':>16}  {'of which attention':>19}  {'step without cache':>19}  {'saving':>7}")
+print(
+    f"{'position t':>10}  {'step with cache':>16}  {'of which attention':>19}  {'step without cache':>19}  {'saving':>7}"
+)
 for t, (cached, attention_part, uncached) in step_flops.items():
-    print(f"{t:>10}  {cached:>16,}  {attention_part:>12,} ({attention_part / cached:4.0%})  {uncached:>19,}  {uncached / cached:6.0f}x")
+    print(
+        f"{t:>10}  {cached:>16,}  {attention_part:>12,} ({attention_part / cached:4.0%})  {uncached:>19,}  {uncached / cached:6.0f}x"
+    )
 first, last = step_flops[positions[0]], step_flops[positions[-1]]
-assert last[0] > first[0] and last[1] / last[0] > first[1] / first[0]  # the cached step grows with t
-display(Markdown(
-    f"With the cache, a step at position {positions[-1]} costs {last[0] / first[0]:.1f} times a step at position "
-    f"{positions[0]}, and attention's share of it rises from {first[1] / first[0]:.0%} to {last[1] / last[0]:.0%}; "
-    f"without the cache the same step would cost {last[2] / last[0]:.0f} times more."))
+assert (
+    last[0] > first[0] and last[1] / last[0] > first[1] / first[0]
+)  # the cached step grows with t
+display(
+    Markdown(
+        f"With the cache, a step at position {positions[-1]} costs {last[0] / first[0]:.1f} times a step at position "
+        f"{positions[0]}, and attention's share of it rises from {first[1] / first[0]:.0%} to {last[1] / last[0]:.0%}; "
+        f"without the cache the same step would cost {last[2] / last[0]:.0f} times more."
+    )
+)
 
 # %% [markdown]
 # So the cache turns the cost of step $t$ from "a forward pass over $t$ tokens" into "a forward pass
@@ -928,7 +1139,9 @@ display(Markdown(
 
 
 # %%
-def kv_cache_bytes(n_layer: int, n_kv_heads: int, head_dim: int, positions: int, batch: int, bytes_per: int) -> int:
+def kv_cache_bytes(
+    n_layer: int, n_kv_heads: int, head_dim: int, positions: int, batch: int, bytes_per: int
+) -> int:
     """2 x layers x key/value heads x head dimension x positions x batch x bytes per number."""
     return 2 * n_layer * n_kv_heads * head_dim * positions * batch * bytes_per
 
@@ -940,23 +1153,42 @@ def allocated_bytes(cache: KVCache) -> int:
 c = long_model.config
 ours = long_model.new_kv_cache(batch_size=1)  # n_kv_heads = n_head
 assert allocated_bytes(ours) == kv_cache_bytes(c.n_layer, c.n_head, c.head_dim, c.block_size, 1, 4)
-gqa_shaped = KVCache(c.n_layer, 2, 1, c.block_size, c.head_dim, device=device)  # one shared key/value head
+gqa_shaped = KVCache(
+    c.n_layer, 2, 1, c.block_size, c.head_dim, device=device
+)  # one shared key/value head
 assert allocated_bytes(gqa_shaped) == kv_cache_bytes(c.n_layer, 1, c.head_dim, c.block_size, 2, 4)
-print(f"our model: {allocated_bytes(ours) / 2**20:.1f} MiB allocated for {c.block_size} positions "
-      f"(float32, {c.n_head} key/value heads of {c.head_dim}) = the formula")
+print(
+    f"our model: {allocated_bytes(ours) / 2**20:.1f} MiB allocated for {c.block_size} positions "
+    f"(float32, {c.n_head} key/value heads of {c.head_dim}) = the formula"
+)
 
-llama_7b = dict(n_layer=32, n_head=32, model_dim=4096, context=4096)  # Touvron et al. 2023a, Table 2; 2023b, Table 1
+llama_7b = dict(
+    n_layer=32, n_head=32, model_dim=4096, context=4096
+)  # Touvron et al. 2023a, Table 2; 2023b, Table 1
 head_dim_7b = llama_7b["model_dim"] // llama_7b["n_head"]
-cache_7b = KVCache(llama_7b["n_layer"], 1, llama_7b["n_head"], llama_7b["context"], head_dim_7b, device="meta",
-                   dtype=torch.float16)
+cache_7b = KVCache(
+    llama_7b["n_layer"],
+    1,
+    llama_7b["n_head"],
+    llama_7b["context"],
+    head_dim_7b,
+    device="meta",
+    dtype=torch.float16,
+)
 bytes_7b = allocated_bytes(cache_7b)
-assert bytes_7b == kv_cache_bytes(llama_7b["n_layer"], llama_7b["n_head"], head_dim_7b, llama_7b["context"], 1, 2)
+assert bytes_7b == kv_cache_bytes(
+    llama_7b["n_layer"], llama_7b["n_head"], head_dim_7b, llama_7b["context"], 1, 2
+)
 per_token = bytes_7b / llama_7b["context"]
-print(f"LLaMA-7B shape, float16: {per_token / 2**20:.2f} MiB per token, {bytes_7b / 2**30:.1f} GiB for one "
-      f"{llama_7b['context']:,}-token sequence; its 6.7B weights (Table 2) take {6.7e9 * 2 / 2**30:.1f} GiB")
+print(
+    f"LLaMA-7B shape, float16: {per_token / 2**20:.2f} MiB per token, {bytes_7b / 2**30:.1f} GiB for one "
+    f"{llama_7b['context']:,}-token sequence; its 6.7B weights (Table 2) take {6.7e9 * 2 / 2**30:.1f} GiB"
+)
 for n_kv in (8, 1):
     shared = kv_cache_bytes(llama_7b["n_layer"], n_kv, head_dim_7b, llama_7b["context"], 1, 2)
-    print(f"  the same model with {n_kv} key/value head{'s' if n_kv > 1 else ''} (hypothetical): {shared / 2**30:.3f} GiB")
+    print(
+        f"  the same model with {n_kv} key/value head{'s' if n_kv > 1 else ''} (hypothetical): {shared / 2**30:.3f} GiB"
+    )
 
 # %% [markdown]
 # One full-length sequence's cache is a sizeable fraction of the weights' own memory (both printed),
@@ -980,24 +1212,40 @@ for n_kv in (8, 1):
 
 # %%
 seq_lens = TIMING_LENGTHS
-timings = {T: attention_timings(T, device=device, repeats=3, min_seconds=0.05) for T in tqdm(seq_lens, desc="timing")}
+timings = {
+    T: attention_timings(T, device=device, repeats=3, min_seconds=0.05)
+    for T in tqdm(seq_lens, desc="timing")
+}
 ref_times = np.array([timings[T]["written-out"] for T in seq_lens])
 fused_times = np.array([timings[T]["fused"] for T in seq_lens])
-fit = slice(1, None)  # fit from the second length on, where the arithmetic dominates the fixed overheads
+fit = slice(
+    1, None
+)  # fit from the second length on, where the arithmetic dominates the fixed overheads
 slope_ref = np.polyfit(np.log(seq_lens[fit]), np.log(ref_times[fit]), 1)[0]
 slope_fused = np.polyfit(np.log(seq_lens[fit]), np.log(fused_times[fit]), 1)[0]
 batch, heads, head_dim, bytes_per = 1, 8, 64, 4
-score_bytes = np.array([2 * batch * heads * T * T * bytes_per for T in seq_lens])  # scores + weights
-fused_bytes = np.array([batch * heads * T * (head_dim + 1) * bytes_per for T in seq_lens])  # output + row stats
+score_bytes = np.array(
+    [2 * batch * heads * T * T * bytes_per for T in seq_lens]
+)  # scores + weights
+fused_bytes = np.array(
+    [batch * heads * T * (head_dim + 1) * bytes_per for T in seq_lens]
+)  # output + row stats
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 axes[0].loglog(seq_lens, ref_times * 1e3, "o-", label=f"written-out (slope {slope_ref:.2f})")
 axes[0].loglog(seq_lens, fused_times * 1e3, "s-", label=f"fused SDPA (slope {slope_fused:.2f})")
-axes[0].set(xlabel="sequence length T (tokens)", ylabel="time per call (ms)",
-            title=f"(a) causal attention, forward, on {device.type}")
+axes[0].set(
+    xlabel="sequence length T (tokens)",
+    ylabel="time per call (ms)",
+    title=f"(a) causal attention, forward, on {device.type}",
+)
 axes[1].loglog(seq_lens, score_bytes / 2**20, "o-", label="written-out: T×T scores and weights")
 axes[1].loglog(seq_lens, fused_bytes / 2**20, "s-", label="tiled: output and row statistics")
-axes[1].set(xlabel="sequence length T (tokens)", ylabel="intermediate memory (MiB)", title="(b) memory, by count")
+axes[1].set(
+    xlabel="sequence length T (tokens)",
+    ylabel="intermediate memory (MiB)",
+    title="(b) memory, by count",
+)
 for ax in axes:
     ax.set_xticks(seq_lens, [str(T) for T in seq_lens])
     ax.xaxis.set_minor_formatter(plt.NullFormatter())
@@ -1006,16 +1254,21 @@ fig.suptitle("Figure 2.5: Attention cost against sequence length (batch 1, 8 hea
 plt.show()
 speedups = ref_times / fused_times
 for T, r, f_, s, mb in zip(seq_lens, ref_times, fused_times, speedups, score_bytes / 2**20):
-    print(f"T = {T:>5}: written-out {r * 1e3:8.2f} ms, fused {f_ * 1e3:7.2f} ms, speed-up {s:4.1f}x; "
-          f"written-out stores {mb:7.1f} MiB of scores and weights")
+    print(
+        f"T = {T:>5}: written-out {r * 1e3:8.2f} ms, fused {f_ * 1e3:7.2f} ms, speed-up {s:4.1f}x; "
+        f"written-out stores {mb:7.1f} MiB of scores and weights"
+    )
 n_faster = int((speedups > 1).sum())
 rising = bool(np.all(np.diff(speedups) > 0))
 lo, hi = int(speedups.argmin()), int(speedups.argmax())
-display(Markdown(
-    f"On this run ({device.type}) the fused kernel was faster at {n_faster} of the {len(seq_lens)} lengths; its "
-    f"speed-up ranged from {speedups[lo]:.1f}x (T = {seq_lens[lo]}) to {speedups[hi]:.1f}x (T = {seq_lens[hi]}), and it "
-    f"{'rose at every step' if rising else 'did not rise at every step'} from one length to the next. "
-    f"Fitted slopes: written-out {slope_ref:.2f}, fused {slope_fused:.2f}."))
+display(
+    Markdown(
+        f"On this run ({device.type}) the fused kernel was faster at {n_faster} of the {len(seq_lens)} lengths; its "
+        f"speed-up ranged from {speedups[lo]:.1f}x (T = {seq_lens[lo]}) to {speedups[hi]:.1f}x (T = {seq_lens[hi]}), and it "
+        f"{'rose at every step' if rising else 'did not rise at every step'} from one length to the next. "
+        f"Fitted slopes: written-out {slope_ref:.2f}, fused {slope_fused:.2f}."
+    )
+)
 
 # %% [markdown]
 # What to see in (a): the count predicts a slope of 2 for the written-out attention, and the fitted
@@ -1055,30 +1308,48 @@ class RecordTables(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         self.kernels.append(func.overloadpacket.__name__)
         for t in tree_flatten(out)[0]:
-            if isinstance(t, torch.Tensor) and t.dim() >= 2 and tuple(t.shape[-2:]) == (self.T, self.T):
+            if (
+                isinstance(t, torch.Tensor)
+                and t.dim() >= 2
+                and tuple(t.shape[-2:]) == (self.T, self.T)
+            ):
                 self.tables.append((func.overloadpacket.__name__, tuple(t.shape), t.dtype))
         return out
 
 
 T_rec = TIMING_LENGTHS[len(TIMING_LENGTHS) // 2]
-q, k, v = (torch.randn(1, 8, T_rec, 64, generator=torch.Generator().manual_seed(i)).to(device) for i in range(3))
+q, k, v = (
+    torch.randn(1, 8, T_rec, 64, generator=torch.Generator().manual_seed(i)).to(device)
+    for i in range(3)
+)
 bool_mask = causal_mask(T_rec, device=device)
-calls = {"written-out": lambda: attention_reference(q, k, v, is_causal=True),
-         "fused, is_causal=True": lambda: attention_fused(q, k, v, is_causal=True),
-         "fused, boolean mask": lambda: attention_fused(q, k, v, bool_mask),
-         "fused, MATH backend": lambda: attention_fused(q, k, v, is_causal=True)}
+calls = {
+    "written-out": lambda: attention_reference(q, k, v, is_causal=True),
+    "fused, is_causal=True": lambda: attention_fused(q, k, v, is_causal=True),
+    "fused, boolean mask": lambda: attention_fused(q, k, v, bool_mask),
+    "fused, MATH backend": lambda: attention_fused(q, k, v, is_causal=True),
+}
 recorded = {}
 with torch.no_grad():
     for name, call in calls.items():
-        with sdpa_kernel(SDPBackend.MATH) if "MATH" in name else contextlib.nullcontext(), RecordTables(T_rec) as rec:
+        with (
+            sdpa_kernel(SDPBackend.MATH) if "MATH" in name else contextlib.nullcontext(),
+            RecordTables(T_rec) as rec,
+        ):
             call()
         recorded[name] = rec
-print(f"T = {T_rec}, batch 1, 8 heads; a boolean T x T mask itself takes {bool_mask.numel() * bool_mask.element_size() / 2**20:.2f} MiB")
+print(
+    f"T = {T_rec}, batch 1, 8 heads; a boolean T x T mask itself takes {bool_mask.numel() * bool_mask.element_size() / 2**20:.2f} MiB"
+)
 for name, rec in recorded.items():
-    attention_kernels = sorted({k for k in rec.kernels if "attention" in k or k in ("bmm", "_softmax", "_safe_softmax")})
+    attention_kernels = sorted(
+        {k for k in rec.kernels if "attention" in k or k in ("bmm", "_softmax", "_safe_softmax")}
+    )
     biggest = max(rec.tables, key=lambda r: math.prod(r[1]), default=None)
-    print(f"{name:<23} kernels: {', '.join(attention_kernels):<52} T x T tensors created: {len(rec.tables):>2}"
-          + (f", largest {biggest[1]} {str(biggest[2]).replace('torch.', '')}" if biggest else ""))
+    print(
+        f"{name:<23} kernels: {', '.join(attention_kernels):<52} T x T tensors created: {len(rec.tables):>2}"
+        + (f", largest {biggest[1]} {str(biggest[2]).replace('torch.', '')}" if biggest else "")
+    )
 assert any(len(shape) == 4 for _, shape, _ in recorded["written-out"].tables)  # (B, h, T, T) scores
 assert any(len(shape) == 4 for _, shape, _ in recorded["fused, MATH backend"].tables)
 assert not any(len(shape) == 4 for _, shape, _ in recorded["fused, is_causal=True"].tables)
@@ -1126,32 +1397,62 @@ assert bool_mask.shape == (T_rec, T_rec)
 train_text, val_text = split_train_val(text, 0.1)
 train_ids, val_ids = tokenizer.encode_tensor(train_text), tokenizer.encode_tensor(val_text)
 T_blk = config.block_size
-val_windows = torch.stack([val_ids[s:s + T_blk + 1] for s in range(0, len(val_ids) - T_blk, T_blk)])  # (N, T + 1)
-print(f"{len(text):,} characters: {len(train_ids):,} for training, {len(val_ids):,} held out (the last 10%); "
-      f"scored on {len(val_windows)} windows of {T_blk + 1}, {val_windows[:, 1:].numel():,} predicted characters")
+val_windows = torch.stack(
+    [val_ids[s : s + T_blk + 1] for s in range(0, len(val_ids) - T_blk, T_blk)]
+)  # (N, T + 1)
+print(
+    f"{len(text):,} characters: {len(train_ids):,} for training, {len(val_ids):,} held out (the last 10%); "
+    f"scored on {len(val_windows)} windows of {T_blk + 1}, {val_windows[:, 1:].numel():,} predicted characters"
+)
 
 seed_everything(0)
 model = GPT(config).to(device)
-train_config = TrainConfig(max_iters=TRAIN["steps"], lr=TRAIN["lr"], min_lr=TRAIN["lr"] / 10, warmup_iters=100,
-                           weight_decay=0.1, betas=(0.9, 0.99), grad_clip=1.0, seed=0)
+train_config = TrainConfig(
+    max_iters=TRAIN["steps"],
+    lr=TRAIN["lr"],
+    min_lr=TRAIN["lr"] / 10,
+    warmup_iters=100,
+    weight_decay=0.1,
+    betas=(0.9, 0.99),
+    grad_clip=1.0,
+    seed=0,
+)
 data = {"train": train_ids, "val": val_ids}
-trainer = Trainer(model, lambda split, g: causal_lm_batch(data[split], TRAIN["batch_size"], T_blk, g), causal_lm_loss,
-                  train_config, device=device, eval_fn=lambda m: {"val": lm_loss(m, val_windows)})
+trainer = Trainer(
+    model,
+    lambda split, g: causal_lm_batch(data[split], TRAIN["batch_size"], T_blk, g),
+    causal_lm_loss,
+    train_config,
+    device=device,
+    eval_fn=lambda m: {"val": lm_loss(m, val_windows)},
+)
 decayed, not_decayed = trainer.optimizer.param_groups
 assert decayed["weight_decay"] == 0.1 and not_decayed["weight_decay"] == 0.0
-assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in not_decayed["params"])
-print(f"weight decay on {sum(p.numel() for p in decayed['params']):,} parameters in {len(decayed['params'])} matrices; "
-      f"none on {sum(p.numel() for p in not_decayed['params']):,} in {len(not_decayed['params'])} biases and LayerNorm vectors")
-assert math.isclose(lr_at(0, train_config), TRAIN["lr"] / 100) and math.isclose(lr_at(99, train_config), TRAIN["lr"])
-assert math.isclose(lr_at(TRAIN["steps"], train_config), TRAIN["lr"] / 10)  # warm-up, then cosine to a tenth
+assert all(p.dim() >= 2 for p in decayed["params"]) and all(
+    p.dim() == 1 for p in not_decayed["params"]
+)
+print(
+    f"weight decay on {sum(p.numel() for p in decayed['params']):,} parameters in {len(decayed['params'])} matrices; "
+    f"none on {sum(p.numel() for p in not_decayed['params']):,} in {len(not_decayed['params'])} biases and LayerNorm vectors"
+)
+assert math.isclose(lr_at(0, train_config), TRAIN["lr"] / 100) and math.isclose(
+    lr_at(99, train_config), TRAIN["lr"]
+)
+assert math.isclose(
+    lr_at(TRAIN["steps"], train_config), TRAIN["lr"] / 10
+)  # warm-up, then cosine to a tenth
 
 start = time.perf_counter()
 history = trainer.train()
 train_seconds = time.perf_counter() - start
 gpt_val = lm_loss(model, val_windows)  # float32 on every device
-assert abs(history["evals"][-1]["val"] - gpt_val) < 0.02  # the trainer's own evaluation (bf16 autocast on a GPU)
-print(f"{len(history['train_loss'])} steps of {TRAIN['batch_size']} x {T_blk} characters in {train_seconds:.1f} s "
-      f"({1e3 * train_seconds / len(history['train_loss']):.0f} ms/step); validation loss {gpt_val:.3f} nats/char")
+assert (
+    abs(history["evals"][-1]["val"] - gpt_val) < 0.02
+)  # the trainer's own evaluation (bf16 autocast on a GPU)
+print(
+    f"{len(history['train_loss'])} steps of {TRAIN['batch_size']} x {T_blk} characters in {train_seconds:.1f} s "
+    f"({1e3 * train_seconds / len(history['train_loss']):.0f} ms/step); validation loss {gpt_val:.3f} nats/char"
+)
 
 # %% [markdown]
 # Now the baselines, fitted on the training text and scored on the same windows, and a table.
@@ -1159,28 +1460,49 @@ print(f"{len(history['train_loss'])} steps of {TRAIN['batch_size']} x {T_blk} ch
 # %%
 bigram = BigramLM.from_text(train_text, k=1.0, vocab=tokenizer)  # chapter 1's model
 bigram_val = -bigram.log_probs()[val_windows[:, :-1], val_windows[:, 1:]].mean().item()
-ngram_val = {n: NGramLM(n, n_vocab).fit(train_ids[None]).cross_entropy(val_windows) for n in range(1, 8)}
+ngram_val = {
+    n: NGramLM(n, n_vocab).fit(train_ids[None]).cross_entropy(val_windows) for n in range(1, 8)
+}
 best_n = min(ngram_val, key=ngram_val.get)
 
 
 def unseen_contexts(n: int) -> float:
     """Share of held-out positions whose previous n - 1 characters never occur in the training text."""
-    seen = {train_text[j:j + n - 1] for j in range(len(train_text) - n + 2)}
-    return sum(val_text[j - n + 1:j] not in seen for j in range(n - 1, len(val_text))) / (len(val_text) - n + 1)
+    seen = {train_text[j : j + n - 1] for j in range(len(train_text) - n + 2)}
+    return sum(val_text[j - n + 1 : j] not in seen for j in range(n - 1, len(val_text))) / (
+        len(val_text) - n + 1
+    )
 
 
-rows = [("uniform guess", "none", math.log(n_vocab), ""),
-        ("bigram, add-one (chapter 1)", "1 character", bigram_val, f"{unseen_contexts(2):.1%}")]
-rows += [(f"{n}-gram, Witten-Bell" + ("  <- best" if n == best_n else ""), f"{n - 1} characters", ngram_val[n],
-          f"{unseen_contexts(n):.1%}" if n > 1 else "") for n in ngram_val]
+rows = [
+    ("uniform guess", "none", math.log(n_vocab), ""),
+    ("bigram, add-one (chapter 1)", "1 character", bigram_val, f"{unseen_contexts(2):.1%}"),
+]
+rows += [
+    (
+        f"{n}-gram, Witten-Bell" + ("  <- best" if n == best_n else ""),
+        f"{n - 1} characters",
+        ngram_val[n],
+        f"{unseen_contexts(n):.1%}" if n > 1 else "",
+    )
+    for n in ngram_val
+]
 rows += [("GPT (this chapter)", f"up to {T_blk - 1} characters", gpt_val, "")]
-print(f"{'model':<32}{'context':<22}{'nats/char':>10}{'bits/char':>10}{'contexts unseen in training':>29}")
+print(
+    f"{'model':<32}{'context':<22}{'nats/char':>10}{'bits/char':>10}{'contexts unseen in training':>29}"
+)
 for name, context, nats, unseen in rows:
     print(f"{name:<32}{context:<22}{nats:>10.3f}{nats / math.log(2):>10.3f}{unseen:>29}")
 assert gpt_val < ngram_val[best_n] - 0.05 and gpt_val < bigram_val - 0.5
-seen_windows = torch.stack([train_ids[s:s + T_blk + 1] for s in range(0, len(val_windows) * T_blk, T_blk)])
-gpt_seen = lm_loss(model, seen_windows)  # an equally long stretch of the training text, scored the same way
-print(f"GPT on {len(seen_windows)} windows of training text: {gpt_seen:.3f} nats/char (held-out: {gpt_val:.3f})")
+seen_windows = torch.stack(
+    [train_ids[s : s + T_blk + 1] for s in range(0, len(val_windows) * T_blk, T_blk)]
+)
+gpt_seen = lm_loss(
+    model, seen_windows
+)  # an equally long stretch of the training text, scored the same way
+print(
+    f"GPT on {len(seen_windows)} windows of training text: {gpt_seen:.3f} nats/char (held-out: {gpt_val:.3f})"
+)
 
 fig, ax = plt.subplots(figsize=(8, 4))
 steps = np.array(history["step"])
@@ -1188,24 +1510,43 @@ train_loss = np.array(history["train_loss"])
 window = 50
 smooth = np.convolve(train_loss, np.ones(window) / window, mode="valid")
 ax.plot(steps, train_loss, color="C0", alpha=0.25, lw=0.8, label="training loss (one batch)")
-ax.plot(steps[window - 1:], smooth, color="C0", label=f"training loss ({window}-step mean)")
+ax.plot(steps[window - 1 :], smooth, color="C0", label=f"training loss ({window}-step mean)")
 ax.axhline(bigram_val, color="C1", ls=":", label=f"bigram, validation ({bigram_val:.2f})")
-ax.axhline(ngram_val[best_n], color="C3", ls="--", label=f"best n-gram ({best_n}-gram), validation ({ngram_val[best_n]:.2f})")
+ax.axhline(
+    ngram_val[best_n],
+    color="C3",
+    ls="--",
+    label=f"best n-gram ({best_n}-gram), validation ({ngram_val[best_n]:.2f})",
+)
 ax.axhline(gpt_val, color="C2", ls="-.", label=f"GPT at the end, validation ({gpt_val:.2f})")
-ax.set(xlabel="optimizer step", ylabel="cross-entropy (nats/char)", ylim=(1.0, 3.5),
-       title="Figure 2.6: Training the chapter's GPT against two counting baselines")
+ax.set(
+    xlabel="optimizer step",
+    ylabel="cross-entropy (nats/char)",
+    ylim=(1.0, 3.5),
+    title="Figure 2.6: Training the chapter's GPT against two counting baselines",
+)
 ax.legend(fontsize=8)
 plt.show()
-smooth_steps = steps[window - 1:]
-crossing = smooth_steps[np.argmax(smooth < ngram_val[best_n])] if (smooth < ngram_val[best_n]).any() else None
-display(Markdown(
-    (f"The {window}-step mean of the training loss first fell below the best n-gram's held-out loss at step "
-     f"{crossing} of {len(steps)}. " if crossing is not None else
-     "The smoothed training loss never fell below the best n-gram's held-out loss. ") +
-    f"The GPT ends at {gpt_val:.3f} nats/char on the held-out windows: {bigram_val - gpt_val:.2f} below chapter 1's "
-    f"bigram and {ngram_val[best_n] - gpt_val:.3f} below the best n-gram ({best_n}-gram, {ngram_val[best_n]:.3f}). In "
-    f"perplexity, the effective number of equally likely next characters, that is {math.exp(gpt_val):.2f} against "
-    f"{math.exp(ngram_val[best_n]):.2f} and {math.exp(bigram_val):.2f}. Training took {train_seconds:.0f} s on {device.type}."))
+smooth_steps = steps[window - 1 :]
+crossing = (
+    smooth_steps[np.argmax(smooth < ngram_val[best_n])]
+    if (smooth < ngram_val[best_n]).any()
+    else None
+)
+display(
+    Markdown(
+        (
+            f"The {window}-step mean of the training loss first fell below the best n-gram's held-out loss at step "
+            f"{crossing} of {len(steps)}. "
+            if crossing is not None
+            else "The smoothed training loss never fell below the best n-gram's held-out loss. "
+        )
+        + f"The GPT ends at {gpt_val:.3f} nats/char on the held-out windows: {bigram_val - gpt_val:.2f} below chapter 1's "
+        f"bigram and {ngram_val[best_n] - gpt_val:.3f} below the best n-gram ({best_n}-gram, {ngram_val[best_n]:.3f}). In "
+        f"perplexity, the effective number of equally likely next characters, that is {math.exp(gpt_val):.2f} against "
+        f"{math.exp(ngram_val[best_n]):.2f} and {math.exp(bigram_val):.2f}. Training took {train_seconds:.0f} s on {device.type}."
+    )
+)
 
 # %% [markdown]
 # The training curve is noisy because each point is one batch of training text; the sentence under
@@ -1228,15 +1569,24 @@ display(Markdown(
 model.eval()
 prompt_text = "The return statement"
 prompt_ids = torch.tensor([tokenizer.encode(prompt_text)], device=device)
-gpt_sampled = tokenizer.decode(model.generate(prompt_ids, 300, temperature=0.8, top_k=20,
-                                              generator=torch.Generator(device=device).manual_seed(0))[0].tolist())
+gpt_sampled = tokenizer.decode(
+    model.generate(
+        prompt_ids,
+        300,
+        temperature=0.8,
+        top_k=20,
+        generator=torch.Generator(device=device).manual_seed(0),
+    )[0].tolist()
+)
 gpt_greedy = tokenizer.decode(model.generate(prompt_ids, 300, temperature=0)[0].tolist())
-bigram_sampled = prompt_text[:-1] + bigram.sample(300 + 1, torch.Generator().manual_seed(0), start=prompt_text[-1])
+bigram_sampled = prompt_text[:-1] + bigram.sample(
+    300 + 1, torch.Generator().manual_seed(0), start=prompt_text[-1]
+)
 known_words = set(re.findall(r"[A-Za-z]+", train_text))
 
 
 def generated_words(sample_text: str) -> list[str]:
-    return re.findall(r"[A-Za-z]+", sample_text[len(prompt_text):])
+    return re.findall(r"[A-Za-z]+", sample_text[len(prompt_text) :])
 
 
 def known_share(sample_text: str) -> float:
@@ -1244,10 +1594,16 @@ def known_share(sample_text: str) -> float:
     return sum(w in known_words for w in words) / max(1, len(words))
 
 
-for name, sample_text in (("GPT, sampled", gpt_sampled), ("GPT, greedy", gpt_greedy), ("bigram, sampled", bigram_sampled)):
+for name, sample_text in (
+    ("GPT, sampled", gpt_sampled),
+    ("GPT, greedy", gpt_greedy),
+    ("bigram, sampled", bigram_sampled),
+):
     words = generated_words(sample_text)
-    print(f"--- {name}: {len(words)} words, {len(set(words))} distinct, {known_share(sample_text):.0%} of them occur "
-          f"in the training text\n{sample_text}\n")
+    print(
+        f"--- {name}: {len(words)} words, {len(set(words))} distinct, {known_share(sample_text):.0%} of them occur "
+        f"in the training text\n{sample_text}\n"
+    )
 assert known_share(gpt_sampled) > known_share(bigram_sampled)
 
 # %% [markdown]
@@ -1274,7 +1630,9 @@ def show_head(text_in: str, layer: int, head: int):
     ax.imshow(maps[layer, head], cmap="viridis", vmin=0, vmax=1)
     ax.set_xticks(range(len(chars)), chars, fontsize=7)
     ax.set_yticks(range(len(chars)), chars, fontsize=7)
-    ax.set(xlabel="key (attended to)", ylabel="query (attending)", title=f"layer {layer}, head {head}")
+    ax.set(
+        xlabel="key (attended to)", ylabel="query (attending)", title=f"layer {layer}, head {head}"
+    )
     ax.grid(False)
     plt.show()
 
@@ -1292,8 +1650,12 @@ ids = torch.tensor([tokenizer.encode(sentence[: config.block_size])], device=dev
 maps = model.attention_maps(ids)[:, 0].cpu()  # (n_layer, n_head, T, T)
 assert torch.allclose(maps.sum(-1), torch.ones(maps.shape[:-1])) and torch.all(maps.triu(1) == 0)
 prev_in_sentence = maps.diagonal(offset=-1, dim1=-2, dim2=-1).mean(-1)  # (n_layer, n_head)
-assert prev_in_sentence[0].mean() > prev_in_sentence[1:].mean()  # the first layer looks at the previous character most
-fig, axes = plt.subplots(config.n_layer, config.n_head, figsize=(12, 12 * config.n_layer / config.n_head), squeeze=False)
+assert (
+    prev_in_sentence[0].mean() > prev_in_sentence[1:].mean()
+)  # the first layer looks at the previous character most
+fig, axes = plt.subplots(
+    config.n_layer, config.n_head, figsize=(12, 12 * config.n_layer / config.n_head), squeeze=False
+)
 for layer in range(config.n_layer):
     for head in range(config.n_head):
         ax = axes[layer, head]
@@ -1335,42 +1697,63 @@ i = torch.arange(Tq, device=device)
 prev_w = all_maps[..., i[1:], i[1:] - 1].mean(dim=(1, 3))  # (n_layer, n_head), queries 1..T-1
 self_w = all_maps[..., i, i].mean(dim=(1, 3))
 first_w = all_maps[..., 1:, 0].mean(dim=(1, 3))
-back = (all_maps * (i[:, None] - i[None, :]).clamp(min=0)).sum(-1).mean(dim=(1, 3))  # mean distance i - j
+back = (
+    (all_maps * (i[:, None] - i[None, :]).clamp(min=0)).sum(-1).mean(dim=(1, 3))
+)  # mean distance i - j
 x = probe_windows
-follows_match = torch.zeros(x.size(0), Tq, Tq, dtype=torch.bool, device=device)  # [b, query i, key j]
-follows_match[:, :, 1:] = x[:, :, None] == x[:, None, :-1]  # key j follows a copy of query i's character
+follows_match = torch.zeros(
+    x.size(0), Tq, Tq, dtype=torch.bool, device=device
+)  # [b, query i, key j]
+follows_match[:, :, 1:] = (
+    x[:, :, None] == x[:, None, :-1]
+)  # key j follows a copy of query i's character
 follows_match &= (i[None, :] < i[:, None])[None]  # an earlier key: j < i
 has_match = follows_match.any(-1)  # queries that have at least one such key
 induction_w = (all_maps * follows_match[None, :, None]).sum(-1)  # (n_layer, B, n_head, T)
 induction = induction_w.permute(0, 2, 1, 3)[..., has_match].mean(-1)  # (n_layer, n_head)
 uniform = (follows_match.sum(-1) / (i + 1))[has_match].float().mean().item()
-print(f"statistics over {x.size(0)} held-out windows of {Tq} characters "
-      f"(induction: {int(has_match.sum())} queries with a match; uniform attention would give {uniform:.3f})")
+print(
+    f"statistics over {x.size(0)} held-out windows of {Tq} characters "
+    f"(induction: {int(has_match.sum())} queries with a match; uniform attention would give {uniform:.3f})"
+)
 print(f"{'head':<8}{'prev':>7}{'self':>7}{'first':>7}{'back':>7}{'induction':>11}")
 for layer in range(config.n_layer):
     for head in range(config.n_head):
-        print(f"L{layer} H{head}  {prev_w[layer, head]:7.3f}{self_w[layer, head]:7.3f}{first_w[layer, head]:7.3f}"
-              f"{back[layer, head]:7.1f}{induction[layer, head]:11.3f}")
+        print(
+            f"L{layer} H{head}  {prev_w[layer, head]:7.3f}{self_w[layer, head]:7.3f}{first_w[layer, head]:7.3f}"
+            f"{back[layer, head]:7.1f}{induction[layer, head]:11.3f}"
+        )
 prev_first_layer, prev_later = prev_w[0].mean().item(), prev_w[1:].mean().item()
 back_first_layer, back_later = back[0].mean().item(), back[1:].mean().item()
-assert prev_first_layer > prev_later and back_first_layer < back_later  # the first layer is the local one
+assert (
+    prev_first_layer > prev_later and back_first_layer < back_later
+)  # the first layer is the local one
 best_prev = divmod(int(prev_w.argmax()), config.n_head)
 best_first = divmod(int(first_w.argmax()), config.n_head)
 best_ind = divmod(int(induction.argmax()), config.n_head)
 ind_ratio = induction.max().item() / uniform
-display(Markdown(
-    f"Layer 0 is the local layer: its heads put {prev_w[0].min():.2f} to {prev_w[0].max():.2f} of their weight on the "
-    f"previous character and look {back[0].min():.1f} to {back[0].max():.1f} characters back on average; the heads of "
-    f"the later layers put {prev_w[1:].min():.2f} to {prev_w[1:].max():.2f} on it and look {back[1:].min():.1f} to "
-    f"{back[1:].max():.1f} characters back. The strongest previous-character head is L{best_prev[0]} H{best_prev[1]} "
-    f"({prev_w.max():.2f}). "
-    + (f"No head parks much weight on the first position: the most is {first_w.max():.2f} (L{best_first[0]} "
-       f"H{best_first[1]}). " if first_w.max() < 0.2 else
-       f"Head L{best_first[0]} H{best_first[1]} parks {first_w.max():.2f} of its weight on the first position. ")
-    + f"The largest induction weight is {induction.max():.3f} (L{best_ind[0]} H{best_ind[1]}), {ind_ratio:.2f} times "
-    f"the {uniform:.3f} that uniform attention would give; "
-    + ("no head puts even half of its weight on such keys." if induction.max() < 0.5 else
-       "that head puts most of its weight on such keys.")))
+display(
+    Markdown(
+        f"Layer 0 is the local layer: its heads put {prev_w[0].min():.2f} to {prev_w[0].max():.2f} of their weight on the "
+        f"previous character and look {back[0].min():.1f} to {back[0].max():.1f} characters back on average; the heads of "
+        f"the later layers put {prev_w[1:].min():.2f} to {prev_w[1:].max():.2f} on it and look {back[1:].min():.1f} to "
+        f"{back[1:].max():.1f} characters back. The strongest previous-character head is L{best_prev[0]} H{best_prev[1]} "
+        f"({prev_w.max():.2f}). "
+        + (
+            f"No head parks much weight on the first position: the most is {first_w.max():.2f} (L{best_first[0]} "
+            f"H{best_first[1]}). "
+            if first_w.max() < 0.2
+            else f"Head L{best_first[0]} H{best_first[1]} parks {first_w.max():.2f} of its weight on the first position. "
+        )
+        + f"The largest induction weight is {induction.max():.3f} (L{best_ind[0]} H{best_ind[1]}), {ind_ratio:.2f} times "
+        f"the {uniform:.3f} that uniform attention would give; "
+        + (
+            "no head puts even half of its weight on such keys."
+            if induction.max() < 0.5
+            else "that head puts most of its weight on such keys."
+        )
+    )
+)
 
 # %% [markdown]
 # What the measurements support: the heads of the first layer are local (they look a few
@@ -1450,7 +1833,9 @@ class PositionalEncoding(nn.Module):
 seed_namespace: dict = {}
 exec(SEED_000_CODE, seed_namespace)  # defines the classes; nothing has run yet
 try:
-    seed_namespace["TransformerEncoder"](vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32, num_layers=2)
+    seed_namespace["TransformerEncoder"](
+        vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32, num_layers=2
+    )
 except NameError as err:
     print(f"NameError: {err}")
     construction_error = err
@@ -1469,15 +1854,24 @@ assert "math" in str(construction_error)
 # %%
 exec("import math\n" + SEED_000_CODE, seed_namespace)
 torch.manual_seed(0)
-seed_model = seed_namespace["TransformerEncoder"](vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32,
-                                                  num_layers=2).to(device).eval()
-batch = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0)).to(device)  # (B, T) as Embedding expects
+seed_model = (
+    seed_namespace["TransformerEncoder"](
+        vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32, num_layers=2
+    )
+    .to(device)
+    .eval()
+)
+batch = torch.randint(0, 100, (2, 6), generator=torch.Generator().manual_seed(0)).to(
+    device
+)  # (B, T) as Embedding expects
 changed = batch.clone()
 changed[1] = (changed[1] + 1) % 100  # change only sentence 2
 with torch.no_grad():
     leak = (seed_model(batch)[0] - seed_model(changed)[0]).abs().max().item()
-print(f"runs, output shape {tuple(seed_model(batch).shape)}; sentence 1's output moved by {leak:.3f} "
-      f"when only sentence 2 changed")
+print(
+    f"runs, output shape {tuple(seed_model(batch).shape)}; sentence 1's output moved by {leak:.3f} "
+    f"when only sentence 2 changed"
+)
 assert leak > 1e-3
 
 # %% [markdown]
@@ -1487,6 +1881,7 @@ assert leak > 1e-3
 # `Transformer` with `causal=False` (post-LN like the original when `norm_first=False`, with
 # sinusoidal positions when `pos_encoding="sinusoidal"`) is the same model built from this chapter's
 # parts; it takes an optional padding mask as well.
+
 
 # %%
 class PositionalEncodingFixed(nn.Module):
@@ -1505,13 +1900,17 @@ class EncoderLayerFixed(nn.Module):
 
     def __init__(self, embed_dim, num_heads, hidden_dim, dropout=0.1):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            embed_dim, num_heads, dropout=dropout, batch_first=True
+        )
         self.fc1, self.fc2 = nn.Linear(embed_dim, hidden_dim), nn.Linear(hidden_dim, embed_dim)
         self.norm1, self.norm2 = nn.LayerNorm(embed_dim), nn.LayerNorm(embed_dim)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x, key_padding_mask=None):
-        x = self.norm1(x + self.dropout(self.self_attn(x, x, x, key_padding_mask=key_padding_mask)[0]))
+        x = self.norm1(
+            x + self.dropout(self.self_attn(x, x, x, key_padding_mask=key_padding_mask)[0])
+        )
         return self.norm2(x + self.dropout(self.fc2(self.dropout(torch.relu(self.fc1(x))))))
 
 
@@ -1520,7 +1919,9 @@ class TransformerEncoderFixed(nn.Module):
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, embed_dim)
         self.pos_encoding = PositionalEncodingFixed(embed_dim)
-        self.layers = nn.ModuleList(EncoderLayerFixed(embed_dim, num_heads, hidden_dim, dropout) for _ in range(num_layers))
+        self.layers = nn.ModuleList(
+            EncoderLayerFixed(embed_dim, num_heads, hidden_dim, dropout) for _ in range(num_layers)
+        )
 
     def forward(self, x):  # x: (B, T) token ids
         x = self.pos_encoding(self.embedding(x))  # (B, T, C)
@@ -1534,17 +1935,40 @@ pe_article = seed_namespace["PositionalEncoding"](16, max_len=50).pe[:, 0]  # (m
 assert torch.allclose(pe_article, sinusoidal_encoding(50, 16), atol=1e-5)
 
 torch.manual_seed(0)
-fixed = TransformerEncoderFixed(vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32, num_layers=2).to(device).eval()
+fixed = (
+    TransformerEncoderFixed(vocab_size=100, embed_dim=16, num_heads=2, hidden_dim=32, num_layers=2)
+    .to(device)
+    .eval()
+)
 with torch.no_grad():
     leak_fixed = (fixed(batch)[0] - fixed(changed)[0]).abs().max().item()
     alone = fixed(batch[:1])[0]
 assert leak_fixed < 1e-6 and torch.allclose(fixed(batch)[0], alone, atol=1e-6)
-package_encoder = Transformer(TransformerConfig(100, 64, n_layer=2, n_head=2, n_embd=16, pos_encoding="sinusoidal",
-                                                norm_first=False, causal=False)).to(device).eval()
+package_encoder = (
+    Transformer(
+        TransformerConfig(
+            100,
+            64,
+            n_layer=2,
+            n_head=2,
+            n_embd=16,
+            pos_encoding="sinusoidal",
+            norm_first=False,
+            causal=False,
+        )
+    )
+    .to(device)
+    .eval()
+)
 with torch.no_grad():
-    assert torch.allclose(package_encoder(batch).last_hidden_state[0], package_encoder(changed).last_hidden_state[0],
-                          atol=1e-6)
-print(f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes, and equals running it alone")
+    assert torch.allclose(
+        package_encoder(batch).last_hidden_state[0],
+        package_encoder(changed).last_hidden_state[0],
+        atol=1e-6,
+    )
+print(
+    f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes, and equals running it alone"
+)
 
 # %% [markdown]
 # The positional formula in the article was right; only the import and the layout were wrong,
@@ -1594,21 +2018,28 @@ print(f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes,
 # The measured numbers behind these statements, from this run:
 
 # %%
-display(Markdown("\n".join([
-    f"* Without the scale, the mean largest weight at $d_k=1024$ is {max_weight['unscaled'][-1]:.3f}; with it, "
-    f"{max_weight['scaled'][-1]:.3f}.",
-    f"* Residual stream at initialisation, final std for {DEPTHS} layers: with GPT-2's scaling "
-    f"{', '.join(f'{stream[n, True][-1]:.3f}' for n in DEPTHS)}; without "
-    f"{', '.join(f'{stream[n, False][-1]:.3f}' for n in DEPTHS)}.",
-    f"* FLOPs per token (forward, context {T_ctx}): counted {forward:,}, estimated {kaplan:,.0f}; "
-    f"the output layer left out is {head_flops / forward:.1%} of the count.",
-    f"* KV-cached step at position {positions[-1]} vs {positions[0]}: {last[0] / first[0]:.1f}x the FLOPs; "
-    f"LLaMA-7B-shaped cache: {per_token / 2**20:.2f} MiB per token in float16.",
-    f"* Fused attention speed-up on {device.type}: " + ", ".join(f"{s:.1f}x (T = {T})" for T, s in zip(seq_lens, speedups))
-    + f"; faster at {n_faster} of {len(seq_lens)} lengths.",
-    f"* Validation loss (nats/char): GPT {gpt_val:.3f}, best n-gram ({best_n}-gram) {ngram_val[best_n]:.3f}, "
-    f"bigram {bigram_val:.3f}.",
-])))
+display(
+    Markdown(
+        "\n".join(
+            [
+                f"* Without the scale, the mean largest weight at $d_k=1024$ is {max_weight['unscaled'][-1]:.3f}; with it, "
+                f"{max_weight['scaled'][-1]:.3f}.",
+                f"* Residual stream at initialisation, final std for {DEPTHS} layers: with GPT-2's scaling "
+                f"{', '.join(f'{stream[n, True][-1]:.3f}' for n in DEPTHS)}; without "
+                f"{', '.join(f'{stream[n, False][-1]:.3f}' for n in DEPTHS)}.",
+                f"* FLOPs per token (forward, context {T_ctx}): counted {forward:,}, estimated {kaplan:,.0f}; "
+                f"the output layer left out is {head_flops / forward:.1%} of the count.",
+                f"* KV-cached step at position {positions[-1]} vs {positions[0]}: {last[0] / first[0]:.1f}x the FLOPs; "
+                f"LLaMA-7B-shaped cache: {per_token / 2**20:.2f} MiB per token in float16.",
+                f"* Fused attention speed-up on {device.type}: "
+                + ", ".join(f"{s:.1f}x (T = {T})" for T, s in zip(seq_lens, speedups))
+                + f"; faster at {n_faster} of {len(seq_lens)} lengths.",
+                f"* Validation loss (nats/char): GPT {gpt_val:.3f}, best n-gram ({best_n}-gram) {ngram_val[best_n]:.3f}, "
+                f"bigram {bigram_val:.3f}.",
+            ]
+        )
+    )
+)
 
 # %% [markdown]
 # ## Exercises

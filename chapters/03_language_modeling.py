@@ -106,7 +106,9 @@ class Settings:
     n_embd: int = 64
     batch: int = 32  # sequences per optimizer step, for every objective
     lr: float = 3e-3  # peak learning rate, for every objective
-    gpt_iters: int = 600  # causal LM (GPT): optimizer steps, warm-up steps, steps between evaluations
+    gpt_iters: int = (
+        600  # causal LM (GPT): optimizer steps, warm-up steps, steps between evaluations
+    )
     gpt_warmup: int = 50
     eval_interval: int = 50
     enc_iters: int = 700  # each masked-LM encoder (MLM + NSP, MLM only)
@@ -119,9 +121,21 @@ class Settings:
 
 settings = Settings()
 if device.type == "cuda":
-    settings = Settings(n_train=100_000, n_layer=4, n_embd=128, batch=128, lr=1e-3,
-                        gpt_iters=3000, gpt_warmup=200, eval_interval=250,
-                        enc_iters=3000, enc_warmup=200, plm_iters=3000, t5_iters=3000, obj_warmup=200)
+    settings = Settings(
+        n_train=100_000,
+        n_layer=4,
+        n_embd=128,
+        batch=128,
+        lr=1e-3,
+        gpt_iters=3000,
+        gpt_warmup=200,
+        eval_interval=250,
+        enc_iters=3000,
+        enc_warmup=200,
+        plm_iters=3000,
+        t5_iters=3000,
+        obj_warmup=200,
+    )
 print(f"settings for {device.type}:")
 for name, value in asdict(settings).items():
     print(f"  {name:<14}{value:>10,}" if isinstance(value, int) else f"  {name:<14}{value:>10g}")
@@ -177,7 +191,10 @@ print("p(x_t | x_<t):", " ".join(f"{p:.4f}" for p in conditionals))
 print(f"product = {math.prod(conditionals):.6e}, exp(log_prob) = {math.exp(lang.log_prob(x)):.6e}")
 assert math.isclose(math.log(math.prod(conditionals)), lang.log_prob(x), rel_tol=1e-12)
 
-total = sum(math.exp(lang.log_prob((0,) + tail)) for tail in itertools.product(range(1, lang.vocab_size), repeat=3))
+total = sum(
+    math.exp(lang.log_prob((0,) + tail))
+    for tail in itertools.product(range(1, lang.vocab_size), repeat=3)
+)
 print(f"sum of p over all {(lang.vocab_size - 1) ** 3:,} sequences of length 3: {total:.12f}")
 assert math.isclose(total, 1.0, abs_tol=1e-12)
 
@@ -209,10 +226,14 @@ assert math.isclose(total, 1.0, abs_tol=1e-12)
 # NBVAL_CHECK_OUTPUT
 floor = lang.entropy_floor(T)
 print("H(next | depth d), nats:", np.round(lang.depth_entropies(), 4))
-print(f"floor for T={T}: {floor:.4f} nats/token = {floor / math.log(2):.4f} bits/token, "
-      f"perplexity {math.exp(floor):.3f}; stationary rate {lang.entropy_rate():.4f}")
-print(f"for comparison, a uniform guess over the {lang.vocab_size - 1} symbols that can follow BOS: "
-      f"{math.log(lang.vocab_size - 1):.4f} nats/token")
+print(
+    f"floor for T={T}: {floor:.4f} nats/token = {floor / math.log(2):.4f} bits/token, "
+    f"perplexity {math.exp(floor):.3f}; stationary rate {lang.entropy_rate():.4f}"
+)
+print(
+    f"for comparison, a uniform guess over the {lang.vocab_size - 1} symbols that can follow BOS: "
+    f"{math.log(lang.vocab_size - 1):.4f} nats/token"
+)
 
 # %% [markdown]
 # `entropy_floor` is a formula about depths. We check it two ways that know nothing of depths.
@@ -240,9 +261,13 @@ extend([lang.bos_id])
 log_p = np.array([lang.log_prob(s) for s in sequences])  # the parser's log p(x_1 .. x_L)
 p_seq = np.exp(log_p)
 enumerated = -(p_seq * log_p).sum() / L
-print(f"{len(sequences):,} possible sequences of length {L} (of {(lang.vocab_size - 1) ** L:,} strings); "
-      f"sum of p = {p_seq.sum():.12f}")
-print(f"H(X_1..X_{L}) / {L}: enumeration {enumerated:.12f}, entropy_floor({L}) {lang.entropy_floor(L):.12f}")
+print(
+    f"{len(sequences):,} possible sequences of length {L} (of {(lang.vocab_size - 1) ** L:,} strings); "
+    f"sum of p = {p_seq.sum():.12f}"
+)
+print(
+    f"H(X_1..X_{L}) / {L}: enumeration {enumerated:.12f}, entropy_floor({L}) {lang.entropy_floor(L):.12f}"
+)
 assert math.isclose(p_seq.sum(), 1.0, abs_tol=1e-12)
 assert math.isclose(enumerated, lang.entropy_floor(L), abs_tol=1e-12)
 
@@ -256,15 +281,22 @@ assert math.isclose(enumerated, lang.entropy_floor(L), abs_tol=1e-12)
 # NBVAL_CHECK_OUTPUT
 true_nll = np.array([-lang.log_prob(row) / T for row in val_seqs])  # -log p(x) / T of each sequence
 mc, mc_se = true_nll.mean(), true_nll.std(ddof=1) / math.sqrt(len(true_nll))
-print(f"Monte-Carlo over the {len(val_seqs):,} validation sequences: {mc:.4f} ± {mc_se:.4f} nats/token "
-      f"(± one standard error)")
-print(f"exact floor {floor:.4f}: the estimate is {(mc - floor) / mc_se:+.1f} standard errors from it")
+print(
+    f"Monte-Carlo over the {len(val_seqs):,} validation sequences: {mc:.4f} ± {mc_se:.4f} nats/token "
+    f"(± one standard error)"
+)
+print(
+    f"exact floor {floor:.4f}: the estimate is {(mc - floor) / mc_se:+.1f} standard errors from it"
+)
 assert abs(mc - floor) < 4 * mc_se
-display(Markdown(
-    f"The floor is {floor:.2f} nats per token, a perplexity of {math.exp(floor):.2f}: even a perfect "
-    f"model is choosing among about {math.exp(floor):.0f} equally likely tokens at each step, because the "
-    f"language really is random. A model at the floor has learned *everything* there is to learn. "
-    f"Every loss below is read against this line."))
+display(
+    Markdown(
+        f"The floor is {floor:.2f} nats per token, a perplexity of {math.exp(floor):.2f}: even a perfect "
+        f"model is choosing among about {math.exp(floor):.0f} equally likely tokens at each step, because the "
+        f"language really is random. A model at the floor has learned *everything* there is to learn. "
+        f"Every loss below is read against this line."
+    )
+)
 
 # %% [markdown]
 # ## Tokenization compared
@@ -295,7 +327,9 @@ display(Markdown(
 # %%
 # NBVAL_CHECK_OUTPUT
 bpe_text = "low lower lowest newest widest"
-words = [list(w.encode("utf-8")) for w in re.findall(GPT2_SPLIT_PATTERN, bpe_text)]  # pre-tokens, as byte ids
+words = [
+    list(w.encode("utf-8")) for w in re.findall(GPT2_SPLIT_PATTERN, bpe_text)
+]  # pre-tokens, as byte ids
 pieces = {i: bytes([i]) for i in range(256)}  # token id -> the bytes it stands for
 
 
@@ -327,10 +361,15 @@ while True:
     new_id = 256 + len(hand_merges)
     hand_merges.append(pair)
     pieces[new_id] = pieces[pair[0]] + pieces[pair[1]]
-    leaders = ", ".join(f"{show(p)} x{c}" for p, c in sorted(counts.items(), key=lambda pc: (-pc[1], pc[0]))[:4])
+    leaders = ", ".join(
+        f"{show(p)} x{c}" for p, c in sorted(counts.items(), key=lambda pc: (-pc[1], pc[0]))[:4]
+    )
     words = [merge_pair(w, pair, new_id) for w in words]
     print(f"merge {len(hand_merges)}: most frequent pairs {leaders}")
-    print(f"         -> new token {show([new_id])!r} (id {new_id}):  " + "  ".join(show(w) for w in words))
+    print(
+        f"         -> new token {show([new_id])!r} (id {new_id}):  "
+        + "  ".join(show(w) for w in words)
+    )
 
 learned = ByteBPE.train(bpe_text, vocab_size=256 + len(hand_merges) + 10).merges
 print("ByteBPE.train learns:", [show([a]) + "+" + show([b]) for a, b in learned])
@@ -359,13 +398,23 @@ rows = []
 for name, encode, decode, vocab, train_s in [
     ("characters", char_tok.encode, char_tok.decode, char_tok.vocab_size, 0.0),
     ("our byte BPE", our_bpe.encode, our_bpe.decode, our_bpe.vocab_size, our_train_s),
-    ("HF tokenizers BPE", lambda s: hf_bpe.encode(s).ids, hf_bpe.decode, hf_bpe.get_vocab_size(), hf_train_s),
+    (
+        "HF tokenizers BPE",
+        lambda s: hf_bpe.encode(s).ids,
+        hf_bpe.decode,
+        hf_bpe.get_vocab_size(),
+        hf_train_s,
+    ),
 ]:
     t0 = time.perf_counter()
     ids = encode(docs_val)
     enc_ms = 1000 * (time.perf_counter() - t0)
-    rows.append((name, vocab, len(ids), len(docs_val) / len(ids), decode(ids) == docs_val, train_s, enc_ms))
-print(f"{'tokenizer':<19}{'vocab':>6}{'tokens':>9}{'chars/token':>13}{'round trip':>12}{'train':>9}{'encode':>10}")
+    rows.append(
+        (name, vocab, len(ids), len(docs_val) / len(ids), decode(ids) == docs_val, train_s, enc_ms)
+    )
+print(
+    f"{'tokenizer':<19}{'vocab':>6}{'tokens':>9}{'chars/token':>13}{'round trip':>12}{'train':>9}{'encode':>10}"
+)
 for name, vocab, n, ratio, ok, train_s, enc_ms in rows:
     print(f"{name:<19}{vocab:>6}{n:>9,}{ratio:>13.3f}{str(ok):>12}{train_s:>8.2f}s{enc_ms:>8.0f}ms")
 assert all(r[4] for r in rows)  # every tokenizer round-trips the held-out text exactly
@@ -376,14 +425,22 @@ print(our_bpe.token_strings(our_bpe.encode(sentence)))
 print([hf_bpe.decode([i]) for i in hf_bpe.encode(sentence).ids])
 sentence_words = [w for w in re.findall(GPT2_SPLIT_PATTERN, sentence) if w.strip().isalpha()]
 whole = [w for w in sentence_words if len(our_bpe.encode(w)) == 1]
-split = {w: our_bpe.token_strings(our_bpe.encode(w)) for w in sentence_words if len(our_bpe.encode(w)) > 2}
-display(Markdown(
-    f"Our BPE cuts the held-out text into {rows[1][2]:,} tokens, {rows[0][2] / rows[1][2]:.1f} times fewer "
-    f"than its {rows[0][2]:,} characters; the library's BPE gives {rows[2][2]:,} (same algorithm, same "
-    f"pre-tokenization; the library is written in Rust, and its speed matters at the scale of real corpora). "
-    f"In the sentence above, some words are single tokens ({', '.join(repr(w) for w in whole)}): the manual "
-    f"used them often enough for merges to build them whole. Others are split into pieces ("
-    + "; ".join(f"{w!r} into {len(p)}" for w, p in split.items()) + ")."))
+split = {
+    w: our_bpe.token_strings(our_bpe.encode(w))
+    for w in sentence_words
+    if len(our_bpe.encode(w)) > 2
+}
+display(
+    Markdown(
+        f"Our BPE cuts the held-out text into {rows[1][2]:,} tokens, {rows[0][2] / rows[1][2]:.1f} times fewer "
+        f"than its {rows[0][2]:,} characters; the library's BPE gives {rows[2][2]:,} (same algorithm, same "
+        f"pre-tokenization; the library is written in Rust, and its speed matters at the scale of real corpora). "
+        f"In the sentence above, some words are single tokens ({', '.join(repr(w) for w in whole)}): the manual "
+        f"used them often enough for merges to build them whole. Others are split into pieces ("
+        + "; ".join(f"{w!r} into {len(p)}" for w, p in split.items())
+        + ")."
+    )
+)
 
 # %% [markdown]
 # GPT-2 uses the same design with a vocabulary of 50,257 tokens, for a model trained on 40 GB of
@@ -405,18 +462,26 @@ ngram_ce = {n: model.cross_entropy(val_seqs) for n, model in ngrams.items()}
 best_n = min(ngram_ce, key=ngram_ce.get)
 ngram = ngrams[best_n]
 train_positions = train_seqs[:, 1:].numel()
-print(f"{'order':<7}{'nats/token':>11}{'above floor':>13}{'contexts seen':>15}{'uses per context':>18}")
+print(
+    f"{'order':<7}{'nats/token':>11}{'above floor':>13}{'contexts seen':>15}{'uses per context':>18}"
+)
 for n, ce in ngram_ce.items():
     n_contexts = len(ngrams[n].tables[-1]["ctx_keys"])  # distinct (n-1)-token contexts in training
-    print(f"{n}-gram {ce:>11.4f}{ce - floor:>+13.4f}{n_contexts:>15,}{train_positions / n_contexts:>18,.0f}")
+    print(
+        f"{n}-gram {ce:>11.4f}{ce - floor:>+13.4f}{n_contexts:>15,}{train_positions / n_contexts:>18,.0f}"
+    )
 print(f"fitted in {time.perf_counter() - t0:.1f} s; best order: {best_n}")
 assert ngram_ce[best_n] > floor + 0.15
 longer = [n for n in ngram_ce if n > best_n]
-summary = (f"The best order is {best_n}, {ngram_ce[best_n] - floor:.2f} nats above the floor: no window of "
-           f"{best_n - 1} tokens can see the bracket that a closer must match when it was opened further back.")
+summary = (
+    f"The best order is {best_n}, {ngram_ce[best_n] - floor:.2f} nats above the floor: no window of "
+    f"{best_n - 1} tokens can see the bracket that a closer must match when it was opened further back."
+)
 if longer:
-    summary += (f" Longer windows ({', '.join(f'{n}-gram' for n in longer)}) are worse, not better: each of "
-                f"their contexts is seen fewer times in training (last column), so their counts are less reliable.")
+    summary += (
+        f" Longer windows ({', '.join(f'{n}-gram' for n in longer)}) are worse, not better: each of "
+        f"their contexts is seen fewer times in training (last column), so their counts are less reliable."
+    )
 display(Markdown(summary))
 
 # %% [markdown]
@@ -465,6 +530,7 @@ display(Markdown(summary))
 # just made: Adam takes the same steps when every gradient is a thousand times larger, and under a
 # constant gradient the velocity grows to $g/(1-\mu)$.
 
+
 # %%
 def torch_path(opt_class, theta_0, grads, **kwargs) -> list[torch.Tensor]:
     """The weights after each step of a torch.optim optimizer that is fed the given gradients."""
@@ -505,7 +571,9 @@ for name in ours:
 theta_big, state_big = theta_0, AdamState.zeros_like(theta_0)
 for g in grads:  # Adam on the same gradients times 1000 takes the same steps (up to epsilon)
     theta_big, state_big = adam_step(theta_big, 1000 * g, state_big, lr=0.1, betas=(0.9, 0.99))
-print(f"Adam with every gradient x1000: largest difference in the weights {(theta_big - theta_adam).abs().max():.1e}")
+print(
+    f"Adam with every gradient x1000: largest difference in the weights {(theta_big - theta_adam).abs().max():.1e}"
+)
 assert torch.allclose(theta_big, theta_adam, rtol=0, atol=1e-6)
 velocity = None
 for _ in range(300):  # a constant gradient: the velocity builds up to g / (1 - mu)
@@ -532,7 +600,9 @@ def valley_path(rule, steps: int = 150) -> torch.Tensor:
     """Positions (steps + 1, 2) of `rule(theta, grad, state) -> (theta, state)` on the valley."""
     theta, state, path = valley_start, None, [valley_start]
     for _ in range(steps):
-        theta, state = rule(theta, curvature * theta, state)  # the gradient of the valley is curvature * theta
+        theta, state = rule(
+            theta, curvature * theta, state
+        )  # the gradient of the valley is curvature * theta
         path.append(theta)
     return torch.stack(path)
 
@@ -540,8 +610,12 @@ def valley_path(rule, steps: int = 150) -> torch.Tensor:
 eta = 0.07  # just under the limit 2/25 = 0.08
 paths = {
     f"gradient descent, lr {eta}": valley_path(lambda th, g, s: (gd_step(th, g, lr=eta), None)),
-    f"momentum 0.5, lr {eta}": valley_path(lambda th, g, s: momentum_step(th, g, s, lr=eta, momentum=0.5)),
-    "Adam, lr 0.2": valley_path(lambda th, g, s: adam_step(th, g, s or AdamState.zeros_like(th), lr=0.2)),
+    f"momentum 0.5, lr {eta}": valley_path(
+        lambda th, g, s: momentum_step(th, g, s, lr=eta, momentum=0.5)
+    ),
+    "Adam, lr 0.2": valley_path(
+        lambda th, g, s: adam_step(th, g, s or AdamState.zeros_like(th), lr=0.2)
+    ),
 }
 steps_needed = {}
 for name, path in paths.items():
@@ -549,22 +623,33 @@ for name, path in paths.items():
     steps_needed[name] = int(np.argmax(losses < 1e-3)) if (losses < 1e-3).any() else None
     print(f"{name:<28} steps until the loss is below 1e-3: {steps_needed[name]}")
 too_big = valley_path(lambda th, g, s: (gd_step(th, g, lr=0.085), None), steps=50)
-print(f"gradient descent, lr 0.085 (> 2/25): loss {valley_loss(too_big[0]):.1f} at the start, "
-      f"{valley_loss(too_big[-1]):.3g} after 50 steps")
+print(
+    f"gradient descent, lr 0.085 (> 2/25): loss {valley_loss(too_big[0]):.1f} at the start, "
+    f"{valley_loss(too_big[-1]):.3g} after 50 steps"
+)
 assert valley_loss(too_big[-1]) > valley_loss(too_big[0])  # it diverges
 gd_name, mom_name, adam_name = paths
 assert steps_needed[mom_name] < steps_needed[gd_name]
-assert (paths[gd_name][1:, 1] * paths[gd_name][:-1, 1] < 0).all()  # gradient descent zigzags across the valley
-assert torch.allclose((paths[adam_name][1] - valley_start).abs(), torch.tensor([0.2, 0.2], dtype=torch.float64))
+assert (
+    paths[gd_name][1:, 1] * paths[gd_name][:-1, 1] < 0
+).all()  # gradient descent zigzags across the valley
+assert torch.allclose(
+    (paths[adam_name][1] - valley_start).abs(), torch.tensor([0.2, 0.2], dtype=torch.float64)
+)
 
 grid1, grid2 = np.meshgrid(np.linspace(-4.5, 1.0, 200), np.linspace(-1.3, 1.3, 200))
 fig, ax = plt.subplots()
-ax.contour(grid1, grid2, 0.5 * (grid1**2 + 25 * grid2**2), levels=np.geomspace(0.01, 30, 12), colors="0.8")
+ax.contour(
+    grid1, grid2, 0.5 * (grid1**2 + 25 * grid2**2), levels=np.geomspace(0.01, 30, 12), colors="0.8"
+)
 for name, path in paths.items():
     ax.plot(path[:41, 0], path[:41, 1], ".-", lw=1, ms=3, label=name)
 ax.plot(0, 0, "k*", ms=12)
-ax.set(xlabel="theta_1 (flat direction)", ylabel="theta_2 (steep direction)",
-       title="Figure 3.1  Three update rules on a narrow valley (first 40 steps)")
+ax.set(
+    xlabel="theta_1 (flat direction)",
+    ylabel="theta_2 (steep direction)",
+    title="Figure 3.1  Three update rules on a narrow valley (first 40 steps)",
+)
 ax.legend()
 plt.show()
 
@@ -594,7 +679,9 @@ plt.show()
 lam = 0.1
 theta_l2 = gd_step(theta_0, grads[0] + lam * theta_0, lr=0.1)  # L2 term in the loss
 theta_decoupled = gd_step((1 - 0.1 * lam) * theta_0, grads[0], lr=0.1)  # shrink, then step
-print(f"gradient descent, L2 vs decoupled: largest difference {(theta_l2 - theta_decoupled).abs().max():.1e}")
+print(
+    f"gradient descent, L2 vs decoupled: largest difference {(theta_l2 - theta_decoupled).abs().max():.1e}"
+)
 assert torch.allclose(theta_l2, theta_decoupled, rtol=0, atol=1e-15)
 
 theta_w, state_w, path_w = theta_0, AdamState.zeros_like(theta_0), []
@@ -624,22 +711,31 @@ for kind in ("none", "L2 in the loss", "decoupled (AdamW)"):
         if kind == "decoupled (AdamW)":
             theta, state = adamw_step(theta, g, state, lr=decay_lr, weight_decay=decay_lam)
         else:
-            theta, state = adam_step(theta, g, state, lr=decay_lr, l2=decay_lam if kind == "L2 in the loss" else 0.0)
+            theta, state = adam_step(
+                theta, g, state, lr=decay_lr, l2=decay_lam if kind == "L2 in the loss" else 0.0
+            )
     runs[kind] = theta
 effect = {kind: runs["none"] - runs[kind] for kind in ("L2 in the loss", "decoupled (AdamW)")}
 print(f"{'gradient scale':<22}" + "".join(f"{s:>10g}" for s in scales.tolist()))
 for kind, e in effect.items():
     print(f"{kind:<22}" + "".join(f"{v:>10.4f}" for v in e.tolist()))
-print(f"(decoupled decay alone would give 1 - (1 - lr*lambda)^100 = {1 - (1 - decay_lr * decay_lam) ** 100:.4f})")
+print(
+    f"(decoupled decay alone would give 1 - (1 - lr*lambda)^100 = {1 - (1 - decay_lr * decay_lam) ** 100:.4f})"
+)
 l2_e, w_e = effect["L2 in the loss"], effect["decoupled (AdamW)"]
 assert (w_e.max() - w_e.min()) / w_e.mean() < 0.2  # decoupled: every weight decays about the same
-assert l2_e[-1] < 0.1 * w_e[-1] and l2_e[0] > 2 * w_e[0]  # L2: large-gradient weights escape, unused ones collapse
-display(Markdown(
-    f"Decoupled decay moved every weight by about the same amount ({w_e.min():.3f} to {w_e.max():.3f}). "
-    f"The L2 term moved the weight the data does not use by {l2_e[0]:.3f}, "
-    f"{l2_e[0] / w_e[0]:.0f} times as far, because Adam turns even the small gradient $\\lambda\\theta$ into a "
-    f"full-size step; and it moved the weight with the largest gradients by {l2_e[-1]:.1e}, practically no "
-    f"decay, because next to gradients that large $\\lambda\\theta$ hardly changes the normalised step."))
+assert (
+    l2_e[-1] < 0.1 * w_e[-1] and l2_e[0] > 2 * w_e[0]
+)  # L2: large-gradient weights escape, unused ones collapse
+display(
+    Markdown(
+        f"Decoupled decay moved every weight by about the same amount ({w_e.min():.3f} to {w_e.max():.3f}). "
+        f"The L2 term moved the weight the data does not use by {l2_e[0]:.3f}, "
+        f"{l2_e[0] / w_e[0]:.0f} times as far, because Adam turns even the small gradient $\\lambda\\theta$ into a "
+        f"full-size step; and it moved the weight with the largest gradients by {l2_e[-1]:.1e}, practically no "
+        f"decay, because next to gradients that large $\\lambda\\theta$ hardly changes the normalised step."
+    )
+)
 
 # %% [markdown]
 # ### Which weights decay
@@ -653,19 +749,46 @@ display(Markdown(
 # GPT which modules each group's tensors belong to:
 
 # %%
-decay_demo = GPT(TransformerConfig(vocab_size=lang.vocab_size, block_size=T, n_layer=settings.n_layer,
-                                   n_head=settings.n_head, n_embd=settings.n_embd))
-owner = {id(p): f"{type(m).__name__}.{name}" for m in decay_demo.modules() for name, p in m.named_parameters(recurse=False)}
-decay_group, no_decay_group = configure_optimizer(decay_demo, TrainConfig(), torch.device("cpu")).param_groups
+decay_demo = GPT(
+    TransformerConfig(
+        vocab_size=lang.vocab_size,
+        block_size=T,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+    )
+)
+owner = {
+    id(p): f"{type(m).__name__}.{name}"
+    for m in decay_demo.modules()
+    for name, p in m.named_parameters(recurse=False)
+}
+decay_group, no_decay_group = configure_optimizer(
+    decay_demo, TrainConfig(), torch.device("cpu")
+).param_groups
 for group in (decay_group, no_decay_group):
     kinds = Counter(owner[id(p)] for p in group["params"])
-    print(f"weight_decay {group['weight_decay']}: {sum(p.numel() for p in group['params']):>7,} numbers in "
-          f"{len(group['params'])} tensors: " + ", ".join(f"{k} x{c}" for k, c in sorted(kinds.items())))
+    print(
+        f"weight_decay {group['weight_decay']}: {sum(p.numel() for p in group['params']):>7,} numbers in "
+        f"{len(group['params'])} tensors: "
+        + ", ".join(f"{k} x{c}" for k, c in sorted(kinds.items()))
+    )
 assert decay_group["weight_decay"] > 0 and no_decay_group["weight_decay"] == 0
-assert {owner[id(p)] for p in decay_group["params"]} <= {"Embedding.weight", "LearnedPositions.weight", "Linear.weight"}
-assert all(owner[id(p)].endswith(".bias") or owner[id(p)].startswith("LayerNorm.") for p in no_decay_group["params"])
-assert sum(len(gr["params"]) for gr in (decay_group, no_decay_group)) == len(list(decay_demo.parameters()))
-assert decay_demo.lm_head.weight is decay_demo.transformer.wte.weight  # tied: one tensor, listed once
+assert {owner[id(p)] for p in decay_group["params"]} <= {
+    "Embedding.weight",
+    "LearnedPositions.weight",
+    "Linear.weight",
+}
+assert all(
+    owner[id(p)].endswith(".bias") or owner[id(p)].startswith("LayerNorm.")
+    for p in no_decay_group["params"]
+)
+assert sum(len(gr["params"]) for gr in (decay_group, no_decay_group)) == len(
+    list(decay_demo.parameters())
+)
+assert (
+    decay_demo.lm_head.weight is decay_demo.transformer.wte.weight
+)  # tied: one tensor, listed once
 
 # %% [markdown]
 # (The output layer shares its matrix with the token embedding, so it appears once, as `Linear`.)
@@ -688,33 +811,59 @@ assert decay_demo.lm_head.weight is decay_demo.transformer.wte.weight  # tied: o
 # GPT's run below.
 
 # %%
-gpt_cfg = TrainConfig(max_iters=settings.gpt_iters, lr=settings.lr, warmup_iters=settings.gpt_warmup,
-                      eval_interval=settings.eval_interval, eval_iters=8, progress=False)
+gpt_cfg = TrainConfig(
+    max_iters=settings.gpt_iters,
+    lr=settings.lr,
+    warmup_iters=settings.gpt_warmup,
+    eval_interval=settings.eval_interval,
+    eval_iters=8,
+    progress=False,
+)
 ours_lr = [lr_at(t, gpt_cfg) for t in range(gpt_cfg.max_iters)]
 
 param = torch.nn.Parameter(torch.zeros(1))
 sgd = torch.optim.SGD([param], lr=gpt_cfg.lr)
 min_lr = gpt_cfg.lr / 10
-schedule = torch.optim.lr_scheduler.SequentialLR(sgd, [
-    torch.optim.lr_scheduler.LinearLR(sgd, start_factor=1 / gpt_cfg.warmup_iters, total_iters=gpt_cfg.warmup_iters - 1),
-    torch.optim.lr_scheduler.CosineAnnealingLR(sgd, T_max=gpt_cfg.max_iters - gpt_cfg.warmup_iters, eta_min=min_lr),
-], milestones=[gpt_cfg.warmup_iters])
+schedule = torch.optim.lr_scheduler.SequentialLR(
+    sgd,
+    [
+        torch.optim.lr_scheduler.LinearLR(
+            sgd, start_factor=1 / gpt_cfg.warmup_iters, total_iters=gpt_cfg.warmup_iters - 1
+        ),
+        torch.optim.lr_scheduler.CosineAnnealingLR(
+            sgd, T_max=gpt_cfg.max_iters - gpt_cfg.warmup_iters, eta_min=min_lr
+        ),
+    ],
+    milestones=[gpt_cfg.warmup_iters],
+)
 torch_lr = []
 for _ in range(gpt_cfg.max_iters):
     torch_lr.append(sgd.param_groups[0]["lr"])
     sgd.step()
     schedule.step()
 rel = max(abs(a - b) / b for a, b in zip(ours_lr, torch_lr))
-print(f"lr_at vs PyTorch's LinearLR + CosineAnnealingLR over {gpt_cfg.max_iters} steps: "
-      f"largest relative difference {rel:.1e}")
+print(
+    f"lr_at vs PyTorch's LinearLR + CosineAnnealingLR over {gpt_cfg.max_iters} steps: "
+    f"largest relative difference {rel:.1e}"
+)
 print(f"peak {max(ours_lr):.2e} at step {int(np.argmax(ours_lr))}; last step {ours_lr[-1]:.2e}")
 assert rel < 1e-9
 
 fig, ax = plt.subplots()
 ax.plot(range(gpt_cfg.max_iters), ours_lr, label="lr_at (the book's trainer)")
-ax.plot(range(0, gpt_cfg.max_iters, 25), torch_lr[::25], "o", ms=4, label="torch.optim.lr_scheduler, chained")
+ax.plot(
+    range(0, gpt_cfg.max_iters, 25),
+    torch_lr[::25],
+    "o",
+    ms=4,
+    label="torch.optim.lr_scheduler, chained",
+)
 ax.axvline(gpt_cfg.warmup_iters, color="0.6", ls=":", label="end of warm-up")
-ax.set(xlabel="optimizer step", ylabel="learning rate", title="Figure 3.2  Warm-up, then cosine decay (the GPT's run)")
+ax.set(
+    xlabel="optimizer step",
+    ylabel="learning rate",
+    title="Figure 3.2  Warm-up, then cosine decay (the GPT's run)",
+)
 ax.legend()
 plt.show()
 
@@ -738,7 +887,9 @@ plt.show()
 # exactly.
 
 # %%
-special = SpecialTokens(lang.vocab_size)  # [MASK], [CLS], [SEP] and 8 sentinels after the language's symbols
+special = SpecialTokens(
+    lang.vocab_size
+)  # [MASK], [CLS], [SEP] and 8 sentinels after the language's symbols
 itos = lang.itos + special.names()
 V = special.vocab_size
 data = {"train": train_seqs, "val": val_seqs}
@@ -750,8 +901,13 @@ def decode(ids) -> str:
 
 def small_gpt(block: int, seed: int = 0) -> GPT:
     torch.manual_seed(seed)
-    config = TransformerConfig(vocab_size=V, block_size=block, n_layer=settings.n_layer, n_head=settings.n_head,
-                               n_embd=settings.n_embd)
+    config = TransformerConfig(
+        vocab_size=V,
+        block_size=block,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+    )
     return GPT(config).to(device)
 
 
@@ -760,42 +916,74 @@ def bos_column(n: int) -> torch.Tensor:  # (n, 1) prompts holding only BOS
 
 
 gpt = small_gpt(block=T)
-before = gpt.generate(bos_column(settings.n_samples), T, generator=torch.Generator(device=device).manual_seed(0)).cpu()
-print(f"{gpt.num_parameters():,} parameters; loss before training {lm_loss(gpt, val_seqs):.3f} "
-      f"(uniform over {V} ids: {math.log(V):.3f})")
+before = gpt.generate(
+    bos_column(settings.n_samples), T, generator=torch.Generator(device=device).manual_seed(0)
+).cpu()
+print(
+    f"{gpt.num_parameters():,} parameters; loss before training {lm_loss(gpt, val_seqs):.3f} "
+    f"(uniform over {V} ids: {math.log(V):.3f})"
+)
 for row in before[:3]:
     print("untrained:", decode(row))
 
-gpt_trainer = Trainer(gpt, lambda split, g: sequence_lm_batch(data[split], settings.batch, g), causal_lm_loss,
-                      gpt_cfg, device=device)
-print(f"AdamW: peak lr {gpt_cfg.lr:g}, betas {gpt_cfg.betas}, weight decay {gpt_cfg.weight_decay:g}, "
-      f"gradient clipped to norm {gpt_cfg.grad_clip:g}")
+gpt_trainer = Trainer(
+    gpt,
+    lambda split, g: sequence_lm_batch(data[split], settings.batch, g),
+    causal_lm_loss,
+    gpt_cfg,
+    device=device,
+)
+print(
+    f"AdamW: peak lr {gpt_cfg.lr:g}, betas {gpt_cfg.betas}, weight decay {gpt_cfg.weight_decay:g}, "
+    f"gradient clipped to norm {gpt_cfg.grad_clip:g}"
+)
 t0 = time.perf_counter()
 gpt_trainer.train()
 gpt_seconds = time.perf_counter() - t0
 gpt_ce = lm_loss(gpt, val_seqs)
-print(f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s ({np.median(gpt_trainer.history['ms']):.0f} ms/step)")
-print(f"validation loss {gpt_ce:.4f} nats/token; floor {floor:.4f}; gap {gpt_ce - floor:.4f}; "
-      f"best n-gram {ngram_ce[best_n]:.4f}")
+print(
+    f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s ({np.median(gpt_trainer.history['ms']):.0f} ms/step)"
+)
+print(
+    f"validation loss {gpt_ce:.4f} nats/token; floor {floor:.4f}; gap {gpt_ce - floor:.4f}; "
+    f"best n-gram {ngram_ce[best_n]:.4f}"
+)
 assert gpt_ce < ngram_ce[best_n] and gpt_ce - floor < 0.15
 
 # %%
 evals = gpt_trainer.history["evals"]
 fig, ax = plt.subplots()
-ax.plot(gpt_trainer.history["step"], gpt_trainer.history["train_loss"], lw=0.6, alpha=0.5, label="GPT, training batches")
+ax.plot(
+    gpt_trainer.history["step"],
+    gpt_trainer.history["train_loss"],
+    lw=0.6,
+    alpha=0.5,
+    label="GPT, training batches",
+)
 ax.plot([e["step"] for e in evals], [e["val"] for e in evals], "o-", label="GPT, validation")
 ax.axhline(ngram_ce[best_n], color="C3", ls="--", label=f"best n-gram ({best_n}-gram)")
 ax.axhline(floor, color="black", lw=1.5, label="entropy floor (exact)")
-ax.set(ylim=(floor - 0.1, 3.0), xlabel="optimizer step", ylabel="cross-entropy (nats/token)",
-       title="Figure 3.3  A GPT approaches the entropy floor; the n-gram stalls above it")
+ax.set(
+    ylim=(floor - 0.1, 3.0),
+    xlabel="optimizer step",
+    ylabel="cross-entropy (nats/token)",
+    title="Figure 3.3  A GPT approaches the entropy floor; the n-gram stalls above it",
+)
 ax.legend()
 plt.show()
 below = [e["step"] for e in evals if e["val"] < ngram_ce[best_n]]
-display(Markdown(
-    f"Figure 3.3: the validation loss (measured every {settings.eval_interval} steps) "
-    + (f"first drops below the best n-gram's at step {below[0]}" if below else "never drops below the n-gram's")
-    + f"; after the last step the loss on the whole validation set is {gpt_ce - floor:.3f} nats above the black "
-      f"line that no model can cross."))
+display(
+    Markdown(
+        f"Figure 3.3: the validation loss (measured every {settings.eval_interval} steps) "
+        + (
+            f"first drops below the best n-gram's at step {below[0]}"
+            if below
+            else "never drops below the n-gram's"
+        )
+        + f"; after the last step the loss on the whole validation set is {gpt_ce - floor:.3f} nats above the black "
+        f"line that no model can cross."
+    )
+)
 
 # %% [markdown]
 # ### The gap is the KL divergence
@@ -815,32 +1003,43 @@ display(Markdown(
 with torch.no_grad():
     logits, _ = gpt.eval()(val_seqs[:, :-1].to(device))
 log_q = logits.double().log_softmax(-1).cpu()  # (N, T, V): the GPT's log q(. | x_<t)
-p_true = torch.from_numpy(np.stack([lang.next_token_table(row[:-1]) for row in val_seqs]))  # (N, T, 29)
+p_true = torch.from_numpy(
+    np.stack([lang.next_token_table(row[:-1]) for row in val_seqs])
+)  # (N, T, 29)
 p_true = F.pad(p_true, (0, V - lang.vocab_size))  # (N, T, V): the special tokens have p = 0
 p_log_p = torch.where(p_true > 0, p_true * p_true.log(), torch.zeros_like(p_true))
 entropy = -p_log_p.sum(-1)  # (N, T): H(p(. | x_<t))
 kl = (p_log_p - p_true * log_q).sum(-1)  # (N, T): KL(p || q)
 expected_loss = -(p_true * log_q).sum(-1)  # (N, T): E_p[-log q]
-observed_loss = -log_q.gather(-1, val_seqs[:, 1:, None]).squeeze(-1)  # (N, T): -log q of the actual token
+observed_loss = -log_q.gather(-1, val_seqs[:, 1:, None]).squeeze(
+    -1
+)  # (N, T): -log q of the actual token
 identity_err = (expected_loss - entropy - kl).abs().max().item()
 print(f"largest |E_p[-log q] - H(p) - KL(p||q)| over {kl.numel():,} prefixes: {identity_err:.1e}")
 assert identity_err < 1e-10
 assert abs(observed_loss.mean().item() - gpt_ce) < 1e-4  # the same validation loss as lm_loss
 
-per_seq = (observed_loss - kl).mean(1)  # (N,): observed loss minus exact KL; its expectation is the floor
+per_seq = (observed_loss - kl).mean(
+    1
+)  # (N,): observed loss minus exact KL; its expectation is the floor
 se_seq = per_seq.std().item() / math.sqrt(len(per_seq))
 gap, kl_mean = gpt_ce - floor, kl.mean().item()
 print(f"validation loss of the GPT                          {gpt_ce:.4f}")
 print(f"exact floor                                         {floor:.4f}")
 print(f"gap                                                 {gap:.4f}")
 print(f"exact KL(p || q), averaged over the same prefixes   {kl_mean:.4f}")
-print(f"gap - KL = sampling error                           {gap - kl_mean:+.4f}  (standard error {se_seq:.4f})")
+print(
+    f"gap - KL = sampling error                           {gap - kl_mean:+.4f}  (standard error {se_seq:.4f})"
+)
 assert kl.min() > -1e-12 and abs(gap - kl_mean) < 4 * se_seq
-display(Markdown(
-    f"The gap to the floor is the GPT's KL divergence: they differ by {abs(gap - kl_mean) / se_seq:.1f} "
-    f"standard errors of a {len(val_seqs):,}-sequence validation set. Of the GPT's {gpt_ce:.3f} nats per "
-    f"token, about {kl_mean:.3f} are its own error, its KL from the truth; the rest is the language's own "
-    f"randomness, which no model can remove."))
+display(
+    Markdown(
+        f"The gap to the floor is the GPT's KL divergence: they differ by {abs(gap - kl_mean) / se_seq:.1f} "
+        f"standard errors of a {len(val_seqs):,}-sequence validation set. Of the GPT's {gpt_ce:.3f} nats per "
+        f"token, about {kl_mean:.3f} are its own error, its KL from the truth; the rest is the language's own "
+        f"randomness, which no model can remove."
+    )
+)
 
 # %% [markdown]
 # Samples tell the same story. We draw sequences from the trained model and ask the true language
@@ -849,26 +1048,41 @@ display(Markdown(
 # language forbids, and we can measure how much on the validation prefixes.
 
 # %%
-after = gpt.generate(bos_column(settings.n_samples), T, generator=torch.Generator(device=device).manual_seed(1)).cpu()
+after = gpt.generate(
+    bos_column(settings.n_samples), T, generator=torch.Generator(device=device).manual_seed(1)
+).cpu()
 for row in after[:3]:
     print("trained:", decode(row))
-ok_before = np.mean([lang.is_well_formed(r) for r in before])  # ids beyond the language count as errors
+ok_before = np.mean(
+    [lang.is_well_formed(r) for r in before]
+)  # ids beyond the language count as errors
 ok_after = np.mean([lang.is_well_formed(r) for r in after])
-print(f"well-formed samples: {ok_after:.0%} of {settings.n_samples} after training, {ok_before:.0%} before")
-forbidden = (log_q.exp() * (p_true == 0)).sum(-1)  # (N, T): the GPT's probability of a forbidden next token
-clean = torch.exp(torch.log1p(-forbidden).sum(1))  # (N,): chance that T steps all avoid one, along each sequence
+print(
+    f"well-formed samples: {ok_after:.0%} of {settings.n_samples} after training, {ok_before:.0%} before"
+)
+forbidden = (log_q.exp() * (p_true == 0)).sum(
+    -1
+)  # (N, T): the GPT's probability of a forbidden next token
+clean = torch.exp(
+    torch.log1p(-forbidden).sum(1)
+)  # (N,): chance that T steps all avoid one, along each sequence
 se_ok = math.sqrt(ok_after * (1 - ok_after) / settings.n_samples)
-print(f"on validation prefixes: {forbidden.mean():.2%} of the probability per step on forbidden tokens, "
-      f"{forbidden.sum(1).mean():.2f} forbidden tokens expected per {T}-token sequence, "
-      f"{clean.mean():.0%} chance of none")
+print(
+    f"on validation prefixes: {forbidden.mean():.2%} of the probability per step on forbidden tokens, "
+    f"{forbidden.sum(1).mean():.2f} forbidden tokens expected per {T}-token sequence, "
+    f"{clean.mean():.0%} chance of none"
+)
 assert ok_after > 0.2 and ok_before < 0.05
 assert abs(clean.mean().item() - ok_after) < 4 * max(se_ok, 0.01)
-display(Markdown(
-    f"Before training {ok_before:.0%} of the samples are valid; after training {ok_after:.0%} (± {se_ok:.0%}) "
-    f"break no rule. The GPT's forbidden-token probability on the validation prefixes predicts this: "
-    f"{forbidden.mean():.2%} per step adds up to {forbidden.sum(1).mean():.2f} expected errors in {T} tokens, "
-    f"and a {clean.mean():.0%} chance of none, {abs(clean.mean().item() - ok_after) / max(se_ok, 0.01):.1f} "
-    f"standard errors from the fraction measured on the samples."))
+display(
+    Markdown(
+        f"Before training {ok_before:.0%} of the samples are valid; after training {ok_after:.0%} (± {se_ok:.0%}) "
+        f"break no rule. The GPT's forbidden-token probability on the validation prefixes predicts this: "
+        f"{forbidden.mean():.2%} per step adds up to {forbidden.sum(1).mean():.2f} expected errors in {T} tokens, "
+        f"and a {clean.mean():.0%} chance of none, {abs(clean.mean().item() - ok_after) / max(se_ok, 0.01):.1f} "
+        f"standard errors from the fraction measured on the samples."
+    )
+)
 
 # %% [markdown]
 # ## Five objectives on one corpus
@@ -898,10 +1112,12 @@ for row, orig, label in zip(example["idx"], example["original"], example["nsp_la
 big = nsp_batch(train_seqs, 4000, special, torch.Generator().manual_seed(4))
 selected = big["mlm_labels"] != IGNORE
 eligible = big["original"] < lang.vocab_size
-print(f"selected {selected.sum() / eligible.sum():.3f} of tokens; of those "
-      f"[MASK] {(big['idx'][selected] == special.mask).float().mean():.3f}, "
-      f"unchanged {(big['idx'][selected] == big['original'][selected]).float().mean():.3f}; "
-      f"true next segment {big['nsp_labels'].float().mean():.3f}")
+print(
+    f"selected {selected.sum() / eligible.sum():.3f} of tokens; of those "
+    f"[MASK] {(big['idx'][selected] == special.mask).float().mean():.3f}, "
+    f"unchanged {(big['idx'][selected] == big['original'][selected]).float().mean():.3f}; "
+    f"true next segment {big['nsp_labels'].float().mean():.3f}"
+)
 assert abs(selected.sum() / eligible.sum() - 0.15) < 0.005
 
 # %% [markdown]
@@ -915,8 +1131,14 @@ PAIR_LEN = T + 3  # [CLS] first half [SEP] second half [SEP]
 
 def small_encoder(seed: int = 0) -> EncoderForPretraining:
     torch.manual_seed(seed)
-    config = TransformerConfig(V, PAIR_LEN, n_layer=settings.n_layer, n_head=settings.n_head, n_embd=settings.n_embd,
-                               causal=False)
+    config = TransformerConfig(
+        V,
+        PAIR_LEN,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+        causal=False,
+    )
     return EncoderForPretraining(Transformer(config)).to(device)
 
 
@@ -924,8 +1146,13 @@ def nsp_batches(split, g):
     return nsp_batch(data[split], settings.batch, special, g)
 
 
-enc_cfg = TrainConfig(max_iters=settings.enc_iters, lr=settings.lr, warmup_iters=settings.enc_warmup, eval_iters=8,
-                      progress=False)
+enc_cfg = TrainConfig(
+    max_iters=settings.enc_iters,
+    lr=settings.lr,
+    warmup_iters=settings.enc_warmup,
+    eval_iters=8,
+    progress=False,
+)
 encoders, enc_seconds = {}, {}
 for name, loss_fn in [("MLM + NSP", mlm_nsp_loss), ("MLM only", mlm_loss)]:
     encoders[name] = small_encoder()
@@ -950,34 +1177,49 @@ def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
         total += sel.sum().item()
         nsp_correct += (nsp_logits.argmax(-1) == b["nsp_labels"]).sum().item()
     acc = correct / total
-    return {"loss": float(np.mean(losses)), "acc": acc, "acc_se": math.sqrt(acc * (1 - acc) / total),
-            "nsp_acc": nsp_correct / (100 * n_batches)}
+    return {
+        "loss": float(np.mean(losses)),
+        "acc": acc,
+        "acc_se": math.sqrt(acc * (1 - acc) / total),
+        "nsp_acc": nsp_correct / (100 * n_batches),
+    }
 
 
 mlm_results = {name: mlm_eval(m) for name, m in encoders.items()}
 for name, r in mlm_results.items():
-    print(f"{name:<10} masked-token loss {r['loss']:.3f}, accuracy {r['acc']:.3f} ± {r['acc_se']:.3f}; "
-          f"NSP accuracy {r['nsp_acc']:.3f} ({enc_seconds[name]:.0f} s)")
-assert mlm_results["MLM + NSP"]["nsp_acc"] > 0.6  # NSP is learnable here: a random B usually breaks the brackets
+    print(
+        f"{name:<10} masked-token loss {r['loss']:.3f}, accuracy {r['acc']:.3f} ± {r['acc_se']:.3f}; "
+        f"NSP accuracy {r['nsp_acc']:.3f} ({enc_seconds[name]:.0f} s)"
+    )
+assert (
+    mlm_results["MLM + NSP"]["nsp_acc"] > 0.6
+)  # NSP is learnable here: a random B usually breaks the brackets
 assert mlm_results["MLM only"]["nsp_acc"] < 0.6  # ... and an untrained NSP head is at chance
 
 with_nsp, without_nsp = mlm_results["MLM + NSP"], mlm_results["MLM only"]
 diff_se = math.hypot(with_nsp["acc_se"], without_nsp["acc_se"])
 if without_nsp["acc"] - with_nsp["acc"] > 2 * diff_se:
-    verdict = ("The encoder without NSP is better: in this run, sharing a small model between two tasks hurt the "
-               "one we care about, in line with RoBERTa's finding")
+    verdict = (
+        "The encoder without NSP is better: in this run, sharing a small model between two tasks hurt the "
+        "one we care about, in line with RoBERTa's finding"
+    )
 elif with_nsp["acc"] - without_nsp["acc"] > 2 * diff_se:
-    verdict = "The encoder with NSP is better: in this run, NSP helped MLM, unlike RoBERTa's finding"
+    verdict = (
+        "The encoder with NSP is better: in this run, NSP helped MLM, unlike RoBERTa's finding"
+    )
 else:
     verdict = "This evaluation does not tell the two apart"
-display(Markdown(
-    f"NSP is learnable in our language (a random second half usually closes brackets that A never opened): the "
-    f"MLM + NSP encoder classifies {with_nsp['nsp_acc']:.0%} of the pairs correctly, the untrained NSP head of the "
-    f"other encoder {without_nsp['nsp_acc']:.0%} (chance is 50%). On the masked tokens, the encoder trained on MLM "
-    f"alone is right {without_nsp['acc']:.1%} of the time and the MLM + NSP encoder {with_nsp['acc']:.1%} "
-    f"(standard error of the difference {diff_se:.1%}). {verdict}. That standard error covers only the choice of "
-    f"evaluation pairs: each encoder was trained once, with one seed, and exercise 3 asks whether the difference "
-    f"survives other seeds."))
+display(
+    Markdown(
+        f"NSP is learnable in our language (a random second half usually closes brackets that A never opened): the "
+        f"MLM + NSP encoder classifies {with_nsp['nsp_acc']:.0%} of the pairs correctly, the untrained NSP head of the "
+        f"other encoder {without_nsp['nsp_acc']:.0%} (chance is 50%). On the masked tokens, the encoder trained on MLM "
+        f"alone is right {without_nsp['acc']:.1%} of the time and the MLM + NSP encoder {with_nsp['acc']:.1%} "
+        f"(standard error of the difference {diff_se:.1%}). {verdict}. That standard error covers only the choice of "
+        f"evaluation pairs: each encoder was trained once, with one seed, and exercise 3 asks whether the difference "
+        f"survives other seeds."
+    )
+)
 
 # %% [markdown]
 # What can the encoder *do*? It fills in blanks using both sides. Here it restores hidden closers,
@@ -985,8 +1227,15 @@ display(Markdown(
 
 # %%
 row = val_seqs[3]
-pair = torch.cat([torch.tensor([special.cls]), row[1 : 1 + T // 2], torch.tensor([special.sep]), row[1 + T // 2 :],
-                  torch.tensor([special.sep])])
+pair = torch.cat(
+    [
+        torch.tensor([special.cls]),
+        row[1 : 1 + T // 2],
+        torch.tensor([special.sep]),
+        row[1 + T // 2 :],
+        torch.tensor([special.sep]),
+    ]
+)
 closers = torch.isin(pair, torch.tensor(lang.close_ids))
 blanked = torch.where(closers, torch.tensor(special.mask), pair)
 with torch.no_grad():
@@ -995,7 +1244,9 @@ filled = torch.where(closers, filled, pair)
 print("with blanks:", decode(blanked))
 print("filled in:  ", decode(filled))
 print("original:   ", decode(pair))
-print(f"{(filled[closers] == pair[closers]).sum().item()} of {closers.sum().item()} closers restored")
+print(
+    f"{(filled[closers] == pair[closers]).sum().item()} of {closers.sum().item()} closers restored"
+)
 
 # %% [markdown]
 # An encoder cannot generate text left to right, though: trained to see both sides, it has no
@@ -1022,7 +1273,9 @@ g = torch.Generator().manual_seed(7)
 for r in val_seqs[:500]:
     perm = torch.randperm(T, generator=g) + 1
     shuffled_ok.append(lang.is_well_formed(torch.cat([r[:1], r[perm]])))
-print(f"well-formed after shuffling the tokens: {np.mean(shuffled_ok):.1%} of 500 sequences (before: 100%)")
+print(
+    f"well-formed after shuffling the tokens: {np.mean(shuffled_ok):.1%} of 500 sequences (before: 100%)"
+)
 assert np.mean(shuffled_ok) < 0.05
 
 # %% [markdown]
@@ -1044,7 +1297,13 @@ print(mask.int())
 n = rank.size(1)
 assert not mask[n:, :n].diagonal().any()  # no query sees its own content
 assert not mask[:n, n:].any()  # content never reads the query stream
-assert mask[n + 3, :n].tolist() == [True, True, True, False, True]  # q3 (last in the order) sees every c but c3
+assert mask[n + 3, :n].tolist() == [
+    True,
+    True,
+    True,
+    False,
+    True,
+]  # q3 (last in the order) sees every c but c3
 fig, ax = plt.subplots(figsize=(5, 5))
 ax.imshow(mask.int(), cmap="Blues")
 labels = [f"c{i}" for i in range(n)] + [f"q{i}" for i in range(n)]
@@ -1053,8 +1312,11 @@ ax.set_yticks(range(2 * n), labels)
 ax.axhline(n - 0.5, color="C1")
 ax.axvline(n - 0.5, color="C1")
 ax.grid(False)
-ax.set(xlabel="key (c = content stream, q = query stream; number = position)", ylabel="query",
-       title="Figure 3.4  Two-stream attention mask, order 0, 2, 4, 1, 3")
+ax.set(
+    xlabel="key (c = content stream, q = query stream; number = position)",
+    ylabel="query",
+    title="Figure 3.4  Two-stream attention mask, order 0, 2, 4, 1, 3",
+)
 plt.show()
 
 # %% [markdown]
@@ -1071,8 +1333,13 @@ plt.show()
 
 # %%
 plm_gpt = small_gpt(block=T + 1)
-plm_cfg = TrainConfig(max_iters=settings.plm_iters, lr=settings.lr, warmup_iters=settings.obj_warmup, eval_iters=8,
-                      progress=False)
+plm_cfg = TrainConfig(
+    max_iters=settings.plm_iters,
+    lr=settings.lr,
+    warmup_iters=settings.obj_warmup,
+    eval_iters=8,
+    progress=False,
+)
 
 
 def plm_batches(split, g):
@@ -1090,31 +1357,45 @@ def plm_left_to_right_ce(model, seqs) -> float:
     model.eval()
     targets = seqs.clone()
     targets[:, 0] = IGNORE  # BOS is given, never predicted
-    batch = {"idx": seqs.to(device), "rank": torch.arange(T + 1, device=device).expand(len(seqs), T + 1),
-             "targets": targets.to(device), "query_token": special.mask}
+    batch = {
+        "idx": seqs.to(device),
+        "rank": torch.arange(T + 1, device=device).expand(len(seqs), T + 1),
+        "targets": targets.to(device),
+        "query_token": special.mask,
+    }
     return plm_loss(model, batch).item()
 
 
 plm_ce = plm_left_to_right_ce(plm_gpt, val_seqs)
 gpt_val_by_step = {e["step"]: e["val"] for e in gpt_trainer.history["evals"]}
 gpt_same_step = gpt_val_by_step.get(plm_cfg.max_iters)
-print(f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.max_iters} steps "
-      f"({plm_seconds:.0f} s); floor {floor:.4f}; best n-gram {ngram_ce[best_n]:.4f}; unigram {ngram_ce[1]:.4f}")
+print(
+    f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.max_iters} steps "
+    f"({plm_seconds:.0f} s); floor {floor:.4f}; best n-gram {ngram_ce[best_n]:.4f}; unigram {ngram_ce[1]:.4f}"
+)
 if gpt_same_step is not None:
-    print(f"the GPT's validation loss at step {plm_cfg.max_iters} of its own run: {gpt_same_step:.4f}")
+    print(
+        f"the GPT's validation loss at step {plm_cfg.max_iters} of its own run: {gpt_same_step:.4f}"
+    )
 assert plm_ce < ngram_ce[1]
 
 # %%
 versus_ngram = "above" if plm_ce > ngram_ce[best_n] else "below"
-display(Markdown(
-    f"The PLM model spends its training on all orders: left-to-right is only one of the {T}! orders it "
-    f"practises, and each token is predicted from a *random subset* of the others — often without the opener "
-    f"it needs. After {plm_cfg.max_iters} steps its left-to-right loss is {plm_ce - floor:.3f} nats above the "
-    f"floor, {versus_ngram} the best n-gram's and {ngram_ce[1] - plm_ce:.3f} nats below a unigram model's"
-    + (f"; the GPT, after the same number of steps of its own run, was {gpt_same_step - floor:.3f} above the floor"
-       if gpt_same_step is not None else "")
-    + ". To make optimisation easier, XLNet predicts only the last tokens of each order, which have the most "
-      "context (\"partial prediction\", Yang et al. 2019), and trains far longer (exercise 4)."))
+display(
+    Markdown(
+        f"The PLM model spends its training on all orders: left-to-right is only one of the {T}! orders it "
+        f"practises, and each token is predicted from a *random subset* of the others — often without the opener "
+        f"it needs. After {plm_cfg.max_iters} steps its left-to-right loss is {plm_ce - floor:.3f} nats above the "
+        f"floor, {versus_ngram} the best n-gram's and {ngram_ce[1] - plm_ce:.3f} nats below a unigram model's"
+        + (
+            f"; the GPT, after the same number of steps of its own run, was {gpt_same_step - floor:.3f} above the floor"
+            if gpt_same_step is not None
+            else ""
+        )
+        + ". To make optimisation easier, XLNet predicts only the last tokens of each order, which have the most "
+        "context (\"partial prediction\", Yang et al. 2019), and trains far longer (exercise 4)."
+    )
+)
 
 # %% [markdown]
 # ### Span corruption (T5)
@@ -1134,22 +1415,36 @@ print("input:   ", decode(inp))
 print("targets: ", decode(tgt))
 lengths = [random_spans_noise_mask(100, g).float() for _ in range(200)]
 density = torch.stack(lengths).mean().item()
-print(f"noise density over 200 masks of length 100: {density:.3f}; mean span length "
-      f"{sum(m.sum().item() for m in lengths) / sum((m.diff(prepend=torch.zeros(1)) == 1).sum().item() for m in lengths):.2f}")
+print(
+    f"noise density over 200 masks of length 100: {density:.3f}; mean span length "
+    f"{sum(m.sum().item() for m in lengths) / sum((m.diff(prepend=torch.zeros(1)) == 1).sum().item() for m in lengths):.2f}"
+)
 assert abs(density - 0.15) < 1e-6
 
 span_example = span_corruption_batch(train_seqs, 1, special, g)
 SPAN_LEN = span_example["idx"].size(1)
 t5_gpt = small_gpt(block=SPAN_LEN)
-t5_cfg = TrainConfig(max_iters=settings.t5_iters, lr=settings.lr, warmup_iters=settings.obj_warmup, eval_iters=8,
-                     progress=False)
+t5_cfg = TrainConfig(
+    max_iters=settings.t5_iters,
+    lr=settings.lr,
+    warmup_iters=settings.obj_warmup,
+    eval_iters=8,
+    progress=False,
+)
 t0 = time.perf_counter()
-t5_trainer = Trainer(t5_gpt, lambda split, g: span_corruption_batch(data[split], settings.batch, special, g),
-                     span_corruption_loss, t5_cfg, device=device)
+t5_trainer = Trainer(
+    t5_gpt,
+    lambda split, g: span_corruption_batch(data[split], settings.batch, special, g),
+    span_corruption_loss,
+    t5_cfg,
+    device=device,
+)
 t5_trainer.train()
 t5_seconds = time.perf_counter() - t0
-print(f"span-corruption loss on validation: {t5_trainer.history['evals'][-1]['val']:.3f} nats/target token "
-      f"({t5_cfg.max_iters} steps, {t5_seconds:.0f} s)")
+print(
+    f"span-corruption loss on validation: {t5_trainer.history['evals'][-1]['val']:.3f} nats/target token "
+    f"({t5_cfg.max_iters} steps, {t5_seconds:.0f} s)"
+)
 
 # %% [markdown]
 # ### One table, one probe
@@ -1177,7 +1472,11 @@ for i, r in enumerate(probe_seqs.tolist()):
         elif tok in lang.close_ids:
             opened_at[p] = stack.pop()
     # a closer right after a closer, inside a corrupted span, whose opener the n-gram cannot see
-    hard = [p for p, o in opened_at.items() if noise[p - 1] and r[p - 1] in lang.close_ids and p - o >= best_n]
+    hard = [
+        p
+        for p, o in opened_at.items()
+        if noise[p - 1] and r[p - 1] in lang.close_ids and p - o >= best_n
+    ]
     if hard:
         rows_p.append(i)
         pos_p.append(hard[0])
@@ -1204,9 +1503,16 @@ with torch.no_grad():
     probe[f"{best_n}-gram (counts)"] = closer_ids[torch.stack(scores, 1).argmax(1)]
 
     for name, enc in encoders.items():
-        pairs = torch.cat([torch.full((n_probe, 1), special.cls), seqs_p[:, 1 : 1 + T // 2],
-                           torch.full((n_probe, 1), special.sep), seqs_p[:, 1 + T // 2 :],
-                           torch.full((n_probe, 1), special.sep)], dim=1)
+        pairs = torch.cat(
+            [
+                torch.full((n_probe, 1), special.cls),
+                seqs_p[:, 1 : 1 + T // 2],
+                torch.full((n_probe, 1), special.sep),
+                seqs_p[:, 1 + T // 2 :],
+                torch.full((n_probe, 1), special.sep),
+            ],
+            dim=1,
+        )
         pair_pos = pos_t + (pos_t > T // 2).long()  # shift past the middle [SEP]
         pairs[ar, pair_pos] = special.mask
         token_logits, _ = enc.eval()(pairs.to(device))
@@ -1215,7 +1521,9 @@ with torch.no_grad():
     ranks = torch.arange(T + 1).repeat(n_probe, 1)
     ranks = ranks - (ranks > pos_t[:, None]).long()  # close the gap ...
     ranks[ar, pos_t] = T  # ... and put the probed position last in the order
-    plm_logits = two_stream_logits(plm_gpt.eval(), seqs_p.to(device), ranks.to(device), special.mask)
+    plm_logits = two_stream_logits(
+        plm_gpt.eval(), seqs_p.to(device), ranks.to(device), special.mask
+    )
     probe["permutation LM (XLNet)"] = pick_closer(plm_logits[ar, pos_t])
 
     fulls, where = [], []
@@ -1233,13 +1541,17 @@ with torch.no_grad():
     span_mask = prefix_lm_mask(fulls.size(1) - 1, span_example["n_prefix"]).to(device)
     out, _ = t5_gpt.eval()(fulls[:, :-1].to(device), attn_mask=span_mask)
     where_t = torch.tensor(where)
-    assert torch.equal(fulls[ar, where_t + 1], answer)  # we read the logits that predict the probed token
+    assert torch.equal(
+        fulls[ar, where_t + 1], answer
+    )  # we read the logits that predict the probed token
     probe["span corruption (T5)"] = pick_closer(out[ar, where_t])
 
 chance = 1 / len(lang.close_ids)
 accuracy = {name: (pred == answer).float().mean().item() for name, pred in probe.items()}
 acc_se = {name: math.sqrt(a * (1 - a) / n_probe) for name, a in accuracy.items()}
-print(f"closer probe: {n_probe} fresh sequences, one hard closing bracket each; chance = {chance:.0%}")
+print(
+    f"closer probe: {n_probe} fresh sequences, one hard closing bracket each; chance = {chance:.0%}"
+)
 for name, acc in accuracy.items():
     print(f"  {name:<28} {acc:6.1%} ± {acc_se[name]:.1%}")
 assert accuracy["causal LM (GPT)"] > accuracy[f"{best_n}-gram (counts)"] + 0.2
@@ -1259,20 +1571,34 @@ context = {
     "permutation LM (XLNet)": "tokens earlier in the order",
     "span corruption (T5)": "corrupted input, earlier targets",
 }
-seconds = {"causal LM (GPT)": gpt_seconds, "masked LM (MLM + NSP)": enc_seconds["MLM + NSP"],
-           "masked LM (MLM only)": enc_seconds["MLM only"], "permutation LM (XLNet)": plm_seconds,
-           "span corruption (T5)": t5_seconds}
-steps = {"causal LM (GPT)": gpt_cfg.max_iters, "masked LM (MLM + NSP)": enc_cfg.max_iters,
-         "masked LM (MLM only)": enc_cfg.max_iters, "permutation LM (XLNet)": plm_cfg.max_iters,
-         "span corruption (T5)": t5_cfg.max_iters}
+seconds = {
+    "causal LM (GPT)": gpt_seconds,
+    "masked LM (MLM + NSP)": enc_seconds["MLM + NSP"],
+    "masked LM (MLM only)": enc_seconds["MLM only"],
+    "permutation LM (XLNet)": plm_seconds,
+    "span corruption (T5)": t5_seconds,
+}
+steps = {
+    "causal LM (GPT)": gpt_cfg.max_iters,
+    "masked LM (MLM + NSP)": enc_cfg.max_iters,
+    "masked LM (MLM only)": enc_cfg.max_iters,
+    "permutation LM (XLNet)": plm_cfg.max_iters,
+    "span corruption (T5)": t5_cfg.max_iters,
+}
 left_to_right = {"causal LM (GPT)": gpt_ce, "permutation LM (XLNet)": plm_ce}
-print(f"{'objective':<24}{'predicts from':<34}{'loss on':<34}{'steps':>6}{'time':>7}{'closer acc.':>13}{'L-to-R CE':>11}")
+print(
+    f"{'objective':<24}{'predicts from':<34}{'loss on':<34}{'steps':>6}{'time':>7}{'closer acc.':>13}{'L-to-R CE':>11}"
+)
 for name in supervised:
     ce = f"{left_to_right[name]:.3f}" if name in left_to_right else "-"
-    print(f"{name:<24}{context[name]:<34}{supervised[name]:<34}{steps[name]:>6}{seconds[name]:>6.0f}s"
-          f"{accuracy[name]:>13.1%}{ce:>11}")
-print(f"{'n-gram (' + str(best_n) + ')':<24}{'last ' + str(best_n - 1) + ' tokens':<34}{'(counts)':<34}{'-':>6}{'':>7}"
-      f"{accuracy[f'{best_n}-gram (counts)']:>13.1%}{ngram_ce[best_n]:>11.3f}")
+    print(
+        f"{name:<24}{context[name]:<34}{supervised[name]:<34}{steps[name]:>6}{seconds[name]:>6.0f}s"
+        f"{accuracy[name]:>13.1%}{ce:>11}"
+    )
+print(
+    f"{'n-gram (' + str(best_n) + ')':<24}{'last ' + str(best_n - 1) + ' tokens':<34}{'(counts)':<34}{'-':>6}{'':>7}"
+    f"{accuracy[f'{best_n}-gram (counts)']:>13.1%}{ngram_ce[best_n]:>11.3f}"
+)
 print(f"entropy floor of left-to-right cross-entropy: {floor:.3f} nats/token")
 
 # %% [markdown]
@@ -1351,9 +1677,14 @@ display(Markdown("\n".join(lines)))
 #   `CharTokenizer.fit` (a sorted set of the characters) and `causal_lm_batch` (random windows).
 
 # %%
-print("torch.nn.Transformer has an attribute TransformerEncoder:", hasattr(torch.nn.Transformer, "TransformerEncoder"))
-print("anything in torch.nn has build_tokenizer:",
-      any(hasattr(getattr(torch.nn, name), "build_tokenizer") for name in dir(torch.nn)))
+print(
+    "torch.nn.Transformer has an attribute TransformerEncoder:",
+    hasattr(torch.nn.Transformer, "TransformerEncoder"),
+)
+print(
+    "anything in torch.nn has build_tokenizer:",
+    any(hasattr(getattr(torch.nn, name), "build_tokenizer") for name in dir(torch.nn)),
+)
 
 
 class SingleTokenDataset(torch.utils.data.Dataset):  # the article's __getitem__, as written
@@ -1368,17 +1699,31 @@ class SingleTokenDataset(torch.utils.data.Dataset):  # the article's __getitem__
 
 
 char_ids = char_tok.encode_tensor(docs_train)  # (number of characters,)
-loader = torch.utils.data.DataLoader(SingleTokenDataset(char_ids), batch_size=4, shuffle=True,
-                                     generator=torch.Generator().manual_seed(0))
+loader = torch.utils.data.DataLoader(
+    SingleTokenDataset(char_ids),
+    batch_size=4,
+    shuffle=True,
+    generator=torch.Generator().manual_seed(0),
+)
 article_batch = next(iter(loader))
-print(f"the article's batch: shape {tuple(article_batch.shape)}, characters {char_tok.decode(article_batch.tolist())!r}")
+print(
+    f"the article's batch: shape {tuple(article_batch.shape)}, characters {char_tok.decode(article_batch.tolist())!r}"
+)
 
-window = causal_lm_batch(char_ids, batch_size=2, block_size=24, generator=torch.Generator().manual_seed(0))
-print(f"a language-model batch: inputs {tuple(window['idx'].shape)}, targets {tuple(window['targets'].shape)}")
+window = causal_lm_batch(
+    char_ids, batch_size=2, block_size=24, generator=torch.Generator().manual_seed(0)
+)
+print(
+    f"a language-model batch: inputs {tuple(window['idx'].shape)}, targets {tuple(window['targets'].shape)}"
+)
 for x_row, y_row in zip(window["idx"], window["targets"]):
-    print(f"  input  {char_tok.decode(x_row.tolist())!r}\n  target {char_tok.decode(y_row.tolist())!r}")
+    print(
+        f"  input  {char_tok.decode(x_row.tolist())!r}\n  target {char_tok.decode(y_row.tolist())!r}"
+    )
 assert article_batch.dim() == 1  # no time axis: nothing to attend over, no targets
-assert torch.equal(window["idx"][:, 1:], window["targets"][:, :-1])  # targets are the inputs shifted by one
+assert torch.equal(
+    window["idx"][:, 1:], window["targets"][:, :-1]
+)  # targets are the inputs shifted by one
 
 # %% [markdown]
 # ## Your own text

@@ -87,9 +87,23 @@ class Settings:
 
 settings = Settings()
 if device.type == "cuda":
-    settings = Settings(n_layer=4, n_embd=128, pretrain_seqs=100_000, pretrain_iters=3000, batch=128, lr=1e-3,
-                        cls_per_class=4_000, cls_iters=600, seeds=5, qa_questions=20_000, qa_iters=2000,
-                        sft_pairs=20_000, sft_iters=2000, induction_iters=2000, icl_iters=2000)
+    settings = Settings(
+        n_layer=4,
+        n_embd=128,
+        pretrain_seqs=100_000,
+        pretrain_iters=3000,
+        batch=128,
+        lr=1e-3,
+        cls_per_class=4_000,
+        cls_iters=600,
+        seeds=5,
+        qa_questions=20_000,
+        qa_iters=2000,
+        sft_pairs=20_000,
+        sft_iters=2000,
+        induction_iters=2000,
+        icl_iters=2000,
+    )
 print(f"settings for {device.type}:")
 for name, value in asdict(settings).items():
     print(f"  {name:<16}{value:>10,}" if isinstance(value, int) else f"  {name:<16}{value:>10g}")
@@ -109,18 +123,34 @@ lang = BracketLanguage()
 pretrain_seqs = lang.sample(settings.pretrain_seqs, T, seed=1)  # (N, T + 1)
 val_seqs = lang.sample(1_000, T, seed=2)
 V = lang.vocab_size
-base_config = TransformerConfig(vocab_size=V, block_size=64, n_layer=settings.n_layer, n_head=settings.n_head,
-                                n_embd=settings.n_embd)
+base_config = TransformerConfig(
+    vocab_size=V,
+    block_size=64,
+    n_layer=settings.n_layer,
+    n_head=settings.n_head,
+    n_embd=settings.n_embd,
+)
 torch.manual_seed(0)
 base = GPT(base_config).to(device)
-pretrain_cfg = TrainConfig(max_iters=settings.pretrain_iters, lr=settings.lr, warmup_iters=50, progress=False)
+pretrain_cfg = TrainConfig(
+    max_iters=settings.pretrain_iters, lr=settings.lr, warmup_iters=50, progress=False
+)
 t0 = time.perf_counter()
-Trainer(base, lambda split, g: sequence_lm_batch(pretrain_seqs, settings.batch, g), causal_lm_loss,
-        pretrain_cfg, device=device).train()
+Trainer(
+    base,
+    lambda split, g: sequence_lm_batch(pretrain_seqs, settings.batch, g),
+    causal_lm_loss,
+    pretrain_cfg,
+    device=device,
+).train()
 floor = lang.entropy_floor(T)
 base_loss = lm_loss(base, val_seqs.to(device))
-print(f"base GPT: {base.num_parameters():,} parameters, pretrained in {time.perf_counter() - t0:.0f} s")
-print(f"held-out loss {base_loss:.3f} nats/token; the language's floor {floor:.3f}; gap {base_loss - floor:.3f}")
+print(
+    f"base GPT: {base.num_parameters():,} parameters, pretrained in {time.perf_counter() - t0:.0f} s"
+)
+print(
+    f"held-out loss {base_loss:.3f} nats/token; the language's floor {floor:.3f}; gap {base_loss - floor:.3f}"
+)
 assert base_loss < floor + 0.15, "the base model should be close to the floor"
 base.eval()
 base.requires_grad_(False)  # the pretrained weights: every method below starts from a copy
@@ -151,14 +181,20 @@ from aigc_book.tasks.qa import make_qa_data, span_text
 for prop in PROPERTIES:
     demo = make_classification_data(prop, n_per_class=4, length=16, seed=0)
     x, y = demo.split("train")
-    print(f"{prop:<14}", "  ".join(f"{lang.decode(x[i])} -> {demo.classes[y[i]]}" for i in range(2)))
+    print(
+        f"{prop:<14}", "  ".join(f"{lang.decode(x[i])} -> {demo.classes[y[i]]}" for i in range(2))
+    )
 qa_demo = make_qa_data(1, length=16, seed=0)
 row, start, end = qa_demo.idx[0], int(qa_demo.start_positions[0]), int(qa_demo.end_positions[0])
-print("question answering: the marker ① stands before the asked-about bracket; answer:",
-      span_text(lang, row, start, end, sep=""))
+print(
+    "question answering: the marker ① stands before the asked-about bracket; answer:",
+    span_text(lang, row, start, end, sep=""),
+)
 for item in instructions.sample_instructions(5, seed=0):
-    print(f"instruction: {item.prompt!r:<26} answer: {item.answer!r:<8} "
-          f"checker: {instructions.check(item.prompt, item.answer)}")
+    print(
+        f"instruction: {item.prompt!r:<26} answer: {item.answer!r:<8} "
+        f"checker: {instructions.check(item.prompt, item.answer)}"
+    )
 
 # %% [markdown]
 # ## Fine-tuning the whole model
@@ -181,9 +217,13 @@ for item in instructions.sample_instructions(5, seed=0):
 
 # %%
 TASK = "open_type"
-cls_data = make_classification_data(TASK, n_per_class=settings.cls_per_class, length=settings.cls_length, seed=3)
+cls_data = make_classification_data(
+    TASK, n_per_class=settings.cls_per_class, length=settings.cls_length, seed=3
+)
 K = len(cls_data.classes)
-answer_ids = torch.tensor([lang.stoi[c] for c in "wxyz"[:K]], device=device)  # (K,) the label symbols
+answer_ids = torch.tensor(
+    [lang.stoi[c] for c in "wxyz"[:K]], device=device
+)  # (K,) the label symbols
 IGNORE = -100
 
 
@@ -201,14 +241,20 @@ def label_accuracy(model, split: str = "val") -> float:
     x, y = cls_data.split(split)
     was_training = model.training
     model.eval()
-    logits = model(x.to(device)).logits[:, -1, answer_ids]  # (N, K): scores of the label symbols only
+    logits = model(x.to(device)).logits[
+        :, -1, answer_ids
+    ]  # (N, K): scores of the label symbols only
     model.train(was_training)
     return (logits.argmax(-1).cpu() == y).float().mean().item()
 
 
-print(f"{TASK}: classes {cls_data.classes}, {len(cls_data.split('train')[1])} training and "
-      f"{len(cls_data.split('val')[1])} validation sequences of {settings.cls_length} tokens")
-print(f"base model before any fine-tuning: accuracy {label_accuracy(base):.3f} (chance {1 / K:.3f})")
+print(
+    f"{TASK}: classes {cls_data.classes}, {len(cls_data.split('train')[1])} training and "
+    f"{len(cls_data.split('val')[1])} validation sequences of {settings.cls_length} tokens"
+)
+print(
+    f"base model before any fine-tuning: accuracy {label_accuracy(base):.3f} (chance {1 / K:.3f})"
+)
 
 # %% [markdown]
 # Before training, the base model answers at about chance: it was never asked this question. Now the
@@ -217,11 +263,20 @@ print(f"base model before any fine-tuning: accuracy {label_accuracy(base):.3f} (
 # %%
 from aigc_book.adaptation.freezing import count_trainable
 
-LR = {"full": 3e-3, "last layer": 1e-2, "LoRA": 1e-2, "adapters": 1e-2, "prefix": 0.3, "prompt": 0.3}
+LR = {
+    "full": 3e-3,
+    "last layer": 1e-2,
+    "LoRA": 1e-2,
+    "adapters": 1e-2,
+    "prefix": 0.3,
+    "prompt": 0.3,
+}
 
 
 def fine_tune(model, method: str, seed: int, iters: int = settings.cls_iters) -> Trainer:
-    cfg = TrainConfig(max_iters=iters, lr=LR[method], warmup_iters=10, weight_decay=0.0, seed=seed, progress=False)
+    cfg = TrainConfig(
+        max_iters=iters, lr=LR[method], warmup_iters=10, weight_decay=0.0, seed=seed, progress=False
+    )
     trainer = Trainer(model, label_batch, causal_lm_loss, cfg, device=device)
     trainer.train()
     return trainer
@@ -231,8 +286,10 @@ torch.manual_seed(0)
 full = copy.deepcopy(base).requires_grad_(True).train()
 full_trainer = fine_tune(full, "full", seed=0)
 counts = count_trainable(full)
-print(f"full fine-tuning: {counts.trainable:,} of {counts.total:,} parameters trained; "
-      f"validation accuracy {label_accuracy(full):.3f} after {settings.cls_iters} steps")
+print(
+    f"full fine-tuning: {counts.trainable:,} of {counts.total:,} parameters trained; "
+    f"validation accuracy {label_accuracy(full):.3f} after {settings.cls_iters} steps"
+)
 
 # %% [markdown]
 # ## LoRA
@@ -266,8 +323,9 @@ torch.manual_seed(0)
 layer = torch.nn.Linear(6, 5, dtype=torch.float64)
 r, alpha = 2, 4.0
 ours = LoRALinear(copy.deepcopy(layer), r=r, alpha=alpha)
-theirs = PeftLoraLinear(copy.deepcopy(layer), "default", config=LoraConfig(r=r, lora_alpha=alpha), r=r,
-                        lora_alpha=alpha)
+theirs = PeftLoraLinear(
+    copy.deepcopy(layer), "default", config=LoraConfig(r=r, lora_alpha=alpha), r=r, lora_alpha=alpha
+)
 with torch.no_grad():  # the same A, and a non-zero B (a zero B would hide every mistake)
     ours.lora_A.weight.copy_(theirs.lora_A["default"].weight)
     B = torch.randn(5, r, dtype=torch.float64)
@@ -280,7 +338,9 @@ torch.testing.assert_close(ours(x), theirs(x))
 assert ours.scaling == theirs.scaling["default"] == alpha / r
 unmerged = ours(x)
 ours.merge()
-torch.testing.assert_close(ours.base_layer(x), unmerged)  # one matrix now computes the same function
+torch.testing.assert_close(
+    ours.base_layer(x), unmerged
+)  # one matrix now computes the same function
 ours.unmerge()
 torch.testing.assert_close(ours.base_layer.weight, layer.weight)
 print("LoRALinear equals W x + (alpha/r) B A x and peft's LoRA layer; merged equals unmerged")
@@ -296,8 +356,10 @@ torch.manual_seed(0)
 lora_model = copy.deepcopy(base)
 wrapped = apply_lora(lora_model, **LORA)
 counts = count_trainable(lora_model)
-expected = sum(lora_parameter_count(m.in_features, m.out_features, LORA["r"])
-               for m in (lora_model.get_submodule(n) for n in wrapped))
+expected = sum(
+    lora_parameter_count(m.in_features, m.out_features, LORA["r"])
+    for m in (lora_model.get_submodule(n) for n in wrapped)
+)
 assert counts.trainable == expected
 fine_tune(lora_model, "LoRA", seed=0)
 lora_accuracy = label_accuracy(lora_model)
@@ -305,9 +367,14 @@ merged = merge_lora(copy.deepcopy(lora_model))
 x_val = cls_data.split("val")[0][:64].to(device)
 with torch.no_grad():
     torch.testing.assert_close(merged(x_val).logits, lora_model(x_val).logits, rtol=1e-4, atol=1e-4)
-assert label_accuracy(merged) == lora_accuracy and type(merged.transformer.h[0].attn.c_attn) is torch.nn.Linear
-print(f"LoRA on {len(wrapped)} layers: {counts.trainable:,} trained parameters ({counts.percent:.1f}% of "
-      f"{counts.total:,}); validation accuracy {lora_accuracy:.3f}; merged into plain Linear layers, same logits")
+assert (
+    label_accuracy(merged) == lora_accuracy
+    and type(merged.transformer.h[0].attn.c_attn) is torch.nn.Linear
+)
+print(
+    f"LoRA on {len(wrapped)} layers: {counts.trainable:,} trained parameters ({counts.percent:.1f}% of "
+    f"{counts.total:,}); validation accuracy {lora_accuracy:.3f}; merged into plain Linear layers, same logits"
+)
 
 # %% [markdown]
 # ## Adapters, prefixes and prompts
@@ -343,23 +410,39 @@ d, L = base_config.n_embd, base_config.n_layer
 adapter_model = copy.deepcopy(base)
 apply_adapters(adapter_model, bottleneck=M)
 with torch.no_grad():
-    torch.testing.assert_close(adapter_model(x_val).logits, base(x_val).logits)  # a fresh adapter is the identity
+    torch.testing.assert_close(
+        adapter_model(x_val).logits, base(x_val).logits
+    )  # a fresh adapter is the identity
 assert count_trainable(adapter_model).trainable == 2 * L * adapter_parameter_count(d, M)
 
 import warnings
 
 hf_base = to_hf_gpt2(copy.deepcopy(base).cpu())
 for name, ours_cls, config, by_formula in [
-    ("prompt", PromptTuning, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P), P * d),
-    ("prefix", PrefixTuning, PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P), P * L * 2 * d),
+    (
+        "prompt",
+        PromptTuning,
+        PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P),
+        P * d,
+    ),
+    (
+        "prefix",
+        PrefixTuning,
+        PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=P),
+        P * L * 2 * d,
+    ),
 ]:
     ours_count = count_trainable(ours_cls(copy.deepcopy(base), P)).trainable
     with warnings.catch_warnings():  # transformers' notice that a peft-internal call is deprecated
         warnings.simplefilter("ignore", FutureWarning)
         peft_count, _ = get_peft_model(copy.deepcopy(hf_base), config).get_nb_trainable_parameters()
     assert ours_count == peft_count == by_formula, (name, ours_count, peft_count, by_formula)
-    print(f"{name} tuning with {P} virtual tokens: {ours_count:,} trainable parameters (peft: {peft_count:,})")
-print(f"adapters of width {M} after both sublayers of {L} blocks: {2 * L * adapter_parameter_count(d, M):,}")
+    print(
+        f"{name} tuning with {P} virtual tokens: {ours_count:,} trainable parameters (peft: {peft_count:,})"
+    )
+print(
+    f"adapters of width {M} after both sublayers of {L} blocks: {2 * L * adapter_parameter_count(d, M):,}"
+)
 
 # %% [markdown]
 # ## Comparing the methods
@@ -402,53 +485,79 @@ def adapted(method: str, seed: int):
 
 rows = []
 for method in tqdm(LR, desc="methods"):
-    memory = training_memory(adapted(method, 0), lambda ps: torch.optim.AdamW(ps, lr=1e-3),
-                             label_batch("train", torch.Generator().manual_seed(0)), causal_lm_loss)
+    memory = training_memory(
+        adapted(method, 0),
+        lambda ps: torch.optim.AdamW(ps, lr=1e-3),
+        label_batch("train", torch.Generator().manual_seed(0)),
+        causal_lm_loss,
+    )
     accuracies, ms, losses = [], [], []
     for seed in range(settings.seeds):
         model = adapted(method, seed)
         trainer = fine_tune(model, method, seed)
         accuracies.append(label_accuracy(model))
         ms.append(float(np.median(trainer.history["ms"])))
-        losses.append((trainer.history["train_loss"][0], float(np.mean(trainer.history["train_loss"][-20:]))))
+        losses.append(
+            (trainer.history["train_loss"][0], float(np.mean(trainer.history["train_loss"][-20:])))
+        )
     counts = count_trainable(model)
-    rows.append({"method": method, "trainable": counts.trainable, "percent": counts.percent,
-                 "activation_share": memory.activations / memory.total,
-                 "memory_kib": memory.total / 1024, "peak_cuda_kib": (memory.peak_cuda or 0) / 1024,
-                 "ms": float(np.median(ms)), "acc_mean": float(np.mean(accuracies)),
-                 "acc_sd": float(np.std(accuracies, ddof=1)), "loss_start": np.mean([a for a, _ in losses]),
-                 "loss_end": np.mean([b for _, b in losses])})
+    rows.append(
+        {
+            "method": method,
+            "trainable": counts.trainable,
+            "percent": counts.percent,
+            "activation_share": memory.activations / memory.total,
+            "memory_kib": memory.total / 1024,
+            "peak_cuda_kib": (memory.peak_cuda or 0) / 1024,
+            "ms": float(np.median(ms)),
+            "acc_mean": float(np.mean(accuracies)),
+            "acc_sd": float(np.std(accuracies, ddof=1)),
+            "loss_start": np.mean([a for a, _ in losses]),
+            "loss_end": np.mean([b for _, b in losses]),
+        }
+    )
 
 peak = " peak CUDA (KiB) |" if device.type == "cuda" else ""
-table = [f"| method | trainable | % of model | memory per step (KiB) |{peak} ms per step | loss: first step → last 20 "
-         "| accuracy (mean ± sd) |", "|---|---:|---:|---:|" + ("---:|" if peak else "") + "---:|---:|---:|"]
+table = [
+    f"| method | trainable | % of model | memory per step (KiB) |{peak} ms per step | loss: first step → last 20 "
+    "| accuracy (mean ± sd) |",
+    "|---|---:|---:|---:|" + ("---:|" if peak else "") + "---:|---:|---:|",
+]
 for r in rows:
     cuda = f" {r['peak_cuda_kib']:,.0f} |" if peak else ""
-    table.append(f"| {r['method']} | {r['trainable']:,} | {r['percent']:.2f} | {r['memory_kib']:,.0f} |{cuda} "
-                 f"{r['ms']:.1f} | {r['loss_start']:.2f} → {r['loss_end']:.2f} | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} |")
+    table.append(
+        f"| {r['method']} | {r['trainable']:,} | {r['percent']:.2f} | {r['memory_kib']:,.0f} |{cuda} "
+        f"{r['ms']:.1f} | {r['loss_start']:.2f} → {r['loss_end']:.2f} | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} |"
+    )
 display(Markdown("\n".join(table)))
 by_acc = sorted(rows, key=lambda r: -r["acc_mean"])
 smallest = min(rows, key=lambda r: r["trainable"])
-display(Markdown(
-    f"On this run, **{by_acc[0]['method']}** reached the highest mean accuracy "
-    f"({by_acc[0]['acc_mean']:.3f}) and **{by_acc[-1]['method']}** the lowest ({by_acc[-1]['acc_mean']:.3f}); "
-    f"**{smallest['method']}** trained the fewest parameters ({smallest['trainable']:,}, "
-    f"{smallest['percent']:.2f}% of the model). Full fine-tuning's step needed "
-    f"{rows[0]['memory_kib'] / min(r['memory_kib'] for r in rows):.1f}× the memory of the cheapest method's."))
+display(
+    Markdown(
+        f"On this run, **{by_acc[0]['method']}** reached the highest mean accuracy "
+        f"({by_acc[0]['acc_mean']:.3f}) and **{by_acc[-1]['method']}** the lowest ({by_acc[-1]['acc_mean']:.3f}); "
+        f"**{smallest['method']}** trained the fewest parameters ({smallest['trainable']:,}, "
+        f"{smallest['percent']:.2f}% of the model). Full fine-tuning's step needed "
+        f"{rows[0]['memory_kib'] / min(r['memory_kib'] for r in rows):.1f}× the memory of the cheapest method's."
+    )
+)
 prompt_row = next(r for r in rows if r["method"] == "prompt")
 full_row = rows[0]
-display(Markdown(
-    f"Three things to read in the table. **Memory**: at this size the activations saved for the backward "
-    f"pass are {full_row['activation_share']:.0%} of full fine-tuning's step, so freezing weights saves less "
-    f"than the parameter counts suggest; in large models the weights, gradients and optimiser states "
-    f"dominate, which is where LoRA's saving comes from (3× less GPU memory on GPT-3 175B, Hu et al. 2021). "
-    f"**Time**: a frozen model still runs forward and backward through every layer above the first trained "
-    f"parameter, so the small methods are not proportionally faster. **Prompt tuning**: its loss fell from "
-    f"{prompt_row['loss_start']:.2f} to {prompt_row['loss_end']:.2f} nats — it learned to answer with a "
-    f"label symbol — and its accuracy is {prompt_row['acc_mean']:.3f} against a chance of {1 / K:.3f}, "
-    f"{'no better than guessing' if prompt_row['acc_mean'] < 1 / K + 0.05 else 'below full fine-tuning'}. "
-    f"Lester et al. (2021) found prompt tuning competitive with full fine-tuning only once models have "
-    f"billions of parameters; this one has {base.num_parameters():,}."))
+display(
+    Markdown(
+        f"Three things to read in the table. **Memory**: at this size the activations saved for the backward "
+        f"pass are {full_row['activation_share']:.0%} of full fine-tuning's step, so freezing weights saves less "
+        f"than the parameter counts suggest; in large models the weights, gradients and optimiser states "
+        f"dominate, which is where LoRA's saving comes from (3× less GPU memory on GPT-3 175B, Hu et al. 2021). "
+        f"**Time**: a frozen model still runs forward and backward through every layer above the first trained "
+        f"parameter, so the small methods are not proportionally faster. **Prompt tuning**: its loss fell from "
+        f"{prompt_row['loss_start']:.2f} to {prompt_row['loss_end']:.2f} nats — it learned to answer with a "
+        f"label symbol — and its accuracy is {prompt_row['acc_mean']:.3f} against a chance of {1 / K:.3f}, "
+        f"{'no better than guessing' if prompt_row['acc_mean'] < 1 / K + 0.05 else 'below full fine-tuning'}. "
+        f"Lester et al. (2021) found prompt tuning competitive with full fine-tuning only once models have "
+        f"billions of parameters; this one has {base.num_parameters():,}."
+    )
+)
 assert prompt_row["loss_end"] < prompt_row["loss_start"] - 1
 
 # %% [markdown]
@@ -482,12 +591,21 @@ qa_val = make_qa_data(500, length=settings.qa_length, seed=5)
 qa_V = qa_train.special.vocab_size
 row = qa_val.idx[0]
 print("input:  ", " ".join((lang.itos + qa_train.special.names())[int(t)] for t in row))
-print(f"answer: positions {int(qa_val.start_positions[0])}..{int(qa_val.end_positions[0])} = "
-      f"{span_text(lang, row, int(qa_val.start_positions[0]), int(qa_val.end_positions[0]))}")
+print(
+    f"answer: positions {int(qa_val.start_positions[0])}..{int(qa_val.end_positions[0])} = "
+    f"{span_text(lang, row, int(qa_val.start_positions[0]), int(qa_val.end_positions[0]))}"
+)
 
 torch.manual_seed(0)
-encoder_cfg = TransformerConfig(vocab_size=qa_V, block_size=settings.qa_length + 4, n_layer=settings.n_layer,
-                                n_head=settings.n_head, n_embd=settings.n_embd, causal=False, pos_encoding="rope")
+encoder_cfg = TransformerConfig(
+    vocab_size=qa_V,
+    block_size=settings.qa_length + 4,
+    n_layer=settings.n_layer,
+    n_head=settings.n_head,
+    n_embd=settings.n_embd,
+    causal=False,
+    pos_encoding="rope",
+)
 qa_model = SpanHeads(Transformer(encoder_cfg)).to(device)
 wrong = qa_train.batch(4, torch.Generator().manual_seed(0))
 wrong["start_positions"] = wrong["end_positions"] = wrong["idx"]  # token ids in place of positions
@@ -511,8 +629,13 @@ except ValueError as err:
 
 # %%
 qa_cfg = TrainConfig(max_iters=settings.qa_iters, lr=3e-3, warmup_iters=20, progress=False)
-qa_trainer = Trainer(qa_model, lambda split, g: {k: v for k, v in qa_train.batch(settings.batch, g).items()},
-                     qa_loss, qa_cfg, device=device)
+qa_trainer = Trainer(
+    qa_model,
+    lambda split, g: {k: v for k, v in qa_train.batch(settings.batch, g).items()},
+    qa_loss,
+    qa_cfg,
+    device=device,
+)
 qa_trainer.train()
 qa_scores = evaluate_qa(qa_model, qa_val, max_length=settings.qa_length, lang=lang)
 for name, value in qa_scores.items():
@@ -571,27 +694,48 @@ def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
     model = grow_vocabulary(copy.deepcopy(base).train(), chat_tok.vocab_size)
     # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
     trainable, hooks = make_trainable(model, method, first_new_row=V)
-    cfg = TrainConfig(max_iters=settings.sft_iters, lr=SFT_LR[method], warmup_iters=30, seed=seed, progress=False,
-                      weight_decay=0.1 if method == "full" else 0.0)  # decay would shrink the frozen rows
-    trainer = Trainer(model, lambda split, g: sft_batch(sft_data, settings.batch, g, train_on_prompt=train_on_prompt),
-                      causal_lm_loss, cfg, device=device)
+    cfg = TrainConfig(
+        max_iters=settings.sft_iters,
+        lr=SFT_LR[method],
+        warmup_iters=30,
+        seed=seed,
+        progress=False,
+        weight_decay=0.1 if method == "full" else 0.0,
+    )  # decay would shrink the frozen rows
+    trainer = Trainer(
+        model,
+        lambda split, g: sft_batch(sft_data, settings.batch, g, train_on_prompt=train_on_prompt),
+        causal_lm_loss,
+        cfg,
+        device=device,
+    )
     trainer.train()
     for hook in hooks:
         hook.remove()
     return model, trainable
 
 
-sft_runs = {("full", "response only"): sft_model(False), ("full", "prompt and response"): sft_model(True),
-            ("lora", "response only"): sft_model(False, "lora")}
-sft_accuracy = {key: instruction_accuracy(model, chat_tok, sft_val) for key, (model, _) in sft_runs.items()}
+sft_runs = {
+    ("full", "response only"): sft_model(False),
+    ("full", "prompt and response"): sft_model(True),
+    ("lora", "response only"): sft_model(False, "lora"),
+}
+sft_accuracy = {
+    key: instruction_accuracy(model, chat_tok, sft_val) for key, (model, _) in sft_runs.items()
+}
 chat_model = sft_runs["full", "response only"][0]
 kinds = instructions.KINDS
-table = ["| method | loss on | trainable | all | " + " | ".join(kinds) + " |",
-         "|---|---|---:|---:|" + "---:|" * len(kinds)]
+table = [
+    "| method | loss on | trainable | all | " + " | ".join(kinds) + " |",
+    "|---|---|---:|---:|" + "---:|" * len(kinds),
+]
 for (method, loss_on), (_, trainable) in sft_runs.items():
     acc = sft_accuracy[method, loss_on]
-    table.append(f"| {method} | {loss_on} | {trainable:,} | {acc['all']:.2f} | "
-                 + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in kinds) + " |")
+    table.append(
+        f"| {method} | {loss_on} | {trainable:,} | {acc['all']:.2f} | "
+        + " | ".join(f"{acc.get(k, float('nan')):.2f}" for k in kinds)
+        + " |"
+    )
 display(Markdown("\n".join(table)))
 
 # %% [markdown]
@@ -642,15 +786,21 @@ for item, response in zip(shown, generate_responses(chat_model, chat_tok, shown)
 from aigc_book.incontext.attention_only import AttentionOnlyConfig, AttentionOnlyTransformer
 from aigc_book.incontext.induction import phase_change_step, train_induction
 
-INDUCTION = dict(vocab_size=32, block_size=32, n_head=4, n_embd=64)  # LayerNorm and rotary positions by default
+INDUCTION = dict(
+    vocab_size=32, block_size=32, n_head=4, n_embd=64
+)  # LayerNorm and rotary positions by default
 logs = {}
 for n_layer in (1, 2):
     torch.manual_seed(0)
     model = AttentionOnlyTransformer(AttentionOnlyConfig(n_layer=n_layer, **INDUCTION)).to(device)
-    logs[n_layer] = train_induction(model, steps=settings.induction_iters, seq_len=32, segment_len=12, seed=0)
+    logs[n_layer] = train_induction(
+        model, steps=settings.induction_iters, seq_len=32, segment_len=12, seed=0
+    )
     log = logs[n_layer]
-    print(f"{n_layer} layer(s), {log.seconds:.0f} s: loss on the copy {log.repeat_loss[-1]:.2f} nats, "
-          f"on its first occurrence {log.first_loss[-1]:.2f} (ln V = {math.log(INDUCTION['vocab_size']):.2f})")
+    print(
+        f"{n_layer} layer(s), {log.seconds:.0f} s: loss on the copy {log.repeat_loss[-1]:.2f} nats, "
+        f"on its first occurrence {log.first_loss[-1]:.2f} (ln V = {math.log(INDUCTION['vocab_size']):.2f})"
+    )
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
 for n_layer, log in logs.items():
@@ -658,7 +808,9 @@ for n_layer, log in logs.items():
     axes[0].plot(log.steps, log.first_loss, "--", label=f"{n_layer} layer(s): first occurrence")
     best = log.prefix_matching.flatten(1).max(1).values  # (n_evals,) the best head's score
     axes[1].plot(log.steps, best, label=f"{n_layer} layer(s)")
-axes[0].set(title="Loss on repeated random tokens", xlabel="training step", ylabel="loss (nats/token)")
+axes[0].set(
+    title="Loss on repeated random tokens", xlabel="training step", ylabel="loss (nats/token)"
+)
 axes[1].set(title="Strongest prefix-matching head", xlabel="training step", ylabel="mean attention")
 axes[0].legend(fontsize=8)
 axes[1].legend(fontsize=8)
@@ -675,13 +827,16 @@ two, one = logs[2], logs[1]
 step2, step1 = phase_change_step(two), phase_change_step(one)
 pm2, pt2 = two.prefix_matching[-1], two.previous_token[-1]  # (n_layer, n_head) at the end
 layer, head = divmod(int(pm2.argmax()), pm2.size(1))
-display(Markdown(
-    f"The two-layer model's loss on the copy fell below half its loss on the first occurrence at step "
-    f"{step2}; the one-layer model's {'never did' if step1 is None else f'did at step {step1}'} "
-    f"(its copy loss ended at {one.repeat_loss[-1]:.2f} nats against {two.repeat_loss[-1]:.2f}). The "
-    f"strongest prefix-matching head of the two-layer model is head {head} of layer {layer + 1}: it puts "
-    f"{pm2[layer, head]:.2f} of its attention on the token that induction predicts. The strongest previous-token head is in layer "
-    f"{int(pt2.max(1).values.argmax()) + 1}, with a score of {float(pt2.max()):.2f}."))
+display(
+    Markdown(
+        f"The two-layer model's loss on the copy fell below half its loss on the first occurrence at step "
+        f"{step2}; the one-layer model's {'never did' if step1 is None else f'did at step {step1}'} "
+        f"(its copy loss ended at {one.repeat_loss[-1]:.2f} nats against {two.repeat_loss[-1]:.2f}). The "
+        f"strongest prefix-matching head of the two-layer model is head {head} of layer {layer + 1}: it puts "
+        f"{pm2[layer, head]:.2f} of its attention on the token that induction predicts. The strongest previous-token head is in layer "
+        f"{int(pt2.max(1).values.argmax()) + 1}, with a score of {float(pt2.max()):.2f}."
+    )
+)
 assert step2 is not None and two.repeat_loss[-1] < 0.5 * two.first_loss[-1]
 assert layer == 1, "the induction head should be in the second layer"
 assert one.repeat_loss[-1] > two.repeat_loss[-1] + 0.5
@@ -702,7 +857,11 @@ from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.training.objectives import causal_lm_batch
 
 LETTERS = "abcdefgh"
-RULES = {"copy": LETTERS, "upper": LETTERS.upper(), "position": "12345678"}  # what each letter becomes
+RULES = {
+    "copy": LETTERS,
+    "upper": LETTERS.upper(),
+    "position": "12345678",
+}  # what each letter becomes
 rng = np.random.default_rng(8)
 
 
@@ -718,32 +877,63 @@ icl_text = "".join(document(str(rng.choice(list(RULES)))) for _ in range(setting
 icl_tok = CharTokenizer.fit(icl_text)
 icl_data = torch.tensor(icl_tok.encode(icl_text), device=device)
 torch.manual_seed(0)
-icl_gpt = GPT(TransformerConfig(vocab_size=icl_tok.vocab_size, block_size=64, n_layer=settings.n_layer,
-                                n_head=settings.n_head, n_embd=settings.n_embd)).to(device)
-Trainer(icl_gpt, lambda split, g: causal_lm_batch(icl_data, settings.batch, 64, g), causal_lm_loss,
-        TrainConfig(max_iters=settings.icl_iters, lr=3e-3, warmup_iters=30, progress=False), device=device).train()
+icl_gpt = GPT(
+    TransformerConfig(
+        vocab_size=icl_tok.vocab_size,
+        block_size=64,
+        n_layer=settings.n_layer,
+        n_head=settings.n_head,
+        n_embd=settings.n_embd,
+    )
+).to(device)
+Trainer(
+    icl_gpt,
+    lambda split, g: causal_lm_batch(icl_data, settings.batch, 64, g),
+    causal_lm_loss,
+    TrainConfig(max_iters=settings.icl_iters, lr=3e-3, warmup_iters=30, progress=False),
+    device=device,
+).train()
 icl_gpt.eval()
 print("a training document:", icl_text.splitlines()[0])
 shots = (0, 1, 2, 4)
 few_shot = {}
 for rule in RULES:
-    pairs = [(c, apply(rule, c)) for c in LETTERS]  # each query's demonstrations are the other letters
-    few_shot[rule] = few_shot_accuracy(icl_gpt, icl_tok, pairs, pairs, shots=shots, template="{input}={output};")
-print("a 2-shot prompt:", repr(few_shot["upper"].prompts[2][0]), "->", repr(few_shot["upper"].completions[2][0]))
+    pairs = [
+        (c, apply(rule, c)) for c in LETTERS
+    ]  # each query's demonstrations are the other letters
+    few_shot[rule] = few_shot_accuracy(
+        icl_gpt, icl_tok, pairs, pairs, shots=shots, template="{input}={output};"
+    )
+print(
+    "a 2-shot prompt:",
+    repr(few_shot["upper"].prompts[2][0]),
+    "->",
+    repr(few_shot["upper"].completions[2][0]),
+)
 
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for rule, result in few_shot.items():
     ax.plot(shots, result.accuracy, "o-", label=rule)
-ax.set(title="Few-shot accuracy of a small GPT", xlabel="demonstrations in the prompt (K)",
-       ylabel="exact-match accuracy", ylim=(0, 1.05), xticks=shots)
+ax.set(
+    title="Few-shot accuracy of a small GPT",
+    xlabel="demonstrations in the prompt (K)",
+    ylabel="exact-match accuracy",
+    ylim=(0, 1.05),
+    xticks=shots,
+)
 ax.legend()
 plt.show()
-mean_acc = {k: float(np.mean([r.accuracy[i] for r in few_shot.values()])) for i, k in enumerate(shots)}
-display(Markdown(
-    f"With no demonstration the model must guess the rule: mean accuracy {mean_acc[0]:.2f} over the three "
-    f"rules. With one demonstration it is {mean_acc[1]:.2f}, with two {mean_acc[2]:.2f}, with four "
-    f"{mean_acc[4]:.2f} — and no weight changed. That is what source article 001 means by few-shot learning, and the sober reading of it: "
-    f"the model learned, in pretraining, that documents stick to one rule, and uses the prompt to tell which."))
+mean_acc = {
+    k: float(np.mean([r.accuracy[i] for r in few_shot.values()])) for i, k in enumerate(shots)
+}
+display(
+    Markdown(
+        f"With no demonstration the model must guess the rule: mean accuracy {mean_acc[0]:.2f} over the three "
+        f"rules. With one demonstration it is {mean_acc[1]:.2f}, with two {mean_acc[2]:.2f}, with four "
+        f"{mean_acc[4]:.2f} — and no weight changed. That is what source article 001 means by few-shot learning, and the sober reading of it: "
+        f"the model learned, in pretraining, that documents stick to one rule, and uses the prompt to tell which."
+    )
+)
 assert mean_acc[4] > mean_acc[0] + 0.2
 
 # %% [markdown]
@@ -797,24 +987,45 @@ pairs = [
     (top_k_filter(scores, 5), TopKLogitsWarper(5)(seen, scores)),
     (top_p_filter(scores, 0.9), TopPLogitsWarper(0.9)(seen, scores)),
     (min_p_filter(scores, 0.1), MinPLogitsWarper(0.1)(seen, scores)),
-    (apply_repetition_penalty(scores, seen, 1.3), RepetitionPenaltyLogitsProcessor(1.3)(seen, scores)),
+    (
+        apply_repetition_penalty(scores, seen, 1.3),
+        RepetitionPenaltyLogitsProcessor(1.3)(seen, scores),
+    ),
 ]
 for ours, theirs in pairs:
     torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
-print("temperature, top-k, top-p, min-p and repetition penalty equal transformers' processors exactly")
+print(
+    "temperature, top-k, top-p, min-p and repetition penalty equal transformers' processors exactly"
+)
 
 hf_model = to_hf_gpt2(copy.deepcopy(base).cpu()).eval()
 prompt = torch.tensor([lang.encode("^x(ab[")])
 for beams, alpha in [(3, 1.0), (4, 0.5)]:
-    ours = generate(base.cpu(), prompt, max_new_tokens=12, num_beams=beams, length_penalty=alpha,
-                    num_return_sequences=beams)
-    theirs = hf_model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=12, num_beams=beams,
-                               length_penalty=alpha, do_sample=False, num_return_sequences=beams,
-                               output_scores=True, return_dict_in_generate=True)
+    ours = generate(
+        base.cpu(),
+        prompt,
+        max_new_tokens=12,
+        num_beams=beams,
+        length_penalty=alpha,
+        num_return_sequences=beams,
+    )
+    theirs = hf_model.generate(
+        prompt,
+        attention_mask=torch.ones_like(prompt),
+        max_new_tokens=12,
+        num_beams=beams,
+        length_penalty=alpha,
+        do_sample=False,
+        num_return_sequences=beams,
+        output_scores=True,
+        return_dict_in_generate=True,
+    )
     assert torch.equal(ours.sequences, theirs.sequences)
     torch.testing.assert_close(ours.sequences_scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
-    print(f"beam search, {beams} beams, length penalty {alpha}: the same {beams} sequences and scores as "
-          f"transformers; best: {lang.decode(ours.sequences[0])}")
+    print(
+        f"beam search, {beams} beams, length penalty {alpha}: the same {beams} sequences and scores as "
+        f"transformers; best: {lang.decode(ours.sequences[0])}"
+    )
 base.to(device)
 
 # %% [markdown]
@@ -823,20 +1034,26 @@ base.to(device)
 
 # %%
 with torch.no_grad():
-    next_scores = base(torch.tensor([lang.encode("^x(ab[")], device=device)).logits[0, -1].cpu()  # (V,)
+    next_scores = (
+        base(torch.tensor([lang.encode("^x(ab[")], device=device)).logits[0, -1].cpu()
+    )  # (V,)
 order = next_scores.argsort(descending=True)
 symbols = [lang.itos[i] for i in order]
 
 
 def draw(ax, temperature=1.0, top_k=None, top_p=None, min_p=None):
-    probs = next_token_distribution(next_scores, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    probs = next_token_distribution(
+        next_scores, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p
+    )
     ax.bar(range(V), probs[order].numpy())
     ax.set_xticks(range(V), symbols)
     ax.set_ylim(0, 1)
     ax.set_xlabel("next symbol (most likely first)")
     ax.set_ylabel("probability")
     kept = int((probs > 0).sum())
-    ax.set_title(f"T={temperature:g}, top_k={top_k}, top_p={top_p}, min_p={min_p}: {kept} symbols kept")
+    ax.set_title(
+        f"T={temperature:g}, top_k={top_k}, top_p={top_p}, min_p={min_p}: {kept} symbols kept"
+    )
 
 
 # %% tags=["remove-output"]
@@ -850,14 +1067,21 @@ def show(temperature, top_k, top_p, min_p):
     plt.show()
 
 
-widgets.interact(show, temperature=widgets.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1),
-                 top_k=widgets.IntSlider(value=0, min=0, max=V, description="top_k (0: off)"),
-                 top_p=widgets.FloatSlider(value=1.0, min=0.05, max=1.0, step=0.05, description="top_p (1: off)"),
-                 min_p=widgets.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.01, description="min_p (0: off)"))
+widgets.interact(
+    show,
+    temperature=widgets.FloatSlider(value=1.0, min=0.1, max=3.0, step=0.1),
+    top_k=widgets.IntSlider(value=0, min=0, max=V, description="top_k (0: off)"),
+    top_p=widgets.FloatSlider(
+        value=1.0, min=0.05, max=1.0, step=0.05, description="top_p (1: off)"
+    ),
+    min_p=widgets.FloatSlider(value=0.0, min=0.0, max=0.5, step=0.01, description="min_p (0: off)"),
+)
 
 # %%
 fig, axes = plt.subplots(2, 2, figsize=(11, 6), sharey=True)
-for ax, kw in zip(axes.flat, [dict(), dict(temperature=0.5), dict(temperature=2.0), dict(top_p=0.8)]):
+for ax, kw in zip(
+    axes.flat, [dict(), dict(temperature=0.5), dict(temperature=2.0), dict(top_p=0.8)]
+):
     draw(ax, **kw)
 fig.suptitle("One next-token distribution, reshaped by decoding settings")
 fig.tight_layout()
@@ -885,10 +1109,15 @@ decoding = {
     "min-p 0.1": dict(do_sample=True, min_p=0.1),
     "beam search, 4 beams": dict(num_beams=4),
 }
-table = ["| decoding | well formed | distinct of 200 | true log-prob per token | example |", "|---|---:|---:|---:|---|"]
+table = [
+    "| decoding | well formed | distinct of 200 | true log-prob per token | example |",
+    "|---|---:|---:|---:|---|",
+]
 quality = {}
 for name, kw in decoding.items():
-    out = generate(base, bos, max_new_tokens=32, generator=torch.Generator(device=device).manual_seed(0), **kw)
+    out = generate(
+        base, bos, max_new_tokens=32, generator=torch.Generator(device=device).manual_seed(0), **kw
+    )
     seqs = out.sequences.cpu()
     formed = np.mean([lang.is_well_formed(s) for s in seqs])
     distinct = len({tuple(s.tolist()) for s in seqs})
@@ -896,21 +1125,26 @@ for name, kw in decoding.items():
     quality[name] = dict(formed=formed, distinct=distinct, text=lang.decode(seqs[0]))
     table.append(f"| {name} | {formed:.2f} | {distinct} | {logp:.2f} | `{lang.decode(seqs[0])}` |")
 display(Markdown("\n".join(table)))
-assert quality["greedy"]["distinct"] == 1  # greedy from one prompt: one text, however many times you ask
+assert (
+    quality["greedy"]["distinct"] == 1
+)  # greedy from one prompt: one text, however many times you ask
 q = {name: v["formed"] for name, v in quality.items()}
 greedy_symbols = sorted(set(quality["greedy"]["text"][1:]))
-display(Markdown(
-    f"Greedy decoding gives one text for one prompt, and here it uses only {len(greedy_symbols)} distinct "
-    f"symbol(s) after `^` ({', '.join(f'`{c}`' for c in greedy_symbols)}): the most likely next symbol is "
-    f"chosen again and again; the repetition penalty pushes it off the loop for a few symbols. Sampling at "
-    f"$T=1$ gives 200 different texts, but only {q['sampling, T=1']:.0%} of them follow every rule for "
-    f"32 symbols: a model {base_loss - floor:.3f} nats per symbol above the floor still puts a little "
-    f"probability on impossible symbols, and over 32 draws that adds up. A high temperature makes it worse "
-    f"({q['sampling, T=2']:.0%} at $T=2$); a low temperature ({q['sampling, T=0.5']:.0%} at $T=0.5$), "
-    f"top-k ({q['top-k 3']:.0%}), top-p ({q['top-p 0.9']:.0%}) and min-p ({q['min-p 0.1']:.0%}) cut the "
-    f"unlikely tail and trade variety for staying on the likely path. Beam search, like greedy decoding, "
-    f"returns {quality['beam search, 4 beams']['distinct']} text for the 200 identical prompts: "
-    f"`{quality['beam search, 4 beams']['text']}`."))
+display(
+    Markdown(
+        f"Greedy decoding gives one text for one prompt, and here it uses only {len(greedy_symbols)} distinct "
+        f"symbol(s) after `^` ({', '.join(f'`{c}`' for c in greedy_symbols)}): the most likely next symbol is "
+        f"chosen again and again; the repetition penalty pushes it off the loop for a few symbols. Sampling at "
+        f"$T=1$ gives 200 different texts, but only {q['sampling, T=1']:.0%} of them follow every rule for "
+        f"32 symbols: a model {base_loss - floor:.3f} nats per symbol above the floor still puts a little "
+        f"probability on impossible symbols, and over 32 draws that adds up. A high temperature makes it worse "
+        f"({q['sampling, T=2']:.0%} at $T=2$); a low temperature ({q['sampling, T=0.5']:.0%} at $T=0.5$), "
+        f"top-k ({q['top-k 3']:.0%}), top-p ({q['top-p 0.9']:.0%}) and min-p ({q['min-p 0.1']:.0%}) cut the "
+        f"unlikely tail and trade variety for staying on the likely path. Beam search, like greedy decoding, "
+        f"returns {quality['beam search, 4 beams']['distinct']} text for the 200 identical prompts: "
+        f"`{quality['beam search, 4 beams']['text']}`."
+    )
+)
 assert q["sampling, T=2"] < q["sampling, T=1"] < q["sampling, T=0.5"]
 assert min(q["top-p 0.9"], q["min-p 0.1"], q["top-k 3"]) > q["sampling, T=1"]
 
@@ -930,12 +1164,19 @@ from aigc_book.text.bpe import train_hf_bpe
 from aigc_book.text.corpora import python_docs_text
 
 english_bpe = train_hf_bpe(python_docs_text(), vocab_size=2_000)
-for text in ["Write an article about artificial intelligence", "写一篇关于人工智能的文章"]:  # the article's prompt, and in English
+for text in [
+    "Write an article about artificial intelligence",
+    "写一篇关于人工智能的文章",
+]:  # the article's prompt, and in English
     n_tokens = len(english_bpe.encode(text).ids)
-    print(f"{text!r}: {len(text)} characters, {len(text.encode('utf-8'))} UTF-8 bytes, {n_tokens} tokens")
+    print(
+        f"{text!r}: {len(text)} characters, {len(text.encode('utf-8'))} UTF-8 bytes, {n_tokens} tokens"
+    )
 english, chinese = "Write an article about artificial intelligence", "写一篇关于人工智能的文章"
 assert len(english_bpe.encode(english).ids) < len(english)  # merges: fewer tokens than characters
-assert len(english_bpe.encode(chinese).ids) >= 2 * len(chinese)  # at least two byte-tokens per character
+assert len(english_bpe.encode(chinese).ids) >= 2 * len(
+    chinese
+)  # at least two byte-tokens per character
 
 # %% [markdown]
 # The English sentence costs fewer tokens than it has characters; the Chinese one costs about one
@@ -967,25 +1208,44 @@ assert len(english_bpe.encode(chinese).ids) >= 2 * len(chinese)  # at least two 
 from aigc_book.tasks import metrics
 
 base_nll = lm_loss(base, val_seqs.to(device))
-print(f"perplexity of the base model: {metrics.perplexity(base_nll):.3f} symbols "
-      f"(the language's own: {math.exp(floor):.3f}); check: {math.exp(base_nll):.3f}")
+print(
+    f"perplexity of the base model: {metrics.perplexity(base_nll):.3f} symbols "
+    f"(the language's own: {math.exp(floor):.3f}); check: {math.exp(base_nll):.3f}"
+)
 assert abs(metrics.perplexity(base_nll) - math.exp(base_nll)) < 1e-9
 
 reverse_items = [i for i in sft_val if i.kind == "reverse"][:50]
 hypotheses = generate_responses(chat_model, chat_tok, reverse_items)
 references = [i.answer for i in reverse_items]
 exact = np.mean([h == r for h, r in zip(hypotheses, references)])
-letters = [" ".join(h) for h in hypotheses], [" ".join(r) for r in references]  # BLEU counts letters as words
-print(f"{len(reverse_items)} reverse instructions: accuracy {exact:.2f}, BLEU {metrics.bleu(*letters):.1f}, "
-      f"chrF {metrics.chrf(hypotheses, references):.1f}")
+letters = (
+    [" ".join(h) for h in hypotheses],
+    [" ".join(r) for r in references],
+)  # BLEU counts letters as words
+print(
+    f"{len(reverse_items)} reverse instructions: accuracy {exact:.2f}, BLEU {metrics.bleu(*letters):.1f}, "
+    f"chrF {metrics.chrf(hypotheses, references):.1f}"
+)
 
 hyp, ref = "the cat sat on the mat today".split(), "the cat sat on a mat today".split()
 precisions = [metrics.modified_precision(hyp, [ref], n) for n in (1, 2, 3, 4)]
-assert precisions == [(6, 7), (4, 6), (2, 5), (1, 4)]  # by hand: 'the' is clipped to the reference's one
-assert metrics.brevity_penalty(7, 7) == 1.0 and abs(metrics.brevity_penalty(5, 7) - math.exp(1 - 7 / 5)) < 1e-12
-by_hand = 100 * math.prod(m / t for m, t in precisions) ** (1 / 4)  # geometric mean, brevity penalty 1
+assert precisions == [
+    (6, 7),
+    (4, 6),
+    (2, 5),
+    (1, 4),
+]  # by hand: 'the' is clipped to the reference's one
+assert (
+    metrics.brevity_penalty(7, 7) == 1.0
+    and abs(metrics.brevity_penalty(5, 7) - math.exp(1 - 7 / 5)) < 1e-12
+)
+by_hand = 100 * math.prod(m / t for m, t in precisions) ** (
+    1 / 4
+)  # geometric mean, brevity penalty 1
 with_sacrebleu = metrics.bleu([" ".join(hyp)], [" ".join(ref)])
-print(f"BLEU of {' '.join(hyp)!r} against {' '.join(ref)!r}: by hand {by_hand:.2f}, sacrebleu {with_sacrebleu:.2f}")
+print(
+    f"BLEU of {' '.join(hyp)!r} against {' '.join(ref)!r}: by hand {by_hand:.2f}, sacrebleu {with_sacrebleu:.2f}"
+)
 assert abs(metrics.bleu_by_hand([hyp], [[ref]]) - by_hand) < 1e-9
 assert abs(by_hand - with_sacrebleu) < 1e-6
 

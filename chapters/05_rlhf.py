@@ -48,14 +48,21 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # the notebook; on a CUDA GPU the same cells run larger models for longer, and the sentences that
 # quote results are rendered from the numbers.
 
+
 # %%
 @dataclass(frozen=True)
 class Settings:
     recipe: PolicyRecipe = field(default_factory=PolicyRecipe)  # chapter 4's SFT model
     preference_prompts: int = 12_000  # prompts whose two sampled answers the labelers rank
-    rm_pair_counts: tuple = (300, 1_500, 100_000)  # reward models trained on this many pairs (at most all)
+    rm_pair_counts: tuple = (
+        300,
+        1_500,
+        100_000,
+    )  # reward models trained on this many pairs (at most all)
     rm_steps: int = 600
-    eval_prompts: int = 1_024  # held-out prompts for every measurement (standard error of a mean gold ≈ 0.01)
+    eval_prompts: int = (
+        1_024  # held-out prompts for every measurement (standard error of a mean gold ≈ 0.01)
+    )
     bon_samples: int = 32  # samples per prompt for the best-of-n curves
     ppo_steps: int = 120
     leash_steps: int = 60  # the shorter PPO runs of the KL-leash comparison
@@ -67,12 +74,29 @@ class Settings:
 
 settings = Settings()
 if device.type == "cuda":
-    settings = Settings(recipe=PolicyRecipe(n_layer=4, n_embd=128, pretrain_seqs=100_000, pretrain_iters=3000,
-                                            sft_pairs=20_000, sft_iters=2000, batch=128, pretrain_lr=1e-3,
-                                            sft_lr=1e-3),
-                        preference_prompts=40_000, rm_pair_counts=(1_000, 4_000, 16_000), rm_steps=1500,
-                        eval_prompts=4096, bon_samples=64, ppo_steps=500, leash_steps=300, dpo_steps=800,
-                        grpo_steps=600, checker_ppo_steps=600)
+    settings = Settings(
+        recipe=PolicyRecipe(
+            n_layer=4,
+            n_embd=128,
+            pretrain_seqs=100_000,
+            pretrain_iters=3000,
+            sft_pairs=20_000,
+            sft_iters=2000,
+            batch=128,
+            pretrain_lr=1e-3,
+            sft_lr=1e-3,
+        ),
+        preference_prompts=40_000,
+        rm_pair_counts=(1_000, 4_000, 16_000),
+        rm_steps=1500,
+        eval_prompts=4096,
+        bon_samples=64,
+        ppo_steps=500,
+        leash_steps=300,
+        dpo_steps=800,
+        grpo_steps=600,
+        checker_ppo_steps=600,
+    )
 for name, value in asdict(settings).items():
     print(f"  {name:<20}{value}")
 
@@ -98,9 +122,13 @@ from aigc_book.tasks import instructions
 
 sft = build_sft_policy(settings.recipe, seed=0, device=device)
 reference, tok = sft.model, sft.tokenizer
-print(f"SFT policy: {reference.num_parameters():,} parameters, built in {sft.seconds:.0f} s; "
-      f"greedy accuracy on held-out instructions {sft.accuracy['all']:.2f}")
-rl = RLHFSettings()  # the defaults of `python -m aigc_book rlhf`: the feedback stage's instructions, labelers, ...
+print(
+    f"SFT policy: {reference.num_parameters():,} parameters, built in {sft.seconds:.0f} s; "
+    f"greedy accuracy on held-out instructions {sft.accuracy['all']:.2f}"
+)
+rl = (
+    RLHFSettings()
+)  # the defaults of `python -m aigc_book rlhf`: the feedback stage's instructions, labelers, ...
 family = rl.instruction_config
 print(f"the feedback stage's instructions: {', '.join(family.kinds)}")
 held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000, config=family)
@@ -130,30 +158,52 @@ held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000, co
 from aigc_book.rlhf.preferences import Labelers, bayes_accuracy, collect_preferences, gold_reward
 
 labelers = Labelers(temperature=rl.labeler_temperature, length_bias=rl.length_bias)
-for prompt, response in [("add 7+12", "19"), ("add 7+12", "18"), ("add 7+12", "1+"), ("sort dbca", "abdc"),
-                         ("sort dbca", "abcd]]")]:
+for prompt, response in [
+    ("add 7+12", "19"),
+    ("add 7+12", "18"),
+    ("add 7+12", "1+"),
+    ("sort dbca", "abdc"),
+    ("sort dbca", "abcd]]"),
+]:
     print(f"gold({prompt!r}, {response!r}) = {gold_reward(prompt, response):.3f}")
-p = labelers.prob_prefers_first(torch.tensor(1.0), torch.tensor(0.5), torch.tensor(2), torch.tensor(2))
-assert torch.isclose(p, torch.sigmoid(torch.tensor(0.5 / rl.labeler_temperature)))  # the formula, by hand
-p = labelers.prob_prefers_first(torch.tensor(0.5), torch.tensor(0.5), torch.tensor(4), torch.tensor(2))
-print(f"labelers: temperature {labelers.temperature}, length bias {labelers.length_bias} per character; "
-      f"two equally good answers, 4 and 2 characters long: the longer is preferred with probability {p:.3f}")
+p = labelers.prob_prefers_first(
+    torch.tensor(1.0), torch.tensor(0.5), torch.tensor(2), torch.tensor(2)
+)
+assert torch.isclose(
+    p, torch.sigmoid(torch.tensor(0.5 / rl.labeler_temperature))
+)  # the formula, by hand
+p = labelers.prob_prefers_first(
+    torch.tensor(0.5), torch.tensor(0.5), torch.tensor(4), torch.tensor(2)
+)
+print(
+    f"labelers: temperature {labelers.temperature}, length bias {labelers.length_bias} per character; "
+    f"two equally good answers, 4 and 2 characters long: the longer is preferred with probability {p:.3f}"
+)
 
 # %%
 t0 = time.perf_counter()
-prefs = collect_preferences(reference, tok, instructions.sample_instructions(settings.preference_prompts, seed=1000, config=family),
-                            labelers, max_new_tokens=settings.max_new_tokens,
-                            generator=torch.Generator(device=device).manual_seed(1))
+prefs = collect_preferences(
+    reference,
+    tok,
+    instructions.sample_instructions(settings.preference_prompts, seed=1000, config=family),
+    labelers,
+    max_new_tokens=settings.max_new_tokens,
+    generator=torch.Generator(device=device).manual_seed(1),
+)
 rm_eval, rm_train = prefs.split(500)
-print(f"{len(prefs):,} pairs from {settings.preference_prompts:,} prompts (pairs of identical answers dropped) "
-      f"in {time.perf_counter() - t0:.0f} s; {len(rm_eval)} held out")
+print(
+    f"{len(prefs):,} pairs from {settings.preference_prompts:,} prompts (pairs of identical answers dropped) "
+    f"in {time.perf_counter() - t0:.0f} s; {len(rm_eval)} held out"
+)
 bayes = bayes_accuracy(rm_eval.p_chosen)
 len_c = torch.tensor([len(t) for t in rm_train.chosen.texts])
 len_r = torch.tensor([len(t) for t in rm_train.rejected.texts])
 differ = len_c != len_r
 print(f"Bayes limit of label accuracy on the held-out pairs: {bayes:.3f}")
-print(f"of the {int(differ.sum()):,} training pairs whose answers differ in length, the longer one was chosen in "
-      f"{(len_c > len_r)[differ].float().mean():.0%}")
+print(
+    f"of the {int(differ.sum()):,} training pairs whose answers differ in length, the longer one was chosen in "
+    f"{(len_c > len_r)[differ].float().mean():.0%}"
+)
 
 # %% [markdown]
 # ## A reward model from preferences
@@ -174,7 +224,9 @@ from aigc_book.rlhf.losses import bradley_terry_loss
 from aigc_book.rlhf.reward_training import pair_rewards, preference_accuracy, train_reward_model
 
 r_c, r_r = torch.tensor([2.0, -1.0, 0.5]), torch.tensor([1.0, 0.0, 0.5])
-by_hand = -sum(math.log(1 / (1 + math.exp(-(a - b)))) for a, b in zip(r_c.tolist(), r_r.tolist())) / 3
+by_hand = (
+    -sum(math.log(1 / (1 + math.exp(-(a - b)))) for a, b in zip(r_c.tolist(), r_r.tolist())) / 3
+)
 assert math.isclose(bradley_terry_loss(r_c, r_r).item(), by_hand, rel_tol=1e-6)
 
 reward_models, rm_accuracy = {}, {}
@@ -182,11 +234,22 @@ for n_pairs in settings.rm_pair_counts:
     n_pairs = min(n_pairs, len(rm_train))
     torch.manual_seed(0)
     rm = RewardModel(reference)
-    steps = min(settings.rm_steps, max(100, 8 * n_pairs // rl.rm_batch))  # about 8 passes over a small set
-    train_reward_model(rm, rm_train.split(n_pairs)[0] if n_pairs < len(rm_train) else rm_train,
-                       steps=steps, batch_size=rl.rm_batch, lr=rl.rm_lr, seed=0, device=device)
+    steps = min(
+        settings.rm_steps, max(100, 8 * n_pairs // rl.rm_batch)
+    )  # about 8 passes over a small set
+    train_reward_model(
+        rm,
+        rm_train.split(n_pairs)[0] if n_pairs < len(rm_train) else rm_train,
+        steps=steps,
+        batch_size=rl.rm_batch,
+        lr=rl.rm_lr,
+        seed=0,
+        device=device,
+    )
     reward_models[n_pairs], rm_accuracy[n_pairs] = rm, preference_accuracy(rm, rm_eval)
-    print(f"reward model on {n_pairs:>5,} pairs, {steps} steps: held-out accuracy {rm_accuracy[n_pairs]:.3f}")
+    print(
+        f"reward model on {n_pairs:>5,} pairs, {steps} steps: held-out accuracy {rm_accuracy[n_pairs]:.3f}"
+    )
 rm = reward_models[max(reward_models)]  # the best one: PPO and best-of-n optimise it
 small_rm = reward_models[min(reward_models)]
 
@@ -207,17 +270,24 @@ plt.show()
 gap = bayes - rm_accuracy[max(rm_accuracy)]
 r_chosen, r_rejected = pair_rewards(rm, rm_eval)
 right = (r_chosen > r_rejected).float()
-form_differs = torch.tensor([instructions.well_formed(p, a) != instructions.well_formed(p, b) for p, a, b in
-                             zip(rm_eval.chosen.prompts, rm_eval.chosen.texts, rm_eval.rejected.texts)])
-display(Markdown(
-    f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels, {gap:.2f} "
-    f"below the Bayes limit of {bayes:.1%}. On the {int(form_differs.sum())} held-out pairs whose answers differ in "
-    f"*form* it is right {right[form_differs].mean():.1%} of the time; on the {int((~form_differs).sum())} that "
-    f"differ only in content, {right[~form_differs].mean():.1%}. Preferring `abcd` to `abdc` for `sort dbca` takes "
-    "seeing that two letters are out of order, and preferring the right count takes counting; this reward model "
-    "is no bigger than the policy, and has only these comparisons to learn from. Real "
-    "reward models are imperfect too: InstructGPT's 6B reward model agreed with held-out labelers "
-    "69.6 ± 0.9% of the time (Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."))
+form_differs = torch.tensor(
+    [
+        instructions.well_formed(p, a) != instructions.well_formed(p, b)
+        for p, a, b in zip(rm_eval.chosen.prompts, rm_eval.chosen.texts, rm_eval.rejected.texts)
+    ]
+)
+display(
+    Markdown(
+        f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels, {gap:.2f} "
+        f"below the Bayes limit of {bayes:.1%}. On the {int(form_differs.sum())} held-out pairs whose answers differ in "
+        f"*form* it is right {right[form_differs].mean():.1%} of the time; on the {int((~form_differs).sum())} that "
+        f"differ only in content, {right[~form_differs].mean():.1%}. Preferring `abcd` to `abdc` for `sort dbca` takes "
+        "seeing that two letters are out of order, and preferring the right count takes counting; this reward model "
+        "is no bigger than the policy, and has only these comparisons to learn from. Real "
+        "reward models are imperfect too: InstructGPT's 6B reward model agreed with held-out labelers "
+        "69.6 ± 0.9% of the time (Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."
+    )
+)
 
 # %% [markdown]
 # ## Best-of-n sampling
@@ -235,7 +305,12 @@ display(Markdown(
 # rewards, and over 5 outcomes, against the formula; then a simulation of the picks.
 
 # %%
-from aigc_book.rlhf.best_of_n import best_of_n_distribution, best_of_n_expectation, best_of_n_kl, kl_divergence
+from aigc_book.rlhf.best_of_n import (
+    best_of_n_distribution,
+    best_of_n_expectation,
+    best_of_n_kl,
+    kl_divergence,
+)
 
 rng = np.random.default_rng(0)
 for outcomes in (10_000, 5):
@@ -243,11 +318,16 @@ for outcomes in (10_000, 5):
     rewards = rng.permutation(outcomes).astype(float)
     for n in (2, 8, 32):
         exact = kl_divergence(best_of_n_distribution(probs, rewards, n), probs)
-        print(f"{outcomes:>6} outcomes, n={n:>2}: exact KL {exact:.4f}, formula {best_of_n_kl(n):.4f}")
+        print(
+            f"{outcomes:>6} outcomes, n={n:>2}: exact KL {exact:.4f}, formula {best_of_n_kl(n):.4f}"
+        )
         assert exact <= best_of_n_kl(n) + 1e-9
         if outcomes > 1000:
             assert abs(exact - best_of_n_kl(n)) < 0.01
-n, draws = 8, 200_000  # simulate: draw n, keep the best; compare frequencies with the exact distribution
+n, draws = (
+    8,
+    200_000,
+)  # simulate: draw n, keep the best; compare frequencies with the exact distribution
 samples = rng.choice(5, size=(draws, n), p=probs)
 picks = samples[np.arange(draws), rewards[samples].argmax(1)]
 freq = np.bincount(picks, minlength=5) / draws
@@ -265,28 +345,46 @@ from aigc_book.rlhf.reward_training import reward_scores
 from aigc_book.rlhf.rollouts import sample_responses
 
 N = settings.bon_samples
-bon_pool = sample_responses(reference, tok, held_out, max_new_tokens=settings.max_new_tokens, num_return_sequences=N,
-                            generator=torch.Generator(device=device).manual_seed(3))
+bon_pool = sample_responses(
+    reference,
+    tok,
+    held_out,
+    max_new_tokens=settings.max_new_tokens,
+    num_return_sequences=N,
+    generator=torch.Generator(device=device).manual_seed(3),
+)
 gold_pool = gold_rewards(bon_pool).view(-1, N).cpu().numpy()
 ns = [n for n in (1, 2, 4, 8, 16, 32, 64, 128) if n <= N]
-bon = {name: best_of_n_expectation(reward_scores(model, bon_pool).view(-1, N).cpu().numpy(), gold_pool, ns)
-       for name, model in (("large", rm), ("small", small_rm))}
-bon["gold"] = best_of_n_expectation(gold_pool, gold_pool, ns)  # picking by the gold reward itself: the ceiling
+bon = {
+    name: best_of_n_expectation(
+        reward_scores(model, bon_pool).view(-1, N).cpu().numpy(), gold_pool, ns
+    )
+    for name, model in (("large", rm), ("small", small_rm))
+}
+bon["gold"] = best_of_n_expectation(
+    gold_pool, gold_pool, ns
+)  # picking by the gold reward itself: the ceiling
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 for name, style in (("gold", "k--"), ("large", "o-"), ("small", "s-")):
-    label = {"gold": "picked by the gold reward", "large": f"picked by the RM on {max(reward_models):,} pairs",
-             "small": f"picked by the RM on {min(reward_models):,} pairs"}[name]
+    label = {
+        "gold": "picked by the gold reward",
+        "large": f"picked by the RM on {max(reward_models):,} pairs",
+        "small": f"picked by the RM on {min(reward_models):,} pairs",
+    }[name]
     ax.plot(np.sqrt(bon[name]["kl"]), bon[name]["gold"], style, label=label)
 ax.set_xlabel(r"$d = \sqrt{\mathrm{KL}}$ (nats$^{1/2}$), $n = 1 \ldots$" + str(N))
 ax.set_ylabel("gold reward of the pick")
 ax.set_title("Best-of-n: gold reward against divergence")
 ax.legend(fontsize=8)
 plt.show()
-display(Markdown(
-    f"At $n = {N}$ (KL {best_of_n_kl(N):.2f} nats) picking by the gold reward itself would raise it from "
-    f"{bon['gold']['gold'][0]:.3f} to {bon['gold']['gold'][-1]:.3f}: that much better answers are already among "
-    f"the samples. The larger reward model gets {bon['large']['gold'][-1]:.3f}, the smaller "
-    f"{bon['small']['gold'][-1]:.3f}: a reward model turns samples into gold only as well as it judges."))
+display(
+    Markdown(
+        f"At $n = {N}$ (KL {best_of_n_kl(N):.2f} nats) picking by the gold reward itself would raise it from "
+        f"{bon['gold']['gold'][0]:.3f} to {bon['gold']['gold'][-1]:.3f}: that much better answers are already among "
+        f"the samples. The larger reward model gets {bon['large']['gold'][-1]:.3f}, the smaller "
+        f"{bon['small']['gold'][-1]:.3f}: a reward model turns samples into gold only as well as it judges."
+    )
+)
 
 # %% [markdown]
 # ## PPO from scratch
@@ -318,21 +416,30 @@ display(Markdown(
 # %%
 from aigc_book.rlhf.losses import gae, kl_estimates
 
-rewards, values = torch.tensor([[0.0, 0.0, 0.1, -0.2, 1.0, 0.0]]), torch.tensor([[0.0, 0.0, 0.5, 0.4, 0.6, 0.0]])
+rewards, values = (
+    torch.tensor([[0.0, 0.0, 0.1, -0.2, 1.0, 0.0]]),
+    torch.tensor([[0.0, 0.0, 0.5, 0.4, 0.6, 0.0]]),
+)
 mask = torch.tensor([[False, False, True, True, True, False]])
 gamma, lam = 0.9, 0.8
 adv, _ = gae(rewards, values, mask, gamma, lam)
 v_next = [0.4, 0.6, 0.0]  # the value after the last response token is 0
-deltas = [rewards[0, t].item() + gamma * v_next[i] - values[0, t].item() for i, t in enumerate((2, 3, 4))]
+deltas = [
+    rewards[0, t].item() + gamma * v_next[i] - values[0, t].item() for i, t in enumerate((2, 3, 4))
+]
 by_definition = [sum((gamma * lam) ** k * deltas[i + k] for k in range(3 - i)) for i in range(3)]
 assert torch.allclose(adv[0, 2:5], torch.tensor(by_definition), atol=1e-6)
 
 p_pi, p_ref = torch.tensor([0.5, 0.3, 0.2]), torch.tensor([0.3, 0.3, 0.4])
 exact_kl = (p_pi * (p_pi / p_ref).log()).sum().item()
-draw = torch.multinomial(p_pi, 400_000, replacement=True, generator=torch.Generator().manual_seed(0))
+draw = torch.multinomial(
+    p_pi, 400_000, replacement=True, generator=torch.Generator().manual_seed(0)
+)
 k1, k3 = kl_estimates(p_pi.log()[draw], p_ref.log()[draw])
-print(f"exact KL {exact_kl:.4f}; k1 mean {k1.mean():.4f} (negative on {(k1 < 0).float().mean():.0%} of tokens); "
-      f"k3 mean {k3.mean():.4f} (min {k3.min():.4f})")
+print(
+    f"exact KL {exact_kl:.4f}; k1 mean {k1.mean():.4f} (negative on {(k1 < 0).float().mean():.0%} of tokens); "
+    f"k3 mean {k3.mean():.4f} (min {k3.min():.4f})"
+)
 assert abs(k1.mean() - exact_kl) < 0.005 and abs(k3.mean() - exact_kl) < 0.005 and k3.min() >= 0
 
 # %% [markdown]
@@ -349,13 +456,27 @@ def run_ppo(reward_model, steps, kl_coef, seed=0):
     trace = []
 
     def grade(step, responses, stats):
-        trace.append({"proxy": stats["score"], "gold": gold_rewards(responses).mean().item(), "kl": stats["kl"],
-                      "length": sum(map(len, responses.texts)) / len(responses)})
+        trace.append(
+            {
+                "proxy": stats["score"],
+                "gold": gold_rewards(responses).mean().item(),
+                "kl": stats["kl"],
+                "length": sum(map(len, responses.texts)) / len(responses),
+            }
+        )
 
     policy = copy.deepcopy(reference)
     config = PPOConfig(**{**asdict(rl.ppo), "kl_coef": kl_coef})
-    trainer = PPOTrainer(policy, reference, tok, reward_model.score, prompt_sampler(family), config, seed=seed,
-                         callback=grade)
+    trainer = PPOTrainer(
+        policy,
+        reference,
+        tok,
+        reward_model.score,
+        prompt_sampler(family),
+        config,
+        seed=seed,
+        callback=grade,
+    )
     for _ in range(steps):
         trainer.step()
     return policy, trace
@@ -373,11 +494,15 @@ sft_eval = evaluate(reference, reference, tok, held_out, reward_model=rm, **meas
 ppo_eval = evaluate(ppo_policy, reference, tok, held_out, reward_model=rm, **measure)
 print(f"{settings.ppo_steps} PPO iterations of {rl.ppo.batch_size} rollouts in {ppo_seconds:.0f} s")
 for name, e in (("SFT", sft_eval), ("PPO", ppo_eval)):
-    print(f"{name}: reward-model score {e['proxy']:+.3f}, gold {e['gold']:.3f}, accuracy {e['accuracy']:.3f}, "
-          f"KL {e['kl']:.2f} nats, length {e['length']:.2f} characters")
+    print(
+        f"{name}: reward-model score {e['proxy']:+.3f}, gold {e['gold']:.3f}, accuracy {e['accuracy']:.3f}, "
+        f"KL {e['kl']:.2f} nats, length {e['length']:.2f} characters"
+    )
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-for ax, key, label in zip(axes, ("proxy", "gold", "kl"), ("reward-model score", "gold reward", "KL to SFT (nats)")):
+for ax, key, label in zip(
+    axes, ("proxy", "gold", "kl"), ("reward-model score", "gold reward", "KL to SFT (nats)")
+):
     ax.plot(smooth([t[key] for t in ppo_trace]))
     ax.set_xlabel("PPO iteration")
     ax.set_title(label)
@@ -387,20 +512,39 @@ plt.show()
 
 # %%
 shown = held_out[:8]
-before = sample_responses(reference, tok, shown, max_new_tokens=settings.max_new_tokens,
-                          generator=torch.Generator(device=device).manual_seed(7))
-after = sample_responses(ppo_policy, tok, shown, max_new_tokens=settings.max_new_tokens,
-                         generator=torch.Generator(device=device).manual_seed(7))
+before = sample_responses(
+    reference,
+    tok,
+    shown,
+    max_new_tokens=settings.max_new_tokens,
+    generator=torch.Generator(device=device).manual_seed(7),
+)
+after = sample_responses(
+    ppo_policy,
+    tok,
+    shown,
+    max_new_tokens=settings.max_new_tokens,
+    generator=torch.Generator(device=device).manual_seed(7),
+)
 rows = ["| prompt | answer | SFT sample | PPO sample |", "|---|---|---|---|"]
-rows += [f"| `{i.prompt}` | `{i.answer}` | `{a}` | `{b}` |" for i, a, b in zip(shown, before.texts, after.texts)]
+rows += [
+    f"| `{i.prompt}` | `{i.answer}` | `{a}` | `{b}` |"
+    for i, a, b in zip(shown, before.texts, after.texts)
+]
 display(Markdown("\n".join(rows)))
-display(Markdown(
-    f"The reward model's score rose from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f}; the gold reward went "
-    f"from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f}, and answers from {sft_eval['length']:.2f} to "
-    f"{ppo_eval['length']:.2f} characters long. PPO did its job — it raised the reward it was given — "
-    + ("and the gold reward rose with it." if ppo_eval["gold"] > sft_eval["gold"] else
-       "but what it was given is a judge that is often wrong about content and likes long answers, so the gold "
-       "reward did not follow.")))
+display(
+    Markdown(
+        f"The reward model's score rose from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f}; the gold reward went "
+        f"from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f}, and answers from {sft_eval['length']:.2f} to "
+        f"{ppo_eval['length']:.2f} characters long. PPO did its job — it raised the reward it was given — "
+        + (
+            "and the gold reward rose with it."
+            if ppo_eval["gold"] > sft_eval["gold"]
+            else "but what it was given is a judge that is often wrong about content and likes long answers, so the gold "
+            "reward did not follow."
+        )
+    )
+)
 
 # %% [markdown]
 # ## The clipped objective
@@ -449,17 +593,23 @@ display(Markdown(
 from aigc_book.rlhf.losses import ppo_policy_loss
 
 eps_clip = 0.2  # PPO's ε (Schulman et al. 2017)
-r_grid = (torch.arange(200, dtype=torch.float64) + 0.5) / 100  # ratios 0.005, 0.015, ..., 1.995: none is 1 ± ε
+r_grid = (
+    torch.arange(200, dtype=torch.float64) + 0.5
+) / 100  # ratios 0.005, 0.015, ..., 1.995: none is 1 ± ε
 
 
 def clipped_objective_and_gradient(r: float, advantage: float) -> tuple[float, float]:
     """L^CLIP of one token whose probability ratio is r, and dL^CLIP/dr by autograd, from the package's loss."""
     ratio = torch.tensor(r, dtype=torch.float64, requires_grad=True)
     logprobs = torch.log(ratio).reshape(1, 1)  # (B, T) = (1, 1): log π_θ(a|s) of the token
-    old_logprobs = torch.zeros(1, 1, dtype=torch.float64)  # log π_old = 0, so exp(logprobs - old_logprobs) = r
+    old_logprobs = torch.zeros(
+        1, 1, dtype=torch.float64
+    )  # log π_old = 0, so exp(logprobs - old_logprobs) = r
     adv = torch.full((1, 1), advantage, dtype=torch.float64)
     mask = torch.ones(1, 1, dtype=torch.bool)
-    objective = -ppo_policy_loss(logprobs, old_logprobs, adv, mask, clip_eps=eps_clip)  # the loss is -L^CLIP
+    objective = -ppo_policy_loss(
+        logprobs, old_logprobs, adv, mask, clip_eps=eps_clip
+    )  # the loss is -L^CLIP
     (grad,) = torch.autograd.grad(objective, ratio)
     return objective.item(), grad.item()
 
@@ -468,45 +618,75 @@ fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
 zero_gradient_ratios = {}
 for ax, clip_adv in zip(axes, (1.0, -1.0)):
     clip_pairs = [clipped_objective_and_gradient(r, clip_adv) for r in r_grid.tolist()]
-    clip_values = torch.tensor([v for v, _ in clip_pairs], dtype=torch.float64)  # (200,) L^CLIP per token
+    clip_values = torch.tensor(
+        [v for v, _ in clip_pairs], dtype=torch.float64
+    )  # (200,) L^CLIP per token
     clip_grads = torch.tensor([g for _, g in clip_pairs], dtype=torch.float64)  # (200,) dL^CLIP/dr
     clip_unclipped = r_grid * clip_adv
 
     clip_zero_grad = clip_grads == 0  # exactly zero: the clipped branch does not depend on r
     clip_binds = (r_grid > 1 + eps_clip) if clip_adv > 0 else (r_grid < 1 - eps_clip)
-    assert torch.equal(clip_zero_grad, clip_binds), "the gradient must vanish exactly where the clip binds"
+    assert torch.equal(clip_zero_grad, clip_binds), (
+        "the gradient must vanish exactly where the clip binds"
+    )
     clip_free = ~clip_binds
     # Everywhere else d(rA)/dr = A:
-    torch.testing.assert_close(clip_grads[clip_free], torch.full_like(clip_grads[clip_free], clip_adv))
+    torch.testing.assert_close(
+        clip_grads[clip_free], torch.full_like(clip_grads[clip_free], clip_adv)
+    )
     clip_inside = (r_grid >= 1 - eps_clip) & (r_grid <= 1 + eps_clip)
-    torch.testing.assert_close(clip_values[clip_inside], clip_unclipped[clip_inside])  # inside [1-ε, 1+ε]: plain r·A
-    clip_floor = (1 + eps_clip if clip_adv > 0 else 1 - eps_clip) * clip_adv  # the flat value where it binds
-    torch.testing.assert_close(clip_values[clip_binds], torch.full_like(clip_values[clip_binds], clip_floor))
-    assert bool((clip_values <= clip_unclipped + 1e-12).all()), "L^CLIP must be a lower bound on r·A (the min)"
+    torch.testing.assert_close(
+        clip_values[clip_inside], clip_unclipped[clip_inside]
+    )  # inside [1-ε, 1+ε]: plain r·A
+    clip_floor = (
+        1 + eps_clip if clip_adv > 0 else 1 - eps_clip
+    ) * clip_adv  # the flat value where it binds
+    torch.testing.assert_close(
+        clip_values[clip_binds], torch.full_like(clip_values[clip_binds], clip_floor)
+    )
+    assert bool((clip_values <= clip_unclipped + 1e-12).all()), (
+        "L^CLIP must be a lower bound on r·A (the min)"
+    )
     zero_gradient_ratios[clip_adv] = r_grid[clip_zero_grad]
 
     ax.plot(r_grid, clip_unclipped, "--", color="grey", label=r"unclipped $r\hat A$")
     ax.plot(r_grid, clip_values, label=r"$L^\mathrm{CLIP}$ (from ppo_policy_loss)")
-    ax.fill_between(r_grid, 0, 1, where=clip_zero_grad.numpy(), color="grey", alpha=0.25, lw=0,
-                    transform=ax.get_xaxis_transform(), label="autograd: gradient = 0")
+    ax.fill_between(
+        r_grid,
+        0,
+        1,
+        where=clip_zero_grad.numpy(),
+        color="grey",
+        alpha=0.25,
+        lw=0,
+        transform=ax.get_xaxis_transform(),
+        label="autograd: gradient = 0",
+    )
     for clip_edge in (1 - eps_clip, 1 + eps_clip):
         ax.axvline(clip_edge, color="black", lw=0.8, ls=":")
     clip_sign = "+1" if clip_adv > 0 else "−1"
-    ax.set_title(rf"$\hat A = {clip_sign}$: a {'better' if clip_adv > 0 else 'worse'}-than-expected token")
+    ax.set_title(
+        rf"$\hat A = {clip_sign}$: a {'better' if clip_adv > 0 else 'worse'}-than-expected token"
+    )
     ax.set_xlabel(r"probability ratio $r = \pi_\theta(a|s)\,/\,\pi_{\theta_\mathrm{old}}(a|s)$")
     ax.legend(loc="upper left" if clip_adv > 0 else "lower left", fontsize=8)
 axes[0].set_ylabel(r"objective per token (units of $\hat A$)")
-fig.suptitle(rf"PPO's clipped objective for one token, $\epsilon = {eps_clip}$; dotted lines at $1 \pm \epsilon$")
+fig.suptitle(
+    rf"PPO's clipped objective for one token, $\epsilon = {eps_clip}$; dotted lines at $1 \pm \epsilon$"
+)
 fig.tight_layout()
 plt.show()
 
 clip_pos, clip_neg = zero_gradient_ratios[1.0], zero_gradient_ratios[-1.0]
-display(Markdown(
-    f"Of the {len(r_grid)} ratios, the gradient is exactly zero at {len(clip_pos)} for $\\hat A = +1$ (from "
-    f"$r = {clip_pos.min():.3f}$ up, all above $1 + \\epsilon = {1 + eps_clip:.1f}$) and at {len(clip_neg)} for "
-    f"$\\hat A = -1$ (up to $r = {clip_neg.max():.3f}$, all below $1 - \\epsilon = {1 - eps_clip:.1f}$). At every "
-    f"other ratio it equals $\\hat A$. Inside $[{1 - eps_clip:.1f}, {1 + eps_clip:.1f}]$ the objective is "
-    f"exactly $r\\hat A$."))
+display(
+    Markdown(
+        f"Of the {len(r_grid)} ratios, the gradient is exactly zero at {len(clip_pos)} for $\\hat A = +1$ (from "
+        f"$r = {clip_pos.min():.3f}$ up, all above $1 + \\epsilon = {1 + eps_clip:.1f}$) and at {len(clip_neg)} for "
+        f"$\\hat A = -1$ (up to $r = {clip_neg.max():.3f}$, all below $1 - \\epsilon = {1 - eps_clip:.1f}$). At every "
+        f"other ratio it equals $\\hat A$. Inside $[{1 - eps_clip:.1f}, {1 + eps_clip:.1f}]$ the objective is "
+        f"exactly $r\\hat A$."
+    )
+)
 
 # %% [markdown]
 # The figure shows the objective from the token's side. With $\hat A = +1$ (left), raising the
@@ -548,10 +728,16 @@ display(Markdown(
 # %%
 pg_gen = torch.Generator().manual_seed(0)
 n_states, n_actions, n_tokens = 3, 5, 64
-theta_old = torch.randn(n_states, n_actions, generator=pg_gen, dtype=torch.float64)  # logits: π(·|s) = softmax(θ[s])
+theta_old = torch.randn(
+    n_states, n_actions, generator=pg_gen, dtype=torch.float64
+)  # logits: π(·|s) = softmax(θ[s])
 pg_states = torch.randint(n_states, (n_tokens,), generator=pg_gen)  # (N,)
-pg_actions = torch.multinomial(torch.softmax(theta_old[pg_states], -1), 1, generator=pg_gen).squeeze(-1)  # a ~ π_old
-pg_advantages = torch.randn(n_tokens, generator=pg_gen, dtype=torch.float64)  # (N,) stand-ins for GAE's Â
+pg_actions = torch.multinomial(
+    torch.softmax(theta_old[pg_states], -1), 1, generator=pg_gen
+).squeeze(-1)  # a ~ π_old
+pg_advantages = torch.randn(
+    n_tokens, generator=pg_gen, dtype=torch.float64
+)  # (N,) stand-ins for GAE's Â
 pg_mask = torch.ones(1, n_tokens, dtype=torch.bool)  # one "response" of N tokens, all counted
 
 
@@ -566,8 +752,13 @@ pg_old_logprobs = sampled_logprobs(theta_old).detach()
 def clipped_objective_gradient(theta: torch.Tensor) -> torch.Tensor:
     """∇_θ L^CLIP on the batch, through the package's loss."""
     theta = theta.detach().requires_grad_(True)
-    loss = ppo_policy_loss(sampled_logprobs(theta)[None], pg_old_logprobs[None], pg_advantages[None], pg_mask,
-                           clip_eps=eps_clip)
+    loss = ppo_policy_loss(
+        sampled_logprobs(theta)[None],
+        pg_old_logprobs[None],
+        pg_advantages[None],
+        pg_mask,
+        clip_eps=eps_clip,
+    )
     (grad,) = torch.autograd.grad(-loss, theta)
     return grad
 
@@ -580,7 +771,9 @@ def weighted_score_gradient(theta: torch.Tensor, weights: torch.Tensor) -> torch
 
 
 # 1. At θ_old every ratio is 1: the clipped objective's gradient is the policy gradient.
-torch.testing.assert_close(clipped_objective_gradient(theta_old), weighted_score_gradient(theta_old, pg_advantages))
+torch.testing.assert_close(
+    clipped_objective_gradient(theta_old), weighted_score_gradient(theta_old, pg_advantages)
+)
 
 # 2. A few ascent steps on L^CLIP on the same batch, as in PPO's inner loop; then compare again.
 pg_steps, pg_lr = 8, 2.0
@@ -588,16 +781,24 @@ pg_theta = theta_old.clone()
 for _ in range(pg_steps):
     pg_theta = pg_theta + pg_lr * clipped_objective_gradient(pg_theta)
 pg_ratio = torch.exp(sampled_logprobs(pg_theta) - pg_old_logprobs)  # (N,)
-pg_binds = ((pg_advantages > 0) & (pg_ratio > 1 + eps_clip)) | ((pg_advantages < 0) & (pg_ratio < 1 - eps_clip))
+pg_binds = ((pg_advantages > 0) & (pg_ratio > 1 + eps_clip)) | (
+    (pg_advantages < 0) & (pg_ratio < 1 - eps_clip)
+)
 pg_g_clip = clipped_objective_gradient(pg_theta)
 pg_g_plain = weighted_score_gradient(pg_theta, pg_advantages)
-pg_g_by_hand = weighted_score_gradient(pg_theta, pg_ratio * pg_advantages * (~pg_binds))  # r·Â if free, 0 if clipped
+pg_g_by_hand = weighted_score_gradient(
+    pg_theta, pg_ratio * pg_advantages * (~pg_binds)
+)  # r·Â if free, 0 if clipped
 torch.testing.assert_close(pg_g_clip, pg_g_by_hand)
 pg_relative_gap = float((pg_g_clip - pg_g_plain).norm() / pg_g_plain.norm())
-assert pg_binds.any() and pg_relative_gap > 0.1, "after some steps the clip must bind and the gradients must differ"
+assert pg_binds.any() and pg_relative_gap > 0.1, (
+    "after some steps the clip must bind and the gradients must differ"
+)
 print("at θ_old: ∇L^CLIP equals the policy gradient E[∇log π · Â] (assert_close, float64)")
-print(f"after {pg_steps} ascent steps: ratios from {pg_ratio.min():.2f} to {pg_ratio.max():.2f}; clip binds on "
-      f"{int(pg_binds.sum())} of {n_tokens} tokens; |∇L^CLIP − g| / |g| = {pg_relative_gap:.2f}")
+print(
+    f"after {pg_steps} ascent steps: ratios from {pg_ratio.min():.2f} to {pg_ratio.max():.2f}; clip binds on "
+    f"{int(pg_binds.sum())} of {n_tokens} tokens; |∇L^CLIP − g| / |g| = {pg_relative_gap:.2f}"
+)
 
 # %% [markdown]
 # The first check passed: at $\theta_\text{old}$ the gradient of the clipped objective and the plain
@@ -634,9 +835,15 @@ for beta in betas:
 
 def leash_figure(beta):
     fig, axes = plt.subplots(1, 3, figsize=(11, 2.8))
-    for ax, key, label in zip(axes, ("proxy", "gold", "kl"), ("reward-model score", "gold reward", "KL (nats)")):
+    for ax, key, label in zip(
+        axes, ("proxy", "gold", "kl"), ("reward-model score", "gold reward", "KL (nats)")
+    ):
         for b in betas:
-            ax.plot(smooth([t[key] for t in leash[b]]), color="C0" if b == beta else "0.85", lw=2 if b == beta else 1)
+            ax.plot(
+                smooth([t[key] for t in leash[b]]),
+                color="C0" if b == beta else "0.85",
+                lw=2 if b == beta else 1,
+            )
         ax.set_title(label)
         ax.set_xlabel("PPO iteration")
     fig.suptitle(f"β = {beta:g} (grey: the other values)")
@@ -654,17 +861,31 @@ def png(fig):
 images = [png(leash_figure(b)) for b in betas]
 options = ",".join(f'"{i}"' for i in images)
 labels = ",".join(f'"{b:g}"' for b in betas)
-display(HTML(f"""<div><label>β = <span id="leash-beta">{betas[0]:g}</span>
+display(
+    HTML(f"""<div><label>β = <span id="leash-beta">{betas[0]:g}</span>
 <input type="range" min="0" max="{len(betas) - 1}" value="0" style="width:200px"
  oninput="document.getElementById('leash-img').src='data:image/png;base64,'+[{options}][this.value];
           document.getElementById('leash-beta').textContent=[{labels}][this.value];"></label><br>
-<img id="leash-img" src="data:image/png;base64,{images[0]}" style="max-width:100%"></div>"""))
-last = {b: {k: float(np.mean([t[k] for t in leash[b][-10:]])) for k in ("proxy", "gold", "kl", "length")}
-        for b in betas}
-leash_start = {b: {k: float(np.mean([t[k] for t in leash[b][:5]])) for k in ("proxy", "gold", "kl", "length")}
-               for b in betas}
-rows = ["| β | reward-model score | gold reward | KL (nats) | length |", "|---:|---:|---:|---:|---:|"]
-rows += [f"| {b:g} | {v['proxy']:+.3f} | {v['gold']:.3f} | {v['kl']:.2f} | {v['length']:.2f} |" for b, v in last.items()]
+<img id="leash-img" src="data:image/png;base64,{images[0]}" style="max-width:100%"></div>""")
+)
+last = {
+    b: {
+        k: float(np.mean([t[k] for t in leash[b][-10:]])) for k in ("proxy", "gold", "kl", "length")
+    }
+    for b in betas
+}
+leash_start = {
+    b: {k: float(np.mean([t[k] for t in leash[b][:5]])) for k in ("proxy", "gold", "kl", "length")}
+    for b in betas
+}
+rows = [
+    "| β | reward-model score | gold reward | KL (nats) | length |",
+    "|---:|---:|---:|---:|---:|",
+]
+rows += [
+    f"| {b:g} | {v['proxy']:+.3f} | {v['gold']:.3f} | {v['kl']:.2f} | {v['length']:.2f} |"
+    for b, v in last.items()
+]
 display(Markdown("Means over the last 10 iterations of each run:\n\n" + "\n".join(rows)))
 
 # %% [markdown]
@@ -686,26 +907,51 @@ floor = bracket.entropy_floor(sft.pretrain_seqs.size(1) - 1)
 ptx_config = PPOConfig(**{**asdict(rl.ppo), "kl_coef": 0.0, "ptx_coef": 1.0})
 ptx_trace = []
 ptx_policy = copy.deepcopy(reference)
-trainer = PPOTrainer(ptx_policy, reference, tok, rm.score, prompt_sampler(family), ptx_config, seed=0,
-                     ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, rl.ptx_batch, g),
-                     callback=lambda step, responses, stats: ptx_trace.append(
-                         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
+trainer = PPOTrainer(
+    ptx_policy,
+    reference,
+    tok,
+    rm.score,
+    prompt_sampler(family),
+    ptx_config,
+    seed=0,
+    ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, rl.ptx_batch, g),
+    callback=lambda step, responses, stats: ptx_trace.append(
+        {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
+    ),
+)
 for _ in range(settings.leash_steps):
     trainer.step()
-tax = {"SFT": lm_loss(reference, bracket_val), "PPO, β = 0": lm_loss(leash_policies[0.0], bracket_val),
-       "PPO-ptx, β = 0, γ = 1": lm_loss(ptx_policy, bracket_val)}
-gold_end = {"SFT": leash_start[0.0]["gold"], "PPO, β = 0": last[0.0]["gold"],
-            "PPO-ptx, β = 0, γ = 1": float(np.mean([t["gold"] for t in ptx_trace[-10:]]))}
-rows = ["| policy | bracket-language loss (nats/token) | gold reward of the last rollouts |", "|---|---:|---:|"]
+tax = {
+    "SFT": lm_loss(reference, bracket_val),
+    "PPO, β = 0": lm_loss(leash_policies[0.0], bracket_val),
+    "PPO-ptx, β = 0, γ = 1": lm_loss(ptx_policy, bracket_val),
+}
+gold_end = {
+    "SFT": leash_start[0.0]["gold"],
+    "PPO, β = 0": last[0.0]["gold"],
+    "PPO-ptx, β = 0, γ = 1": float(np.mean([t["gold"] for t in ptx_trace[-10:]])),
+}
+rows = [
+    "| policy | bracket-language loss (nats/token) | gold reward of the last rollouts |",
+    "|---|---:|---:|",
+]
 rows += [f"| {name} | {tax[name]:.3f} | {gold_end[name]:.3f} |" for name in tax]
 display(Markdown("\n".join(rows)))
-display(Markdown(
-    f"The language's entropy floor is {floor:.3f} nats per token, and the SFT model is already far above it, at "
-    f"{tax['SFT']:.3f}: supervised fine-tuning on chat data had paid most of the tax before RL began. "
-    f"Unleashed PPO moved the pretraining loss from {tax['SFT']:.3f} to {tax['PPO, β = 0']:.3f} nats per token; "
-    f"with the pretraining gradients mixed in it ended at {tax['PPO-ptx, β = 0, γ = 1']:.3f}. "
-    + ("PPO-ptx paid less of the tax. " if tax["PPO-ptx, β = 0, γ = 1"] < tax["PPO, β = 0"] else "")
-    + "It does not stop the reward model being gamed — that is the KL penalty's job, or a better reward model's."))
+display(
+    Markdown(
+        f"The language's entropy floor is {floor:.3f} nats per token, and the SFT model is already far above it, at "
+        f"{tax['SFT']:.3f}: supervised fine-tuning on chat data had paid most of the tax before RL began. "
+        f"Unleashed PPO moved the pretraining loss from {tax['SFT']:.3f} to {tax['PPO, β = 0']:.3f} nats per token; "
+        f"with the pretraining gradients mixed in it ended at {tax['PPO-ptx, β = 0, γ = 1']:.3f}. "
+        + (
+            "PPO-ptx paid less of the tax. "
+            if tax["PPO-ptx, β = 0, γ = 1"] < tax["PPO, β = 0"]
+            else ""
+        )
+        + "It does not stop the reward model being gamed — that is the KL penalty's job, or a better reward model's."
+    )
+)
 
 # %% [markdown]
 # ## Over-optimisation
@@ -742,10 +988,17 @@ a_rl, b_rl = fit_rl(d_rl, gain_rl)
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
 grid = np.linspace(0, d_bon.max() * 1.05, 100)
 axes[0].plot(d_bon, gain_bon, "o", label="best-of-n, small RM")
-axes[0].plot(grid, predict_best_of_n(grid, a_bon, b_bon), "-", label=rf"fit: $\alpha$={a_bon:.3f}, $\beta$={b_bon:.3f}")
+axes[0].plot(
+    grid,
+    predict_best_of_n(grid, a_bon, b_bon),
+    "-",
+    label=rf"fit: $\alpha$={a_bon:.3f}, $\beta$={b_bon:.3f}",
+)
 grid = np.linspace(1e-3, d_rl.max() * 1.05, 100)
 axes[1].plot(d_rl, gain_rl, ".", alpha=0.5, label="PPO, β = 0 (moving average)")
-axes[1].plot(grid, predict_rl(grid, a_rl, b_rl), "-", label=rf"fit: $\alpha$={a_rl:.3f}, $\beta$={b_rl:.3f}")
+axes[1].plot(
+    grid, predict_rl(grid, a_rl, b_rl), "-", label=rf"fit: $\alpha$={a_rl:.3f}, $\beta$={b_rl:.3f}"
+)
 for ax in axes:
     ax.axhline(0, color="gray", lw=0.5)
     ax.set_xlabel(r"$d = \sqrt{\mathrm{KL}}$")
@@ -757,21 +1010,31 @@ plt.tight_layout()
 plt.show()
 peak_d = peak_of_rl(a_rl, b_rl)
 peak_gain = predict_rl(peak_d, a_rl, b_rl) if math.isfinite(peak_d) else float("nan")
-fits = {"best-of-n": (a_bon, b_bon, peak_of_best_of_n(a_bon, b_bon), d_bon.max()),
-        "PPO, β = 0": (a_rl, b_rl, peak_of_rl(a_rl, b_rl), d_rl.max())}
+fits = {
+    "best-of-n": (a_bon, b_bon, peak_of_best_of_n(a_bon, b_bon), d_bon.max()),
+    "PPO, β = 0": (a_rl, b_rl, peak_of_rl(a_rl, b_rl), d_rl.max()),
+}
 for name, (a, b, peak, reach) in fits.items():
     where = "beyond the data" if peak > reach else f"at d = {peak:.2f}"
-    print(f"{name}: alpha {a:+.4f}, beta {b:+.4f}; fitted peak {where} (data reach d = {reach:.2f})")
-display(Markdown(
-    f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
-    f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
-    f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before "
-    "it fell. "
-    + (f"Ours rises to a fitted peak of {peak_gain:+.3f} at d = {peak_d:.2f}, then falls." if peak_d >= d_rl.min() else
-       f"Here the fitted curve peaks at d = {peak_d:.2f} (a gain of {peak_gain:+.3f}), before the first smoothed point "
-       f"at d = {d_rl.min():.2f}: without a leash the policy passes the peak within its first iterations. With "
-       f"β = {rl.ppo.kl_coef:g} (section \"PPO from scratch\") the gold reward gained "
-       f"{ppo_eval['gold'] - sft_eval['gold']:+.3f} instead.")))
+    print(
+        f"{name}: alpha {a:+.4f}, beta {b:+.4f}; fitted peak {where} (data reach d = {reach:.2f})"
+    )
+display(
+    Markdown(
+        f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
+        f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
+        f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before "
+        "it fell. "
+        + (
+            f"Ours rises to a fitted peak of {peak_gain:+.3f} at d = {peak_d:.2f}, then falls."
+            if peak_d >= d_rl.min()
+            else f"Here the fitted curve peaks at d = {peak_d:.2f} (a gain of {peak_gain:+.3f}), before the first smoothed point "
+            f"at d = {d_rl.min():.2f}: without a leash the policy passes the peak within its first iterations. With "
+            f"β = {rl.ppo.kl_coef:g} (section \"PPO from scratch\") the gold reward gained "
+            f"{ppo_eval['gold'] - sft_eval['gold']:+.3f} instead."
+        )
+    )
+)
 
 # %% [markdown]
 # What did the unleashed policy learn to exploit? The labelers liked length, so the reward model
@@ -780,22 +1043,40 @@ display(Markdown(
 
 # %%
 for b in betas:  # first 5 iterations -> last 10
-    print(f"β = {b:<5g} answer length {leash_start[b]['length']:.2f} -> {last[b]['length']:.2f} characters; "
-          f"gold {leash_start[b]['gold']:.3f} -> {last[b]['gold']:.3f}")
-free = sample_responses(leash_policies[0.0], tok, held_out, max_new_tokens=settings.max_new_tokens,
-                        generator=torch.Generator(device=device).manual_seed(7))
-sft_samples = sample_responses(reference, tok, held_out, max_new_tokens=settings.max_new_tokens,
-                               generator=torch.Generator(device=device).manual_seed(7))
+    print(
+        f"β = {b:<5g} answer length {leash_start[b]['length']:.2f} -> {last[b]['length']:.2f} characters; "
+        f"gold {leash_start[b]['gold']:.3f} -> {last[b]['gold']:.3f}"
+    )
+free = sample_responses(
+    leash_policies[0.0],
+    tok,
+    held_out,
+    max_new_tokens=settings.max_new_tokens,
+    generator=torch.Generator(device=device).manual_seed(7),
+)
+sft_samples = sample_responses(
+    reference,
+    tok,
+    held_out,
+    max_new_tokens=settings.max_new_tokens,
+    generator=torch.Generator(device=device).manual_seed(7),
+)
 ill = [not instructions.well_formed(p, t) for p, t in zip(free.prompts, free.texts)]
-ill_sft = [not instructions.well_formed(p, t) for p, t in zip(sft_samples.prompts, sft_samples.texts)]
+ill_sft = [
+    not instructions.well_formed(p, t) for p, t in zip(sft_samples.prompts, sft_samples.texts)
+]
 unfinished = 1 - np.mean(free.finished(tok.end_id))
-print(f"β = 0 policy: {np.mean(ill):.0%} of answers ill-formed (SFT: {np.mean(ill_sft):.0%}); "
-      f"{unfinished:.0%} never close with <|end|> (SFT: {1 - np.mean(sft_samples.finished(tok.end_id)):.0%})")
+print(
+    f"β = 0 policy: {np.mean(ill):.0%} of answers ill-formed (SFT: {np.mean(ill_sft):.0%}); "
+    f"{unfinished:.0%} never close with <|end|> (SFT: {1 - np.mean(sft_samples.finished(tok.end_id)):.0%})"
+)
 rows = ["| prompt | answer | β = 0 PPO sample | gold | reward model |", "|---|---|---|---:|---:|"]
 scores = reward_scores(rm, free)
 for i in range(6):
-    rows.append(f"| `{held_out[i].prompt}` | `{held_out[i].answer}` | `{free.texts[i]}` | "
-                f"{gold_reward(held_out[i], free.texts[i]):.2f} | {scores[i]:+.2f} |")
+    rows.append(
+        f"| `{held_out[i].prompt}` | `{held_out[i].answer}` | `{free.texts[i]}` | "
+        f"{gold_reward(held_out[i], free.texts[i]):.2f} | {scores[i]:+.2f} |"
+    )
 display(Markdown("\n".join(rows)))
 
 # %% [markdown]
@@ -819,28 +1100,53 @@ display(Markdown("\n".join(rows)))
 from aigc_book.rlhf.dpo import train_dpo
 from aigc_book.rlhf.losses import dpo_loss
 
-pc, pr, rc, rr = torch.tensor([-3.0]), torch.tensor([-5.0]), torch.tensor([-4.0]), torch.tensor([-4.5])
-assert math.isclose(dpo_loss(pc, pr, rc, rr, beta=0.5).item(),
-                    -math.log(1 / (1 + math.exp(-0.5 * ((-3 + 4) - (-5 + 4.5))))), rel_tol=1e-6)
+pc, pr, rc, rr = (
+    torch.tensor([-3.0]),
+    torch.tensor([-5.0]),
+    torch.tensor([-4.0]),
+    torch.tensor([-4.5]),
+)
+assert math.isclose(
+    dpo_loss(pc, pr, rc, rr, beta=0.5).item(),
+    -math.log(1 / (1 + math.exp(-0.5 * ((-3 + 4) - (-5 + 4.5))))),
+    rel_tol=1e-6,
+)
 dpo_eval = {}
 for average in (False, True):
     policy = copy.deepcopy(reference)
     t0 = time.perf_counter()
-    train_dpo(policy, reference, rm_train, steps=settings.dpo_steps, batch_size=rl.dpo_batch, lr=rl.dpo_lr,
-              beta=rl.dpo_beta, average=average, seed=0)
+    train_dpo(
+        policy,
+        reference,
+        rm_train,
+        steps=settings.dpo_steps,
+        batch_size=rl.dpo_batch,
+        lr=rl.dpo_lr,
+        beta=rl.dpo_beta,
+        average=average,
+        seed=0,
+    )
     name = "DPO, mean log-probs" if average else "DPO"
     dpo_eval[name] = evaluate(policy, reference, tok, held_out, reward_model=rm, **measure)
     e = dpo_eval[name]
-    print(f"{name:<20} gold {e['gold']:.3f} (SFT {sft_eval['gold']:.3f}), accuracy {e['accuracy']:.3f}, "
-          f"KL {e['kl']:.2f} nats, length {e['length']:.2f}, {time.perf_counter() - t0:.0f} s")
+    print(
+        f"{name:<20} gold {e['gold']:.3f} (SFT {sft_eval['gold']:.3f}), accuracy {e['accuracy']:.3f}, "
+        f"KL {e['kl']:.2f} nats, length {e['length']:.2f}, {time.perf_counter() - t0:.0f} s"
+    )
 summed, averaged = dpo_eval["DPO"], dpo_eval["DPO, mean log-probs"]
-display(Markdown(
-    f"Same pairs, same β, same steps: with summed log-probabilities DPO ends at gold {summed['gold']:.3f} and KL "
-    f"{summed['kl']:.2f} nats; with averaged ones at gold {averaged['gold']:.3f} and KL {averaged['kl']:.2f} nats. "
-    + ("Averaging moved the policy further for less: dividing by the length weakens the leash β provides. "
-       if averaged["kl"] > summed["kl"] and averaged["gold"] < summed["gold"] else "")
-    + "Both learned from the same labels as the reward model, length bias included: DPO optimises the labelers' "
-      "preferences, not the gold reward, and nothing stops it exploiting the same bias."))
+display(
+    Markdown(
+        f"Same pairs, same β, same steps: with summed log-probabilities DPO ends at gold {summed['gold']:.3f} and KL "
+        f"{summed['kl']:.2f} nats; with averaged ones at gold {averaged['gold']:.3f} and KL {averaged['kl']:.2f} nats. "
+        + (
+            "Averaging moved the policy further for less: dividing by the length weakens the leash β provides. "
+            if averaged["kl"] > summed["kl"] and averaged["gold"] < summed["gold"]
+            else ""
+        )
+        + "Both learned from the same labels as the reward model, length bias included: DPO optimises the labelers' "
+        "preferences, not the gold reward, and nothing stops it exploiting the same bias."
+    )
+)
 
 # %% [markdown]
 # ## GRPO: a verifiable reward and no value head
@@ -865,17 +1171,28 @@ assert torch.allclose(adv[:4], torch.tensor([1.0, -1.0, -1.0, 1.0]) * by_hand, a
 assert adv[4:].abs().max() == 0  # a group whose answers all earn the same teaches nothing
 grpo_trace = []
 grpo_policy = copy.deepcopy(reference)
-grpo = GRPOTrainer(grpo_policy, reference, tok, checker_reward, prompt_sampler(family), rl.grpo, seed=0,
-                   callback=lambda step, responses, stats: grpo_trace.append(
-                       {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
+grpo = GRPOTrainer(
+    grpo_policy,
+    reference,
+    tok,
+    checker_reward,
+    prompt_sampler(family),
+    rl.grpo,
+    seed=0,
+    callback=lambda step, responses, stats: grpo_trace.append(
+        {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
+    ),
+)
 t0 = time.perf_counter()
 for _ in range(settings.grpo_steps):
     grpo.step()
 grpo_eval = evaluate(grpo_policy, reference, tok, held_out, reward_model=rm, **measure)
 grpo_rollouts = settings.grpo_steps * rl.grpo.prompts_per_step * rl.grpo.group_size
-print(f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; gold {sft_eval['gold']:.3f} -> "
-      f"{grpo_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f} -> {grpo_eval['accuracy']:.3f}, "
-      f"KL {grpo_eval['kl']:.2f} nats")
+print(
+    f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; gold {sft_eval['gold']:.3f} -> "
+    f"{grpo_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f} -> {grpo_eval['accuracy']:.3f}, "
+    f"KL {grpo_eval['kl']:.2f} nats"
+)
 
 # %% [markdown]
 # Is the gain GRPO's, or the reward's? PPO on the same checker, with its value head, tells them apart.
@@ -884,21 +1201,41 @@ print(f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; go
 # %%
 checker_trace = []
 ppo_checker = copy.deepcopy(reference)
-trainer = PPOTrainer(ppo_checker, reference, tok, checker_reward, prompt_sampler(family),
-                     PPOConfig(**{**asdict(rl.ppo), "lr": 3e-5, "kl_coef": 0.05}), seed=0,
-                     callback=lambda step, responses, stats: checker_trace.append(
-                         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}))
+trainer = PPOTrainer(
+    ppo_checker,
+    reference,
+    tok,
+    checker_reward,
+    prompt_sampler(family),
+    PPOConfig(**{**asdict(rl.ppo), "lr": 3e-5, "kl_coef": 0.05}),
+    seed=0,
+    callback=lambda step, responses, stats: checker_trace.append(
+        {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
+    ),
+)
 for _ in range(settings.checker_ppo_steps):
     trainer.step()
 checker_eval = evaluate(ppo_checker, reference, tok, held_out, reward_model=rm, **measure)
-runs = {"GRPO, checker": (grpo_eval, grpo_rollouts),
-        "PPO, checker": (checker_eval, settings.checker_ppo_steps * rl.ppo.batch_size),
-        "PPO, reward model": (ppo_eval, settings.ppo_steps * rl.ppo.batch_size)}
-rows = ["| method, reward | rollouts | gold reward | accuracy | KL (nats) | gold gain per 1,000 rollouts |",
-        "|---|---:|---:|---:|---:|---:|"]
-rows += [f"| {name} | {n:,} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['kl']:.2f} | "
-         f"{1000 * (e['gold'] - sft_eval['gold']) / n:+.4f} |" for name, (e, n) in runs.items()]
-display(Markdown(f"SFT: gold {sft_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f}.\n\n" + "\n".join(rows)))
+runs = {
+    "GRPO, checker": (grpo_eval, grpo_rollouts),
+    "PPO, checker": (checker_eval, settings.checker_ppo_steps * rl.ppo.batch_size),
+    "PPO, reward model": (ppo_eval, settings.ppo_steps * rl.ppo.batch_size),
+}
+rows = [
+    "| method, reward | rollouts | gold reward | accuracy | KL (nats) | gold gain per 1,000 rollouts |",
+    "|---|---:|---:|---:|---:|---:|",
+]
+rows += [
+    f"| {name} | {n:,} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['kl']:.2f} | "
+    f"{1000 * (e['gold'] - sft_eval['gold']) / n:+.4f} |"
+    for name, (e, n) in runs.items()
+]
+display(
+    Markdown(
+        f"SFT: gold {sft_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f}.\n\n"
+        + "\n".join(rows)
+    )
+)
 
 # %% [markdown]
 # ## All the methods on one chart
@@ -912,28 +1249,60 @@ display(Markdown(f"SFT: gold {sft_eval['gold']:.3f}, accuracy {sft_eval['accurac
 # %%
 fig, ax = plt.subplots(figsize=(7, 4.2))
 ax.plot(np.sqrt(bon["large"]["kl"]), bon["large"]["gold"], "o-", label="best-of-n (reward model)")
-ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in ppo_trace]), 0)), smooth([t["gold"] for t in ppo_trace]),
-        "-", label=f"PPO rollouts (β = {rl.ppo.kl_coef:g})")
-ax.plot(np.sqrt(np.maximum(smooth([t["kl"] for t in grpo_trace], 30), 0)), smooth([t["gold"] for t in grpo_trace], 30),
-        "-", label="GRPO rollouts (checker, moving average of 30)")
-points = {"SFT": sft_eval, "PPO": ppo_eval, **dpo_eval, "GRPO": grpo_eval, "PPO, checker": checker_eval}
+ax.plot(
+    np.sqrt(np.maximum(smooth([t["kl"] for t in ppo_trace]), 0)),
+    smooth([t["gold"] for t in ppo_trace]),
+    "-",
+    label=f"PPO rollouts (β = {rl.ppo.kl_coef:g})",
+)
+ax.plot(
+    np.sqrt(np.maximum(smooth([t["kl"] for t in grpo_trace], 30), 0)),
+    smooth([t["gold"] for t in grpo_trace], 30),
+    "-",
+    label="GRPO rollouts (checker, moving average of 30)",
+)
+points = {
+    "SFT": sft_eval,
+    "PPO": ppo_eval,
+    **dpo_eval,
+    "GRPO": grpo_eval,
+    "PPO, checker": checker_eval,
+}
 for name, e in points.items():
     ax.plot(math.sqrt(max(e["kl"], 0)), e["gold"], "k*" if name == "SFT" else "D", ms=10)
-    ax.annotate(name, (math.sqrt(max(e["kl"], 0)), e["gold"]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.annotate(
+        name,
+        (math.sqrt(max(e["kl"], 0)), e["gold"]),
+        textcoords="offset points",
+        xytext=(5, 5),
+        fontsize=8,
+    )
 ax.set_xlabel(r"$\sqrt{\mathrm{KL}(\pi\,\|\,\pi_\mathrm{SFT})}$ (nats$^{1/2}$)")
 ax.set_ylabel("gold reward")
 ax.set_title("Gold reward against divergence, every method")
 ax.legend(fontsize=8)
 plt.show()
-rows = ["| method | gold reward | accuracy | reward-model score | KL (nats) | length |", "|---|---:|---:|---:|---:|---:|"]
-rows += [f"| {name} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['proxy']:+.3f} | {max(e['kl'], 0):.2f} | "
-         f"{e['length']:.2f} |" for name, e in points.items()]
-rows.append(f"| best-of-{N} | {bon['large']['gold'][-1]:.3f} | | {bon['large']['proxy'][-1]:+.3f} | "
-            f"{best_of_n_kl(N):.2f} (bound) | |")
+rows = [
+    "| method | gold reward | accuracy | reward-model score | KL (nats) | length |",
+    "|---|---:|---:|---:|---:|---:|",
+]
+rows += [
+    f"| {name} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['proxy']:+.3f} | {max(e['kl'], 0):.2f} | "
+    f"{e['length']:.2f} |"
+    for name, e in points.items()
+]
+rows.append(
+    f"| best-of-{N} | {bon['large']['gold'][-1]:.3f} | | {bon['large']['proxy'][-1]:+.3f} | "
+    f"{best_of_n_kl(N):.2f} (bound) | |"
+)
 display(Markdown("\n".join(rows)))
 best = max(points, key=lambda k: points[k]["gold"])
-display(Markdown(f"On held-out prompts the highest gold reward is {best}'s, {points[best]['gold']:.3f} "
-                 f"(SFT: {sft_eval['gold']:.3f})."))
+display(
+    Markdown(
+        f"On held-out prompts the highest gold reward is {best}'s, {points[best]['gold']:.3f} "
+        f"(SFT: {sft_eval['gold']:.3f})."
+    )
+)
 
 # %% [markdown]
 # ## What InstructGPT did
@@ -965,11 +1334,17 @@ instructgpt = {
 (ig_k_min, ig_k_max), _ = instructgpt["outputs_ranked"]
 # A ranking of K outputs gives C(K, 2) pairs:
 ig_pairs_min, ig_pairs_max = math.comb(ig_k_min, 2), math.comb(ig_k_max, 2)
-assert (ig_pairs_min, ig_pairs_max) == (ig_k_min * (ig_k_min - 1) // 2, ig_k_max * (ig_k_max - 1) // 2) == (6, 36)
+assert (
+    (ig_pairs_min, ig_pairs_max)
+    == (ig_k_min * (ig_k_min - 1) // 2, ig_k_max * (ig_k_max - 1) // 2)
+    == (6, 36)
+)
 ig_size_ratio = ig_large / ig_small
 assert ig_size_ratio > 100  # the paper's "over 100x fewer parameters"
-print(f"K = {ig_k_min}: C({ig_k_min},2) = {ig_pairs_min} pairs; K = {ig_k_max}: C({ig_k_max},2) = "
-      f"{ig_pairs_max} pairs; {ig_large:g}B / {ig_small:g}B = {ig_size_ratio:.0f}")
+print(
+    f"K = {ig_k_min}: C({ig_k_min},2) = {ig_pairs_min} pairs; K = {ig_k_max}: C({ig_k_max},2) = "
+    f"{ig_pairs_max} pairs; {ig_large:g}B / {ig_small:g}B = {ig_size_ratio:.0f}"
+)
 
 
 def ig_pm(key: str) -> str:
@@ -978,29 +1353,60 @@ def ig_pm(key: str) -> str:
 
 
 ig_rows = [
-    ("Stages", "SFT on labeler demonstrations → reward model (RM) on rankings → PPO against the RM",
-     "§3.1, Fig. 2"),
+    (
+        "Stages",
+        "SFT on labeler demonstrations → reward model (RM) on rankings → PPO against the RM",
+        "§3.1, Fig. 2",
+    ),
     ("Policy sizes", ", ".join(f"{s:g}B" for s in (ig_small, ig_mid, ig_large)), ig_sizes_where),
-    ("Prompts for SFT / RM / PPO", " / ".join(f"{instructgpt[k][0] // 1000}k"
-                                              for k in ("sft_prompts", "rm_prompts", "ppo_prompts")),
-     "§3.2: SFT and RM prompts from the API and labelers; PPO prompts from the API only, unlabelled"),
+    (
+        "Prompts for SFT / RM / PPO",
+        " / ".join(
+            f"{instructgpt[k][0] // 1000}k" for k in ("sft_prompts", "rm_prompts", "ppo_prompts")
+        ),
+        "§3.2: SFT and RM prompts from the API and labelers; PPO prompts from the API only, unlabelled",
+    ),
     ("Labelers", f"about {instructgpt['labelers'][0]} contractors", instructgpt["labelers"][1]),
-    ("Outputs ranked per prompt",
-     f"K = {ig_k_min} to {ig_k_max}, giving C(K, 2) = {ig_pairs_min} to {ig_pairs_max} pairs",
-     "§3.5: all pairs of one prompt form one batch element"),
-    ("Reward model", f"{instructgpt['rm_size_b'][0]}B, the SFT model with a scalar head; loss "
-     r"$-\log\sigma(r(x, y_w) - r(x, y_l))$", instructgpt["rm_size_b"][1] + "; eq. 1"),
+    (
+        "Outputs ranked per prompt",
+        f"K = {ig_k_min} to {ig_k_max}, giving C(K, 2) = {ig_pairs_min} to {ig_pairs_max} pairs",
+        "§3.5: all pairs of one prompt form one batch element",
+    ),
+    (
+        "Reward model",
+        f"{instructgpt['rm_size_b'][0]}B, the SFT model with a scalar head; loss "
+        r"$-\log\sigma(r(x, y_w) - r(x, y_l))$",
+        instructgpt["rm_size_b"][1] + "; eq. 1",
+    ),
     ("Labeler agreement", ig_pm("labeler_agreement_pct"), instructgpt["labeler_agreement_pct"][1]),
-    ("RM accuracy on held-out labelers", ig_pm("rm_heldout_accuracy_pct"),
-     instructgpt["rm_heldout_accuracy_pct"][1]),
-    ("RL", "PPO on a bandit: one reward per response from the RM, a per-token KL penalty (β) toward "
-     "the SFT model; value function initialised from the RM", "§3.5"),
-    ("PPO-ptx", "adds pretraining gradients (γ) to cut regressions on public NLP datasets (SQuAD, DROP, "
-     "HellaSwag, WMT15 Fr→En), the 'alignment tax'; 'InstructGPT' means these models", "§1, §3.5"),
-    ("Headline", f"outputs of {ig_small:g}B InstructGPT preferred to those of {ig_large:g}B GPT-3, a model "
-     f"{ig_size_ratio:.0f}× larger", "Abstract, §1, Fig. 1"),
-    ("175B vs 175B", f"InstructGPT preferred to GPT-3 {ig_pm('win_rate_175b_pct')} of the time",
-     instructgpt["win_rate_175b_pct"][1]),
+    (
+        "RM accuracy on held-out labelers",
+        ig_pm("rm_heldout_accuracy_pct"),
+        instructgpt["rm_heldout_accuracy_pct"][1],
+    ),
+    (
+        "RL",
+        "PPO on a bandit: one reward per response from the RM, a per-token KL penalty (β) toward "
+        "the SFT model; value function initialised from the RM",
+        "§3.5",
+    ),
+    (
+        "PPO-ptx",
+        "adds pretraining gradients (γ) to cut regressions on public NLP datasets (SQuAD, DROP, "
+        "HellaSwag, WMT15 Fr→En), the 'alignment tax'; 'InstructGPT' means these models",
+        "§1, §3.5",
+    ),
+    (
+        "Headline",
+        f"outputs of {ig_small:g}B InstructGPT preferred to those of {ig_large:g}B GPT-3, a model "
+        f"{ig_size_ratio:.0f}× larger",
+        "Abstract, §1, Fig. 1",
+    ),
+    (
+        "175B vs 175B",
+        f"InstructGPT preferred to GPT-3 {ig_pm('win_rate_175b_pct')} of the time",
+        instructgpt["win_rate_175b_pct"][1],
+    ),
 ]
 ig_table = ["| | InstructGPT (Ouyang et al. 2022) | Where in the paper |", "|---|---|---|"]
 ig_table += [f"| {ig_what} | {ig_value} | {ig_where} |" for ig_what, ig_value, ig_where in ig_rows]
@@ -1008,13 +1414,16 @@ display(Markdown("\n".join(ig_table)))
 
 (ig_agree, _), _ = instructgpt["labeler_agreement_pct"]
 (ig_rm_acc, _), _ = instructgpt["rm_heldout_accuracy_pct"]
-display(Markdown(
-    f"Ranking $K$ outputs of one prompt gives $\\binom{{K}}{{2}}$ comparisons: {ig_pairs_min} for "
-    f"$K = {ig_k_min}$, {ig_pairs_max} for $K = {ig_k_max}$. The paper trained on all the pairs of a "
-    f"prompt together, as one batch element: shuffled into the data as independent examples, they made "
-    f"the reward model overfit after a single pass (§3.5). Two numbers say how noisy such labels are. "
-    f"The labelers agreed with each other {ig_agree}% of the time, and reward models agreed with "
-    f"labelers they were not trained on {ig_rm_acc}% of the time."))
+display(
+    Markdown(
+        f"Ranking $K$ outputs of one prompt gives $\\binom{{K}}{{2}}$ comparisons: {ig_pairs_min} for "
+        f"$K = {ig_k_min}$, {ig_pairs_max} for $K = {ig_k_max}$. The paper trained on all the pairs of a "
+        f"prompt together, as one batch element: shuffled into the data as independent examples, they made "
+        f"the reward model overfit after a single pass (§3.5). Two numbers say how noisy such labels are. "
+        f"The labelers agreed with each other {ig_agree}% of the time, and reward models agreed with "
+        f"labelers they were not trained on {ig_rm_acc}% of the time."
+    )
+)
 
 # %% [markdown]
 # **Where the source articles go wrong.**
@@ -1124,16 +1533,22 @@ display(Markdown(
 # What this chapter measured, on its held-out prompts:
 
 # %%
-display(Markdown("\n".join([
-    f"* The reward model agreed with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels; the Bayes limit was "
-    f"{bayes:.1%}.",
-    f"* PPO against it raised its score from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f} and moved the "
-    f"gold reward from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f} (β = {rl.ppo.kl_coef:g}); without a KL "
-    f"penalty the gold reward of its rollouts ended at {last[0.0]['gold']:.3f}.",
-    f"* PPO against the checker moved the gold reward from {sft_eval['gold']:.3f} to {checker_eval['gold']:.3f}, "
-    f"GRPO to {grpo_eval['gold']:.3f}; DPO (summed log-probabilities) to {dpo_eval['DPO']['gold']:.3f}, averaged "
-    f"to {dpo_eval['DPO, mean log-probs']['gold']:.3f}.",
-])))
+display(
+    Markdown(
+        "\n".join(
+            [
+                f"* The reward model agreed with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels; the Bayes limit was "
+                f"{bayes:.1%}.",
+                f"* PPO against it raised its score from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f} and moved the "
+                f"gold reward from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f} (β = {rl.ppo.kl_coef:g}); without a KL "
+                f"penalty the gold reward of its rollouts ended at {last[0.0]['gold']:.3f}.",
+                f"* PPO against the checker moved the gold reward from {sft_eval['gold']:.3f} to {checker_eval['gold']:.3f}, "
+                f"GRPO to {grpo_eval['gold']:.3f}; DPO (summed log-probabilities) to {dpo_eval['DPO']['gold']:.3f}, averaged "
+                f"to {dpo_eval['DPO, mean log-probs']['gold']:.3f}.",
+            ]
+        )
+    )
+)
 
 # %% [markdown]
 # ## Exercises
@@ -1183,16 +1598,24 @@ display(Markdown("\n".join([
 from aigc_book.rlhf.losses import dpo_loss, grpo_advantages, kl_estimates
 
 # 1. k3 over log-ratios log ρ from -10 to 10: never negative, zero only at ρ = 1.
-ex_log_rho = torch.arange(-1000, 1001, dtype=torch.float64) / 100  # log ρ = log π_ref - log π, 0 included exactly
+ex_log_rho = (
+    torch.arange(-1000, 1001, dtype=torch.float64) / 100
+)  # log ρ = log π_ref - log π, 0 included exactly
 _, ex_k3 = kl_estimates(torch.zeros_like(ex_log_rho), ex_log_rho)
-assert bool((ex_k3 >= 0).all()) and float(ex_log_rho[ex_k3.argmin()]) == 0.0 and float(ex_k3.min()) == 0.0
+assert (
+    bool((ex_k3 >= 0).all())
+    and float(ex_log_rho[ex_k3.argmin()]) == 0.0
+    and float(ex_k3.min()) == 0.0
+)
 
 
 # 2. Best-of-2: the formula, and the exact KL when π is uniform over m responses with distinct rewards.
 def best_of_n_kl_uniform(n: int, m: int) -> float:
     """KL(best-of-n ‖ π), exactly, for π uniform over m responses ranked by reward."""
     i = torch.arange(1, m + 1, dtype=torch.float64)
-    p_bon = (i / m) ** n - ((i - 1) / m) ** n  # P(the best of n draws is the i-th lowest-ranked response)
+    p_bon = (i / m) ** n - (
+        (i - 1) / m
+    ) ** n  # P(the best of n draws is the i-th lowest-ranked response)
     return float((p_bon * torch.log(p_bon * m)).sum())
 
 
@@ -1204,8 +1627,12 @@ assert abs(ex_bon_exact[10_000] - ex_bon_formula) < 1e-3
 
 # 3. DPO as β → 0: the loss tends to log 2 and the gradient to -(β/2)∇u for every pair.
 ex_gen = torch.Generator().manual_seed(0)
-ex_policy = -20 + 5 * torch.randn(2, 8, generator=ex_gen, dtype=torch.float64)  # log π_θ(y_w|x), log π_θ(y_l|x)
-ex_reference = ex_policy + torch.randn(2, 8, generator=ex_gen, dtype=torch.float64)  # log π_ref of the same
+ex_policy = -20 + 5 * torch.randn(
+    2, 8, generator=ex_gen, dtype=torch.float64
+)  # log π_θ(y_w|x), log π_θ(y_l|x)
+ex_reference = ex_policy + torch.randn(
+    2, 8, generator=ex_gen, dtype=torch.float64
+)  # log π_ref of the same
 ex_dpo = {}
 for ex_beta in (1.0, 0.1, 1e-6):
     ex_logps = ex_policy.clone().requires_grad_(True)
@@ -1216,7 +1643,9 @@ ex_small_beta = 1e-6
 ex_loss, ex_grad = ex_dpo[ex_small_beta]
 assert abs(ex_loss - math.log(2)) < 1e-5
 ex_n_pairs = ex_policy.shape[1]
-ex_sign = torch.tensor([[-1.0], [1.0]], dtype=torch.float64).expand(2, ex_n_pairs)  # descent: chosen up, rejected down
+ex_sign = torch.tensor([[-1.0], [1.0]], dtype=torch.float64).expand(
+    2, ex_n_pairs
+)  # descent: chosen up, rejected down
 torch.testing.assert_close(ex_grad, ex_sign * ex_small_beta / (2 * ex_n_pairs), rtol=1e-4, atol=0)
 
 # 5. Exact expectations of k1, k2, k3 under π, for a reference distribution and π moved away from it.
@@ -1240,9 +1669,13 @@ ex_zero = {}
 for ex_adv in (1.0, -1.0):
     ex_with_min = torch.minimum(ex_r * ex_adv, torch.clamp(ex_r, 1 - ex_eps, 1 + ex_eps) * ex_adv)
     ex_clip_only = torch.clamp(ex_r, 1 - ex_eps, 1 + ex_eps) * ex_adv
-    ex_g_min, ex_g_clip = (torch.autograd.grad(obj.sum(), ex_r)[0] for obj in (ex_with_min, ex_clip_only))
+    ex_g_min, ex_g_clip = (
+        torch.autograd.grad(obj.sum(), ex_r)[0] for obj in (ex_with_min, ex_clip_only)
+    )
     ex_zero[ex_adv] = (int((ex_g_min == 0).sum()), int((ex_g_clip == 0).sum()))
-    assert bool((ex_g_clip[(ex_r < 1 - ex_eps) | (ex_r > 1 + ex_eps)] == 0).all())  # dead on both sides
+    assert bool(
+        (ex_g_clip[(ex_r < 1 - ex_eps) | (ex_r > 1 + ex_eps)] == 0).all()
+    )  # dead on both sides
 
 # 7. A group whose responses all earned the same reward.
 ex_flat = grpo_advantages(torch.ones(4, dtype=torch.float64), group_size=4)
@@ -1253,7 +1686,8 @@ ex_lines = [
     f"{float(ex_log_rho[ex_k3.argmin()]):g}",
     f"2. best-of-2: log 2 − 1/2 = {ex_bon_formula:.5f}; exact for uniform π over m responses: "
     + ", ".join(f"m={m:,}: {v:.5f}" for m, v in ex_bon_exact.items()),
-    "3. DPO: " + "; ".join(f"β={b:g}: loss {val:.4f}" for b, (val, _) in ex_dpo.items())
+    "3. DPO: "
+    + "; ".join(f"β={b:g}: loss {val:.4f}" for b, (val, _) in ex_dpo.items())
     + f" (log 2 = {math.log(2):.4f}); at β={ex_small_beta:g} the gradient is −β/(2N) on every chosen and +β/(2N) "
     f"on every rejected log-probability (N = {ex_n_pairs} pairs; the loss is a mean)",
     "5. exact KL vs E[k2]: " + "; ".join(f"{kl:.4f} vs {k2:.4f}" for kl, k2 in ex_k2_rows),

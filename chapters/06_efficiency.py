@@ -49,11 +49,21 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # enough to keep it busy (a 1.3-billion-parameter GPT for the utilisation), and every sentence that
 # quotes a result is rendered from the numbers.
 
+
 # %%
 @dataclass(frozen=True)
 class Settings:
-    flop_shapes: tuple = ((2, 64, 4, 64), (4, 128, 4, 128), (3, 96, 4, 128))  # (layers, width, heads, T)
-    mfu_shape: tuple = (4, 128, 4, 128)  # the GPT whose training step is timed: layers, width, heads, T
+    flop_shapes: tuple = (
+        (2, 64, 4, 64),
+        (4, 128, 4, 128),
+        (3, 96, 4, 128),
+    )  # (layers, width, heads, T)
+    mfu_shape: tuple = (
+        4,
+        128,
+        4,
+        128,
+    )  # the GPT whose training step is timed: layers, width, heads, T
     mfu_batch: int = 16
     mfu_vocab: int = 96
     mfu_steps: int = 5
@@ -73,9 +83,19 @@ class Settings:
 
 settings = Settings()
 if device.type == "cuda":
-    settings = Settings(mfu_shape=(24, 2048, 16, 1024), mfu_batch=8, mfu_vocab=50304, mfu_steps=10,
-                        mfu_dtype="bfloat16", matmul_n=8192, mem_shape=(8, 512, 8, 512), mem_batch=16,
-                        target_shape=(8, 512, 8), target_steps=500, decode_batches=(1, 4, 16, 64, 256, 1024))
+    settings = Settings(
+        mfu_shape=(24, 2048, 16, 1024),
+        mfu_batch=8,
+        mfu_vocab=50304,
+        mfu_steps=10,
+        mfu_dtype="bfloat16",
+        matmul_n=8192,
+        mem_shape=(8, 512, 8, 512),
+        mem_batch=16,
+        target_shape=(8, 512, 8),
+        target_steps=500,
+        decode_batches=(1, 4, 16, 64, 256, 1024),
+    )
 for name, value in asdict(settings).items():
     print(f"  {name:<14}{value}")
 
@@ -107,18 +127,32 @@ from aigc_book.efficiency import flops as flopcount
 
 check_rows = []
 for n_layer, n_embd, n_head, T_ctx in settings.flop_shapes:
-    cfg = TransformerConfig(vocab_size=96, block_size=T_ctx, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    cfg = TransformerConfig(
+        vocab_size=96, block_size=T_ctx, n_layer=n_layer, n_head=n_head, n_embd=n_embd
+    )
     net = GPT(cfg).to(device)
     x = torch.randint(0, 96, (2, T_ctx), device=device)
     counted_fwd = flopcount.count_flops(lambda net=net, x=x: net(x)) / x.numel()
-    counted_train = flopcount.count_flops(lambda net=net, x=x: net(x, x).loss.backward()) / x.numel()
+    counted_train = (
+        flopcount.count_flops(lambda net=net, x=x: net(x, x).loss.backward()) / x.numel()
+    )
     formula_fwd = net.flops_per_token(T_ctx, output_layer=True, full_attention=True)
-    formula_train = net.flops_per_token(T_ctx, training=True, output_layer=True, full_attention=True)
-    check_rows.append((f"{n_layer}x{n_embd}, T={T_ctx}", counted_fwd, formula_fwd, counted_train, formula_train))
-    assert abs(formula_fwd / counted_fwd - 1) < 0.05 and abs(formula_train / counted_train - 1) < 0.05
-print(f"{'model':<16}{'counted fwd':>13}{'formula':>13}{'ratio':>7}{'counted train':>15}{'formula':>13}{'ratio':>7}")
+    formula_train = net.flops_per_token(
+        T_ctx, training=True, output_layer=True, full_attention=True
+    )
+    check_rows.append(
+        (f"{n_layer}x{n_embd}, T={T_ctx}", counted_fwd, formula_fwd, counted_train, formula_train)
+    )
+    assert (
+        abs(formula_fwd / counted_fwd - 1) < 0.05 and abs(formula_train / counted_train - 1) < 0.05
+    )
+print(
+    f"{'model':<16}{'counted fwd':>13}{'formula':>13}{'ratio':>7}{'counted train':>15}{'formula':>13}{'ratio':>7}"
+)
 for name, cf, ff, ct, ft in check_rows:
-    print(f"{name:<16}{cf:>13,.0f}{ff:>13,.0f}{ff / cf:>7.3f}{ct:>15,.0f}{ft:>13,.0f}{ft / ct:>7.3f}")
+    print(
+        f"{name:<16}{cf:>13,.0f}{ff:>13,.0f}{ff / cf:>7.3f}{ct:>15,.0f}{ft:>13,.0f}{ft / ct:>7.3f}"
+    )
 
 # %% [markdown]
 # The formula is within 5% of the count for each model (the asserts). The gaps are not noise; every one
@@ -127,13 +161,26 @@ for name, cf, ff, ct, ft in check_rows:
 # %%
 # NBVAL_CHECK_OUTPUT
 diff = flopcount.flops_differences(net, T_ctx, batch=2)
-assert 13 / (12 * 22) < 0.05 < 13 / (12 * 21)  # biases and norms, 13C per layer against 12C², pass 5% below width 22
-assert diff["counted_forward"] == diff["weight_matrices"] + diff["attention_full"] + diff["output_layer"]
+assert (
+    13 / (12 * 22) < 0.05 < 13 / (12 * 21)
+)  # biases and norms, 13C per layer against 12C², pass 5% below width 22
+assert (
+    diff["counted_forward"]
+    == diff["weight_matrices"] + diff["attention_full"] + diff["output_layer"]
+)
 assert diff["formula_forward"] == diff["counted_forward"] + diff["biases_and_norms"]
 assert diff["counted_training"] == 3 * diff["counted_forward"]
 assert diff["counted_training_fused"] == diff["counted_training"] + diff["attention_recompute"]
-for key in ("weight_matrices", "attention_full", "output_layer", "biases_and_norms", "embedding_lookups",
-            "first_layer_input_grad_skipped", "attention_recompute", "elementwise_estimate"):
+for key in (
+    "weight_matrices",
+    "attention_full",
+    "output_layer",
+    "biases_and_norms",
+    "embedding_lookups",
+    "first_layer_input_grad_skipped",
+    "attention_recompute",
+    "elementwise_estimate",
+):
     print(f"{key:<32}{diff[key]:>12,}")
 
 # %% [markdown]
@@ -168,7 +215,9 @@ assert flopcount.causal_tile_fraction(1024) == (8 * 9 / 2) / 64  # 36 of the 64 
 # %%
 contexts = [512, 2048, 8192, 32768, 131072]
 gpt3_ratio = flopcount.six_n_ratio(flopcount.gpt3_175b_config(), contexts)
-small_cfg = TransformerConfig(vocab_size=96, block_size=max(contexts), n_layer=2, n_head=4, n_embd=64)
+small_cfg = TransformerConfig(
+    vocab_size=96, block_size=max(contexts), n_layer=2, n_head=4, n_embd=64
+)
 small_ratio = flopcount.six_n_ratio(small_cfg, contexts)
 fig, ax = plt.subplots(figsize=(6.5, 3.8))
 ax.plot(contexts, gpt3_ratio, "o-", label="GPT-3 175B shape (96 x 12288)")
@@ -180,12 +229,15 @@ ax.set_ylabel("true training FLOPs / 6N")
 ax.set_title("The 6N rule undercounts as the context grows")
 ax.legend()
 plt.show()
-display(Markdown(
-    f"What to see: for GPT-3's shape $6N$ is off by {gpt3_ratio[1] - 1:.0%} at its own context of 2,048 "
-    f"tokens, by {gpt3_ratio[2] - 1:.0%} at 8,192 and by a factor {gpt3_ratio[-1]:.1f} at 131,072 — "
-    f"long-context training is *not* $6ND$. For a model 64 wide, attention dominates already at "
-    f"{contexts[1]:,} tokens ({small_ratio[1]:.1f}×). The ratio grows linearly in $T/C$: attention's "
-    f"$12LTC$ against the weights' $72LC^2$."))
+display(
+    Markdown(
+        f"What to see: for GPT-3's shape $6N$ is off by {gpt3_ratio[1] - 1:.0%} at its own context of 2,048 "
+        f"tokens, by {gpt3_ratio[2] - 1:.0%} at 8,192 and by a factor {gpt3_ratio[-1]:.1f} at 131,072 — "
+        f"long-context training is *not* $6ND$. For a model 64 wide, attention dominates already at "
+        f"{contexts[1]:,} tokens ({small_ratio[1]:.1f}×). The ratio grows linearly in $T/C$: attention's "
+        f"$12LTC$ against the weights' $72LC^2$."
+    )
+)
 
 # %% [markdown]
 # ## Peak FLOP/s and model FLOP utilisation
@@ -203,30 +255,58 @@ display(Markdown(
 # %%
 from aigc_book.efficiency import cost, hardware
 
-assert torch.finfo(torch.bfloat16).eps == 2**-7 and torch.finfo(torch.float32).eps == 2**-23  # stored mantissa bits
+assert (
+    torch.finfo(torch.bfloat16).eps == 2**-7 and torch.finfo(torch.float32).eps == 2**-23
+)  # stored mantissa bits
 peaks = {"float32": hardware.matmul_peak(device, torch.float32, n=settings.matmul_n)}
 if hardware.bf16_supported(device):
     peaks["bfloat16"] = hardware.matmul_peak(device, torch.bfloat16, n=settings.matmul_n)
 for dtype_name, value in peaks.items():
-    print(f"{settings.matmul_n} x {settings.matmul_n} matrix product, {dtype_name:<9}: {value / 1e12:8.3f} TFLOP/s")
+    print(
+        f"{settings.matmul_n} x {settings.matmul_n} matrix product, {dtype_name:<9}: {value / 1e12:8.3f} TFLOP/s"
+    )
 datasheet = None
-if device.type == "cuda" and any(chip in torch.cuda.get_device_name(device) for chip in ("H100", "H200")):
-    datasheet = {a.name: a for a in cost.load_accelerators()}["H100 SXM"].peak_flops  # the H200 has the same units
+if device.type == "cuda" and any(
+    chip in torch.cuda.get_device_name(device) for chip in ("H100", "H200")
+):
+    datasheet = {a.name: a for a in cost.load_accelerators()}[
+        "H100 SXM"
+    ].peak_flops  # the H200 has the same units
     print(f"datasheet dense BF16 peak of an H100 SXM: {datasheet / 1e12:.0f} TFLOP/s")
 
 # %%
 L_mfu, C_mfu, H_mfu, T_mfu = settings.mfu_shape
-mfu_config = TransformerConfig(vocab_size=settings.mfu_vocab, block_size=T_mfu, n_layer=L_mfu, n_head=H_mfu,
-                               n_embd=C_mfu, dropout=0.0)
-run = hardware.training_mfu(mfu_config, settings.mfu_batch, device, steps=settings.mfu_steps,
-                            dtype=settings.mfu_dtype, peak=peaks[settings.mfu_dtype])
-assert math.isclose(run["achieved_flops"], run["flops_per_token"] * run["tokens_per_s"], rel_tol=1e-9)
-print(f"GPT {L_mfu} x {C_mfu}, T = {T_mfu}, batch {settings.mfu_batch}, {run['params'] / 1e6:.1f} M parameters, "
-      f"{settings.mfu_dtype}: {run['ms_per_step']:.1f} ms per step, {run['tokens_per_s']:,.0f} tokens/s")
-print(f"model FLOPs per token {run['flops_per_token']:,.0f} -> {run['achieved_flops'] / 1e12:.3f} TFLOP/s achieved, "
-      f"MFU {run['mfu']:.0%} of the measured {settings.mfu_dtype} peak")
+mfu_config = TransformerConfig(
+    vocab_size=settings.mfu_vocab,
+    block_size=T_mfu,
+    n_layer=L_mfu,
+    n_head=H_mfu,
+    n_embd=C_mfu,
+    dropout=0.0,
+)
+run = hardware.training_mfu(
+    mfu_config,
+    settings.mfu_batch,
+    device,
+    steps=settings.mfu_steps,
+    dtype=settings.mfu_dtype,
+    peak=peaks[settings.mfu_dtype],
+)
+assert math.isclose(
+    run["achieved_flops"], run["flops_per_token"] * run["tokens_per_s"], rel_tol=1e-9
+)
+print(
+    f"GPT {L_mfu} x {C_mfu}, T = {T_mfu}, batch {settings.mfu_batch}, {run['params'] / 1e6:.1f} M parameters, "
+    f"{settings.mfu_dtype}: {run['ms_per_step']:.1f} ms per step, {run['tokens_per_s']:,.0f} tokens/s"
+)
+print(
+    f"model FLOPs per token {run['flops_per_token']:,.0f} -> {run['achieved_flops'] / 1e12:.3f} TFLOP/s achieved, "
+    f"MFU {run['mfu']:.0%} of the measured {settings.mfu_dtype} peak"
+)
 if datasheet is not None:
-    print(f"MFU against the datasheet peak: {run['achieved_flops'] / datasheet:.1%} (goal: at least 40%)")
+    print(
+        f"MFU against the datasheet peak: {run['achieved_flops'] / datasheet:.1%} (goal: at least 40%)"
+    )
 if run["peak_memory_bytes"] is not None:
     print(f"peak GPU memory of the step: {run['peak_memory_bytes'] / 2**30:.1f} GiB")
 
@@ -257,19 +337,28 @@ roof_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
 roof_peak = peaks["bfloat16" if device.type == "cuda" else "float32"]
 rows = hardware.roofline(device, roof_dtype)
 assert rows[0]["name"] == "matmul 64" and rows[0]["flops"] == 2 * 64**3  # by hand: 2n^3 FLOPs
-print(f"memory bandwidth (copy): {bandwidth_here / 1e9:.1f} GB/s; ridge point {roof_peak / bandwidth_here:.1f} FLOP/byte")
+print(
+    f"memory bandwidth (copy): {bandwidth_here / 1e9:.1f} GB/s; ridge point {roof_peak / bandwidth_here:.1f} FLOP/byte"
+)
 print(f"{'operation':<24}{'FLOP/byte':>10}{'achieved GFLOP/s':>18}{'roofline GFLOP/s':>18}")
 for r in rows:
-    print(f"{r['name']:<24}{r['intensity']:>10.2f}{r['flops_per_s'] / 1e9:>18.1f}"
-          f"{hardware.attainable_flops(r['intensity'], roof_peak, bandwidth_here) / 1e9:>18.1f}")
+    print(
+        f"{r['name']:<24}{r['intensity']:>10.2f}{r['flops_per_s'] / 1e9:>18.1f}"
+        f"{hardware.attainable_flops(r['intensity'], roof_peak, bandwidth_here) / 1e9:>18.1f}"
+    )
 fig, ax = plt.subplots(figsize=(7, 4.5))
-hardware.plot_roofline(ax, rows, roof_peak, bandwidth_here, title=f"The roofline of this machine ({device.type})")
+hardware.plot_roofline(
+    ax, rows, roof_peak, bandwidth_here, title=f"The roofline of this machine ({device.type})"
+)
 plt.show()
 by_op = {r["name"]: r for r in rows}
 decode_row = by_op["GPT decode step"]
 largest = max((r for r in rows if r["name"].startswith("matmul")), key=lambda r: r["flops"])
-of_roof = {name: by_op[name]["flops_per_s"] / hardware.attainable_flops(by_op[name]["intensity"], roof_peak, bandwidth_here)
-           for name in by_op}
+of_roof = {
+    name: by_op[name]["flops_per_s"]
+    / hardware.attainable_flops(by_op[name]["intensity"], roof_peak, bandwidth_here)
+    for name in by_op
+}
 
 
 def pct(x):
@@ -277,17 +366,20 @@ def pct(x):
     return f"{100 * x:.0f}%" if x >= 0.095 else f"{100 * x:.2g}%"
 
 
-display(Markdown(
-    f"What to see: the largest matrix product ({largest['name']}, {largest['intensity']:.0f} FLOP/byte) reaches "
-    f"{pct(of_roof[largest['name']])} of its roofline; the softmax, LayerNorm and GELU, at about one FLOP per "
-    f"byte, sit on the slanted part, where memory sets the limit (they reach "
-    f"{pct(min(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} to "
-    f"{pct(max(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} of it). A GPT decoding step at batch 1 has an "
-    f"intensity of {decode_row['intensity']:.2f} FLOP/byte and reaches {pct(decode_row['flops_per_s'] / roof_peak)} "
-    f"of the peak. The training step, whose products reuse each weight for every token of the batch, is where the "
-    f"FLOPs are used. Small operations fall well short of even their slanted roof: each launch has a fixed cost "
-    f"(large on a GPU) that no bandwidth figure includes. A point above the line means the data stayed in a cache "
-    f"faster than main memory."))
+display(
+    Markdown(
+        f"What to see: the largest matrix product ({largest['name']}, {largest['intensity']:.0f} FLOP/byte) reaches "
+        f"{pct(of_roof[largest['name']])} of its roofline; the softmax, LayerNorm and GELU, at about one FLOP per "
+        f"byte, sit on the slanted part, where memory sets the limit (they reach "
+        f"{pct(min(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} to "
+        f"{pct(max(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} of it). A GPT decoding step at batch 1 has an "
+        f"intensity of {decode_row['intensity']:.2f} FLOP/byte and reaches {pct(decode_row['flops_per_s'] / roof_peak)} "
+        f"of the peak. The training step, whose products reuse each weight for every token of the batch, is where the "
+        f"FLOPs are used. Small operations fall well short of even their slanted roof: each launch has a fixed cost "
+        f"(large on a GPU) that no bandwidth figure includes. A point above the line means the data stayed in a cache "
+        f"faster than main memory."
+    )
+)
 
 # %% [markdown]
 # ## Where the memory goes
@@ -315,9 +407,13 @@ from aigc_book.layers.kv_cache import KVCache
 from aigc_book.training.objectives import causal_lm_loss
 
 L_mem, C_mem, H_mem, T_mem = settings.mem_shape
-mem_config = TransformerConfig(vocab_size=96, block_size=T_mem, n_layer=L_mem, n_head=H_mem, n_embd=C_mem)
+mem_config = TransformerConfig(
+    vocab_size=96, block_size=T_mem, n_layer=L_mem, n_head=H_mem, n_embd=C_mem
+)
 mem_model, mem_batch = memory.lm_training_setup(mem_config, settings.mem_batch, T_mem, device)
-measured = memory.training_memory(mem_model, lambda ps: torch.optim.AdamW(ps, lr=1e-3), mem_batch, causal_lm_loss)
+measured = memory.training_memory(
+    mem_model, lambda ps: torch.optim.AdamW(ps, lr=1e-3), mem_batch, causal_lm_loss
+)
 n_params = mem_model.num_parameters()
 state = memory.training_state_bytes(n_params, n_param_tensors=len(list(mem_model.parameters())))
 act_formula = memory.activation_bytes(mem_config, settings.mem_batch, T_mem)
@@ -327,15 +423,25 @@ assert measured.optimizer_state == state["momentum"] + state["variance"] + state
 # so there the formula is checked to 2%.
 agrees = (lambda a, b: a == b) if device.type == "cpu" else (lambda a, b: abs(a - b) <= 0.02 * b)
 assert agrees(measured.activations, act_formula), (measured.activations, act_formula)
-print(f"GPT {L_mem} x {C_mem}, {n_params:,} parameters, batch {settings.mem_batch} x {T_mem} tokens (float32):")
-for kind, value in (("parameters", measured.parameters), ("gradients", measured.gradients),
-                    ("AdamW state", measured.optimizer_state), ("activations", measured.activations)):
+print(
+    f"GPT {L_mem} x {C_mem}, {n_params:,} parameters, batch {settings.mem_batch} x {T_mem} tokens (float32):"
+)
+for kind, value in (
+    ("parameters", measured.parameters),
+    ("gradients", measured.gradients),
+    ("AdamW state", measured.optimizer_state),
+    ("activations", measured.activations),
+):
     print(f"  {kind:<13}{value / 2**20:>9.2f} MiB  ({value / measured.total:.0%})")
 if measured.peak_cuda is not None:
-    print(f"  torch.cuda.max_memory_allocated over the step: {measured.peak_cuda / 2**20:.2f} MiB "
-          f"(allocator rounding, temporaries and workspaces included)")
-print(f"per layer: B x T x (16 C + 4 + heads) x 4 bytes = "
-      f"{memory.layer_activation_bytes(mem_config, settings.mem_batch, T_mem):,} bytes")
+    print(
+        f"  torch.cuda.max_memory_allocated over the step: {measured.peak_cuda / 2**20:.2f} MiB "
+        f"(allocator rounding, temporaries and workspaces included)"
+    )
+print(
+    f"per layer: B x T x (16 C + 4 + heads) x 4 bytes = "
+    f"{memory.layer_activation_bytes(mem_config, settings.mem_batch, T_mem):,} bytes"
+)
 
 # %% [markdown]
 # Every line equals its formula (the asserts; to the byte on a CPU). The activations dominate here, and they grow linearly
@@ -361,19 +467,30 @@ for r in memory.activation_reconciliation(mem_config, settings.mem_batch, T_mem)
 
 # %%
 small_cache = KVCache(n_layer=3, batch=2, n_head=2, max_len=50, head_dim=16, dtype=torch.bfloat16)
-assert memory.kv_cache_bytes(3, 2, 16, 50, 2, bytes_per_element=2) == \
-    small_cache.k.numel() * small_cache.k.element_size() + small_cache.v.numel() * small_cache.v.element_size()
+assert (
+    memory.kv_cache_bytes(3, 2, 16, 50, 2, bytes_per_element=2)
+    == small_cache.k.numel() * small_cache.k.element_size()
+    + small_cache.v.numel() * small_cache.v.element_size()
+)
 kv_per_token_of = {}
 for shape in memory.KV_CACHE_SHAPES.values():
-    per_token = memory.kv_cache_bytes(shape.n_layer, shape.n_kv_head, shape.head_dim, 1, 1, bytes_per_element=2)
+    per_token = memory.kv_cache_bytes(
+        shape.n_layer, shape.n_kv_head, shape.head_dim, 1, 1, bytes_per_element=2
+    )
     kv_per_token_of[shape.name] = per_token
     full = per_token * shape.context
-    print(f"{shape.name:<12} {shape.n_layer} layers, {shape.n_head} query / {shape.n_kv_head} key-value heads: "
-          f"{per_token / 2**10:,.0f} KiB per token in bf16, {full / 2**30:.2f} GiB per {shape.context:,}-token sequence")
+    print(
+        f"{shape.name:<12} {shape.n_layer} layers, {shape.n_head} query / {shape.n_kv_head} key-value heads: "
+        f"{per_token / 2**10:,.0f} KiB per token in bf16, {full / 2**30:.2f} GiB per {shape.context:,}-token sequence"
+    )
 for name, n in (("GPT-3 175B", 175e9), ("Llama 2 70B", 70e9)):
-    print(f"{name:<12} training state at 16 bytes/parameter: {n * 16 / 1e12:.2f} TB "
-          f"= {n * 16 / 80e9:.0f} GPUs of 80 GB before any activation")
-print(f"GPT-3's cache per token / Llama 2 70B's: {kv_per_token_of['GPT-3 175B'] / kv_per_token_of['Llama 2 70B']:.1f}")
+    print(
+        f"{name:<12} training state at 16 bytes/parameter: {n * 16 / 1e12:.2f} TB "
+        f"= {n * 16 / 80e9:.0f} GPUs of 80 GB before any activation"
+    )
+print(
+    f"GPT-3's cache per token / Llama 2 70B's: {kv_per_token_of['GPT-3 175B'] / kv_per_token_of['Llama 2 70B']:.1f}"
+)
 
 # %% [markdown]
 # So a model of 175 billion parameters cannot be trained on one GPU, or eight: its state alone needs
@@ -394,23 +511,34 @@ print(f"GPT-3's cache per token / Llama 2 70B's: {kv_per_token_of['GPT-3 175B'] 
 # their saved inputs take half the bytes; what autocast keeps in float32 does not shrink.
 
 # %%
-trade = checkpointing.checkpointing_tradeoff(mem_config, settings.mem_batch, T_mem, device, repeats=3)
+trade = checkpointing.checkpointing_tradeoff(
+    mem_config, settings.mem_batch, T_mem, device, repeats=3
+)
 assert agrees(trade["activations"], trade["activations formula"])
 assert agrees(trade["activations checkpointed"], trade["activations checkpointed formula"])
 precision = memory.memory_by_precision(mem_config, settings.mem_batch, T_mem, device)
 assert agrees(precision["autocast"], precision["autocast formula"])
-print(f"activations, float32:            {trade['activations'] / 2**20:8.2f} MiB, {trade['ms per step']:.0f} ms per step")
-print(f"activations, checkpointed:       {trade['activations checkpointed'] / 2**20:8.2f} MiB, "
-      f"{trade['ms per step checkpointed']:.0f} ms per step")
-print(f"activations, bf16 autocast:      {precision['autocast'] / 2**20:8.2f} MiB "
-      f"(+ {precision['parameter copies'] / 2**20:.2f} MiB of 16-bit weight copies)")
-display(Markdown(
-    f"Checkpointing saved {trade['memory saved']:.0%} of the activation memory for "
-    f"{trade['extra time']:+.0%} time per step (Chen et al. expect about one extra forward pass, a third of a "
-    f"step). Autocast cut the activations to {precision['autocast'] / precision['float32']:.0%} of float32, "
-    f"not 50%: the LayerNorm inputs (the residual stream) and their statistics, the attention's log-sum-exp "
-    f"and the loss's log-probabilities stay in float32, as autocast's rules keep precision-sensitive "
-    f"operations there."))
+print(
+    f"activations, float32:            {trade['activations'] / 2**20:8.2f} MiB, {trade['ms per step']:.0f} ms per step"
+)
+print(
+    f"activations, checkpointed:       {trade['activations checkpointed'] / 2**20:8.2f} MiB, "
+    f"{trade['ms per step checkpointed']:.0f} ms per step"
+)
+print(
+    f"activations, bf16 autocast:      {precision['autocast'] / 2**20:8.2f} MiB "
+    f"(+ {precision['parameter copies'] / 2**20:.2f} MiB of 16-bit weight copies)"
+)
+display(
+    Markdown(
+        f"Checkpointing saved {trade['memory saved']:.0%} of the activation memory for "
+        f"{trade['extra time']:+.0%} time per step (Chen et al. expect about one extra forward pass, a third of a "
+        f"step). Autocast cut the activations to {precision['autocast'] / precision['float32']:.0%} of float32, "
+        f"not 50%: the LayerNorm inputs (the residual stream) and their statistics, the attention's log-sum-exp "
+        f"and the loss's log-probabilities stay in float32, as autocast's rules keep precision-sensitive "
+        f"operations there."
+    )
+)
 
 # %% [markdown]
 # ## From our GPT to GPT-3: training compute and money
@@ -428,30 +556,39 @@ display(Markdown(
 
 # %%
 table = cost.compute_table()
-print(f"{'model':<16}{'N (active)':>11}{'D tokens':>10}{'6ND':>10}{'published':>11}{'ratio':>7}"
-      f"{'GPU-hours':>12}{'implied MFU':>13}")
+print(
+    f"{'model':<16}{'N (active)':>11}{'D tokens':>10}{'6ND':>10}{'published':>11}{'ratio':>7}"
+    f"{'GPU-hours':>12}{'implied MFU':>13}"
+)
 for r in table:
+
     def fmt(x, spec):
         return format(x, spec) if x is not None else "-"
-    print(f"{r.model:<16}{r.active_params:>11.3g}{fmt(r.tokens, '.3g'):>10}{fmt(r.flops_6nd, '.3g'):>10}"
-          f"{fmt(r.published_flops, '.3g'):>11}{fmt(r.ratio, '.3f'):>7}{fmt(r.gpu_hours, ',.0f'):>12}"
-          f"{fmt(r.implied_mfu, '.1%'):>13}")
+
+    print(
+        f"{r.model:<16}{r.active_params:>11.3g}{fmt(r.tokens, '.3g'):>10}{fmt(r.flops_6nd, '.3g'):>10}"
+        f"{fmt(r.published_flops, '.3g'):>11}{fmt(r.ratio, '.3f'):>7}{fmt(r.gpu_hours, ',.0f'):>12}"
+        f"{fmt(r.implied_mfu, '.1%'):>13}"
+    )
 by_name = {r.model: r for r in table}
 gpt3, llama405 = by_name["GPT-3"], by_name["Llama 3.1 405B"]
 assert abs(gpt3.flops_6nd / gpt3.published_flops - 1) < 0.01  # Brown et al. 2020, Table D.1
 assert abs(llama405.flops_6nd / llama405.published_flops - 1) < 0.01  # Llama Team 2024: 3.8e25
-display(Markdown(
-    f"For GPT-3, $6ND$ = {gpt3.flops_6nd:.3g} FLOPs against the published {gpt3.published_flops:.3g} "
-    f"(Brown et al. 2020, Table D.1): {abs(gpt3.ratio - 1):.1%} apart; for Llama 3.1 405B, "
-    f"{llama405.flops_6nd:.3g} against {llama405.published_flops:.3g}. Hoffmann et al. (2022) count "
-    f"FLOPs with a fuller formula and give Chinchilla and Gopher the same compute, "
-    f"{by_name['Gopher'].published_flops:.3g}; $6ND$ gives them {by_name['Chinchilla'].flops_6nd:.3g} and "
-    f"{by_name['Gopher'].flops_6nd:.3g}: a rule of thumb, good to about ten per cent. The implied utilisations range from "
-    f"{min(r.implied_mfu for r in table if r.implied_mfu):.0%} to "
-    f"{max(r.implied_mfu for r in table if r.implied_mfu):.0%}. They count every hour the GPUs were held "
-    f"(restarts, evaluation and stragglers included), so they are lower bounds on the utilisation of the "
-    f"training steps themselves: for Llama 3.1 405B the paper reports 38–43% measured during training, "
-    f"above the {llama405.implied_mfu:.1%} implied here."))
+display(
+    Markdown(
+        f"For GPT-3, $6ND$ = {gpt3.flops_6nd:.3g} FLOPs against the published {gpt3.published_flops:.3g} "
+        f"(Brown et al. 2020, Table D.1): {abs(gpt3.ratio - 1):.1%} apart; for Llama 3.1 405B, "
+        f"{llama405.flops_6nd:.3g} against {llama405.published_flops:.3g}. Hoffmann et al. (2022) count "
+        f"FLOPs with a fuller formula and give Chinchilla and Gopher the same compute, "
+        f"{by_name['Gopher'].published_flops:.3g}; $6ND$ gives them {by_name['Chinchilla'].flops_6nd:.3g} and "
+        f"{by_name['Gopher'].flops_6nd:.3g}: a rule of thumb, good to about ten per cent. The implied utilisations range from "
+        f"{min(r.implied_mfu for r in table if r.implied_mfu):.0%} to "
+        f"{max(r.implied_mfu for r in table if r.implied_mfu):.0%}. They count every hour the GPUs were held "
+        f"(restarts, evaluation and stragglers included), so they are lower bounds on the utilisation of the "
+        f"training steps themselves: for Llama 3.1 405B the paper reports 38–43% measured during training, "
+        f"above the {llama405.implied_mfu:.1%} implied here."
+    )
+)
 
 # %% [markdown]
 # Money follows from hours. Nobody publishes what a run was billed; the estimates below are
@@ -474,7 +611,11 @@ print(f"frontier training costs grew {cost.COST_GROWTH_PER_YEAR}x per year (Cott
 display(cost.cost_calculator_widget())
 
 # %%
-print(cost.format_cost_table(cost.cost_table(175e9, 300e9, n_accelerators=1024, mfu=0.40, price_per_hour=2.0)))
+print(
+    cost.format_cost_table(
+        cost.cost_table(175e9, 300e9, n_accelerators=1024, mfu=0.40, price_per_hour=2.0)
+    )
+)
 
 # %% [markdown]
 # ## The cost of an answer
@@ -486,7 +627,11 @@ print(cost.format_cost_table(cost.cost_table(175e9, 300e9, n_accelerators=1024, 
 # counter on one cached step of a small GPT:
 
 # %%
-net = GPT(TransformerConfig(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128)).to(device).eval()
+net = (
+    GPT(TransformerConfig(vocab_size=96, block_size=128, n_layer=4, n_head=4, n_embd=128))
+    .to(device)
+    .eval()
+)
 prompt = torch.randint(0, 96, (1, 100), device=device)
 kv = net.new_kv_cache(1)
 with torch.no_grad():
@@ -494,10 +639,16 @@ with torch.no_grad():
     t_keys = kv.length + 1  # the new token attends to the cached ones and itself
     step_flops = flopcount.count_flops(lambda: net(prompt[:, -1:], kv_cache=kv))
 c = net.config
-expected = 2 * 12 * c.n_layer * c.n_embd**2 + 4 * c.n_layer * t_keys * c.n_embd + 2 * c.n_embd * c.vocab_size
+expected = (
+    2 * 12 * c.n_layer * c.n_embd**2
+    + 4 * c.n_layer * t_keys * c.n_embd
+    + 2 * c.n_embd * c.vocab_size
+)
 assert step_flops == expected
-print(f"one decoding step at position {t_keys}: {step_flops:,} FLOPs counted = 2 x 12LC² + 4LtC + 2CV; "
-      f"2N alone is {2 * net.num_parameters(exclude_embeddings=True):,}")
+print(
+    f"one decoding step at position {t_keys}: {step_flops:,} FLOPs counted = 2 x 12LC² + 4LtC + 2CV; "
+    f"2N alone is {2 * net.num_parameters(exclude_embeddings=True):,}"
+)
 
 # %% [markdown]
 # So serving a 70-billion-parameter model costs about $1.4\times10^{11}$ FLOPs per token. But FLOPs are
@@ -519,17 +670,29 @@ gpus, N70, price = 2, 70e9, 2.0  # price: dollars per GPU-hour, DeepSeek-AI's as
 peak, bandwidth = gpus * h100.peak_flops, gpus * h100.bandwidth
 b_star = cost.critical_batch(N70, 2, peak, bandwidth)
 at_b_star = cost.decode_step_bounds(N70, math.ceil(b_star), peak_flops=peak, bandwidth=bandwidth)
-assert math.isclose(b_star, h100.peak_flops / h100.bandwidth * 2 / 2)  # N cancels; so does the GPU count
+assert math.isclose(
+    b_star, h100.peak_flops / h100.bandwidth * 2 / 2
+)  # N cancels; so does the GPU count
 llama = memory.KV_CACHE_SHAPES["Llama 2 70B"]
 kv_per_token = kv_per_token_of[llama.name]
 context = llama.context
 kv_seq = kv_per_token * context
 batches = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
-weights_only = [cost.decode_step_bounds(N70, B, peak_flops=peak, bandwidth=bandwidth) for B in batches]
-with_kv = [cost.decode_step_bounds(N70, B, kv_bytes=B * kv_seq, peak_flops=peak, bandwidth=bandwidth) for B in batches]
+weights_only = [
+    cost.decode_step_bounds(N70, B, peak_flops=peak, bandwidth=bandwidth) for B in batches
+]
+with_kv = [
+    cost.decode_step_bounds(N70, B, kv_bytes=B * kv_seq, peak_flops=peak, bandwidth=bandwidth)
+    for B in batches
+]
 fig, ax = plt.subplots(figsize=(6.5, 4))
 ax.plot(batches, [r["tokens_per_second"] for r in weights_only], "o-", label="weights only")
-ax.plot(batches, [r["tokens_per_second"] for r in with_kv], "s-", label=f"with a {context:,}-token KV cache per sequence")
+ax.plot(
+    batches,
+    [r["tokens_per_second"] for r in with_kv],
+    "s-",
+    label=f"with a {context:,}-token KV cache per sequence",
+)
 ax.axvline(b_star, color="gray", linestyle=":", label=f"critical batch B* = {b_star:.0f}")
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
@@ -539,25 +702,32 @@ ax.set_title("Llama 2 70B on two H100s: decoding is memory-bound")
 ax.legend()
 plt.show()
 one = weights_only[0]
-fits = int((gpus * h100.memory_gb * 1e9 - N70 * 2) // kv_seq)  # sequences whose cache fits beside the weights
-kv_fit = cost.decode_step_bounds(N70, fits, kv_bytes=fits * kv_seq, peak_flops=peak, bandwidth=bandwidth)
-display(Markdown(
-    f"At batch 1 a step needs {one['memory_seconds'] * 1e3:.1f} ms to read the weights and "
-    f"{one['compute_seconds'] * 1e3:.2f} ms of arithmetic: {one['tokens_per_second']:.0f} tokens per second "
-    f"at best, ${cost.cost_per_million_tokens(gpus * price, one['tokens_per_second']):,.2f} per million tokens "
-    f"at ${price:.0f} per GPU-hour. At the critical batch of {b_star:.0f} sequences the same step yields "
-    f"{at_b_star['tokens_per_second']:,.0f} tokens per second, "
-    f"${cost.cost_per_million_tokens(gpus * price, at_b_star['tokens_per_second']):.3f} per million. But the "
-    f"cache takes memory too: {kv_per_token / 1024:.0f} KiB per token, {kv_seq / 1e9:.2f} GB for one "
-    f"{context:,}-token sequence. Two H100s hold {gpus * h100.memory_gb:.0f} GB; the weights take "
-    f"{N70 * 2 / 1e9:.0f}, so only **{fits}** such sequences fit beside them, giving "
-    f"{kv_fit['tokens_per_second']:,.0f} tokens per second. And since every sequence adds its cache to the "
-    f"bytes read, with contexts this long a step stays memory-bound at any batch (the critical batch with the "
-    f"cache is {cost.critical_batch(N70, 2, peak, bandwidth, kv_bytes_per_sequence=kv_seq):.0f} sequences). "
-    f"Grouped-query attention "
-    f"is what keeps the cache at 8 heads instead of 64: eight times smaller. These are bounds under "
-    f"stated assumptions (perfect overlap, peaks reached, prompt processing and idle time left out); "
-    f"the next sections measure what a real machine does."))
+fits = int(
+    (gpus * h100.memory_gb * 1e9 - N70 * 2) // kv_seq
+)  # sequences whose cache fits beside the weights
+kv_fit = cost.decode_step_bounds(
+    N70, fits, kv_bytes=fits * kv_seq, peak_flops=peak, bandwidth=bandwidth
+)
+display(
+    Markdown(
+        f"At batch 1 a step needs {one['memory_seconds'] * 1e3:.1f} ms to read the weights and "
+        f"{one['compute_seconds'] * 1e3:.2f} ms of arithmetic: {one['tokens_per_second']:.0f} tokens per second "
+        f"at best, ${cost.cost_per_million_tokens(gpus * price, one['tokens_per_second']):,.2f} per million tokens "
+        f"at ${price:.0f} per GPU-hour. At the critical batch of {b_star:.0f} sequences the same step yields "
+        f"{at_b_star['tokens_per_second']:,.0f} tokens per second, "
+        f"${cost.cost_per_million_tokens(gpus * price, at_b_star['tokens_per_second']):.3f} per million. But the "
+        f"cache takes memory too: {kv_per_token / 1024:.0f} KiB per token, {kv_seq / 1e9:.2f} GB for one "
+        f"{context:,}-token sequence. Two H100s hold {gpus * h100.memory_gb:.0f} GB; the weights take "
+        f"{N70 * 2 / 1e9:.0f}, so only **{fits}** such sequences fit beside them, giving "
+        f"{kv_fit['tokens_per_second']:,.0f} tokens per second. And since every sequence adds its cache to the "
+        f"bytes read, with contexts this long a step stays memory-bound at any batch (the critical batch with the "
+        f"cache is {cost.critical_batch(N70, 2, peak, bandwidth, kv_bytes_per_sequence=kv_seq):.0f} sequences). "
+        f"Grouped-query attention "
+        f"is what keeps the cache at 8 heads instead of 64: eight times smaller. These are bounds under "
+        f"stated assumptions (perfect overlap, peaks reached, prompt processing and idle time left out); "
+        f"the next sections measure what a real machine does."
+    )
+)
 
 # %% [markdown]
 # ## Making inference faster
@@ -577,16 +747,25 @@ from aigc_book.training.objectives import sequence_lm_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
 
 lang = BracketLanguage()
-lm_seqs = lang.sample(settings.lm_seqs, settings.lm_len, seed=1)  # (N, T + 1), each starting with BOS
+lm_seqs = lang.sample(
+    settings.lm_seqs, settings.lm_len, seed=1
+)  # (N, T + 1), each starting with BOS
 lm_val = lang.sample(1_000, settings.lm_len, seed=2)
 
 
 def train_lm(n_layer, n_embd, n_head, steps):
     torch.manual_seed(0)
-    cfg = TransformerConfig(vocab_size=lang.vocab_size, block_size=64, n_layer=n_layer, n_head=n_head, n_embd=n_embd)
+    cfg = TransformerConfig(
+        vocab_size=lang.vocab_size, block_size=64, n_layer=n_layer, n_head=n_head, n_embd=n_embd
+    )
     lm = GPT(cfg).to(device)
-    Trainer(lm, lambda split, g: sequence_lm_batch(lm_seqs, 32, g), causal_lm_loss,
-            TrainConfig(max_iters=steps, lr=3e-3, warmup_iters=20, progress=False), device=device).train()
+    Trainer(
+        lm,
+        lambda split, g: sequence_lm_batch(lm_seqs, 32, g),
+        causal_lm_loss,
+        TrainConfig(max_iters=steps, lr=3e-3, warmup_iters=20, progress=False),
+        device=device,
+    ).train()
     return lm.eval()
 
 
@@ -594,9 +773,11 @@ t0 = time.perf_counter()
 target = train_lm(*settings.target_shape, settings.target_steps)
 draft = train_lm(*settings.draft_shape, settings.draft_steps)
 floor = lang.entropy_floor(settings.lm_len)
-print(f"trained in {time.perf_counter() - t0:.0f} s; held-out loss (nats/token): target "
-      f"{lm_loss(target, lm_val.to(device)):.3f} ({target.num_parameters():,} parameters), draft "
-      f"{lm_loss(draft, lm_val.to(device)):.3f} ({draft.num_parameters():,}); the language's floor {floor:.3f}")
+print(
+    f"trained in {time.perf_counter() - t0:.0f} s; held-out loss (nats/token): target "
+    f"{lm_loss(target, lm_val.to(device)):.3f} ({target.num_parameters():,} parameters), draft "
+    f"{lm_loss(draft, lm_val.to(device)):.3f} ({draft.num_parameters():,}); the language's floor {floor:.3f}"
+)
 
 # %% [markdown]
 # Four tricks, each measured here on the target model:
@@ -612,18 +793,33 @@ print(f"trained in {time.perf_counter() - t0:.0f} s; held-out loss (nats/token):
 # %%
 kv_cmp = inference.compare_kv_cache(target, 32, device)
 assert kv_cmp["same_tokens"]  # the cache changes the cost, never the output
-assert kv_cmp["cache_bytes_per_token"] == 2 * target.config.n_layer * target.config.n_embd * 4  # float32
+assert (
+    kv_cmp["cache_bytes_per_token"] == 2 * target.config.n_layer * target.config.n_embd * 4
+)  # float32
 batch_rows = inference.throughput_vs_batch(target, settings.decode_batches, 16, device)
-print(f"KV cache: {kv_cmp['with_cache_tokens_per_s']:,.0f} vs {kv_cmp['without_cache_tokens_per_s']:,.0f} tokens/s "
-      f"without ({kv_cmp['speedup']:.1f}x), for {kv_cmp['cache_bytes']:,} bytes of cache "
-      f"({kv_cmp['cache_bytes_per_token']:,} per token)")
+print(
+    f"KV cache: {kv_cmp['with_cache_tokens_per_s']:,.0f} vs {kv_cmp['without_cache_tokens_per_s']:,.0f} tokens/s "
+    f"without ({kv_cmp['speedup']:.1f}x), for {kv_cmp['cache_bytes']:,} bytes of cache "
+    f"({kv_cmp['cache_bytes_per_token']:,} per token)"
+)
 for r in batch_rows:
-    print(f"batch {r['batch_size']:>4}: {r['ms_per_step']:6.2f} ms per step, {r['tokens_per_s']:>9,.0f} tokens/s")
+    print(
+        f"batch {r['batch_size']:>4}: {r['ms_per_step']:6.2f} ms per step, {r['tokens_per_s']:>9,.0f} tokens/s"
+    )
 fig, ax = plt.subplots(figsize=(6, 3.5))
-ax.plot([r["batch_size"] for r in batch_rows], [r["tokens_per_s"] for r in batch_rows], "o-", label="measured")
-ax.plot([r["batch_size"] for r in batch_rows],
-        [batch_rows[0]["tokens_per_s"] * r["batch_size"] for r in batch_rows], ":", color="gray",
-        label="linear in the batch (a free ride)")
+ax.plot(
+    [r["batch_size"] for r in batch_rows],
+    [r["tokens_per_s"] for r in batch_rows],
+    "o-",
+    label="measured",
+)
+ax.plot(
+    [r["batch_size"] for r in batch_rows],
+    [batch_rows[0]["tokens_per_s"] * r["batch_size"] for r in batch_rows],
+    ":",
+    color="gray",
+    label="linear in the batch (a free ride)",
+)
 ax.set_xscale("log", base=2)
 ax.set_yscale("log")
 ax.set_xlabel("batch (sequences)")
@@ -640,15 +836,21 @@ plt.show()
 # %%
 int8 = inference.compare_int8(target, lm_val, device)
 dtypes = inference.compare_dtypes(target, device)
-print(f"int8 (torch.ao dynamic quantisation): size {int8['bytes_fp32'] / 1e6:.2f} -> {int8['bytes_int8'] / 1e6:.2f} MB, "
-      f"forward {int8['forward_ms_fp32']:.1f} -> {int8['forward_ms_int8']:.1f} ms, one decoding step "
-      f"{int8['decode_ms_fp32']:.2f} -> {int8['decode_ms_int8']:.2f} ms")
-print(f"        held-out loss {int8['loss_fp32']:.4f} -> {int8['loss_int8']:.4f} nats/token "
-      f"(perplexity {int8['perplexity_fp32']:.3f} -> {int8['perplexity_int8']:.3f})")
+print(
+    f"int8 (torch.ao dynamic quantisation): size {int8['bytes_fp32'] / 1e6:.2f} -> {int8['bytes_int8'] / 1e6:.2f} MB, "
+    f"forward {int8['forward_ms_fp32']:.1f} -> {int8['forward_ms_int8']:.1f} ms, one decoding step "
+    f"{int8['decode_ms_fp32']:.2f} -> {int8['decode_ms_int8']:.2f} ms"
+)
+print(
+    f"        held-out loss {int8['loss_fp32']:.4f} -> {int8['loss_int8']:.4f} nats/token "
+    f"(perplexity {int8['perplexity_fp32']:.3f} -> {int8['perplexity_int8']:.3f})"
+)
 print(f"        warning recorded: {int8['warnings'][0].strip()[:90]}")
 for r in dtypes:
-    print(f"{r['variant']:<15} forward {r['forward_ms']:6.2f} ms, decoding step {r['decode_ms']:5.2f} ms, "
-          f"largest logit change {r['max_abs_logit_diff']:.3f}")
+    print(
+        f"{r['variant']:<15} forward {r['forward_ms']:6.2f} ms, decoding step {r['decode_ms']:5.2f} ms, "
+        f"largest logit change {r['max_abs_logit_diff']:.3f}"
+    )
 assert int8["bytes_int8"] < 0.4 * int8["bytes_fp32"]
 bf16 = {r["variant"]: r for r in dtypes}["bf16 autocast"]
 fp32 = {r["variant"]: r for r in dtypes}["float32"]
@@ -658,18 +860,21 @@ def change(before, after):
     return f"{before:.2f} → {after:.2f} ms ({'faster' if after < before else 'slower'})"
 
 
-display(Markdown(
-    f"int8 made the saved model {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× smaller (not 4×: the tied "
-    f"embedding and output matrix stays float32, because quantising it would untie the two) and changed the "
-    f"held-out loss by {int8['loss_int8'] - int8['loss_fp32']:+.4f} nats. Its time: batched forward pass "
-    f"{change(int8['forward_ms_fp32'], int8['forward_ms_int8'])}, one decoding step "
-    f"{change(int8['decode_ms_fp32'], int8['decode_ms_int8'])}. bf16 autocast: forward "
-    f"{change(fp32['forward_ms'], bf16['forward_ms'])}, decoding step {change(fp32['decode_ms'], bf16['decode_ms'])}. "
-    f"Lower precision pays on large products where the hardware has fast units for it; a small decoding "
-    f"step is dominated by per-operation overhead, and converting the activations to 8 or 16 bits adds "
-    f"operations. The `torch.ao` quantisation used here is deprecated (the warning above) in favour of the "
-    f"separate `torchao` package (PyTorch's own, installed separately; the book sticks to what ships with "
-    f"PyTorch). Measure on your own hardware before you choose."))
+display(
+    Markdown(
+        f"int8 made the saved model {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× smaller (not 4×: the tied "
+        f"embedding and output matrix stays float32, because quantising it would untie the two) and changed the "
+        f"held-out loss by {int8['loss_int8'] - int8['loss_fp32']:+.4f} nats. Its time: batched forward pass "
+        f"{change(int8['forward_ms_fp32'], int8['forward_ms_int8'])}, one decoding step "
+        f"{change(int8['decode_ms_fp32'], int8['decode_ms_int8'])}. bf16 autocast: forward "
+        f"{change(fp32['forward_ms'], bf16['forward_ms'])}, decoding step {change(fp32['decode_ms'], bf16['decode_ms'])}. "
+        f"Lower precision pays on large products where the hardware has fast units for it; a small decoding "
+        f"step is dominated by per-operation overhead, and converting the activations to 8 or 16 bits adds "
+        f"operations. The `torch.ao` quantisation used here is deprecated (the warning above) in favour of the "
+        f"separate `torchao` package (PyTorch's own, installed separately; the book sticks to what ships with "
+        f"PyTorch). Measure on your own hardware before you choose."
+    )
+)
 
 # %% [markdown]
 # ## Speculative decoding
@@ -695,28 +900,39 @@ greedy = speculative.speculative_generate(target, draft, prompts[:1], max_new_to
 plain = target.generate(prompts[:1], 40, temperature=0)
 assert torch.equal(greedy.sequences, plain)  # identical to the target's own greedy output
 assert math.isclose(speculative.expected_tokens_per_pass(0.5, 2), 1 + 0.5 + 0.25)  # by hand
-print(f"greedy: identical to the target's own output; {greedy.target_passes} target passes for 40 tokens "
-      f"instead of 40")
-spec_rows = [speculative.speculative_speedup(target, draft, prompts, k, 44, device, do_sample=True)
-             for k in settings.speculative_ks]
-print(f"{'k':>3}{'alpha':>8}{'tokens/pass':>13}{'eq. 1':>8}{'draft cost':>12}{'speed-up':>10}{'expected':>10}")
+print(
+    f"greedy: identical to the target's own output; {greedy.target_passes} target passes for 40 tokens "
+    f"instead of 40"
+)
+spec_rows = [
+    speculative.speculative_speedup(target, draft, prompts, k, 44, device, do_sample=True)
+    for k in settings.speculative_ks
+]
+print(
+    f"{'k':>3}{'alpha':>8}{'tokens/pass':>13}{'eq. 1':>8}{'draft cost':>12}{'speed-up':>10}{'expected':>10}"
+)
 for r in spec_rows:
-    print(f"{r['k']:>3}{r['alpha']:>8.2f}{r['tokens_per_target_pass']:>13.2f}{r['expected_tokens_per_pass']:>8.2f}"
-          f"{r['cost_ratio']:>12.2f}{r['speedup']:>9.2f}x{r['expected_speedup']:>9.2f}x")
+    print(
+        f"{r['k']:>3}{r['alpha']:>8.2f}{r['tokens_per_target_pass']:>13.2f}{r['expected_tokens_per_pass']:>8.2f}"
+        f"{r['cost_ratio']:>12.2f}{r['speedup']:>9.2f}x{r['expected_speedup']:>9.2f}x"
+    )
 
 # %%
 draft_cost = sum(r["cost_ratio"] for r in spec_rows) / len(spec_rows)
-display(Markdown(
-    f"Reading the table (sampling at temperature 1, {len(prompts)} prompts): $\\alpha$ is the share of judged "
-    f"proposals the target kept; the measured tokens per pass sit close to eq. 1's prediction from that "
-    f"$\\alpha$; \"draft cost\" is one draft pass as a fraction of a target pass, and \"expected\" is Leviathan "
-    f"et al.'s predicted speed-up from $\\alpha$, $k$ and that cost (their Theorem 3.8), which ignores the "
-    f"bookkeeping between passes. A draft with "
-    f"{draft.num_parameters() / target.num_parameters():.1%} of the target's parameters costs "
-    f"{draft_cost:.2f} of a target pass here: small models are dominated by per-operation overhead, not "
-    f"arithmetic. The gain is largest when the target is expensive and the draft cheap and agreeable. The "
-    f"package's tests check the greedy output against Hugging Face's assisted generation "
-    f"(`generate(assistant_model=...)`): the same tokens, and the same number of forward passes of each model."))
+display(
+    Markdown(
+        f"Reading the table (sampling at temperature 1, {len(prompts)} prompts): $\\alpha$ is the share of judged "
+        f"proposals the target kept; the measured tokens per pass sit close to eq. 1's prediction from that "
+        f"$\\alpha$; \"draft cost\" is one draft pass as a fraction of a target pass, and \"expected\" is Leviathan "
+        f"et al.'s predicted speed-up from $\\alpha$, $k$ and that cost (their Theorem 3.8), which ignores the "
+        f"bookkeeping between passes. A draft with "
+        f"{draft.num_parameters() / target.num_parameters():.1%} of the target's parameters costs "
+        f"{draft_cost:.2f} of a target pass here: small models are dominated by per-operation overhead, not "
+        f"arithmetic. The gain is largest when the target is expensive and the draft cheap and agreeable. The "
+        f"package's tests check the greedy output against Hugging Face's assisted generation "
+        f"(`generate(assistant_model=...)`): the same tokens, and the same number of forward passes of each model."
+    )
+)
 
 # %% [markdown]
 # ## When one machine is not enough
@@ -746,20 +962,28 @@ from aigc_book.training import distributed
 dp_config = TransformerConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
 dp = distributed.data_parallel_demo(world_size=2, config=dp_config, batch=12, steps=8)
 assert dp["grads_match"] and dp["weights_identical"]
-print(f"gradients of 2 processes x {dp['batch']} sequences vs 1 process x {dp['global_batch']}: largest "
-      f"difference {dp['max_abs_diff']:.1e} ({dp['dtype']}); against one process's own batch alone: "
-      f"{dp['max_abs_diff_own_batch']:.2f}")
-print(f"1 process: {dp['ms_per_step_1']:.0f} ms per step, {dp['tokens_per_s_1']:,.0f} tokens/s; "
-      f"2 processes: {dp['ms_per_step_2']:.0f} ms, {dp['tokens_per_s_2']:,.0f} tokens/s; "
-      f"scaling efficiency {dp['efficiency']:.0%}")
+print(
+    f"gradients of 2 processes x {dp['batch']} sequences vs 1 process x {dp['global_batch']}: largest "
+    f"difference {dp['max_abs_diff']:.1e} ({dp['dtype']}); against one process's own batch alone: "
+    f"{dp['max_abs_diff_own_batch']:.2f}"
+)
+print(
+    f"1 process: {dp['ms_per_step_1']:.0f} ms per step, {dp['tokens_per_s_1']:,.0f} tokens/s; "
+    f"2 processes: {dp['ms_per_step_2']:.0f} ms, {dp['tokens_per_s_2']:,.0f} tokens/s; "
+    f"scaling efficiency {dp['efficiency']:.0%}"
+)
 predicted = distributed.allreduce_bytes_per_rank(dp["params"], 4, 2)
 assert predicted == dp["allreduce_bytes_per_step"]
-print(f"all-reduce of {dp['params']:,} float32 gradients: 2(p-1)/p x N x 4 = {predicted / 1e6:.2f} MB sent per "
-      f"process, {dp['allreduce_ms']:.1f} ms measured ({dp['allreduce_ms'] / dp['ms_per_step_2']:.0%} of a step)")
+print(
+    f"all-reduce of {dp['params']:,} float32 gradients: 2(p-1)/p x N x 4 = {predicted / 1e6:.2f} MB sent per "
+    f"process, {dp['allreduce_ms']:.1f} ms measured ({dp['allreduce_ms'] / dp['ms_per_step_2']:.0%} of a step)"
+)
 fsdp = distributed.fsdp_demo()
 assert fsdp["max_abs_diff"] < 1e-12
-print(f"FSDP: each of 2 processes stores {fsdp['params_per_rank_fsdp']:,} of {fsdp['params_full']:,} parameters; "
-      f"after a step the weights equal DDP's (largest difference {fsdp['max_abs_diff']:.1e})")
+print(
+    f"FSDP: each of 2 processes stores {fsdp['params_per_rank_fsdp']:,} of {fsdp['params_full']:,} parameters; "
+    f"after a step the weights equal DDP's (largest difference {fsdp['max_abs_diff']:.1e})"
+)
 
 # %% [markdown]
 # The gradients agree to rounding, while a single process's own half-batch gives visibly different
@@ -780,8 +1004,10 @@ sent = distributed.allreduce_bytes_per_rank(175_000_000_000, 2, gpus_gpt3)  # bf
 comm_s = distributed.allreduce_seconds(175_000_000_000, 2, gpus_gpt3, link)
 step_flops = cost.training_flops(175e9, 3.2e6)
 compute_s = step_flops / (gpus_gpt3 * h100.peak_flops * 0.40)
-print(f"per step: each GPU sends {sent / 1e9:.0f} GB of gradients: {comm_s:.1f} s at {link / 1e9:.0f} GB/s; "
-      f"the step's 6ND = {step_flops:.2e} FLOPs take {compute_s:.1f} s on {gpus_gpt3:,} H100s at 40% MFU")
+print(
+    f"per step: each GPU sends {sent / 1e9:.0f} GB of gradients: {comm_s:.1f} s at {link / 1e9:.0f} GB/s; "
+    f"the step's 6ND = {step_flops:.2e} FLOPs take {compute_s:.1f} s on {gpus_gpt3:,} H100s at 40% MFU"
+)
 
 # %% [markdown]
 # Communication of the same order as computation: that is why large runs overlap the two, accumulate
@@ -808,8 +1034,10 @@ studies = productivity.load_studies()
 for st in studies:
     value, lo, hi = productivity.worker_effect(st)
     ci = f"[{lo:+.0f}, {hi:+.0f}]" if lo is not None else "(no CI given)"
-    print(f"{st.study[:34]:<35}{st.year}  N={st.n:<6,} {productivity.design_kind(st.design):<19}"
-          f"{st.outcome[:32]:<33}{value:+6.1f} {ci}")
+    print(
+        f"{st.study[:34]:<35}{st.year}  N={st.n:<6,} {productivity.design_kind(st.design):<19}"
+        f"{st.outcome[:32]:<33}{value:+6.1f} {ci}"
+    )
 fig, ax = plt.subplots(figsize=(8, 5.5))
 productivity.forest_plot(ax, studies)
 ax.set_title("Generative AI and work: published effects (positive = better for the worker)")
@@ -861,12 +1089,15 @@ s_needed = productivity.share_needed(productivity.MEASURED_TIME_SAVED, k_peng)
 assert math.isclose(productivity.job_time_saved(s_needed, k_peng), productivity.MEASURED_TIME_SAVED)
 assert math.isclose(productivity.overall_speedup(0.5, 2.0), 1 / (0.5 + 0.25))  # by hand
 half_the_job = productivity.job_time_saved(0.5, k_peng)
-display(Markdown(
-    f"Peng et al.'s task took {productivity.PENG_TIME_SAVED:.1%} less time: $k$ = {k_peng:.2f}. Applied to "
-    f"**{s_needed:.1%}** of a worker's hours, it saves {productivity.MEASURED_TIME_SAVED:.1%} of them — "
-    f"exactly the Danish average. Applied to half the hours it would save {half_the_job:.1%}. Large "
-    f"task-level gains and small economy-wide savings are not a contradiction: few hours are yet spent on "
-    f"tasks where the tool helps that much, and not everyone uses it."))
+display(
+    Markdown(
+        f"Peng et al.'s task took {productivity.PENG_TIME_SAVED:.1%} less time: $k$ = {k_peng:.2f}. Applied to "
+        f"**{s_needed:.1%}** of a worker's hours, it saves {productivity.MEASURED_TIME_SAVED:.1%} of them — "
+        f"exactly the Danish average. Applied to half the hours it would save {half_the_job:.1%}. Large "
+        f"task-level gains and small economy-wide savings are not a contradiction: few hours are yet spent on "
+        f"tasks where the tool helps that much, and not everyone uses it."
+    )
+)
 fig, ax = plt.subplots(figsize=(7, 4))
 productivity.plot_time_saved(ax)
 ax.set_title("Hours saved in a job: share of hours assisted x speed-up on them")
@@ -906,17 +1137,43 @@ import sys
 from pathlib import Path
 
 repo_root = str(Path.cwd().parent)
-env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")]))}
-command = [sys.executable, "-m", "aigc_book", "measure", "--no-progress", "--steps", "3", "--device", device.type]
+env = {
+    **os.environ,
+    "PYTHONPATH": os.pathsep.join(filter(None, [repo_root, os.environ.get("PYTHONPATH")])),
+}
+command = [
+    sys.executable,
+    "-m",
+    "aigc_book",
+    "measure",
+    "--no-progress",
+    "--steps",
+    "3",
+    "--device",
+    device.type,
+]
 done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
 assert done.returncode == 0, done.stderr
 measured_here = json.loads(done.stdout.strip().splitlines()[-1])
-for key in ("device", "matmul_float32_flops", "matmul_bfloat16_flops", "memory_bandwidth", "params", "mfu",
-            "decode_tokens_per_s_cache", "decode_tokens_per_s_no_cache", "wall_s"):
+for key in (
+    "device",
+    "matmul_float32_flops",
+    "matmul_bfloat16_flops",
+    "memory_bandwidth",
+    "params",
+    "mfu",
+    "decode_tokens_per_s_cache",
+    "decode_tokens_per_s_no_cache",
+    "wall_s",
+):
     value = measured_here.get(key)
     print(f"{key:<30}{value:,.4g}" if isinstance(value, float) else f"{key:<30}{value}")
-bad = subprocess.run([*command[:3], "measure", "--n-embd", "30", "--n-head", "4"], capture_output=True, text=True,
-                     env=env)
+bad = subprocess.run(
+    [*command[:3], "measure", "--n-embd", "30", "--n-head", "4"],
+    capture_output=True,
+    text=True,
+    env=env,
+)
 assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
 print(f"a bad flag: exit {bad.returncode}, {bad.stderr.strip()}")
 
@@ -948,7 +1205,11 @@ print(f"a bad flag: exit {bad.returncode}, {bad.stderr.strip()}")
 # ## Summary
 
 # %%
-rct_effects = [productivity.worker_effect(st)[0] for st in studies if productivity.design_kind(st.design) == "RCT"]
+rct_effects = [
+    productivity.worker_effect(st)[0]
+    for st in studies
+    if productivity.design_kind(st.design) == "RCT"
+]
 summary = (
     f"* **Compute.** Training costs about $6N$ FLOPs per token plus attention; the book's formula agrees with "
     f"PyTorch's FLOP counter within 5% on every model checked, and every remaining gap has a name. For "
@@ -958,7 +1219,11 @@ summary = (
     + (f" and {peaks['bfloat16'] / 1e12:.3f} in bfloat16" if "bfloat16" in peaks else "")
     + f"; a training step of a {run['params'] / 1e6:.1f}M-parameter GPT used {run['mfu']:.0%} of the "
     f"{settings.mfu_dtype} peak"
-    + (f" ({run['achieved_flops'] / datasheet:.0%} of the H100's datasheet peak)" if datasheet else "")
+    + (
+        f" ({run['achieved_flops'] / datasheet:.0%} of the H100's datasheet peak)"
+        if datasheet
+        else ""
+    )
     + f". Decoding at batch 1 reached {pct(decode_row['flops_per_s'] / roof_peak)} of the peak: memory-bound.\n"
     f"* **Memory.** AdamW training holds 16 bytes per parameter before activations; our activation formula "
     f"equals the saved tensors {'to the byte' if device.type == 'cpu' else 'within 2%'}. Checkpointing saved {trade['memory saved']:.0%} of the "
@@ -1013,12 +1278,16 @@ display(Markdown(summary))
 # 1. Chinchilla on 1,024 A100s.
 a100 = {a.name: a for a in cost.load_accelerators()}["A100 80GB SXM"]
 chinchilla = cost.training_time_and_cost(6 * 70e9 * 1.4e12, a100.peak_flops, 1024, 0.40, 2.0)
-assert math.isclose(chinchilla["wall_clock_days"], 6 * 70e9 * 1.4e12 / (1024 * 312e12 * 0.40) / 86400)
+assert math.isclose(
+    chinchilla["wall_clock_days"], 6 * 70e9 * 1.4e12 / (1024 * 312e12 * 0.40) / 86400
+)
 print(f"1. Chinchilla: {chinchilla['wall_clock_days']:.0f} days, ${chinchilla['cost'] / 1e6:.1f} M")
 # 2. GPT-3's cache for one 2,048-token sequence.
 gpt3_kv = memory.kv_cache_bytes(96, 96, 128, 2048, 1, bytes_per_element=2)
 assert gpt3_kv == 2 * 96 * 96 * 128 * 2048 * 2
-print(f"2. {gpt3_kv / 2**30:.1f} GiB per sequence; {int(80e9 // gpt3_kv)} fit in 80 GB (weights aside)")
+print(
+    f"2. {gpt3_kv / 2**30:.1f} GiB per sequence; {int(80e9 // gpt3_kv)} fit in 80 GB (weights aside)"
+)
 # 3. The A100's critical batch.
 assert math.isclose(cost.critical_batch(7e9, 2, a100.peak_flops, a100.bandwidth), 312e12 / 2039e9)
 print(f"3. B* = {cost.critical_batch(7e9, 2, a100.peak_flops, a100.bandwidth):.0f} sequences")
@@ -1031,8 +1300,12 @@ two_uses = productivity.job_time_saved(0.3, 1 / 1.19) + productivity.job_time_sa
 assert math.isclose(1 - job_time, two_uses)
 print(f"5. the worker saves {1 - job_time:.1%} of the hours")
 # 7. Attention adds 50% to 6N when T = 3C.
-ratio_at_3c = flopcount.six_n_ratio(flopcount.gpt3_175b_config(block_size=3 * 12288), [3 * 12288])[0]
-print(f"7. GPT-3's shape at T = 3C = {3 * 12288:,}: true/6N = {ratio_at_3c:.3f} (1.5 plus the output layer)")
+ratio_at_3c = flopcount.six_n_ratio(flopcount.gpt3_175b_config(block_size=3 * 12288), [3 * 12288])[
+    0
+]
+print(
+    f"7. GPT-3's shape at T = 3C = {3 * 12288:,}: true/6N = {ratio_at_3c:.3f} (1.5 plus the output layer)"
+)
 
 # %% [markdown]
 # ## Key terms

@@ -49,6 +49,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # The CPU values produced the stored outputs; on a CUDA GPU the same cells train larger models on more
 # pictures for longer.
 
+
 # %%
 @dataclass(frozen=True)
 class Settings:
@@ -67,8 +68,16 @@ class Settings:
 
 settings = Settings()
 if device.type == "cuda":
-    settings = Settings(train_images=50_000, test_images=4_000, n_embd=128, n_enc_layer=4, n_dec_layer=4,
-                        steps=3_000, batch=128, lr=1e-3)
+    settings = Settings(
+        train_images=50_000,
+        test_images=4_000,
+        n_embd=128,
+        n_enc_layer=4,
+        n_dec_layer=4,
+        steps=3_000,
+        batch=128,
+        lr=1e-3,
+    )
 for name, value in asdict(settings).items():
     print(f"  {name:<14}{value}")
 
@@ -116,8 +125,10 @@ expected = theirs(x, memory, memory, key_padding_mask=~keep, need_weights=False)
 torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 torch.testing.assert_close(weights.sum(-1), torch.ones(2, H, 5, dtype=torch.float64))
 assert bool((weights[1, :, :, -3:] == 0).all())  # padded patches get no attention
-print(f"CrossAttention == nn.MultiheadAttention: largest difference {(out - expected).abs().max().item():.1e} "
-      f"(float64); weights {tuple(weights.shape)} = (B, heads, T, S), each row sums to 1, padding gets 0")
+print(
+    f"CrossAttention == nn.MultiheadAttention: largest difference {(out - expected).abs().max().item():.1e} "
+    f"(float64); weights {tuple(weights.shape)} = (B, heads, T, S), each row sums to 1, padding gets 0"
+)
 
 # %% [markdown]
 # ## The encoder–decoder, checked against PyTorch
@@ -133,32 +144,53 @@ print(f"CrossAttention == nn.MultiheadAttention: largest difference {(out - expe
 # GPT-2 ("pre-norm"). Against `nn.TransformerDecoderLayer` with the same weights:
 
 # %%
-tgt_mask = nn.Transformer.generate_square_subsequent_mask(5, dtype=torch.float64)  # -inf above the diagonal
+tgt_mask = nn.Transformer.generate_square_subsequent_mask(
+    5, dtype=torch.float64
+)  # -inf above the diagonal
 for norm_first in (False, True):
     torch.manual_seed(0)
     block = DecoderBlock(C, H, norm_first=norm_first).double().eval()
-    layer = nn.TransformerDecoderLayer(C, H, dim_feedforward=4 * C, dropout=0.0, batch_first=True,
-                                       activation=lambda t: F.gelu(t, approximate="tanh"), norm_first=norm_first,
-                                       dtype=torch.float64).eval()
+    layer = nn.TransformerDecoderLayer(
+        C,
+        H,
+        dim_feedforward=4 * C,
+        dropout=0.0,
+        batch_first=True,
+        activation=lambda t: F.gelu(t, approximate="tanh"),
+        norm_first=norm_first,
+        dtype=torch.float64,
+    ).eval()
     with torch.no_grad():
-        for mha, att, packed in ((layer.self_attn, block.attn, True), (layer.multihead_attn, block.cross_attn, False)):
+        for mha, att, packed in (
+            (layer.self_attn, block.attn, True),
+            (layer.multihead_attn, block.cross_attn, False),
+        ):
             w = att.c_attn.weight if packed else torch.cat([att.q_attn.weight, att.c_attn.weight])
             b = att.c_attn.bias if packed else torch.cat([att.q_attn.bias, att.c_attn.bias])
             mha.in_proj_weight.copy_(w)
             mha.in_proj_bias.copy_(b)
             mha.out_proj.weight.copy_(att.c_proj.weight)
             mha.out_proj.bias.copy_(att.c_proj.bias)
-        for theirs_lin, ours_lin in ((layer.linear1, block.mlp.c_fc), (layer.linear2, block.mlp.c_proj)):
+        for theirs_lin, ours_lin in (
+            (layer.linear1, block.mlp.c_fc),
+            (layer.linear2, block.mlp.c_proj),
+        ):
             theirs_lin.weight.copy_(ours_lin.weight)
             theirs_lin.bias.copy_(ours_lin.bias)
-        for theirs_ln, ours_ln in ((layer.norm1, block.ln_1), (layer.norm2, block.ln_2), (layer.norm3, block.ln_3)):
+        for theirs_ln, ours_ln in (
+            (layer.norm1, block.ln_1),
+            (layer.norm2, block.ln_2),
+            (layer.norm3, block.ln_3),
+        ):
             theirs_ln.weight.copy_(ours_ln.weight)
             theirs_ln.bias.copy_(ours_ln.bias)
     expected = layer(x, memory, tgt_mask=tgt_mask, memory_key_padding_mask=~keep)
     got = block(x, memory, keep)
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
-    print(f"DecoderBlock(norm_first={norm_first}) == nn.TransformerDecoderLayer: largest difference "
-          f"{(got - expected).abs().max().item():.1e}")
+    print(
+        f"DecoderBlock(norm_first={norm_first}) == nn.TransformerDecoderLayer: largest difference "
+        f"{(got - expected).abs().max().item():.1e}"
+    )
 
 # %% [markdown]
 # ## Pictures with known captions
@@ -175,18 +207,30 @@ for norm_first in (False, True):
 # %%
 from aigc_book.vision import shapes
 
-train_images, train_captions, train_scenes = shapes.make_dataset(settings.train_images, settings.image_size, seed=1)
-test_images, test_captions, test_scenes = shapes.make_dataset(settings.test_images, settings.image_size, seed=2)
+train_images, train_captions, train_scenes = shapes.make_dataset(
+    settings.train_images, settings.image_size, seed=1
+)
+test_images, test_captions, test_scenes = shapes.make_dataset(
+    settings.test_images, settings.image_size, seed=2
+)
 tok = shapes.CaptionTokenizer()
 n_captions = len(shapes.all_captions())
-print(f"{len(train_captions):,} training and {len(test_captions):,} test pictures of {settings.image_size} x "
-      f"{settings.image_size} pixels; the grammar has {n_captions:,} captions; vocabulary {tok.vocab_size} tokens")
+print(
+    f"{len(train_captions):,} training and {len(test_captions):,} test pictures of {settings.image_size} x "
+    f"{settings.image_size} pixels; the grammar has {n_captions:,} captions; vocabulary {tok.vocab_size} tokens"
+)
 assert all(shapes.check_caption(c, sc) for c, sc in zip(test_captions, test_scenes))
-assert all(shapes.check_caption(sc.reversed_caption(), sc) for sc in test_scenes)  # the equivalent form
+assert all(
+    shapes.check_caption(sc.reversed_caption(), sc) for sc in test_scenes
+)  # the equivalent form
 parts = test_scenes[0].parts()
-wrong = parts._replace(relation=shapes.INVERSE_RELATION[parts.relation]).text()  # the opposite relation
+wrong = parts._replace(
+    relation=shapes.INVERSE_RELATION[parts.relation]
+).text()  # the opposite relation
 assert not shapes.check_caption(wrong, test_scenes[0])
-print(f"checker: {test_captions[0]!r} and {test_scenes[0].reversed_caption()!r} are right, {wrong!r} is wrong")
+print(
+    f"checker: {test_captions[0]!r} and {test_scenes[0].reversed_caption()!r} are right, {wrong!r} is wrong"
+)
 train_ids = tok.batch(train_captions)  # (N, L): <bos> words <eos> <pad>...
 test_ids = tok.batch(test_captions)
 print(f"a caption as token ids: {train_captions[0]!r} -> {train_ids[0].tolist()}")
@@ -213,17 +257,28 @@ from aigc_book.vision.patches import ImageEncoder, PatchEmbedding, patches_to_im
 
 torch.manual_seed(0)
 embed = PatchEmbedding(settings.image_size, settings.patch_size, 3, 16).double()
-conv = nn.Conv2d(3, 16, kernel_size=settings.patch_size, stride=settings.patch_size, dtype=torch.float64)
+conv = nn.Conv2d(
+    3, 16, kernel_size=settings.patch_size, stride=settings.patch_size, dtype=torch.float64
+)
 with torch.no_grad():
     conv.weight.copy_(embed.proj.weight.view(16, 3, settings.patch_size, settings.patch_size))
     conv.bias.copy_(embed.proj.bias)
 pics = test_images[:4].double()
-by_conv = conv((pics - 0.5) / 0.5).flatten(2).transpose(1, 2)  # (B, N, C): pixels scaled to [-1, 1] as ViT does
+by_conv = (
+    conv((pics - 0.5) / 0.5).flatten(2).transpose(1, 2)
+)  # (B, N, C): pixels scaled to [-1, 1] as ViT does
 torch.testing.assert_close(embed(pics), by_conv + embed.wpe.weight)
-encoder = ImageEncoder(settings.image_size, settings.patch_size, n_embd=settings.n_embd, n_head=settings.n_head,
-                       n_layer=settings.n_enc_layer)
-print(f"patch embedding == Conv2d(kernel = stride = {settings.patch_size}); a picture becomes "
-      f"{embed.n_patches} tokens; the encoder's memory: {tuple(encoder(test_images[:4]).shape)} = (B, patches, C)")
+encoder = ImageEncoder(
+    settings.image_size,
+    settings.patch_size,
+    n_embd=settings.n_embd,
+    n_head=settings.n_head,
+    n_layer=settings.n_enc_layer,
+)
+print(
+    f"patch embedding == Conv2d(kernel = stride = {settings.patch_size}); a picture becomes "
+    f"{embed.n_patches} tokens; the encoder's memory: {tuple(encoder(test_images[:4]).shape)} = (B, patches, C)"
+)
 try:
     PatchEmbedding(30, 8, 3, 16)
 except ValueError as err:
@@ -241,21 +296,38 @@ except ValueError as err:
 # grades each caption.
 
 # %%
-from aigc_book.models.captioner import Captioner, CaptionerConfig, PooledCaptioner, caption_batch, caption_loss
+from aigc_book.models.captioner import (
+    Captioner,
+    CaptionerConfig,
+    PooledCaptioner,
+    caption_batch,
+    caption_loss,
+)
 from aigc_book.training.trainer import TrainConfig, Trainer
 
-cap_config = CaptionerConfig(vocab_size=tok.vocab_size, image_size=settings.image_size,
-                             patch_size=settings.patch_size, n_embd=settings.n_embd, n_head=settings.n_head,
-                             n_enc_layer=settings.n_enc_layer, n_dec_layer=settings.n_dec_layer,
-                             max_len=train_ids.size(1), pad_id=tok.pad_id)
+cap_config = CaptionerConfig(
+    vocab_size=tok.vocab_size,
+    image_size=settings.image_size,
+    patch_size=settings.patch_size,
+    n_embd=settings.n_embd,
+    n_head=settings.n_head,
+    n_enc_layer=settings.n_enc_layer,
+    n_dec_layer=settings.n_dec_layer,
+    max_len=train_ids.size(1),
+    pad_id=tok.pad_id,
+)
 
 
 def train_and_score(model):
     """Train on the training pictures, caption the test pictures greedily, grade every caption."""
     t0 = time.perf_counter()
-    trainer = Trainer(model, lambda split, g: caption_batch(train_images, train_ids, settings.batch, g), caption_loss,
-                      TrainConfig(max_iters=settings.steps, lr=settings.lr, warmup_iters=50, progress=False),
-                      device=device)
+    trainer = Trainer(
+        model,
+        lambda split, g: caption_batch(train_images, train_ids, settings.batch, g),
+        caption_loss,
+        TrainConfig(max_iters=settings.steps, lr=settings.lr, warmup_iters=50, progress=False),
+        device=device,
+    )
     trainer.train()
     seconds = time.perf_counter() - t0
     ids = model.generate(test_images.to(device), train_ids.size(1) - 1, tok.bos_id, tok.eos_id)
@@ -266,7 +338,9 @@ def train_and_score(model):
 torch.manual_seed(0)
 captioner = Captioner(cap_config).to(device)
 cross_predictions, cross_scores, cross_seconds = train_and_score(captioner)
-print(f"Captioner: {captioner.num_parameters():,} parameters, {settings.steps} steps in {cross_seconds:.0f} s")
+print(
+    f"Captioner: {captioner.num_parameters():,} parameters, {settings.steps} steps in {cross_seconds:.0f} s"
+)
 for picture_caption, predicted in list(zip(test_captions, cross_predictions))[:4]:
     print(f"  truth {picture_caption!r:44} written {predicted!r}")
 
@@ -287,32 +361,48 @@ for picture_caption, predicted in list(zip(test_captions, cross_predictions))[:4
 torch.manual_seed(0)
 pooled = PooledCaptioner(cap_config).to(device)
 pooled_predictions, pooled_scores, pooled_seconds = train_and_score(pooled)
-print(f"PooledCaptioner: {pooled.num_parameters():,} parameters, {settings.steps} steps in {pooled_seconds:.0f} s")
-rows = (("exact caption (checker)", "exact_match"), ("colour words", "colour_accuracy"),
-        ("shape words", "shape_accuracy"), ("relation word", "relation_accuracy"),
-        ("parseable captions", "parseable"))
-print(f"{'on ' + str(len(test_scenes)) + ' test pictures':<26}{'cross-attention':>16}{'one vector':>12}")
+print(
+    f"PooledCaptioner: {pooled.num_parameters():,} parameters, {settings.steps} steps in {pooled_seconds:.0f} s"
+)
+rows = (
+    ("exact caption (checker)", "exact_match"),
+    ("colour words", "colour_accuracy"),
+    ("shape words", "shape_accuracy"),
+    ("relation word", "relation_accuracy"),
+    ("parseable captions", "parseable"),
+)
+print(
+    f"{'on ' + str(len(test_scenes)) + ' test pictures':<26}{'cross-attention':>16}{'one vector':>12}"
+)
 for name, key in rows:
     print(f"{name:<26}{cross_scores[key]:>16.3f}{pooled_scores[key]:>12.3f}")
 print(f"{'BLEU (sacrebleu)':<26}{cross_scores['bleu']:>16.1f}{pooled_scores['bleu']:>12.1f}")
-chance = {"colour_accuracy": 1 / len(shapes.COLOURS), "shape_accuracy": 1 / len(shapes.SHAPES),
-          "relation_accuracy": 1 / len(shapes.RELATIONS)}
-print("chance: colour " + f"{chance['colour_accuracy']:.2f}, shape {chance['shape_accuracy']:.2f}, "
-      f"relation {chance['relation_accuracy']:.2f}")
+chance = {
+    "colour_accuracy": 1 / len(shapes.COLOURS),
+    "shape_accuracy": 1 / len(shapes.SHAPES),
+    "relation_accuracy": 1 / len(shapes.RELATIONS),
+}
+print(
+    "chance: colour " + f"{chance['colour_accuracy']:.2f}, shape {chance['shape_accuracy']:.2f}, "
+    f"relation {chance['relation_accuracy']:.2f}"
+)
 
 # %%
 better = [name for name, key in rows[:4] if cross_scores[key] > pooled_scores[key]]
-display(Markdown(
-    f"With the same encoder, decoder size, data and steps, the captioner that attends over the patches wrote "
-    f"{cross_scores['exact_match']:.1%} of the test captions exactly right, the one-vector baseline "
-    f"{pooled_scores['exact_match']:.1%}. Cross-attention scored higher on: "
-    f"{', '.join(better) if better else 'none of the four measures'}. The largest gap is in the "
-    f"{max(rows[:4], key=lambda r: cross_scores[r[1]] - pooled_scores[r[1]])[0]} "
-    f"({max(cross_scores[k] - pooled_scores[k] for _, k in rows[:4]):+.3f}). A mean over the patches keeps "
-    f"what is in the picture but blurs where: the relation between the two shapes, and which colour belongs to "
-    f"which shape, must survive the averaging, while cross-attention can read each object's patches when it "
-    f"names that object. BLEU, which counts shared word n-grams, moves less than exact match: a caption with "
-    f"one wrong word still shares most of its n-grams with the reference (chapter 4 says what BLEU cannot tell)."))
+display(
+    Markdown(
+        f"With the same encoder, decoder size, data and steps, the captioner that attends over the patches wrote "
+        f"{cross_scores['exact_match']:.1%} of the test captions exactly right, the one-vector baseline "
+        f"{pooled_scores['exact_match']:.1%}. Cross-attention scored higher on: "
+        f"{', '.join(better) if better else 'none of the four measures'}. The largest gap is in the "
+        f"{max(rows[:4], key=lambda r: cross_scores[r[1]] - pooled_scores[r[1]])[0]} "
+        f"({max(cross_scores[k] - pooled_scores[k] for _, k in rows[:4]):+.3f}). A mean over the patches keeps "
+        f"what is in the picture but blurs where: the relation between the two shapes, and which colour belongs to "
+        f"which shape, must survive the averaging, while cross-attention can read each object's patches when it "
+        f"names that object. BLEU, which counts shared word n-grams, moves less than exact match: a caption with "
+        f"one wrong word still shares most of its n-grams with the reference (chapter 4 says what BLEU cannot tell)."
+    )
+)
 
 # %% [markdown]
 # ## Where the decoder looks
@@ -332,10 +422,15 @@ last = maps[-1, 0].mean(0).cpu()  # (T, patches): last layer, heads averaged
 words = ["<bos>"] + test_captions[example].split()
 fig, axes = plt.subplots(1, len(words) - 1, figsize=(2.0 * (len(words) - 1), 2.4))
 for t, ax in enumerate(axes):
-    shapes.overlay_attention(ax, test_images[example], patches_to_image_grid(last[t], settings.image_size,
-                                                                             settings.patch_size))
+    shapes.overlay_attention(
+        ax,
+        test_images[example],
+        patches_to_image_grid(last[t], settings.image_size, settings.patch_size),
+    )
     ax.set_title(f"-> {words[t + 1]}", fontsize=9)
-fig.suptitle(f"Cross-attention while writing {test_captions[example]!r} (last layer, mean of heads)")
+fig.suptitle(
+    f"Cross-attention while writing {test_captions[example]!r} (last layer, mean of heads)"
+)
 plt.show()
 
 # %% [markdown]
@@ -356,27 +451,41 @@ def object_patches(obj) -> torch.Tensor:
     return (r[:, None] & c[None, :]).flatten()
 
 
-all_maps = captioner.cross_attention_maps(test_images.to(device), test_ids[:, :-1].to(device))[-1].mean(1).cpu()
+all_maps = (
+    captioner.cross_attention_maps(test_images.to(device), test_ids[:, :-1].to(device))[-1]
+    .mean(1)
+    .cpu()
+)
 on_own, on_other, uniform = [], [], []
 for i, scene in enumerate(test_scenes):
-    for queries, own, other in (((1, 2), scene.first, scene.second), ((6, 7), scene.second, scene.first)):
+    for queries, own, other in (
+        ((1, 2), scene.first, scene.second),
+        ((6, 7), scene.second, scene.first),
+    ):
         own_mask, other_mask = object_patches(own), object_patches(other)
         for q in queries:  # the queries that predict this object's colour and shape
             on_own.append(float(all_maps[i, q][own_mask].sum()))
             on_other.append(float(all_maps[i, q][other_mask & ~own_mask].sum()))
             uniform.append(float(own_mask.float().mean()))
 mean_own, mean_other, mean_uniform = (sum(v) / len(v) for v in (on_own, on_other, uniform))
-print(f"attention on the named object's patches: {mean_own:.3f} (the other object's: {mean_other:.3f}; "
-      f"spread evenly: {mean_uniform:.3f})")
-display(Markdown(
-    f"While predicting an object's colour and shape, the last layer put on average {mean_own:.0%} of its "
-    f"attention on the patches of that object, against {mean_other:.0%} on the other object's and the "
-    f"{mean_uniform:.0%} an even spread would give. "
-    + ("So the decoder does look at what it names — measured here on the last layer and on average; single "
-       "heads and earlier layers can do other things (exercise 3)."
-       if mean_own > max(mean_other, mean_uniform) else
-       "So this layer does not, on average, look at what it names: its attention maps are not an explanation "
-       "of its words (exercise 3 asks where the information flows instead).")))
+print(
+    f"attention on the named object's patches: {mean_own:.3f} (the other object's: {mean_other:.3f}; "
+    f"spread evenly: {mean_uniform:.3f})"
+)
+display(
+    Markdown(
+        f"While predicting an object's colour and shape, the last layer put on average {mean_own:.0%} of its "
+        f"attention on the patches of that object, against {mean_other:.0%} on the other object's and the "
+        f"{mean_uniform:.0%} an even spread would give. "
+        + (
+            "So the decoder does look at what it names — measured here on the last layer and on average; single "
+            "heads and earlier layers can do other things (exercise 3)."
+            if mean_own > max(mean_other, mean_uniform)
+            else "So this layer does not, on average, look at what it names: its attention maps are not an explanation "
+            "of its words (exercise 3 asks where the information flows instead)."
+        )
+    )
+)
 
 # %% [markdown]
 # ## From here to real systems
@@ -417,23 +526,29 @@ display(Markdown(
 
 # %%
 relation_learned = cross_scores["relation_accuracy"] > chance["relation_accuracy"] + 0.1
-display(Markdown(
-    f"* Cross-attention is attention whose queries come from one sequence and whose keys and values come from "
-    f"another; ours equals `nn.MultiheadAttention`, and our decoder layer equals `nn.TransformerDecoderLayer` "
-    f"in both LayerNorm placements.\n"
-    f"* A picture becomes a sequence of {cap_config.n_patches} patch tokens; a patch embedding is a strided "
-    f"convolution.\n"
-    f"* On pictures whose captions a program can check, the captioner with cross-attention wrote "
-    f"{cross_scores['exact_match']:.1%} of the captions exactly right (colour words {cross_scores['colour_accuracy']:.1%}, "
-    f"shape words {cross_scores['shape_accuracy']:.1%}); the one-vector baseline of the same size "
-    f"{pooled_scores['exact_match']:.1%} (shape words {pooled_scores['shape_accuracy']:.1%}).\n"
-    + (f"* The relation word was learned: {cross_scores['relation_accuracy']:.1%}.\n" if relation_learned else
-       f"* Neither model learned the relation word within these settings: {cross_scores['relation_accuracy']:.1%} and "
-       f"{pooled_scores['relation_accuracy']:.1%}, against {chance['relation_accuracy']:.0%} by chance. Naming "
-       f"the objects is one look; the relation needs the two objects' positions compared, and exact match is "
-       f"capped by it (exercise 2).\n")
-    + f"* While naming an object the last decoder layer put {mean_own:.0%} of its attention on that object's "
-    f"patches, against {mean_uniform:.0%} for an even spread."))
+display(
+    Markdown(
+        f"* Cross-attention is attention whose queries come from one sequence and whose keys and values come from "
+        f"another; ours equals `nn.MultiheadAttention`, and our decoder layer equals `nn.TransformerDecoderLayer` "
+        f"in both LayerNorm placements.\n"
+        f"* A picture becomes a sequence of {cap_config.n_patches} patch tokens; a patch embedding is a strided "
+        f"convolution.\n"
+        f"* On pictures whose captions a program can check, the captioner with cross-attention wrote "
+        f"{cross_scores['exact_match']:.1%} of the captions exactly right (colour words {cross_scores['colour_accuracy']:.1%}, "
+        f"shape words {cross_scores['shape_accuracy']:.1%}); the one-vector baseline of the same size "
+        f"{pooled_scores['exact_match']:.1%} (shape words {pooled_scores['shape_accuracy']:.1%}).\n"
+        + (
+            f"* The relation word was learned: {cross_scores['relation_accuracy']:.1%}.\n"
+            if relation_learned
+            else f"* Neither model learned the relation word within these settings: {cross_scores['relation_accuracy']:.1%} and "
+            f"{pooled_scores['relation_accuracy']:.1%}, against {chance['relation_accuracy']:.0%} by chance. Naming "
+            f"the objects is one look; the relation needs the two objects' positions compared, and exact match is "
+            f"capped by it (exercise 2).\n"
+        )
+        + f"* While naming an object the last decoder layer put {mean_own:.0%} of its attention on that object's "
+        f"patches, against {mean_uniform:.0%} for an even spread."
+    )
+)
 
 # %% [markdown]
 # ## Exercises
@@ -463,7 +578,9 @@ torch.testing.assert_close(padded, short)
 print("1. a padded memory gives the same output as the shortened memory")
 # 5. The grammar's size.
 assert len(shapes.all_captions()) == (5 * 4) * (4 * 4) * 4
-print(f"5. {len(shapes.all_captions()):,} captions = 5 x 4 colour pairs x 4 x 4 shape pairs x 4 relations")
+print(
+    f"5. {len(shapes.all_captions()):,} captions = 5 x 4 colour pairs x 4 x 4 shape pairs x 4 relations"
+)
 
 # %% [markdown]
 # ## Key terms

@@ -55,8 +55,16 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # %%
 from aigc_book.capstone.pipeline import CapstoneSettings
 
-settings = CapstoneSettings(n_layer=3, n_embd=96, block_size=64, pretrain_iters=1000, conversations=12_000,
-                            sft_iters=1000, rl_steps=60, eval_prompts=300)
+settings = CapstoneSettings(
+    n_layer=3,
+    n_embd=96,
+    block_size=64,
+    pretrain_iters=1000,
+    conversations=12_000,
+    sft_iters=1000,
+    rl_steps=60,
+    eval_prompts=300,
+)
 if device.type == "cuda":
     settings = CapstoneSettings.for_device(device)
 RUN = Path(tempfile.mkdtemp(prefix="tiny-chatgpt-"))  # every stage's output, and the report card
@@ -123,13 +131,21 @@ print("stages:", " → ".join(STAGES))
 # %%
 from aigc_book.capstone.corpus import CorpusSettings, build_corpus
 
-corpus = build_corpus(CorpusSettings(settings.docs_chars, settings.bracket_share, seed=settings.seed))
+corpus = build_corpus(
+    CorpusSettings(settings.docs_chars, settings.bracket_share, seed=settings.seed)
+)
 rows = ["| source | training characters | held-out characters |", "|---|---:|---:|"]
-rows += [f"| {name} | {corpus.chars[name]:,} | {len(corpus.held_out[name]):,} |" for name in corpus.chars]
+rows += [
+    f"| {name} | {corpus.chars[name]:,} | {len(corpus.held_out[name]):,} |" for name in corpus.chars
+]
 display(Markdown("\n".join(rows)))
 held_docs = [d for docs in corpus.held_out_documents.values() for d in docs]
-assert not any(d in corpus.train for d in held_docs), "a held-out document leaked into the training text"
-print(f"{len(corpus.train):,} training characters; none of the {len(held_docs):,} held-out documents occurs in them")
+assert not any(d in corpus.train for d in held_docs), (
+    "a held-out document leaked into the training text"
+)
+print(
+    f"{len(corpus.train):,} training characters; none of the {len(held_docs):,} held-out documents occurs in them"
+)
 print("\nA held-out docstring:\n")
 print(next(d for d in corpus.held_out_documents["python docs"] if 120 < len(d) < 400))
 print("\nA held-out bracket-language document:\n")
@@ -162,16 +178,27 @@ digits_apart = ByteBPE.train(corpus.train, 2048, pattern=DIGIT_SPLIT_PATTERN)
 number = "In 1991 there were 2048 of them, 100 or 10"
 print(f"\n2,048 tokens, GPT-2's split: {gpt2_style.token_strings(gpt2_style.encode(number))}")
 print(f"2,048 tokens, digits apart:  {digits_apart.token_strings(digits_apart.encode(number))}")
-assert all(len(p.strip()) <= 1 or not p.strip().isdigit() for p in digits_apart.token_strings(digits_apart.encode(number)))
+assert all(
+    len(p.strip()) <= 1 or not p.strip().isdigit()
+    for p in digits_apart.token_strings(digits_apart.encode(number))
+)
 ids, n_prompt = encode_chat(tok, "add 7+5 <|end|>", "12")
-assert ids.count(tok.end_id) == 2  # the typed "<|end|>" stayed text: only the template's two are special
-assert tok.decode(tok.encode("你好 🙂", allow_special=False)) == "你好 🙂"  # bytes: no unknown characters
+assert (
+    ids.count(tok.end_id) == 2
+)  # the typed "<|end|>" stayed text: only the template's two are special
+assert (
+    tok.decode(tok.encode("你好 🙂", allow_special=False)) == "你好 🙂"
+)  # bytes: no unknown characters
 t = stages["tokenizer"]
-display(Markdown(
-    f"{t['vocab_size']} tokens: {t['bpe_tokens']} from BPE and {t['vocab_size'] - t['bpe_tokens']} special. On the "
-    "held-out text a token holds " + " and ".join(f"{v:.2f} bytes of {k}" for k, v in t["bytes_per_token"].items())
-    + ". Any text can be encoded (byte-level: there is no unknown character), and a typed `<|end|>` stays seven "
-    "characters (checked above)."))
+display(
+    Markdown(
+        f"{t['vocab_size']} tokens: {t['bpe_tokens']} from BPE and {t['vocab_size'] - t['bpe_tokens']} special. On the "
+        "held-out text a token holds "
+        + " and ".join(f"{v:.2f} bytes of {k}" for k, v in t["bytes_per_token"].items())
+        + ". Any text can be encoded (byte-level: there is no unknown character), and a typed `<|end|>` stays seven "
+        "characters (checked above)."
+    )
+)
 
 # %% [markdown]
 # ## Pretraining
@@ -197,10 +224,13 @@ p = stages["pretrained"]
 base, _ = load_stage_model(RUN, "pretrained", device=device)
 # The formula, by hand, on one held-out document: the summed loss of its predicted tokens over their bytes.
 doc = corpus.held_out["python docs"][:4000]
-doc_ids = torch.tensor(tok.encode(doc, allow_special=False)[: base.config.block_size + 1], device=device)
+doc_ids = torch.tensor(
+    tok.encode(doc, allow_special=False)[: base.config.block_size + 1], device=device
+)
 with torch.no_grad():
-    nats = torch.nn.functional.cross_entropy(base(doc_ids[None, :-1]).logits[0].float(), doc_ids[1:],
-                                             reduction="sum").item()
+    nats = torch.nn.functional.cross_entropy(
+        base(doc_ids[None, :-1]).logits[0].float(), doc_ids[1:], reduction="sum"
+    ).item()
 by_hand = nats / math.log(2) / len(tok.decode(doc_ids[1:].tolist()).encode())
 assert math.isclose(by_hand, bits_per_byte(base, tok, tok.decode(doc_ids.tolist())), rel_tol=1e-4)
 print(f"one window by hand: {by_hand:.4f} bits per byte (bits_per_byte agrees)")
@@ -214,12 +244,23 @@ ax.set_title("Pretraining")
 ax.legend()
 plt.show()
 rows = ["| held-out text | byte 5-gram | our GPT |", "|---|---:|---:|"]
-rows += [f"| {k} | {p['ngram_bits_per_byte'][k]:.3f} | {v:.3f} |" for k, v in p["bits_per_byte"].items()]
+rows += [
+    f"| {k} | {p['ngram_bits_per_byte'][k]:.3f} | {v:.3f} |" for k, v in p["bits_per_byte"].items()
+]
 beats = [k for k, v in p["bits_per_byte"].items() if v < p["ngram_bits_per_byte"][k]]
-display(Markdown("Bits per byte on held-out documents (lower is better):\n\n" + "\n".join(rows) + "\n\n"
-                 + (f"The GPT beats the n-gram model on {' and '.join(beats)}" if beats else
-                    "The n-gram model is still ahead on every source") +
-                 f", after {p['tokens_seen']:,} training tokens ({p['params']:,} parameters)."))
+display(
+    Markdown(
+        "Bits per byte on held-out documents (lower is better):\n\n"
+        + "\n".join(rows)
+        + "\n\n"
+        + (
+            f"The GPT beats the n-gram model on {' and '.join(beats)}"
+            if beats
+            else "The n-gram model is still ahead on every source"
+        )
+        + f", after {p['tokens_seen']:,} training tokens ({p['params']:,} parameters)."
+    )
+)
 
 # %% [markdown]
 # A pretrained model continues text; it has never seen the chat template, so it does not answer. Here
@@ -228,8 +269,12 @@ display(Markdown("Bits per byte on held-out documents (lower is better):\n\n" + 
 # %%
 rows = ["| prompt | its continuation |", "|---|---|"]
 rows += [f"| `{q}` | `{a!r}` |" for q, a in p["samples"].items()]
-display(Markdown("\n".join(rows) + f"\n\nAccuracy on {settings.eval_prompts} held-out instructions: "
-                 f"{p['accuracy']['all']:.1%}."))
+display(
+    Markdown(
+        "\n".join(rows) + f"\n\nAccuracy on {settings.eval_prompts} held-out instructions: "
+        f"{p['accuracy']['all']:.1%}."
+    )
+)
 
 # %% [markdown]
 # ## Supervised fine-tuning in conversations
@@ -259,16 +304,25 @@ stages = run_until("sft")
 f = stages["sft"]
 add_prompts = (instructions.InstructionConfig().max_operand + 1) ** 2
 kinds = [k for k in f["accuracy"] if k != "all"]
-rows = ["| kind | before (pretrained) | after SFT | held-out prompts also in the SFT data |", "|---|---:|---:|---:|"]
-rows += [f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | {f['held_out_seen_in_training'][k]:.0%} |"
-         for k in kinds]
+rows = [
+    "| kind | before (pretrained) | after SFT | held-out prompts also in the SFT data |",
+    "|---|---:|---:|---:|",
+]
+rows += [
+    f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | {f['held_out_seen_in_training'][k]:.0%} |"
+    for k in kinds
+]
 rows.append(f"| **all** | {p['accuracy']['all']:.1%} | **{f['accuracy']['all']:.1%}** | |")
-display(Markdown("Greedy accuracy on held-out instructions:\n\n" + "\n".join(rows) + "\n\n"
-                 f"The training loss (responses, plus the pretraining windows mixed in; see below) went from "
-                 f"{f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token in {settings.sft_iters} steps. "
-                 f"`add` has only {add_prompts} different prompts (sums of two numbers up to "
-                 f"{instructions.InstructionConfig().max_operand}), so its held-out prompts were all seen in training; "
-                 "for the other kinds most were not."))
+display(
+    Markdown(
+        "Greedy accuracy on held-out instructions:\n\n" + "\n".join(rows) + "\n\n"
+        f"The training loss (responses, plus the pretraining windows mixed in; see below) went from "
+        f"{f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token in {settings.sft_iters} steps. "
+        f"`add` has only {add_prompts} different prompts (sums of two numbers up to "
+        f"{instructions.InstructionConfig().max_operand}), so its held-out prompts were all seen in training; "
+        "for the other kinds most were not."
+    )
+)
 
 # %% [markdown]
 # Fine-tuning on instructions alone makes a model forget the text it was pretrained on: chapter 5's SFT
@@ -279,10 +333,18 @@ display(Markdown("Greedy accuracy on held-out instructions:\n\n" + "\n".join(row
 # model kept, in bits per byte on the held-out documents:
 
 # %%
-rows = ["| held-out text | after pretraining | after SFT (pretraining windows mixed in) |", "|---|---:|---:|"]
+rows = [
+    "| held-out text | after pretraining | after SFT (pretraining windows mixed in) |",
+    "|---|---:|---:|",
+]
 rows += [f"| {k} | {v:.3f} | {f['bits_per_byte'][k]:.3f} |" for k, v in p["bits_per_byte"].items()]
-display(Markdown(f"{settings.sft_ptx_batch} windows of {settings.block_size} tokens per batch:\n\n" + "\n".join(rows)
-                 + "\n\nExercise 3 turns the mixing off."))
+display(
+    Markdown(
+        f"{settings.sft_ptx_batch} windows of {settings.block_size} tokens per batch:\n\n"
+        + "\n".join(rows)
+        + "\n\nExercise 3 turns the mixing off."
+    )
+)
 
 # %% [markdown]
 # ## Preference tuning
@@ -302,22 +364,30 @@ display(Markdown(f"{settings.sft_ptx_batch} windows of {settings.block_size} tok
 stages = run_until("tuned")
 u = stages["tuned"]
 r = u["rlhf"]
-rows = ["| | after SFT | after preference tuning |", "|---|---:|---:|",
-        f"| greedy accuracy | {f['accuracy']['all']:.1%} | {u['accuracy']['all']:.1%} |",
-        f"| sampled accuracy (temperature 0.8) | {f['accuracy_sampled']['all']:.1%} | {u['accuracy_sampled']['all']:.1%} |",
-        f"| gold reward (temperature 1, chapter 5's measure) | {r['gold_reward_before']:.3f} | {r['gold_reward_after']:.3f} |",
-        f"| KL to the SFT model (nats per answer) | 0 | {r['kl']:.3f} |"]
+rows = [
+    "| | after SFT | after preference tuning |",
+    "|---|---:|---:|",
+    f"| greedy accuracy | {f['accuracy']['all']:.1%} | {u['accuracy']['all']:.1%} |",
+    f"| sampled accuracy (temperature 0.8) | {f['accuracy_sampled']['all']:.1%} | {u['accuracy_sampled']['all']:.1%} |",
+    f"| gold reward (temperature 1, chapter 5's measure) | {r['gold_reward_before']:.3f} | {r['gold_reward_after']:.3f} |",
+    f"| KL to the SFT model (nats per answer) | 0 | {r['kl']:.3f} |",
+]
 display(Markdown("\n".join(rows)))
 sampled_gain = u["accuracy_sampled"]["all"] - f["accuracy_sampled"]["all"]
 greedy_gain = u["accuracy"]["all"] - f["accuracy"]["all"]
-display(Markdown(
-    f"GRPO changed the sampled accuracy by {100 * sampled_gain:+.1f} percentage points and the greedy accuracy by "
-    f"{100 * greedy_gain:+.1f}, "
-    f"moving {r['kl']:.2f} nats from the SFT model. "
-    + ("Most of what it bought is in the samples: it made the model's right answers more probable, which "
-       "is what a chat at a temperature shows, while the most probable answer was often right already."
-       if sampled_gain > greedy_gain else
-       "Here the greedy answers gained at least as much as the sampled ones.")))
+display(
+    Markdown(
+        f"GRPO changed the sampled accuracy by {100 * sampled_gain:+.1f} percentage points and the greedy accuracy by "
+        f"{100 * greedy_gain:+.1f}, "
+        f"moving {r['kl']:.2f} nats from the SFT model. "
+        + (
+            "Most of what it bought is in the samples: it made the model's right answers more probable, which "
+            "is what a chat at a temperature shows, while the most probable answer was often right already."
+            if sampled_gain > greedy_gain
+            else "Here the greedy answers gained at least as much as the sampled ones."
+        )
+    )
+)
 
 # %% [markdown]
 # ## The report card
@@ -347,10 +417,16 @@ model, chat_tok = load_chat_model(RUN, device=device)
 session = ChatSession(model, chat_tok, seed=0)
 for prompt in ["sort hdbeha", "add 7+5", "reverse bagc", "count a in abca", "close ([ef{i"]:
     reply = session.reply(prompt)
-    mark = "right" if instructions.check(prompt, reply) else f"wrong (the answer is {instructions.answer(prompt)})"
+    mark = (
+        "right"
+        if instructions.check(prompt, reply)
+        else f"wrong (the answer is {instructions.answer(prompt)})"
+    )
     print(f"you> {prompt}\nbot> {reply}    [{mark}]")
-print(f"\n{session.turns} turns in one conversation, {len(session.context_ids())} of {model.config.block_size} "
-      f"context tokens used, {session.dropped_turns} old turns dropped")
+print(
+    f"\n{session.turns} turns in one conversation, {len(session.context_ids())} of {model.config.block_size} "
+    f"context tokens used, {session.dropped_turns} old turns dropped"
+)
 
 held_out = instructions.sample_instructions(200, seed=settings.seed + 10_000)
 chat_right = []
@@ -358,9 +434,13 @@ for inst in held_out:
     session.reset()
     chat_right.append(instructions.check(inst, session.reply(inst.prompt)))
 chat_accuracy = sum(chat_right) / len(chat_right)
-display(Markdown(f"The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; the report card's sampled "
-                 f"accuracy after preference tuning is {u['accuracy_sampled']['all']:.1%} (on "
-                 f"{settings.eval_prompts} prompts, same temperature)."))
+display(
+    Markdown(
+        f"The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; the report card's sampled "
+        f"accuracy after preference tuning is {u['accuracy_sampled']['all']:.1%} (on "
+        f"{settings.eval_prompts} prompts, same temperature)."
+    )
+)
 
 # %% [markdown]
 # A model of this size has a short memory: everything it knows about the conversation has to fit in
@@ -371,8 +451,10 @@ display(Markdown(f"The chat answered {chat_accuracy:.1%} of 200 held-out instruc
 long_chat = ChatSession(model, chat_tok, SamplingSettings(max_new_tokens=12), seed=1)
 for i in range(12):
     long_chat.reply(f"add {i % 10}+{(3 * i) % 10}")
-print(f"after {long_chat.turns} turns: {long_chat.dropped_turns} dropped, "
-      f"{len(long_chat.context_ids())} context tokens (block size {model.config.block_size})")
+print(
+    f"after {long_chat.turns} turns: {long_chat.dropped_turns} dropped, "
+    f"{len(long_chat.context_ids())} context tokens (block size {model.config.block_size})"
+)
 assert len(long_chat.context_ids()) <= model.config.block_size
 for bad in ["", "   ", "sort " + "abcdefgh" * 40]:
     try:
@@ -393,9 +475,13 @@ for prompt in outside:
     session.reset()
     reply = session.reply(prompt)
     right_outside += instructions.check(prompt, reply)
-    print(f"you> {prompt}\nbot> {reply}    [{'right' if instructions.check(prompt, reply) else 'wrong'}]")
-print(f"{right_outside} of {len(outside)} right outside the family (letters {config.letters}, "
-      f"numbers up to {config.max_operand})")
+    print(
+        f"you> {prompt}\nbot> {reply}    [{'right' if instructions.check(prompt, reply) else 'wrong'}]"
+    )
+print(
+    f"{right_outside} of {len(outside)} right outside the family (letters {config.letters}, "
+    f"numbers up to {config.max_operand})"
+)
 
 # %% [markdown]
 # In Jupyter, the widget below is the same session with a text box (Enter sends; Reset starts a new
@@ -418,14 +504,45 @@ chat_widget(ChatSession(model, chat_tok, seed=2))
 # %%
 from aigc_book.models.gpt import GPT
 
-tiny_flags = ["--docs-chars", "100000", "--vocab-size", "300", "--layers", "1", "--heads", "2", "--embd", "32",
-              "--block", "48", "--batch", "8", "--pretrain-iters", "300", "--conversations", "300",
-              "--sft-iters", "30", "--rl-steps", "2", "--eval-prompts", "20", "--device", "cpu", "--no-progress"]
+tiny_flags = [
+    "--docs-chars",
+    "100000",
+    "--vocab-size",
+    "300",
+    "--layers",
+    "1",
+    "--heads",
+    "2",
+    "--embd",
+    "32",
+    "--block",
+    "48",
+    "--batch",
+    "8",
+    "--pretrain-iters",
+    "300",
+    "--conversations",
+    "300",
+    "--sft-iters",
+    "30",
+    "--rl-steps",
+    "2",
+    "--eval-prompts",
+    "20",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 command = [sys.executable, "-m", "aigc_book", "tiny-chatgpt", *tiny_flags]
 interrupted, straight = Path(tempfile.mkdtemp()) / "run", Path(tempfile.mkdtemp()) / "run"
 env = {**os.environ, "AIGC_CPU_THREADS": "1"}  # the same thread count in every run: same sums
-proc = subprocess.Popen([*command, "--out", str(interrupted)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                        text=True)
+proc = subprocess.Popen(
+    [*command, "--out", str(interrupted)],
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+)
 checkpoint = interrupted / ".pretrained.partial" / "checkpoint"
 while not checkpoint.exists() and proc.poll() is None:
     time.sleep(0.05)
@@ -433,11 +550,17 @@ proc.send_signal(signal.SIGINT)
 _, err = proc.communicate()
 print(f"first run: exit status {proc.returncode}\n  {err.strip().splitlines()[-1]}")
 print("left behind:", sorted(p.name for p in interrupted.iterdir()))
-resumed = subprocess.run([*command, "--out", str(interrupted)], env=env, capture_output=True, text=True, check=True)
-subprocess.run([*command, "--out", str(straight)], env=env, capture_output=True, text=True, check=True)
+resumed = subprocess.run(
+    [*command, "--out", str(interrupted)], env=env, capture_output=True, text=True, check=True
+)
+subprocess.run(
+    [*command, "--out", str(straight)], env=env, capture_output=True, text=True, check=True
+)
 a, b = GPT.from_pretrained(interrupted / "tuned"), GPT.from_pretrained(straight / "tuned")
 same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
-print(f"second run: exit status {resumed.returncode}; its chat model equals the uninterrupted run's: {same}")
+print(
+    f"second run: exit status {resumed.returncode}; its chat model equals the uninterrupted run's: {same}"
+)
 assert proc.returncode == 130 and same
 
 # %% [markdown]
@@ -467,10 +590,20 @@ plt.tight_layout()
 plt.show()
 GPT3_FLOPS = 3.14e23  # Brown et al. 2020, Table D.1 (3.64e3 PF-days)
 total = sum(flops)
-rows = ["| stage | seconds | FLOPs | FLOP/s achieved | share of the FLOPs |", "|---|---:|---:|---:|---:|"]
-rows += [f"| {lab} | {s:.0f} | {fl:.2e} | {fl / s:.2e} | {fl / total:.1%} |" for lab, s, fl in zip(labels, seconds, flops)]
-display(Markdown("\n".join(rows) + f"\n\nIn all {total:.2e} FLOPs: GPT-3's pretraining alone took "
-                 f"{GPT3_FLOPS / total:.1e} times as many (3.14 × 10²³, Brown et al. 2020)."))
+rows = [
+    "| stage | seconds | FLOPs | FLOP/s achieved | share of the FLOPs |",
+    "|---|---:|---:|---:|---:|",
+]
+rows += [
+    f"| {lab} | {s:.0f} | {fl:.2e} | {fl / s:.2e} | {fl / total:.1%} |"
+    for lab, s, fl in zip(labels, seconds, flops)
+]
+display(
+    Markdown(
+        "\n".join(rows) + f"\n\nIn all {total:.2e} FLOPs: GPT-3's pretraining alone took "
+        f"{GPT3_FLOPS / total:.1e} times as many (3.14 × 10²³, Brown et al. 2020)."
+    )
+)
 
 # %% [markdown]
 # ## From here to ChatGPT
@@ -482,13 +615,22 @@ display(Markdown("\n".join(rows) + f"\n\nIn all {total:.2e} FLOPs: GPT-3's pretr
 # the numbers in the table.
 
 # %%
-ours = {"parameters": p["params"], "pretraining tokens": p["tokens_seen"],
-        "fine-tuning examples": f["conversations"]}
+ours = {
+    "parameters": p["params"],
+    "pretraining tokens": p["tokens_seen"],
+    "fine-tuning examples": f["conversations"],
+}
 theirs = {"parameters": 175e9, "pretraining tokens": 300e9, "fine-tuning examples": 13e3}
-sources = {"parameters": "GPT-3 175B (Brown et al. 2020)", "pretraining tokens": "GPT-3 (Brown et al. 2020)",
-           "fine-tuning examples": "InstructGPT's SFT prompts, about 13k (Ouyang et al. 2022, §3.2)"}
+sources = {
+    "parameters": "GPT-3 175B (Brown et al. 2020)",
+    "pretraining tokens": "GPT-3 (Brown et al. 2020)",
+    "fine-tuning examples": "InstructGPT's SFT prompts, about 13k (Ouyang et al. 2022, §3.2)",
+}
 rows = ["| | ours | theirs | ratio | theirs: source |", "|---|---:|---:|---:|---|"]
-rows += [f"| {k} | {ours[k]:,.0f} | {theirs[k]:,.0f} | {theirs[k] / ours[k]:,.3g}× | {sources[k]} |" for k in ours]
+rows += [
+    f"| {k} | {ours[k]:,.0f} | {theirs[k]:,.0f} | {theirs[k] / ours[k]:,.3g}× | {sources[k]} |"
+    for k in ours
+]
 display(Markdown("\n".join(rows)))
 
 # %% [markdown]
@@ -520,23 +662,29 @@ display(Markdown("\n".join(rows)))
 # ## Summary
 
 # %%
-display(Markdown("\n".join([
-    f"* A {t['vocab_size']}-token byte-level BPE (digits kept apart) spelt the held-out Python text at "
-    f"{t['bytes_per_token']['python docs']:.2f} bytes per token.",
-    f"* Pretraining a GPT of {p['params']:,} parameters on {p['tokens_seen']:,} tokens reached "
-    f"{p['bits_per_byte']['python docs']:.3f} bits per byte on held-out Python documentation (byte 5-gram: "
-    f"{p['ngram_bits_per_byte']['python docs']:.3f}); it answered {p['accuracy']['all']:.1%} of held-out "
-    "instructions.",
-    f"* Supervised fine-tuning on {f['conversations']:,} conversations raised that to {f['accuracy']['all']:.1%} "
-    f"(greedy).",
-    f"* GRPO against the checker moved the sampled accuracy from {f['accuracy_sampled']['all']:.1%} to "
-    f"{u['accuracy_sampled']['all']:.1%} and the greedy one to {u['accuracy']['all']:.1%}, at a KL of "
-    f"{r['kl']:.2f} nats.",
-    f"* The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; interrupted and run again, "
-    "the pipeline produced the same model as an uninterrupted run.",
-    f"* All of it took {total:.2e} FLOPs and {sum(seconds):.0f} seconds of training and measuring on this "
-    f"{device.type.upper()}.",
-])))
+display(
+    Markdown(
+        "\n".join(
+            [
+                f"* A {t['vocab_size']}-token byte-level BPE (digits kept apart) spelt the held-out Python text at "
+                f"{t['bytes_per_token']['python docs']:.2f} bytes per token.",
+                f"* Pretraining a GPT of {p['params']:,} parameters on {p['tokens_seen']:,} tokens reached "
+                f"{p['bits_per_byte']['python docs']:.3f} bits per byte on held-out Python documentation (byte 5-gram: "
+                f"{p['ngram_bits_per_byte']['python docs']:.3f}); it answered {p['accuracy']['all']:.1%} of held-out "
+                "instructions.",
+                f"* Supervised fine-tuning on {f['conversations']:,} conversations raised that to {f['accuracy']['all']:.1%} "
+                f"(greedy).",
+                f"* GRPO against the checker moved the sampled accuracy from {f['accuracy_sampled']['all']:.1%} to "
+                f"{u['accuracy_sampled']['all']:.1%} and the greedy one to {u['accuracy']['all']:.1%}, at a KL of "
+                f"{r['kl']:.2f} nats.",
+                f"* The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; interrupted and run again, "
+                "the pipeline produced the same model as an uninterrupted run.",
+                f"* All of it took {total:.2e} FLOPs and {sum(seconds):.0f} seconds of training and measuring on this "
+                f"{device.type.upper()}.",
+            ]
+        )
+    )
+)
 
 # %% [markdown]
 # ## Exercises
@@ -563,8 +711,10 @@ answers = {str(a + b) for a in range(10) for b in range(10)}
 apart = {t for s in answers for t in digits_apart.encode(s)}
 merged = {t for s in answers for t in gpt2_style.encode(s)}
 assert apart == {t for s in "0123456789" for t in digits_apart.encode(s)}
-print(f"4. {len(answers)} different answers: {len(apart)} tokens with digits apart, "
-      f"{'more' if len(merged) > len(apart) else 'no more'} with GPT-2's split")
+print(
+    f"4. {len(answers)} different answers: {len(apart)} tokens with digits apart, "
+    f"{'more' if len(merged) > len(apart) else 'no more'} with GPT-2's split"
+)
 
 # %% [markdown]
 # ## Key terms
