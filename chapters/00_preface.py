@@ -4,7 +4,7 @@
 # This book explains the mathematics and the code behind ChatGPT, from the attention formula to
 # learning from human feedback, and what it all costs. It is written for readers who know some
 # Python and a little linear algebra and probability, and who want to *see* each idea work: every
-# chapter is a notebook you can run on a laptop CPU in a couple of minutes.
+# chapter is a {term}`notebook` you can run on a laptop CPU in a couple of minutes.
 #
 # This preface answers four practical questions: how to get the book running, where to read it,
 # what runs differently on a CPU and a GPU, and how the chapters relate to the `aigc_book` package.
@@ -48,7 +48,7 @@
 # %% [markdown]
 # ## CPU or GPU
 #
-# Every chapter starts the same way: it chooses a device, seeds every random number generator and
+# Every chapter starts the same way: it chooses a {term}`device`, seeds every random number generator and
 # sets the plotting style.
 
 # %%
@@ -64,7 +64,8 @@ use_book_style()
 device = get_device()
 seed_everything(0)
 print(
-    f"aigc_book {aigc_book.__version__}, PyTorch {torch.__version__}, Python {platform.python_version()}"
+    f"aigc_book {aigc_book.__version__}, PyTorch {torch.__version__}, "
+    f"Python {platform.python_version()}"
 )
 print(f"device: {device}, CPU threads PyTorch uses: {torch.get_num_threads()}")
 
@@ -83,7 +84,7 @@ print("AIGC_DEVICE is", repr(os.environ.get("AIGC_DEVICE", "")), "(empty: automa
 
 # %% [markdown]
 # What changes on a GPU is decided in one place per chapter. From chapter 1 on, each chapter has
-# one **settings cell** right after its setup cell: every size, step count and sample count the
+# one **{term}`settings cell`** right after its setup cell: every size, step count and sample count the
 # chapter uses is set there, with the CPU values first and, where a GPU allows more, larger values
 # under `if device.type == "cuda":`. The outputs stored in the notebooks — what the site shows and
 # what the tests compare — were produced with the CPU values, so a laptop reproduces what you read;
@@ -92,7 +93,7 @@ print("AIGC_DEVICE is", repr(os.environ.get("AIGC_DEVICE", "")), "(empty: automa
 # chapters that train models (2 and 3) train larger models for more steps there.
 #
 # The package's `Trainer` computes each step's forward pass and loss inside
-# `aigc_book.autocast(device)`: bfloat16 autocast on CUDA, and nothing at all elsewhere, so that on
+# `aigc_book.autocast(device)`: {term}`bfloat16 autocast <mixed precision>` on CUDA, and nothing at all elsewhere, so that on
 # a CPU the products stay in float32, the precision the stored outputs were computed in. The
 # models' attention calls PyTorch's `scaled_dot_product_attention` on every device (chapter 2 also
 # writes it out and checks that the two agree), and PyTorch picks the kernel the device has.
@@ -125,7 +126,8 @@ from aigc_book import cpu_threads
 
 follower = cpu_threads.follow_cpu_load()  # get_device() above already did this; it is idempotent
 print(
-    f"threads now: {torch.get_num_threads()} (at most {follower.max_threads if follower else 'fixed'})"
+    f"threads now: {torch.get_num_threads()} (at most "
+    f"{follower.max_threads if follower else 'fixed'})"
 )
 for others in (0.0, 1.0):
     n = cpu_threads.threads_for_load(2, others, 2)
@@ -195,18 +197,18 @@ print(first.tolist())
 # | $N$, $D$, $C$ | number of parameters, number of training tokens, training compute in FLOPs |
 # | $\log$ | the natural logarithm: losses are in **nats**; divide by $\ln 2$ for bits |
 #
-# $V$ always means the value matrix of attention; the vocabulary size is written
+# $V$ always means the value matrix of attention; the {term}`vocabulary` size is written
 # $\lvert\mathcal{V}\rvert$, so that the two never share a letter. In code, where there is no
 # such clash, the vocabulary size is `vocab_size`, and tensor shapes are written in comments as
 # `(B, T, C)`: batch, time (position), channels (this `C` is a width, not compute).
 #
-# The cross-entropy of a model on a text $x_1,\dots,x_T$ is the average negative log-probability
+# The {term}`cross-entropy` of a model on a text $x_1,\dots,x_T$ is the average negative log-probability
 #
 # $$
 # H = -\frac{1}{T}\sum_{t=1}^{T} \log p_\theta(x_t \mid x_{<t}),
 # $$
 #
-# and its perplexity is $e^{H}$. A check of the conversion between the two units:
+# and its {term}`perplexity` is $e^{H}$. A check of the conversion between the two units:
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -239,22 +241,27 @@ print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {m
 #
 # | English | 中文 |
 # |---|---|
-# | device | 设备 |
-# | random seed | 随机种子 |
-# | settings cell | 设置单元格 |
-# | mixed precision (bfloat16 autocast) | 混合精度（bfloat16 自动类型转换） |
-# | vocabulary | 词表 |
-# | notebook | 笔记本 |
-# | cross-entropy | 交叉熵 |
-# | perplexity | 困惑度 |
+# | {term}`device` | 设备 |
+# | {term}`random seed` | 随机种子 |
+# | {term}`settings cell` | 设置单元格 |
+# | {term}`mixed precision (bfloat16 autocast) <mixed precision>` | 混合精度（bfloat16 自动类型转换） |
+# | {term}`vocabulary` | 词表 |
+# | {term}`notebook` | 笔记本 |
+# | {term}`cross-entropy` | 交叉熵 |
+# | {term}`perplexity` | 困惑度 |
 #
 # ## Exercises
 #
-# 1. Run `python3 tools/book.py test` and find, in its output, how long each chapter took.
-# 2. Start Jupyter with `AIGC_DEVICE=cpu` and check that `get_device()` returns the CPU even on a
-#    machine with a GPU.
-# 3. A model assigns probability $1/\lvert\mathcal{V}\rvert$ to every token of a vocabulary of
-#    size $\lvert\mathcal{V}\rvert$. What are its cross-entropy and perplexity? Check your answer
-#    with the cell above.
-# 4. Open chapter 1, find its settings cell, and list which of its values change when
-#    `device.type == "cuda"`.
+# These exercises are also a graded assignment, `assignments/00_preface.py`: a teacher builds it
+# with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises
+# marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+#
+# 1. **How long did each chapter take?** *(open)* Run `python3 tools/book.py test` and find, in
+#    its output, how long each chapter took.
+# 2. **`AIGC_DEVICE=cpu` wins over a GPU.** *(autograded)* Start Jupyter with `AIGC_DEVICE=cpu`
+#    and check that `get_device()` returns the CPU even on a machine with a GPU.
+# 3. **The uniform model.** *(autograded)* A model assigns probability
+#    $1/\lvert\mathcal{V}\rvert$ to every token of a vocabulary of size $\lvert\mathcal{V}\rvert$.
+#    What are its cross-entropy and perplexity? Check your answer with the cell above.
+# 4. **What a GPU changes in chapter 1.** *(autograded)* Open chapter 1, find its settings cell,
+#    and list which of its values change when `device.type == "cuda"`.

@@ -1,15 +1,15 @@
 # %% [markdown]
 # # 1. Background: from AI to AIGC to ChatGPT
 #
-# ChatGPT did not appear from nowhere. It is a *language model*, a program that assigns
+# ChatGPT did not appear from nowhere. It is a *{term}`language model`*, a program that assigns
 # probabilities to text, made very large, trained on a great deal of text, and then taught to
 # follow instructions with human feedback. This chapter answers five questions:
 #
-# 1. Where does ChatGPT sit in the history of artificial intelligence?
-# 2. What is a language model? We build a first one, a character bigram model, in a few lines,
+# 1. Where does ChatGPT sit in the history of {term}`artificial intelligence <artificial intelligence (AI)>`?
+# 2. What is a language model? We build a first one, a character {term}`bigram model`, in a few lines,
 #    generate text with it, and measure how good it is.
 # 3. How large are real language models, and how much computation did training them take?
-# 4. How do the words AIGC, LLM, pretraining, fine-tuning and RLHF fit together?
+# 4. How do the words {term}`AIGC <generative AI, AIGC>`, {term}`LLM <large language model (LLM)>`, {term}`pretraining`, {term}`fine-tuning` and {term}`RLHF <reinforcement learning from human feedback (RLHF)>` fit together?
 # 5. Which common claims about ChatGPT are wrong?
 #
 # Facts about the world carry a citation (author and year); the full references are listed at
@@ -66,8 +66,8 @@ if device.type == "cuda":
         2_000_000  # a GPU draws millions at once; the check's tolerance shrinks as 1/sqrt(N_DRAWS)
     )
 print(
-    f"held-out fraction {HELD_OUT_FRACTION}, k = {K_FIRST} first, {len(K_GRID)} values of k compared, "
-    f"samples of {SAMPLE_CHARS} characters, {N_DRAWS:,} draws on {device}"
+    f"held-out fraction {HELD_OUT_FRACTION}, k = {K_FIRST} first, {len(K_GRID)} values of k "
+    f"compared, samples of {SAMPLE_CHARS} characters, {N_DRAWS:,} draws on {device}"
 )
 
 # %% [markdown]
@@ -91,8 +91,8 @@ print(
 #
 # Then came the lineage that leads to ChatGPT (Radford et al. 2018, 2019; Brown et al. 2020; Ouyang et al. 2022; OpenAI 2022):
 #
-# * **GPT-1** (Radford et al., June 2018): a 12-layer *decoder-only* Transformer, about 117M
-#   parameters, *pretrained* on books to predict the next token and then *fine-tuned* on each task.
+# * **GPT-1** (Radford et al., June 2018): a 12-layer *{term}`decoder-only <decoder-only Transformer>`* Transformer, about 117M
+#   parameters, *pretrained* on books to predict the next {term}`token` and then *fine-tuned* on each task.
 # * **BERT** (Devlin et al., 2018; NAACL 2019): an *encoder* pretrained by filling in masked words.
 #   It is a different branch of the family, not an ancestor of ChatGPT (Devlin et al. 2019).
 # * **GPT-2** (February 2019): 1.5B parameters trained on 40 GB of web text (WebText).
@@ -166,7 +166,8 @@ plt.show()
 # %%
 # NBVAL_CHECK_OUTPUT
 # Month precision (mid-month) where the sources give a month: the arXiv number 1706.03762 dates the
-# Transformer paper to June 2017; GPT-1 is from June 2018 (Radford et al. 2018); ChatGPT launched on 30 November 2022.
+# Transformer paper to June 2017; GPT-1 is from June 2018 (Radford et al. 2018); ChatGPT launched
+# on 30 November 2022.
 transformer_paper, gpt1_paper, chatgpt_launch = (
     date(2017, 6, 15),
     date(2018, 6, 15),
@@ -177,7 +178,8 @@ years = {
     for name, start in [("Transformer", transformer_paper), ("GPT-1", gpt1_paper)]
 }
 print(
-    f"Transformer paper to ChatGPT: {years['Transformer']:.1f} years; GPT-1 to ChatGPT: {years['GPT-1']:.1f} years"
+    f"Transformer paper to ChatGPT: {years['Transformer']:.1f} years; GPT-1 to ChatGPT: "
+    f"{years['GPT-1']:.1f} years"
 )
 
 # %% [markdown]
@@ -195,7 +197,7 @@ print(
 #
 # A **language model** assigns a probability to every sequence of **tokens** $x_1, \dots, x_T$.
 # A token is the unit the model reads and writes; in this chapter a token is one character,
-# while GPT models use sub-word pieces. The set of possible tokens is the **vocabulary**
+# while GPT models use sub-word pieces. The set of possible tokens is the **{term}`vocabulary`**
 # $\mathcal{V}$, and $|\mathcal{V}|$ is its size. By the chain rule of probability, any such
 # distribution can be written as a product of next-token probabilities:
 #
@@ -208,9 +210,9 @@ print(
 # To **generate** text, the model chooses a next token, appends it, and repeats. There are two
 # basic ways to choose, and they are not the same thing:
 #
-# * **sampling** *draws* the next token at random, each with the model's probability; two runs
+# * **{term}`sampling`** *draws* the next token at random, each with the model's probability; two runs
 #   with different random seeds give different texts;
-# * **greedy decoding** *takes the most probable* token, $\arg\max_x p(x \mid x_{<t})$, every
+# * **{term}`greedy decoding`** *takes the most probable* token, $\arg\max_x p(x \mid x_{<t})$, every
 #   time; nothing is random, and the same start always gives the same text.
 #
 # Calling the second one "sampling", as some introductions do, hides the difference that matters
@@ -223,20 +225,20 @@ print(
 #
 # Its parameters are one probability for each pair of characters, and we can estimate them by
 # counting. If $n(a,b)$ is the number of times character $b$ follows character $a$ in the training
-# text, then with **add-$k$ smoothing**
+# text, then with **add-$k$ {term}`smoothing`**
 #
 # $$p(b \mid a) = \frac{n(a,b) + k}{\sum_{b'} n(a,b') + k\,|\mathcal{V}|}.$$
 #
 # With $k=0$ this is the maximum-likelihood estimate; $k>0$ pretends every pair was seen $k$
 # extra times, so that pairs missing from the training text do not get probability zero.
 #
-# We score a model by its **cross-entropy** on text it has not seen: the average surprise, in
+# We score a model by its **{term}`cross-entropy`** on text it has not seen: the average surprise, in
 # nats when we use the natural log,
 #
 # $$H = -\frac{1}{T-1}\sum_{t=2}^{T} \log p(x_t \mid x_{t-1}).$$
 #
 # Lower is better. Dividing by $\ln 2$ gives **bits per character**: the number of bits an ideal
-# compressor driven by the model would spend per character. The **perplexity** $e^{H}$ is the
+# compressor driven by the model would spend per character. The **{term}`perplexity`** $e^{H}$ is the
 # number of equally likely characters the model is, on average, choosing between.
 #
 # Before we use a real corpus, here is the whole recipe on the word "banana", by hand, with exact
@@ -291,7 +293,7 @@ print(f"aigc_book.models.bigram agrees: {banana.cross_entropy(word):.6f} nats/ch
 # version**; the first line the next cell prints names the version that produced the stored
 # outputs. `aigc_book.text.corpora.python_docs_text()` joins the topics in sorted order (later
 # chapters use the same text), and `split_train_val` holds out the last `HELD_OUT_FRACTION` of the
-# characters as **held-out text**: the model never counts it, and we use it only to measure.
+# characters as **{term}`held-out text`**: the model never counts it, and we use it only to measure.
 
 # %%
 from pydoc_data.topics import topics
@@ -307,7 +309,8 @@ print(
     f"{vocab_size} distinct characters"
 )
 print(
-    f"training text: {len(train_text):,} characters; held-out text: {len(heldout_text):,} characters"
+    f"training text: {len(train_text):,} characters; held-out text: "
+    f"{len(heldout_text):,} characters"
 )
 print(f"held-out characters never seen in training: {sorted(set(heldout_text) - set(train_text))}")
 print("start of the held-out text:", repr(heldout_text[:120]))
@@ -376,7 +379,8 @@ print(
 )
 assert article_batch.shape == (4,)  # four unrelated single tokens: no target to predict
 
-# What this chapter counts: (previous, next) pairs. What the Transformer chapters train on: windows and their shift.
+# What this chapter counts: (previous, next) pairs. What the Transformer chapters train on:
+# windows and their shift.
 ids = vocab.encode_tensor(train_text)
 x_prev, x_next = ids[:-1], ids[1:]  # (T-1,) each: the bigram model's examples
 print(
@@ -448,8 +452,8 @@ for a in ["q", "h", "d", "s", "y", " "]:
 (first_a, (first_b, first_p)), *rest = top1.items()
 display(
     Markdown(
-        f"What to see: English spelling is already there. The likeliest next character after {show_char(first_a)} "
-        f"is {show_char(first_b)} (p = {first_p:.2f}); "
+        "What to see: English spelling is already there. The likeliest next character "
+        f"after {show_char(first_a)} is {show_char(first_b)} (p = {first_p:.2f}); "
         + "; ".join(f"after {show_char(a)}, {show_char(b)} ({p:.2f})" for a, (b, p) in rest)
         + "."
     )
@@ -495,7 +499,10 @@ print(
 
 # %%
 def greedy_decode(probs: torch.Tensor, start: str, n_chars: int) -> str:
-    """Append the most probable next character, argmax_b p(b | previous), until n_chars are written."""
+    (
+        "Append the most probable next character, argmax_b p(b | previous), "
+        "until n_chars are written."
+    )
     out = [vocab.index(start)]
     for _ in range(n_chars - 1):
         out.append(int(probs[out[-1]].argmax()))
@@ -546,7 +553,8 @@ std_err = (row_cpu * (1 - row_cpu) / N_DRAWS).sqrt()
 z = (freq - row_cpu).abs() / std_err
 for j in row_cpu.topk(3).indices.tolist():
     print(
-        f"p({vocab.itos[j]!r} | 'h') = {row_cpu[j]:.4f}, frequency in {N_DRAWS:,} draws = {freq[j]:.4f}"
+        f"p({vocab.itos[j]!r} | 'h') = {row_cpu[j]:.4f}, frequency in {N_DRAWS:,} "
+        f"draws = {freq[j]:.4f}"
     )
 print(f"largest deviation over all {vocab_size} characters: {z.max():.2f} standard errors")
 assert (z < 5).all()
@@ -599,26 +607,31 @@ assert (
 
 if ce_bigram < ce_bigram_train:
     train_vs_heldout = (
-        f"Here the bigram model scores *better* on the held-out text ({ce_bigram:.4f} nats/char) than on the "
-        f"text it was counted from ({ce_bigram_train:.4f}), which is unusual: the held-out tail of the sorted "
-        f"topics (from {heldout_topics[0]!r} to {heldout_topics[-1]!r}, printed above) happens to be more "
-        "predictable than the average topic."
+        f"Here the bigram model scores *better* on the held-out text ({ce_bigram:.4f} nats/char) "
+        f"than on the text it was counted from ({ce_bigram_train:.4f}), which is unusual: "
+        f"the held-out tail of the sorted topics (from {heldout_topics[0]!r} "
+        f"to {heldout_topics[-1]!r}, printed above) happens to be more predictable "
+        "than the average topic."
     )
 else:
     train_vs_heldout = (
-        f"As usual, the bigram model scores worse on the held-out text ({ce_bigram:.4f} nats/char) than on the "
-        f"text it was counted from ({ce_bigram_train:.4f}): counts fit best the text they came from."
+        f"As usual, the bigram model scores worse on the held-out text ({ce_bigram:.4f} nats/char) "
+        f"than on the text it was counted from ({ce_bigram_train:.4f}): counts fit best "
+        "the text they came from."
     )
 display(
     Markdown(
-        f"With Python {platform.python_version()}: the table reads from worst to best. Knowing the character "
-        f"frequencies (unigram) saves {(ce_uniform - ce_unigram) / ln2:.2f} bits per character against the uniform "
-        f"guess; knowing the previous character (bigram) saves {(ce_unigram - ce_bigram) / ln2:.2f} bits more. "
-        f"The bigram model's perplexity, {math.exp(ce_bigram):.1f}, says that on average it is as unsure as if it "
-        f"were choosing among that many equally likely characters, against all {vocab_size} for the uniform model.\n\n"
-        f"The unigram model's held-out cross-entropy ({ce_unigram:.4f} nats/char) is close to the entropy of the "
-        f"training text's character frequencies ({unigram_entropy:.4f}), as it should be when the two parts of the "
-        f"corpus use letters at similar rates. {train_vs_heldout}"
+        f"With Python {platform.python_version()}: the table reads from worst to best. "
+        f"Knowing the character frequencies (unigram) saves {(ce_uniform - ce_unigram) / ln2:.2f} "
+        "bits per character against the uniform guess; knowing the previous "
+        f"character (bigram) saves {(ce_unigram - ce_bigram) / ln2:.2f} bits more. "
+        f"The bigram model's perplexity, {math.exp(ce_bigram):.1f}, says that on "
+        "average it is as unsure as if it were choosing among that many equally "
+        f"likely characters, against all {vocab_size} for the uniform model.\n\n"
+        f"The unigram model's held-out cross-entropy ({ce_unigram:.4f} nats/char) is close to "
+        f"the entropy of the training text's character frequencies ({unigram_entropy:.4f}), "
+        "as it should be when the two parts of the corpus use letters at similar rates. "
+        f"{train_vs_heldout}"
     )
 )
 
@@ -699,7 +712,7 @@ plt.show()
 # impossible event costs $-\log 0 = \infty$. As $k$ grows, the training cross-entropy rises
 # steadily while the held-out one first falls, then rises once smoothing washes out what the counts
 # say. What to see in Figure 1.3: the held-out curve has a minimum inside the grid (asserted
-# above), and the training curve alone cannot find it. Choosing $k$ (a **hyperparameter**) by
+# above), and the training curve alone cannot find it. Choosing $k$ (a **{term}`hyperparameter`**) by
 # held-out score is, in miniature, how the training settings of real models are chosen. Strictly,
 # choosing it on the same held-out text we report makes that report slightly optimistic; a third,
 # untouched test set avoids this.
@@ -718,16 +731,17 @@ for good, bad in [("the ", "teh "), ("def ", "fde ")]:
     lg, lb = log_p_after_first(good), log_p_after_first(bad)
     ratios.append(math.exp(lg - lb))
     print(
-        f"log p({good!r}) = {lg:7.3f}, log p({bad!r}) = {lb:7.3f} nats (given the first character): "
-        f"{good!r} is {ratios[-1]:,.0f} times more probable"
+        f"log p({good!r}) = {lg:7.3f}, log p({bad!r}) = {lb:7.3f} nats (given the first "
+        f"character): {good!r} is {ratios[-1]:,.0f} times more probable"
     )
     assert lg > lb
 display(
     Markdown(
-        f"The correct spellings are {math.log(min(ratios)):.1f} to {math.log(max(ratios)):.1f} nats, that is "
-        f"{min(ratios):,.0f} to {max(ratios):,.0f} times, more probable than the scrambled ones. This is all a "
-        "language model is; ChatGPT differs in *how* it computes the next-token probabilities (a Transformer over "
-        "thousands of previous tokens instead of a table over one), in scale, and in fine-tuning."
+        f"The correct spellings are {math.log(min(ratios)):.1f} to {math.log(max(ratios)):.1f} "
+        f"nats, that is {min(ratios):,.0f} to {max(ratios):,.0f} times, more probable than the "
+        "scrambled ones. This is all a language model is; ChatGPT differs in *how* it computes "
+        "the next-token probabilities (a Transformer over thousands of previous tokens instead of "
+        "a table over one), in scale, and in fine-tuning."
     )
 )
 
@@ -752,7 +766,10 @@ def fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.3g}"
 
 
-header = f"{'model':<15}{'released':<10}{'params':>9}{'tokens':>9}{'tokens/param':>14}{'FLOPs (published)':>19}{'conf':>6}  ref"
+header = (
+    f"{'model':<15}{'released':<10}{'params':>9}{'tokens':>9}{'tokens/param':>14}"
+    f"{'FLOPs (published)':>19}{'conf':>6}  ref"
+)
 print(header)
 print("-" * len(header))
 for i, r in enumerate(models, start=1):
@@ -767,7 +784,8 @@ for i, r in enumerate(models, start=1):
 n_published = sum(r.training_flops is not None for r in models)
 print(
     f"\n{len(models)} models, {n_published} with published training compute, "
-    f"{sum(r.confidence == 'V' for r in models)} rows labelled V and {sum(r.confidence == 'M' for r in models)} labelled M"
+    f"{sum(r.confidence == 'V' for r in models)} rows labelled V and "
+    f"{sum(r.confidence == 'M' for r in models)} labelled M"
 )
 
 # %%
@@ -784,19 +802,21 @@ assert (
 )
 display(
     Markdown(
-        f"Two patterns stand out. The largest parameter count in the table, {largest.model}'s ({largest.params / 1e9:.0f}B; a "
-        f"mixture of experts, counted here by all its parameters), is {growth:,.0f} times GPT-1's: "
-        f"{math.log10(growth):.1f} orders of magnitude in {span:.1f} years. And after Chinchilla (Hoffmann et al. 2022), "
-        "which found that parameters and training tokens should be scaled equally, models were trained on far more "
-        f"tokens per parameter: GPT-3 saw {tokens_per_param['GPT-3']:.2f} tokens per parameter, Chinchilla "
-        f"{tokens_per_param['Chinchilla']:.0f}, Llama 3 70B {tokens_per_param['Llama 3 70B']:.0f}."
+        f"Two patterns stand out. The largest parameter count in the table, {largest.model}'s "
+        f"({largest.params / 1e9:.0f}B; a mixture of experts, counted here by all its parameters), "
+        f"is {growth:,.0f} times GPT-1's: {math.log10(growth):.1f} orders of magnitude "
+        f"in {span:.1f} years. And after Chinchilla (Hoffmann et al. 2022), which found "
+        "that parameters and training tokens should be scaled equally, models were trained "
+        f"on far more tokens per parameter: GPT-3 saw {tokens_per_param['GPT-3']:.2f} "
+        f"tokens per parameter, Chinchilla {tokens_per_param['Chinchilla']:.0f}, "
+        f"Llama 3 70B {tokens_per_param['Llama 3 70B']:.0f}."
     )
 )
 
 # %% [markdown]
 # ### Estimating training compute: 6·N·D
 #
-# *Few rows publish their training compute. Can we estimate the others?*
+# *Few rows publish their {term}`training compute`. Can we estimate the others?*
 #
 # Kaplan et al. (2020) estimate the training cost of a dense Transformer with $N$ parameters on $D$
 # tokens as $C \approx 6ND$ floating-point operations (FLOPs): about $2N$ per token for the forward
@@ -812,7 +832,8 @@ pf_days_in_flops = pf_days * 1e15 * 24 * 3600  # 1 PF/s-day = 1e15 FLOP/s for 86
 estimate = training_flops_estimate(gpt3.params, gpt3.training_tokens)
 rel = abs(estimate - gpt3.training_flops) / gpt3.training_flops
 print(
-    f"GPT-3 published: {pf_days:.3g} PF-days = {pf_days_in_flops:.4g} FLOPs (table: {gpt3.training_flops:.3g})"
+    f"GPT-3 published: {pf_days:.3g} PF-days = {pf_days_in_flops:.4g} FLOPs (table: "
+    f"{gpt3.training_flops:.3g})"
 )
 print(f"6 N D = 6 x {gpt3.params:.3g} x {gpt3.training_tokens:.3g} = {estimate:.3g} FLOPs")
 print(f"relative difference: {rel:.2%}")
@@ -823,7 +844,8 @@ llama = by_name["Llama 3.1 405B"]
 est_llama = training_flops_estimate(llama.params, llama.training_tokens)
 rel_llama = abs(est_llama - llama.training_flops) / llama.training_flops
 print(
-    f"\nLlama 3.1 405B published: {llama.training_flops:.3g} FLOPs; 6ND = {est_llama:.3g} ({rel_llama:.2%} apart)"
+    f"\nLlama 3.1 405B published: {llama.training_flops:.3g} FLOPs; 6ND = {est_llama:.3g} "
+    f"({rel_llama:.2%} apart)"
 )
 assert rel_llama < 0.01
 
@@ -848,13 +870,15 @@ six_nd = {}
 for r in (gopher, chinchilla):
     six_nd[r.model] = training_flops_estimate(r.params, r.training_tokens)
     print(
-        f"{r.model:<11} N = {r.params:.3g}, D = {r.training_tokens:.3g}: 6ND = {six_nd[r.model]:.3g} FLOPs, "
-        f"paper {r.training_flops:.3g} ({six_nd[r.model] / r.training_flops - 1:+.1%})"
+        f"{r.model:<11} N = {r.params:.3g}, D = {r.training_tokens:.3g}: "
+        f"6ND = {six_nd[r.model]:.3g} FLOPs, paper {r.training_flops:.3g} "
+        f"({six_nd[r.model] / r.training_flops - 1:+.1%})"
     )
 param_ratio = gopher.params / chinchilla.params
 token_ratio = chinchilla.training_tokens / gopher.training_tokens
 print(
-    f"Gopher has {param_ratio:.2f}x Chinchilla's parameters; Chinchilla saw {token_ratio:.2f}x Gopher's tokens"
+    f"Gopher has {param_ratio:.2f}x Chinchilla's parameters; Chinchilla saw "
+    f"{token_ratio:.2f}x Gopher's tokens"
 )
 print(f"6ND of Chinchilla / 6ND of Gopher = {six_nd['Chinchilla'] / six_nd['Gopher']:.3f}")
 assert math.isclose(six_nd["Chinchilla"] / six_nd["Gopher"], token_ratio / param_ratio)
@@ -864,25 +888,27 @@ assert all(abs(c / budget - 1) < tolerance for c in six_nd.values())
 # %%
 display(
     Markdown(
-        f"By $6ND$ the two runs differ by {six_nd['Chinchilla'] / six_nd['Gopher'] - 1:.1%}, because the paper's round "
-        f"\"4×\" is two different ratios: the model is {param_ratio:.2f} times smaller, but the data "
-        f"{token_ratio:.2f} times larger. The paper did not pick the pair by $6ND$: its §4 says that the compute-optimal "
-        "size for Gopher's budget lay \"somewhere between 40 and 70 billion parameters\" and that it trained "
-        "the larger end \"for 1.4T tokens, due to both dataset and computational efficiency considerations\". Nor "
-        "does it count FLOPs as $6ND$: its Appendix F counts every matrix product, the embeddings and attention "
-        "included, and counts the embedding matrices among the parameters. So \"the same compute budget\" is true "
-        "by the paper's own count and at the precision of a training plan, while $6ND$ is "
-        f"{abs(six_nd['Gopher'] / budget - 1):.1%} below the published figure for Gopher and "
-        f"{abs(six_nd['Chinchilla'] / budget - 1):.1%} above it for Chinchilla. $6ND$ is an estimate, good to "
-        f"{max(rel, rel_llama):.1%} for GPT-3 and Llama 3.1 405B but only to within {tolerance:.0%} (asserted) for these "
-        "two, not an identity."
+        f"By $6ND$ the two runs differ by {six_nd['Chinchilla'] / six_nd['Gopher'] - 1:.1%}, "
+        "because the paper's round \"4×\" is two different ratios: the model "
+        f"is {param_ratio:.2f} times smaller, but the data {token_ratio:.2f} times larger. "
+        "The paper did not pick the pair by $6ND$: its §4 says that the compute-optimal "
+        "size for Gopher's budget lay \"somewhere between 40 and 70 billion parameters\" "
+        "and that it trained the larger end \"for 1.4T tokens, due to both dataset and "
+        "computational efficiency considerations\". Nor does it count FLOPs as $6ND$: "
+        "its Appendix F counts every matrix product, the embeddings and attention included, "
+        "and counts the embedding matrices among the parameters. So \"the same compute "
+        "budget\" is true by the paper's own count and at the precision of a training plan, "
+        f"while $6ND$ is {abs(six_nd['Gopher'] / budget - 1):.1%} below the published figure "
+        f"for Gopher and {abs(six_nd['Chinchilla'] / budget - 1):.1%} above it for Chinchilla. "
+        f"$6ND$ is an estimate, good to {max(rel, rel_llama):.1%} for GPT-3 and Llama 3.1 405B but "
+        f"only to within {tolerance:.0%} (asserted) for these two, not an identity."
     )
 )
 
 # %% [markdown]
 # We can therefore fill the gaps with estimates, as long as we label them as estimates.
 #
-# One row needs care. DeepSeek-V3 is a *mixture-of-experts* model: for each token, a router sends
+# One row needs care. DeepSeek-V3 is a *{term}`mixture-of-experts <mixture of experts (MoE)>`* model: for each token, a router sends
 # it through a few of many expert sub-networks, so only part of the parameters is used. Of its
 # parameters, the number "activated for each token" is given in the abstract of its technical
 # report (DeepSeek-AI 2024). The FLOPs per token depend on the parameters that are used, so the
@@ -902,7 +928,8 @@ for r in models:
     n_used = ACTIVE_PARAMS.get(r.model, r.params)
     est = training_flops_estimate(n_used, r.training_tokens)
     print(
-        f"{r.model:<15}{n_used:>9.3g}{r.training_tokens:>9.3g}{est:>16.3g}{fmt(r.training_flops):>11}"
+        f"{r.model:<15}{n_used:>9.3g}{r.training_tokens:>9.3g}{est:>16.3g}"
+        f"{fmt(r.training_flops):>11}"
     )
     if r.training_flops is not None:
         compute_points.append((r.released_year, r.training_flops, True, r.model))
@@ -912,12 +939,14 @@ for r in models:
 deepseek = by_name["DeepSeek-V3"]
 overstatement = deepseek.params / ACTIVE_PARAMS["DeepSeek-V3"]
 print(
-    f"\nDeepSeek-V3: using all {deepseek.params:.3g} parameters instead of the {ACTIVE_PARAMS['DeepSeek-V3']:.3g} "
-    f"active ones would overstate its compute {overstatement:.1f}-fold"
+    f"\nDeepSeek-V3: using all {deepseek.params:.3g} parameters instead of "
+    f"the {ACTIVE_PARAMS['DeepSeek-V3']:.3g} active ones would overstate its compute "
+    f"{overstatement:.1f}-fold"
 )
 print(
-    f"for scale: GPT-3 has {gpt3.params / vocab_size**2:.1e} times as many parameters as our bigram "
-    f"table and saw {gpt3.training_tokens / len(train_text):.1e} times as many tokens as we counted characters"
+    f"for scale: GPT-3 has {gpt3.params / vocab_size**2:.1e} times as many parameters as our "
+    f"bigram table and saw {gpt3.training_tokens / len(train_text):.1e} times as many tokens "
+    "as we counted characters"
 )
 
 # %%
@@ -980,14 +1009,17 @@ compute_growth = llama.training_flops / gpt3.training_flops
 late = [r for r in models if r.released_year > 2023]
 display(
     Markdown(
-        "What to see: all three quantities grew roughly exponentially, which a log scale turns into straight lines. "
-        f"Among the models released from 2023 on, {sum(r.params <= 1e11 for r in late)} of {len(late)} have at most "
-        f"{1e11 / 1e9:.0f}B parameters, while their training tokens range from {min(r.training_tokens for r in late) / 1e12:.1f}T to "
-        f"{max(r.training_tokens for r in late) / 1e12:.1f}T: the Chinchilla lesson in one picture. Filled markers in the bottom "
-        "panel are published compute; hollow markers are our $6ND$ estimates (DeepSeek-V3 with its active parameters). "
-        f"Between GPT-3 and Llama 3.1 405B, published training compute grew {compute_growth:.0f}-fold in "
-        f"{llama.released_year - gpt3.released_year:.1f} years. GPT-1 and GPT-2 have no token count in the table, so "
-        "they have no compute point."
+        "What to see: all three quantities grew roughly exponentially, "
+        "which a log scale turns into straight lines. Among the models released "
+        f"from 2023 on, {sum(r.params <= 1e11 for r in late)} of {len(late)} "
+        f"have at most {1e11 / 1e9:.0f}B parameters, while their training "
+        f"tokens range from {min(r.training_tokens for r in late) / 1e12:.1f}T "
+        f"to {max(r.training_tokens for r in late) / 1e12:.1f}T: the Chinchilla lesson "
+        "in one picture. Filled markers in the bottom panel are published compute; "
+        "hollow markers are our $6ND$ estimates (DeepSeek-V3 with its active parameters). "
+        "Between GPT-3 and Llama 3.1 405B, published training compute grew "
+        f"{compute_growth:.0f}-fold in {llama.released_year - gpt3.released_year:.1f} years. "
+        "GPT-1 and GPT-2 have no token count in the table, so they have no compute point."
     )
 )
 
@@ -1148,101 +1180,102 @@ plt.show()
 #
 # ## Exercises
 #
-# 1. **Bits and compression.** Compress the held-out text with `zlib.compress(text.encode(), 9)`
-#    from the standard library and compute the compressed size in bits per character. Is it better
-#    or worse than the bigram model's bits per character? *Hint:* `len(compressed) * 8 /
-#    len(text)`. A model's cross-entropy in bits is the size an ideal arithmetic coder driven by the
-#    model would reach; zlib is not driven by a probability model at all.
-# 2. **How much does the held-out part matter?** Split the corpus into ten contiguous parts; for
-#    each, count the bigrams on the other nine and score the held-out part. Plot the ten
-#    cross-entropies. Where in the range does this chapter's last-10% split fall? *Hint:* build the
-#    training text as `corpus[:lo] + corpus[hi:]`, which creates one spurious pair at the seam; it
-#    changes the counts by one.
-# 3. **A trigram model.** Condition on the two previous characters: count $n(a,b,c)$ with
-#    `torch.bincount` on `(a * V + b) * V + c` (with `V = vocab_size`), smooth, and score the
+# These exercises are also a graded assignment, `assignments/01_background.py`: a teacher builds
+# it with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`).
+# Exercises marked *(autograded)* are checked by tests; those marked *(open)* are graded by
+# hand.
+#
+# 1. **Bits and compression.** *(autograded)* Compress the held-out text with
+#    `zlib.compress(text.encode(), 9)` from the standard library and compute the compressed size in
+#    bits per character. Is it better or worse than the bigram model's bits per character? *Hint:*
+#    `len(compressed) * 8 / len(text)`. A model's cross-entropy in bits is the size an ideal
+#    arithmetic coder driven by the model would reach; zlib is not driven by a probability model at
+#    all.
+# 2. **How much does the held-out part matter?** *(autograded)* Split the corpus into ten
+#    contiguous parts; for each, count the bigrams on the other nine and score the held-out part.
+#    Plot the ten cross-entropies. Where in the range does this chapter's last-10% split fall?
+#    *Hint:* build the training text as `corpus[:lo] + corpus[hi:]`, which creates one spurious
+#    pair at the seam; it changes the counts by one.
+# 3. **A trigram model.** *(autograded)* Condition on the two previous characters: count $n(a,b,c)$
+#    with `torch.bincount` on `(a * V + b) * V + c` (with `V = vocab_size`), smooth, and score the
 #    held-out text. How many parameters does it have, how many of its contexts $(a, b)$ were never
 #    seen in training, and what is the best $k$ now? *Hint:* the best $k$ is smaller than for the
 #    bigram. Why?
-# 4. **Temperature, between greedy and uniform.** Sample from $p(b \mid a)^{1/\tau}$,
-#    renormalised, for $\tau \in \{0.5, 1, 2\}$, and compute the cross-entropy of each tempered
-#    model on the held-out text. What happens to the samples and to the cross-entropy as
-#    $\tau \to 0$ and as $\tau \to \infty$? *Hint:* as $\tau \to 0$ each row puts all its mass on
-#    its largest entry, so sampling becomes greedy decoding; as $\tau \to \infty$ every row becomes
-#    uniform.
-# 5. **Greedy from every start.** Run `greedy_decode` from each character of the vocabulary. How
-#    many different loops does greedy decoding end in? *Hint:* each character has exactly one
-#    greedy successor, so the vocabulary is a graph with one arrow out of every node.
-# 6. **GPT-3, trained the Chinchilla way.** Chinchilla's Table 3 suggests about 3.7T training
-#    tokens for a 175B-parameter model, roughly twenty per parameter (Hoffmann et al. 2022). Use
-#    `training_flops_estimate` to compute the training compute of such a model. How many times
-#    GPT-3's published compute is it? Which model in the table comes closest in compute?
+# 4. **Temperature, between greedy and uniform.** *(autograded)* Sample from
+#    $p(b \mid a)^{1/\tau}$, renormalised, for $\tau \in \{0.5, 1, 2\}$, and compute the
+#    cross-entropy of each tempered model on the held-out text. What happens to the samples and
+#    to the cross-entropy as $\tau \to 0$ and as $\tau \to \infty$? *Hint:* as $\tau \to 0$ each
+#    row puts all its mass on its largest entry, so sampling becomes greedy decoding; as
+#    $\tau \to \infty$ every row becomes uniform.
+# 5. **Greedy from every start.** *(autograded)* Run `greedy_decode` from each character of the
+#    vocabulary. How many different loops does greedy decoding end in? *Hint:* each character has
+#    exactly one greedy successor, so the vocabulary is a graph with one arrow out of every node.
+# 6. **GPT-3, trained the Chinchilla way.** *(autograded)* Chinchilla's Table 3 suggests about 3.7T
+#    training tokens for a 175B-parameter model, roughly twenty per parameter (Hoffmann et al.
+#    2022). Use `training_flops_estimate` to compute the training compute of such a model. How many
+#    times GPT-3's published compute is it? Which model in the table comes closest in compute?
 #    *Hint:* the ratio is simply $3.7\text{T} / 300\text{B}$, since $N$ is unchanged.
 #
 # ## Key terms
 #
 # | English | 中文 | Meaning here |
 # |---|---|---|
-# | artificial intelligence (AI) | 人工智能 | Machines doing tasks we would call intelligent if people did them. |
-# | generative AI, AIGC | 生成式人工智能, 人工智能生成内容 | Models that produce new content rather than only labels. |
-# | language model | 语言模型 | A probability distribution over token sequences, written as next-token probabilities. |
-# | large language model (LLM) | 大语言模型 | A language model with billions of parameters trained on a very large corpus. |
-# | token | 词元 | The unit a model reads and writes: here a character, in GPT a sub-word piece. |
-# | vocabulary | 词表 | The set $\mathcal{V}$ of all tokens a model can read and write; its size is $\lvert\mathcal{V}\rvert$. |
-# | bigram model | 二元语法模型 | A language model that conditions only on the previous token. |
-# | sampling | 采样 | Generating by drawing each next token at random with the model's probabilities. |
-# | greedy decoding | 贪心解码 | Generating by always taking the most probable next token; deterministic. |
-# | smoothing | 平滑 | Adding pseudo-counts so unseen events keep a non-zero probability. |
-# | hyperparameter | 超参数 | A setting chosen before training (here the smoothing constant $k$), not learned from the training text. |
-# | held-out text | 留出集 | Text the model never trained on, used only to measure it. |
-# | cross-entropy | 交叉熵 | The mean of −log p(next token) under the model, in nats or bits. |
-# | perplexity | 困惑度 | exp(cross-entropy in nats): the effective number of equally likely next tokens. |
-# | pretraining | 预训练 | Training on a large unlabelled corpus with a self-supervised objective. |
-# | fine-tuning | 微调 | Further training of a pretrained model on a smaller, targeted dataset. |
-# | reinforcement learning from human feedback (RLHF) | 人类反馈强化学习 | Fine-tuning against a reward model trained on human preference rankings. |
-# | decoder-only Transformer | 仅解码器 Transformer | A Transformer whose every layer sees only earlier tokens; the GPT architecture. |
-# | training compute (FLOPs) | 训练计算量（浮点运算次数） | The floating-point operations a training run performs, about $6ND$ for a dense Transformer. |
-# | mixture of experts (MoE) | 混合专家模型 | A model that routes each token through a few of many expert sub-networks, so only part of its parameters is used per token. |
+# | {term}`artificial intelligence (AI)` | 人工智能 | Machines doing tasks we would call intelligent if people did them. |
+# | {term}`generative AI, AIGC` | 生成式人工智能, 人工智能生成内容 | Models that produce new content rather than only labels. |
+# | {term}`language model` | 语言模型 | A probability distribution over token sequences, written as next-token probabilities. |
+# | {term}`large language model (LLM)` | 大语言模型 | A language model with billions of parameters trained on a very large corpus. |
+# | {term}`token` | 词元 | The unit a model reads and writes: here a character, in GPT a sub-word piece. |
+# | {term}`vocabulary` | 词表 | The set $\mathcal{V}$ of all tokens a model can read and write; its size is $\lvert\mathcal{V}\rvert$. |
+# | {term}`bigram model` | 二元语法模型 | A language model that conditions only on the previous token. |
+# | {term}`sampling` | 采样 | Generating by drawing each next token at random with the model's probabilities. |
+# | {term}`greedy decoding` | 贪心解码 | Generating by always taking the most probable next token; deterministic. |
+# | {term}`smoothing` | 平滑 | Adding pseudo-counts so unseen events keep a non-zero probability. |
+# | {term}`hyperparameter` | 超参数 | A setting chosen before training (here the smoothing constant $k$), not learned from the training text. |
+# | {term}`held-out text` | 留出集 | Text the model never trained on, used only to measure it. |
+# | {term}`cross-entropy` | 交叉熵 | The mean of −log p(next token) under the model, in nats or bits. |
+# | {term}`perplexity` | 困惑度 | exp(cross-entropy in nats): the effective number of equally likely next tokens. |
+# | {term}`pretraining` | 预训练 | Training on a large unlabelled corpus with a self-supervised objective. |
+# | {term}`fine-tuning` | 微调 | Further training of a pretrained model on a smaller, targeted dataset. |
+# | {term}`reinforcement learning from human feedback (RLHF)` | 人类反馈强化学习 | Fine-tuning against a reward model trained on human preference rankings. |
+# | {term}`decoder-only Transformer` | 仅解码器 Transformer | A Transformer whose every layer sees only earlier tokens; the GPT architecture. |
+# | {term}`training compute (FLOPs) <training compute>` | 训练计算量（浮点运算次数） | The floating-point operations a training run performs, about $6ND$ for a dense Transformer. |
+# | {term}`mixture of experts (MoE)` | 混合专家模型 | A model that routes each token through a few of many expert sub-networks, so only part of its parameters is used per token. |
 #
 # ## Sources
 #
-# * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* arXiv:2005.14165 (GPT-3;
-#   Table D.1 for training compute).
-# * Chowdhery, A. et al. (2022). *PaLM: Scaling Language Modeling with Pathways.* arXiv:2204.02311.
-# * DeepSeek-AI (2024). *DeepSeek-V3 Technical Report.* arXiv:2412.19437 (abstract: 671B total
-#   parameters, 37B activated per token, 14.8T training tokens, 2.788M H800 GPU-hours).
-# * Devlin, J. et al. (2019). *BERT: Pre-training of Deep Bidirectional Transformers for Language
-#   Understanding.* NAACL.
-# * Hoffmann, J. et al. (2022). *Training Compute-Optimal Large Language Models.* arXiv:2203.15556
-#   (Chinchilla; abstract and §4 for "the same compute budget", Table 1 for Gopher's and
-#   Chinchilla's parameters and tokens, Figure 2's caption for the FLOPs used to train Gopher,
-#   Table 3 for compute-optimal sizes, Appendix F for how FLOPs are counted).
-# * Holtzman, A., Buys, J., Du, L., Forbes, M. and Choi, Y. (2020). *The Curious Case of Neural
-#   Text Degeneration.* ICLR; arXiv:1904.09751 (repetition under greedy decoding).
-# * Kaplan, J. et al. (2020). *Scaling Laws for Neural Language Models.* arXiv:2001.08361 (§2.1,
-#   $C \approx 6ND$).
-# * Krizhevsky, A., Sutskever, I. and Hinton, G. (2012). *ImageNet Classification with Deep
-#   Convolutional Neural Networks.* NeurIPS.
-# * Llama Team, AI @ Meta (2024). *The Llama 3 Herd of Models.* arXiv:2407.21783 (Llama 3.1 405B);
-#   Meta (2024), *Llama 3 model card* (Llama 3 70B).
-# * McCarthy, J., Minsky, M. L., Rochester, N. and Shannon, C. E. (1955). *A Proposal for the
-#   Dartmouth Summer Research Project on Artificial Intelligence*, dated 31 August 1955; reprinted
-#   in *AI Magazine* 27(4), 2006.
-# * OpenAI (2022). *Introducing ChatGPT* (announcement, 30 November 2022).
-# * Ouyang, L. et al. (2022). *Training language models to follow instructions with human
-#   feedback.* arXiv:2203.02155 (InstructGPT).
-# * Radford, A. et al. (2018). *Improving Language Understanding by Generative Pre-Training*
-#   (GPT-1); (2019) *Language Models are Unsupervised Multitask Learners* (GPT-2).
-# * Rae, J. W. et al. (2021). *Scaling Language Models: Methods, Analysis & Insights from Training
-#   Gopher.* arXiv:2112.11446.
-# * Touvron, H. et al. (2023). *LLaMA: Open and Efficient Foundation Language Models.*
-#   arXiv:2302.13971; and (2023) *Llama 2: Open Foundation and Fine-Tuned Chat Models.*
-#   arXiv:2307.09288.
-# * Turing, A. (1950). *Computing Machinery and Intelligence.* Mind 59(236).
-# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS; arXiv:1706.03762.
-# * Reuters (1 February 2023), reporting the UBS estimate of ChatGPT's monthly users; Sam Altman,
-#   post on Twitter, 5 December 2022.
-# * The corpus: the `pydoc_data.topics` module of the Python standard library, in the version that
-#   runs the notebook (printed in the corpus cell).
+# * {cite:t}`ch01-brown2020gpt3` (GPT-3; Table D.1 for training compute).
+# * {cite:t}`ch01-chowdhery2022palm` (PaLM).
+# * {cite:t}`ch01-deepseekai2024v3` (abstract: 671B total parameters, 37B activated per token,
+#   14.8T training tokens, 2.788M H800 GPU-hours).
+# * {cite:t}`ch01-devlin2019bert` (BERT).
+# * {cite:t}`ch01-hoffmann2022chinchilla` (Chinchilla; abstract and §4 for "the same compute
+#   budget", Table 1 for Gopher's and Chinchilla's parameters and tokens, Figure 2's caption for
+#   the FLOPs used to train Gopher, Table 3 for compute-optimal sizes, Appendix F for how FLOPs are
+#   counted).
+# * {cite:t}`ch01-holtzman2020degeneration` (repetition under greedy decoding).
+# * {cite:t}`ch01-kaplan2020scaling` (§2.1, $C \approx 6ND$).
+# * {cite:t}`ch01-krizhevsky2012imagenet`.
+# * {cite:t}`ch01-llamateam2024llama3` (Llama 3.1 405B); {cite:t}`ch01-meta2024llama3card`
+#   (Llama 3 70B).
+# * {cite:t}`ch01-mccarthy1955dartmouth` (the Dartmouth proposal).
+# * {cite:t}`ch01-openai2022chatgpt`.
+# * {cite:t}`ch01-ouyang2022instructgpt` (InstructGPT).
+# * {cite:t}`ch01-radford2018gpt1` (GPT-1); {cite:t}`ch01-radford2019gpt2` (GPT-2).
+# * {cite:t}`ch01-rae2021gopher` (Gopher).
+# * {cite:t}`ch01-touvron2023llama` (LLaMA) and {cite:t}`ch01-touvron2023llama2` (Llama 2).
+# * {cite:t}`ch01-turing1950computing`.
+# * {cite:t}`ch01-vaswani2017attention`.
+# * {cite:t}`ch01-reuters2023chatgptusers`, reporting the UBS estimate of ChatGPT's monthly users;
+#   {cite:t}`ch01-altman2022tweet`, post on Twitter.
+# * The corpus: {cite:t}`ch01-python_pydoc_data_topics`, in the version that runs the notebook
+#   (printed in the corpus cell).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch01-
+# :labelprefix: 1.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter executed in {time.perf_counter() - chapter_start:.1f} s")

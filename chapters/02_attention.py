@@ -1,24 +1,24 @@
 # %% [markdown]
 # # 2. Attention and the Transformer
 #
-# Every GPT, from GPT-1 to the model behind ChatGPT, is a stack of the same block: **attention**
-# followed by a small feed-forward network. This chapter builds that block from one dot product
+# Every GPT, from GPT-1 to the model behind ChatGPT, is a stack of the same block: **{term}`attention`**
+# followed by a small {term}`feed-forward network`. This chapter builds that block from one dot product
 # upwards and answers these questions:
 #
 # 1. What does attention compute? First by hand on three words, then as matrix products.
 # 2. Why is the dot product divided by $\sqrt{d_k}$?
 # 3. How do masks stop a token from seeing the future or the padding?
-# 4. What is multi-head attention? (A reshape, not a loop.)
+# 4. What is {term}`multi-head attention`? (A reshape, not a loop.)
 # 5. Attention alone does not know word order. What do sinusoidal, learned and rotary position
 #    encodings keep?
-# 6. How does the block become a whole GPT: LayerNorm, GELU, the initialisation, where the
+# 6. How does the block become a whole GPT: LayerNorm, {term}`GELU`, the initialisation, where the
 #    parameters sit and how many FLOPs a token costs?
-# 7. What does generation cost with a KV cache, and how much memory does the cache take?
-# 8. What does attention cost as sequences grow, and what does a fused kernel save?
+# 7. What does generation cost with a {term}`KV cache`, and how much memory does the cache take?
+# 8. What does attention cost as sequences grow, and what does a {term}`fused kernel` save?
 # 9. Does a small trained GPT beat counting, and what do its heads look at?
 #
 # All the code the chapter uses lives in the package: `aigc_book.layers` (attention and masks,
-# positional encodings, the KV cache, LayerNorm and the block), `aigc_book.models.transformer` (the
+# {term}`positional encodings <positional encoding>`, the KV cache, LayerNorm and the block), `aigc_book.models.transformer` (the
 # stack of blocks, causal or bidirectional), `aigc_book.models.gpt` (the GPT) and
 # `aigc_book.training` (the trainer and `lm_loss`). Each formula below is followed by an `assert`
 # against an independent reference: a hand computation, PyTorch's own layers, PyTorch's FLOP
@@ -102,7 +102,7 @@ for name, value in (
 #
 # Each token arrives as a vector. Attention lets every token build a new vector as a **weighted
 # average of the other tokens' vectors**, where the weights say how relevant each other token is.
-# Three roles are involved. The **query** $q_i$ is what token $i$ is looking for; the **key** $k_j$
+# Three roles are involved. The **{term}`query <query, key, value>`** $q_i$ is what token $i$ is looking for; the **key** $k_j$
 # is what token $j$ offers to be matched against; the **value** $v_j$ is what token $j$ passes on
 # if it is chosen. Relevance is the dot product $q_i \cdot k_j$, scaled by $1/\sqrt{d_k}$ (the
 # next section explains why), and a **softmax** turns the scores of one query into weights that
@@ -178,7 +178,8 @@ Q, K, V = X @ W_Q, X @ W_K, X @ W_V  # (T, d_k) each
 A = torch.softmax(Q @ K.T / math.sqrt(d_k), dim=-1)  # (T, T): row i = weights of query i
 O = A @ V  # (T, d_k)
 print(
-    f"X {tuple(X.shape)} -> Q, K, V {tuple(Q.shape)} -> scores QK^T {tuple((Q @ K.T).shape)} -> output {tuple(O.shape)}"
+    f"X {tuple(X.shape)} -> Q, K, V {tuple(Q.shape)} -> scores QK^T {tuple((Q @ K.T).shape)} "
+    f"-> output {tuple(O.shape)}"
 )
 
 rows = []
@@ -250,7 +251,8 @@ assert torch.allclose(softmax_jacobian_norm(s_check), jac_autograd.norm(), atol=
 n_keys, n_queries = 32, 2_000
 max_weight = {"unscaled": [], "scaled": []}
 grad_norm = {"unscaled": [], "scaled": []}
-sq_len_var = []  # variance over queries of |q|^2 / d_k, which sets the spread of a query's scaled scores
+# variance over queries of |q|^2 / d_k, which sets the spread of a query's scaled scores
+sq_len_var = []
 for d in dims:
     q = torch.randn(n_queries, 1, d, generator=gen, dtype=torch.float64)
     keys = torch.randn(n_queries, n_keys, d, generator=gen, dtype=torch.float64)
@@ -320,15 +322,17 @@ assert all(
 )  # Var(|q|^2 / d_k) = 2 / d_k
 display(
     Markdown(
-        f"Without the scale, the mean largest weight climbs from {max_weight['unscaled'][0]:.3f} at $d_k=1$ to "
-        f"{max_weight['unscaled'][i64]:.3f} at GPT-2's head size $d_k=64$ and {max_weight['unscaled'][-1]:.3f} at "
-        f"$d_k=1024$. From $d_k={d_cross}$ on, the unscaled gradient is the smaller one and keeps falling, to "
-        f"{grad_norm['unscaled'][-1]:.3f} at $d_k=1024$ against {grad_norm['scaled'][-1]:.3f} with the scale. "
-        f"With the scale, over the whole range $d_k = 1 \\ldots 1024$ the largest weight stays between "
-        f"{spread['weight'][0]:.3f} and {spread['weight'][1]:.3f} and the gradient norm between "
-        f"{spread['gradient'][0]:.3f} and {spread['gradient'][1]:.3f}; from $d_k=16$ on both vary by less than 0.02. "
-        f"The variance of $\\lVert q\\rVert^2/d_k$ across queries, which sets how spread out one query's scaled scores "
-        f"are, is {sq_len_var[0]:.2f} at $d_k=1$ and {sq_len_var[-1]:.4f} at $d_k=1024$ ($2/d_k$ in theory)."
+        f"Without the scale, the mean largest weight climbs from {max_weight['unscaled'][0]:.3f} "
+        f"at $d_k=1$ to {max_weight['unscaled'][i64]:.3f} at GPT-2's head size $d_k=64$ and "
+        f"{max_weight['unscaled'][-1]:.3f} at $d_k=1024$. From $d_k={d_cross}$ on, the unscaled "
+        f"gradient is the smaller one and keeps falling, to {grad_norm['unscaled'][-1]:.3f} "
+        f"at $d_k=1024$ against {grad_norm['scaled'][-1]:.3f} with the scale. "
+        "With the scale, over the whole range $d_k = 1 \\ldots 1024$ the largest weight stays "
+        f"between {spread['weight'][0]:.3f} and {spread['weight'][1]:.3f} and the gradient norm "
+        f"between {spread['gradient'][0]:.3f} and {spread['gradient'][1]:.3f}; from $d_k=16$ on "
+        "both vary by less than 0.02. The variance of $\\lVert q\\rVert^2/d_k$ across queries, "
+        f"which sets how spread out one query's scaled scores are, is {sq_len_var[0]:.2f} at "
+        f"$d_k=1$ and {sq_len_var[-1]:.4f} at $d_k=1024$ ($2/d_k$ in theory)."
     )
 )
 
@@ -352,9 +356,9 @@ display(
 # A **mask** removes some (query, key) pairs before the softmax, by setting their scores to
 # $-\infty$ so that their weights become exactly 0. Two masks matter for GPT-style models.
 #
-# * The **causal mask** lets token $i$ see only tokens $j \le i$. A language model predicts token
+# * The **{term}`causal mask`** lets token $i$ see only tokens $j \le i$. A language model predicts token
 #   $i+1$ from tokens $1..i$; if it could see the future during training, it would learn to copy.
-# * The **padding mask** hides the padding tokens added to make the sequences of a batch equally
+# * The **{term}`padding mask`** hides the padding tokens added to make the sequences of a batch equally
 #   long.
 #
 # In `aigc_book` a boolean mask is **True where attention is allowed**, the convention of
@@ -504,7 +508,7 @@ print("without positions, shuffling the input only shuffles the output")
 #   dimensions is a clock hand turning at its own speed.
 # * **Learned** (GPT-2): add a trained vector per position, one row of a $T_{\max}\times C$ table.
 #   Nothing is built in; the model must learn what positions mean, and it cannot go beyond $T_{\max}$.
-# * **Rotary, RoPE** (Su et al. 2021): do not add anything; instead *rotate* each query and key by
+# * **Rotary, {term}`RoPE <rotary position embedding (RoPE)>`** (Su et al. 2021): do not add anything; instead *rotate* each query and key by
 #   an angle proportional to its position, pair of dimensions by pair of dimensions, with the same
 #   frequencies as the sinusoids.
 #
@@ -586,10 +590,10 @@ plt.show()
 #
 # *How do attention and a feed-forward network make a Transformer block, and a stack of blocks a GPT?*
 #
-# A **Transformer block** has two sub-layers, each inside a **residual connection** ($x + f(x)$,
+# A **Transformer block** has two sub-layers, each inside a **{term}`residual connection`** ($x + f(x)$,
 # so the block only learns a correction) and a **LayerNorm**. The second sub-layer is a
 # **feed-forward network** applied to each token separately: $\operatorname{GELU}(xW_1+b_1)W_2+b_2$
-# with a hidden width of $4C$. GPT-2 normalises *before* each sub-layer (**pre-LN**); the 2017
+# with a hidden width of $4C$. GPT-2 normalises *before* each sub-layer (**{term}`pre-LN <pre-LN / post-LN>`**); the 2017
 # Transformer and BERT normalise *after* the residual sum (**post-LN**):
 #
 # $$\text{pre-LN: } x \leftarrow x + \operatorname{Attn}(\operatorname{LN}(x)),\; x \leftarrow x + \operatorname{FFN}(\operatorname{LN}(x)) \qquad
@@ -602,7 +606,7 @@ plt.show()
 #
 # *What exactly do the two non-linear pieces of the block compute?*
 #
-# **Layer normalisation** (Ba et al. 2016) rescales each token's vector $x \in \mathbb{R}^C$ on its
+# **{term}`Layer normalisation <layer normalisation>`** (Ba et al. 2016) rescales each token's vector $x \in \mathbb{R}^C$ on its
 # own, over its $C$ features, then applies a learned gain $\gamma$ and bias $\beta$:
 #
 # $$\mu = \frac1C\sum_{c} x_c,\qquad \sigma^2 = \frac1C\sum_c (x_c-\mu)^2,\qquad
@@ -642,8 +646,8 @@ torch.testing.assert_close(gelu_exact, F.gelu(u), rtol=0, atol=1e-12)
 torch.testing.assert_close(gelu_tanh, F.gelu(u, approximate="tanh"), rtol=0, atol=1e-12)
 gap = (gelu_tanh - gelu_exact).abs()
 print(
-    f"GELU written out == F.gelu (exact and tanh); on [-6, 6] the tanh approximation differs from x·Φ(x) "
-    f"by at most {gap.max().item():.1e} (at x = {u[gap.argmax()].item():+.2f})"
+    "GELU written out == F.gelu (exact and tanh); on [-6, 6] the tanh approximation differs from "
+    f"x·Φ(x) by at most {gap.max().item():.1e} (at x = {u[gap.argmax()].item():+.2f})"
 )
 
 # %% [markdown]
@@ -681,14 +685,15 @@ for norm_first in (True, False):
         ref.norm2.load_state_dict(block.ln_2.state_dict())
     assert torch.allclose(block(x), ref(x), atol=1e-12)
     print(
-        f"{'pre-LN' if norm_first else 'post-LN'} block == nn.TransformerEncoderLayer(norm_first={norm_first})"
+        f"{'pre-LN' if norm_first else 'post-LN'} block == "
+        f"nn.TransformerEncoderLayer(norm_first={norm_first})"
     )
 
 # %% [markdown]
 # A **GPT** is then: a token embedding (an $n_\text{vocab}\times C$ table), a position embedding,
 # $L$ causal blocks, a final LayerNorm, and a linear map back to $n_\text{vocab}$ scores per
-# position, the **logits**, whose softmax is the next-token distribution. GPT-2 ties that output
-# matrix to the token embedding (**weight tying**): the same $n_\text{vocab}\times C$ matrix reads
+# position, the **{term}`logits`**, whose softmax is the next-token distribution. GPT-2 ties that output
+# matrix to the token embedding (**{term}`weight tying`**): the same $n_\text{vocab}\times C$ matrix reads
 # tokens in and scores them out.
 #
 # The chapter's GPT is small (its shape is `GPT_SHAPE` in the settings cell) and reads characters.
@@ -706,8 +711,8 @@ model = GPT(config).to(device)
 counts = model.parameter_counts()
 total = model.num_parameters()
 print(
-    f"n_vocab = {config.vocab_size} characters, context {config.block_size}, L = {config.n_layer} layers, "
-    f"{config.n_head} heads, C = {config.n_embd}\n"
+    f"n_vocab = {config.vocab_size} characters, context {config.block_size}, L = {config.n_layer} "
+    f"layers, {config.n_head} heads, C = {config.n_embd}\n"
 )
 for name, n in counts.items():
     print(f"{name:<22}{n:>11,}  {n / total:6.1%}")
@@ -730,8 +735,9 @@ with torch.device("meta"):  # GPT-2 small's shape, without allocating its weight
     )
 gpt2_counts = gpt2_small.parameter_counts()
 print(
-    f"GPT-2 small (n_vocab 50257, 12 layers, C = 768): {gpt2_small.num_parameters():,} parameters, of which the "
-    f"token table holds {gpt2_counts['token embedding']:,} ({gpt2_counts['token embedding'] / gpt2_small.num_parameters():.0%})"
+    f"GPT-2 small (n_vocab 50257, 12 layers, C = 768): {gpt2_small.num_parameters():,} "
+    f"parameters, of which the token table holds {gpt2_counts['token embedding']:,} "
+    f"({gpt2_counts['token embedding'] / gpt2_small.num_parameters():.0%})"
 )
 
 # %% [markdown]
@@ -749,7 +755,7 @@ print(
 # model depth": the weights of the residual layers are scaled by $1/\sqrt{N}$, $N$ the number of
 # residual layers (Radford et al. 2019, §2.3). The reason is a sum of variances. Each residual
 # branch ends in a projection (`c_proj`, the attention's $W_O$ and the feed-forward network's
-# $W_2$) and adds its output to the **residual stream**, the vector $x$ that runs through the
+# $W_2$) and adds its output to the **{term}`residual stream`**, the vector $x$ that runs through the
 # stack; if the $N$ additions are roughly independent, their variances add up, so the stream's
 # variance grows linearly with depth. A block has two residual branches, so $N = 2L$, and the package
 # (like nanoGPT) initialises every `c_proj.weight` with standard deviation $0.02/\sqrt{2L}$. The
@@ -759,7 +765,10 @@ print(
 
 # %%
 def residual_stream_std(n_layer: int, scaled: bool, batch: torch.Tensor) -> list[float]:
-    """Standard deviation of the residual stream after the embeddings and after each block, at initialisation."""
+    (
+        "Standard deviation of the residual stream after the embeddings and after each block, "
+        "at initialisation."
+    )
     torch.manual_seed(0)
     net = (
         GPT(
@@ -805,7 +814,8 @@ stream = {
 print(f"{'layers':>6}  {'final std, 0.02/sqrt(2L)':>25}  {'final std, 0.02':>16}  {'ratio':>6}")
 for n in DEPTHS:
     print(
-        f"{n:>6}  {stream[n, True][-1]:>25.4f}  {stream[n, False][-1]:>16.4f}  {stream[n, False][-1] / stream[n, True][-1]:>6.2f}"
+        f"{n:>6}  {stream[n, True][-1]:>25.4f}  {stream[n, False][-1]:>16.4f}  "
+        f"{stream[n, False][-1] / stream[n, True][-1]:>6.2f}"
     )
 final_scaled = [stream[n, True][-1] for n in DEPTHS]
 growth = stream[DEPTHS[-1], False][-1] / stream[DEPTHS[0], False][-1]
@@ -848,7 +858,7 @@ plt.show()
 #
 # A matrix product of an $m\times n$ by an $n\times p$ matrix takes $mnp$ multiply-adds, counted as
 # $2mnp$ FLOPs. Kaplan et al. (2020, Table 1) add these up per token: a weight matrix with $P$ entries
-# costs $2P$ FLOPs per token in the forward pass, so the non-embedding weights cost $2N$. Attention
+# costs $2P$ {term}`FLOPs per token` in the forward pass, so the non-embedding weights cost $2N$. Attention
 # adds a term that no weight matrix accounts for: a query is compared with the keys of $n_\text{ctx}$
 # positions ($QK^\top$: $n_\text{ctx}\,d_\text{attn}$ multiply-adds per token and layer,
 # $d_\text{attn} = C$ for all heads together) and the weights average $n_\text{ctx}$ values
@@ -914,17 +924,20 @@ for name, counted, estimated in rows:
     print(f"{name:<32}{counted:>16,}{estimated:>17,}")
 print(f"{'total':<32}{forward:>16,}{int(kaplan):>17,}")
 print(
-    f"training (forward + backward): counted {training:,} = 3 x forward; estimate {model.flops_per_token(training=True):,.0f}"
+    f"training (forward + backward): counted {training:,} = 3 x forward; "
+    f"estimate {model.flops_per_token(training=True):,.0f}"
 )
 print(
-    f"left out of the estimate: the output layer, {head_flops:,} FLOPs/token = {head_flops / forward:.1%} of the counted forward "
-    f"pass, and half of the counted attention, {attention_full // 2:,} = {attention_full / 2 / forward:.1%}"
+    f"left out of the estimate: the output layer, {head_flops:,} FLOPs/token "
+    f"= {head_flops / forward:.1%} of the counted forward pass, and half of the counted attention, "
+    f"{attention_full // 2:,} = {attention_full / 2 / forward:.1%}"
 )
 g = gpt2_small.config
 gpt2_head = 2 * g.n_embd * g.vocab_size
 print(
-    f"GPT-2 small at context {g.block_size}: estimate {gpt2_small.flops_per_token():,.0f} FLOPs/token; its output layer adds "
-    f"{gpt2_head:,} ({gpt2_head / (gpt2_small.flops_per_token() + gpt2_head):.0%} of the sum)"
+    f"GPT-2 small at context {g.block_size}: estimate {gpt2_small.flops_per_token():,.0f} "
+    f"FLOPs/token; its output layer adds {gpt2_head:,} "
+    f"({gpt2_head / (gpt2_small.flops_per_token() + gpt2_head):.0%} of the sum)"
 )
 
 # %% [markdown]
@@ -947,7 +960,8 @@ from torch.utils.flop_counter import (
 set_fused(model, True)
 fused_before = count_flops(lambda: model(idx)) // n_tok
 print(
-    f"fused kernel on {device.type}, as PyTorch ships: the counter sees {fused_before - matrices - head_flops:,} attention FLOPs per token"
+    f"fused kernel on {device.type}, as PyTorch ships: the counter sees "
+    f"{fused_before - matrices - head_flops:,} attention FLOPs per token"
 )
 cpu_kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 cpu_kernel_backward = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
@@ -969,8 +983,9 @@ assert (
     fused_training == training + attention_full // 2
 )  # the fused backward recomputes QK^T once more
 print(
-    f"with a formula: forward {fused_forward:,} (= written-out), forward + backward {fused_training:,} "
-    f"(= written-out + {attention_full // 2:,}: the backward recomputes the scores)"
+    f"with a formula: forward {fused_forward:,} (= written-out), "
+    f"forward + backward {fused_training:,} (= written-out + {attention_full // 2:,}: "
+    "the backward recomputes the scores)"
 )
 
 # %% [markdown]
@@ -990,7 +1005,8 @@ print(
 # downloaded) and back. Same weights must give the same logits.
 
 # %%
-from aigc_book.models.hf_gpt2 import from_hf_gpt2, to_hf_gpt2  # noqa: E402  (imports transformers: a few seconds)
+# (imports transformers: a few seconds)
+from aigc_book.models.hf_gpt2 import from_hf_gpt2, to_hf_gpt2  # noqa: E402
 
 model64 = model.double().eval()
 hf_model = to_hf_gpt2(model64)  # same device and dtype as our model
@@ -1001,8 +1017,9 @@ torch.testing.assert_close(ours_logits, hf_logits, rtol=1e-10, atol=1e-12)
 back = from_hf_gpt2(hf_model)
 torch.testing.assert_close(back(sample)[0], ours_logits, rtol=0, atol=0)
 print(
-    f"{type(hf_model).__name__}: largest logit difference {(ours_logits - hf_logits).abs().max().item():.1e} "
-    f"over {ours_logits.numel():,} logits (float64); converting back is exact"
+    f"{type(hf_model).__name__}: largest logit difference "
+    f"{(ours_logits - hf_logits).abs().max().item():.1e} over {ours_logits.numel():,} logits "
+    "(float64); converting back is exact"
 )
 model = model.float()
 
@@ -1013,8 +1030,8 @@ model = model.float()
 #
 # A GPT generates one token at a time: run the model on the text so far, choose the next token
 # from the last position's distribution, append it, repeat. There are two ways to choose.
-# **Greedy decoding** always takes the most probable token (`temperature=0` in `GPT.generate`): it
-# is deterministic and tends to repeat itself. **Sampling** draws the token at random from
+# **{term}`Greedy decoding <greedy decoding>`** always takes the most probable token (`temperature=0` in `GPT.generate`): it
+# is deterministic and tends to repeat itself. **{term}`Sampling <sampling>`** draws the token at random from
 # $\operatorname{softmax}(z/\text{temperature})$, optionally only among the `top_k` most probable;
 # a temperature below 1 sharpens the distribution, above 1 flattens it.
 #
@@ -1087,7 +1104,9 @@ with torch.no_grad():
     for t in positions:
         cache = long_model.new_kv_cache(1)
         long_model._last_logits(ctx_ids[:, :t], cache)  # the t earlier tokens are in the cache
-        cached = count_flops(lambda: long_model._last_logits(ctx_ids[:, t : t + 1], cache))  # noqa: B023
+        cached = count_flops(
+            lambda: long_model._last_logits(ctx_ids[:, t : t + 1], cache)  # noqa: B023
+        )
         uncached = count_flops(lambda: long_model._last_logits(ctx_ids[:, : t + 1]))  # noqa: B023
         attention_part = 4 * L * (t + 1) * C
         assert cached == matrices + attention_part + head_flops
@@ -1095,11 +1114,13 @@ with torch.no_grad():
         step_flops[t] = (cached, attention_part, uncached)
 set_fused(long_model, True)
 print(
-    f"{'position t':>10}  {'step with cache':>16}  {'of which attention':>19}  {'step without cache':>19}  {'saving':>7}"
+    f"{'position t':>10}  {'step with cache':>16}  {'of which attention':>19}  "
+    f"{'step without cache':>19}  {'saving':>7}"
 )
 for t, (cached, attention_part, uncached) in step_flops.items():
     print(
-        f"{t:>10}  {cached:>16,}  {attention_part:>12,} ({attention_part / cached:4.0%})  {uncached:>19,}  {uncached / cached:6.0f}x"
+        f"{t:>10}  {cached:>16,}  {attention_part:>12,} ({attention_part / cached:4.0%})  "
+        f"{uncached:>19,}  {uncached / cached:6.0f}x"
     )
 first, last = step_flops[positions[0]], step_flops[positions[-1]]
 assert (
@@ -1107,9 +1128,10 @@ assert (
 )  # the cached step grows with t
 display(
     Markdown(
-        f"With the cache, a step at position {positions[-1]} costs {last[0] / first[0]:.1f} times a step at position "
-        f"{positions[0]}, and attention's share of it rises from {first[1] / first[0]:.0%} to {last[1] / last[0]:.0%}; "
-        f"without the cache the same step would cost {last[2] / last[0]:.0f} times more."
+        f"With the cache, a step at position {positions[-1]} costs {last[0] / first[0]:.1f} "
+        f"times a step at position {positions[0]}, and attention's share of it rises "
+        f"from {first[1] / first[0]:.0%} to {last[1] / last[0]:.0%}; without the cache the same "
+        f"step would cost {last[2] / last[0]:.0f} times more."
     )
 )
 
@@ -1127,7 +1149,7 @@ display(
 #
 # In the multi-head attention of this chapter every head has its own keys and values, so
 # $n_\text{kv heads} = n_\text{head}$ and $n_\text{kv heads}\, d_\text{head} = C$. **Grouped-query
-# attention** (GQA, Ainslie et al. 2023) lets groups of query heads share one key/value head, so
+# attention** ({term}`GQA <grouped-query attention (GQA)>`, Ainslie et al. 2023) lets groups of query heads share one key/value head, so
 # $n_\text{kv heads} < n_\text{head}$ and the cache shrinks by the group size; multi-query attention
 # (Shazeer 2019) is the extreme $n_\text{kv heads} = 1$. The cell checks the formula against the
 # bytes a `KVCache` actually allocates, for our model and for a cache shaped like a GQA model's, and
@@ -1181,13 +1203,15 @@ assert bytes_7b == kv_cache_bytes(
 )
 per_token = bytes_7b / llama_7b["context"]
 print(
-    f"LLaMA-7B shape, float16: {per_token / 2**20:.2f} MiB per token, {bytes_7b / 2**30:.1f} GiB for one "
-    f"{llama_7b['context']:,}-token sequence; its 6.7B weights (Table 2) take {6.7e9 * 2 / 2**30:.1f} GiB"
+    f"LLaMA-7B shape, float16: {per_token / 2**20:.2f} MiB per token, {bytes_7b / 2**30:.1f} GiB "
+    f"for one {llama_7b['context']:,}-token sequence; its 6.7B weights (Table 2) "
+    f"take {6.7e9 * 2 / 2**30:.1f} GiB"
 )
 for n_kv in (8, 1):
     shared = kv_cache_bytes(llama_7b["n_layer"], n_kv, head_dim_7b, llama_7b["context"], 1, 2)
     print(
-        f"  the same model with {n_kv} key/value head{'s' if n_kv > 1 else ''} (hypothetical): {shared / 2**30:.3f} GiB"
+        f"  the same model with {n_kv} key/value head{'s' if n_kv > 1 else ''} (hypothetical): "
+        f"{shared / 2**30:.3f} GiB"
     )
 
 # %% [markdown]
@@ -1263,10 +1287,11 @@ rising = bool(np.all(np.diff(speedups) > 0))
 lo, hi = int(speedups.argmin()), int(speedups.argmax())
 display(
     Markdown(
-        f"On this run ({device.type}) the fused kernel was faster at {n_faster} of the {len(seq_lens)} lengths; its "
-        f"speed-up ranged from {speedups[lo]:.1f}x (T = {seq_lens[lo]}) to {speedups[hi]:.1f}x (T = {seq_lens[hi]}), and it "
-        f"{'rose at every step' if rising else 'did not rise at every step'} from one length to the next. "
-        f"Fitted slopes: written-out {slope_ref:.2f}, fused {slope_fused:.2f}."
+        f"On this run ({device.type}) the fused kernel was faster at {n_faster} of "
+        f"the {len(seq_lens)} lengths; its speed-up ranged from {speedups[lo]:.1f}x "
+        f"(T = {seq_lens[lo]}) to {speedups[hi]:.1f}x (T = {seq_lens[hi]}), and "
+        f"it {'rose at every step' if rising else 'did not rise at every step'} from one length to "
+        f"the next. Fitted slopes: written-out {slope_ref:.2f}, fused {slope_fused:.2f}."
     )
 )
 
@@ -1339,7 +1364,8 @@ with torch.no_grad():
             call()
         recorded[name] = rec
 print(
-    f"T = {T_rec}, batch 1, 8 heads; a boolean T x T mask itself takes {bool_mask.numel() * bool_mask.element_size() / 2**20:.2f} MiB"
+    f"T = {T_rec}, batch 1, 8 heads; a boolean T x T mask itself takes "
+    f"{bool_mask.numel() * bool_mask.element_size() / 2**20:.2f} MiB"
 )
 for name, rec in recorded.items():
     attention_kernels = sorted(
@@ -1347,7 +1373,8 @@ for name, rec in recorded.items():
     )
     biggest = max(rec.tables, key=lambda r: math.prod(r[1]), default=None)
     print(
-        f"{name:<23} kernels: {', '.join(attention_kernels):<52} T x T tensors created: {len(rec.tables):>2}"
+        f"{name:<23} kernels: {', '.join(attention_kernels):<52} T x T tensors created: "
+        f"{len(rec.tables):>2}"
         + (f", largest {biggest[1]} {str(biggest[2]).replace('torch.', '')}" if biggest else "")
     )
 assert any(len(shape) == 4 for _, shape, _ in recorded["written-out"].tables)  # (B, h, T, T) scores
@@ -1388,7 +1415,7 @@ assert bool_mask.shape == (T_rec, T_rec)
 # The GPT is trained with the package's `Trainer` and the settings of the `train-gpt` command
 # (`python -m aigc_book train-gpt`, used again in chapter 3), except the number of steps, the batch size and the learning rate, which come from
 # `TRAIN`: AdamW with $\beta_2 = 0.99$, a linear warm-up over 100 steps and then a cosine decay to a
-# tenth of the peak learning rate (`lr_at`), gradients clipped to norm 1, and **weight decay** 0.1 on
+# tenth of the peak learning rate (`lr_at`), gradients clipped to norm 1, and **{term}`weight decay`** 0.1 on
 # the weight matrices and embeddings only: `configure_optimizer` puts every tensor with two or more
 # dimensions in a decayed group and biases and LayerNorm gains in a group without decay. The cell
 # checks that split.
@@ -1401,8 +1428,9 @@ val_windows = torch.stack(
     [val_ids[s : s + T_blk + 1] for s in range(0, len(val_ids) - T_blk, T_blk)]
 )  # (N, T + 1)
 print(
-    f"{len(text):,} characters: {len(train_ids):,} for training, {len(val_ids):,} held out (the last 10%); "
-    f"scored on {len(val_windows)} windows of {T_blk + 1}, {val_windows[:, 1:].numel():,} predicted characters"
+    f"{len(text):,} characters: {len(train_ids):,} for training, {len(val_ids):,} "
+    f"held out (the last 10%); scored on {len(val_windows)} windows of {T_blk + 1}, "
+    f"{val_windows[:, 1:].numel():,} predicted characters"
 )
 
 seed_everything(0)
@@ -1432,8 +1460,9 @@ assert all(p.dim() >= 2 for p in decayed["params"]) and all(
     p.dim() == 1 for p in not_decayed["params"]
 )
 print(
-    f"weight decay on {sum(p.numel() for p in decayed['params']):,} parameters in {len(decayed['params'])} matrices; "
-    f"none on {sum(p.numel() for p in not_decayed['params']):,} in {len(not_decayed['params'])} biases and LayerNorm vectors"
+    f"weight decay on {sum(p.numel() for p in decayed['params']):,} parameters in "
+    f"{len(decayed['params'])} matrices; none on {sum(p.numel() for p in not_decayed['params']):,} "
+    f"in {len(not_decayed['params'])} biases and LayerNorm vectors"
 )
 assert math.isclose(lr_at(0, train_config), TRAIN["lr"] / 100) and math.isclose(
     lr_at(99, train_config), TRAIN["lr"]
@@ -1450,8 +1479,9 @@ assert (
     abs(history["evals"][-1]["val"] - gpt_val) < 0.02
 )  # the trainer's own evaluation (bf16 autocast on a GPU)
 print(
-    f"{len(history['train_loss'])} steps of {TRAIN['batch_size']} x {T_blk} characters in {train_seconds:.1f} s "
-    f"({1e3 * train_seconds / len(history['train_loss']):.0f} ms/step); validation loss {gpt_val:.3f} nats/char"
+    f"{len(history['train_loss'])} steps of {TRAIN['batch_size']} x {T_blk} characters "
+    f"in {train_seconds:.1f} s ({1e3 * train_seconds / len(history['train_loss']):.0f} ms/step); "
+    f"validation loss {gpt_val:.3f} nats/char"
 )
 
 # %% [markdown]
@@ -1467,7 +1497,10 @@ best_n = min(ngram_val, key=ngram_val.get)
 
 
 def unseen_contexts(n: int) -> float:
-    """Share of held-out positions whose previous n - 1 characters never occur in the training text."""
+    (
+        "Share of held-out positions whose previous n - 1 characters never occur in "
+        "the training text."
+    )
     seen = {train_text[j : j + n - 1] for j in range(len(train_text) - n + 2)}
     return sum(val_text[j - n + 1 : j] not in seen for j in range(n - 1, len(val_text))) / (
         len(val_text) - n + 1
@@ -1489,7 +1522,8 @@ rows += [
 ]
 rows += [("GPT (this chapter)", f"up to {T_blk - 1} characters", gpt_val, "")]
 print(
-    f"{'model':<32}{'context':<22}{'nats/char':>10}{'bits/char':>10}{'contexts unseen in training':>29}"
+    f"{'model':<32}{'context':<22}{'nats/char':>10}{'bits/char':>10}"
+    f"{'contexts unseen in training':>29}"
 )
 for name, context, nats, unseen in rows:
     print(f"{name:<32}{context:<22}{nats:>10.3f}{nats / math.log(2):>10.3f}{unseen:>29}")
@@ -1501,7 +1535,8 @@ gpt_seen = lm_loss(
     model, seen_windows
 )  # an equally long stretch of the training text, scored the same way
 print(
-    f"GPT on {len(seen_windows)} windows of training text: {gpt_seen:.3f} nats/char (held-out: {gpt_val:.3f})"
+    f"GPT on {len(seen_windows)} windows of training text: {gpt_seen:.3f} nats/char "
+    f"(held-out: {gpt_val:.3f})"
 )
 
 fig, ax = plt.subplots(figsize=(8, 4))
@@ -1536,15 +1571,17 @@ crossing = (
 display(
     Markdown(
         (
-            f"The {window}-step mean of the training loss first fell below the best n-gram's held-out loss at step "
-            f"{crossing} of {len(steps)}. "
+            f"The {window}-step mean of the training loss first fell below the best n-gram's "
+            f"held-out loss at step {crossing} of {len(steps)}. "
             if crossing is not None
             else "The smoothed training loss never fell below the best n-gram's held-out loss. "
         )
-        + f"The GPT ends at {gpt_val:.3f} nats/char on the held-out windows: {bigram_val - gpt_val:.2f} below chapter 1's "
-        f"bigram and {ngram_val[best_n] - gpt_val:.3f} below the best n-gram ({best_n}-gram, {ngram_val[best_n]:.3f}). In "
-        f"perplexity, the effective number of equally likely next characters, that is {math.exp(gpt_val):.2f} against "
-        f"{math.exp(ngram_val[best_n]):.2f} and {math.exp(bigram_val):.2f}. Training took {train_seconds:.0f} s on {device.type}."
+        + f"The GPT ends at {gpt_val:.3f} nats/char on the held-out windows: "
+        f"{bigram_val - gpt_val:.2f} below chapter 1's bigram and "
+        f"{ngram_val[best_n] - gpt_val:.3f} below the best n-gram ({best_n}-gram, "
+        f"{ngram_val[best_n]:.3f}). In perplexity, the effective number of equally likely next "
+        f"characters, that is {math.exp(gpt_val):.2f} against {math.exp(ngram_val[best_n]):.2f} "
+        f"and {math.exp(bigram_val):.2f}. Training took {train_seconds:.0f} s on {device.type}."
     )
 )
 
@@ -1601,8 +1638,9 @@ for name, sample_text in (
 ):
     words = generated_words(sample_text)
     print(
-        f"--- {name}: {len(words)} words, {len(set(words))} distinct, {known_share(sample_text):.0%} of them occur "
-        f"in the training text\n{sample_text}\n"
+        f"--- {name}: {len(words)} words, {len(set(words))} distinct, "
+        f"{known_share(sample_text):.0%} of them occur in the training text\n"
+        f"{sample_text}\n"
     )
 assert known_share(gpt_sampled) > known_share(bigram_sampled)
 
@@ -1713,15 +1751,15 @@ induction_w = (all_maps * follows_match[None, :, None]).sum(-1)  # (n_layer, B, 
 induction = induction_w.permute(0, 2, 1, 3)[..., has_match].mean(-1)  # (n_layer, n_head)
 uniform = (follows_match.sum(-1) / (i + 1))[has_match].float().mean().item()
 print(
-    f"statistics over {x.size(0)} held-out windows of {Tq} characters "
-    f"(induction: {int(has_match.sum())} queries with a match; uniform attention would give {uniform:.3f})"
+    f"statistics over {x.size(0)} held-out windows of {Tq} characters (induction: "
+    f"{int(has_match.sum())} queries with a match; uniform attention would give {uniform:.3f})"
 )
 print(f"{'head':<8}{'prev':>7}{'self':>7}{'first':>7}{'back':>7}{'induction':>11}")
 for layer in range(config.n_layer):
     for head in range(config.n_head):
         print(
-            f"L{layer} H{head}  {prev_w[layer, head]:7.3f}{self_w[layer, head]:7.3f}{first_w[layer, head]:7.3f}"
-            f"{back[layer, head]:7.1f}{induction[layer, head]:11.3f}"
+            f"L{layer} H{head}  {prev_w[layer, head]:7.3f}{self_w[layer, head]:7.3f}"
+            f"{first_w[layer, head]:7.3f}{back[layer, head]:7.1f}{induction[layer, head]:11.3f}"
         )
 prev_first_layer, prev_later = prev_w[0].mean().item(), prev_w[1:].mean().item()
 back_first_layer, back_later = back[0].mean().item(), back[1:].mean().item()
@@ -1734,19 +1772,23 @@ best_ind = divmod(int(induction.argmax()), config.n_head)
 ind_ratio = induction.max().item() / uniform
 display(
     Markdown(
-        f"Layer 0 is the local layer: its heads put {prev_w[0].min():.2f} to {prev_w[0].max():.2f} of their weight on the "
-        f"previous character and look {back[0].min():.1f} to {back[0].max():.1f} characters back on average; the heads of "
-        f"the later layers put {prev_w[1:].min():.2f} to {prev_w[1:].max():.2f} on it and look {back[1:].min():.1f} to "
-        f"{back[1:].max():.1f} characters back. The strongest previous-character head is L{best_prev[0]} H{best_prev[1]} "
-        f"({prev_w.max():.2f}). "
+        f"Layer 0 is the local layer: its heads put {prev_w[0].min():.2f} to {prev_w[0].max():.2f} "
+        f"of their weight on the previous character and look {back[0].min():.1f} "
+        f"to {back[0].max():.1f} characters back on average; the heads of the later layers "
+        f"put {prev_w[1:].min():.2f} to {prev_w[1:].max():.2f} on it and look {back[1:].min():.1f} "
+        f"to {back[1:].max():.1f} characters back. The strongest previous-character head is "
+        f"L{best_prev[0]} H{best_prev[1]} ({prev_w.max():.2f}). "
         + (
-            f"No head parks much weight on the first position: the most is {first_w.max():.2f} (L{best_first[0]} "
-            f"H{best_first[1]}). "
+            f"No head parks much weight on the first position: the most is {first_w.max():.2f} "
+            f"(L{best_first[0]} H{best_first[1]}). "
             if first_w.max() < 0.2
-            else f"Head L{best_first[0]} H{best_first[1]} parks {first_w.max():.2f} of its weight on the first position. "
+            else (
+                f"Head L{best_first[0]} H{best_first[1]} parks {first_w.max():.2f} of its "
+                "weight on the first position. "
+            )
         )
-        + f"The largest induction weight is {induction.max():.3f} (L{best_ind[0]} H{best_ind[1]}), {ind_ratio:.2f} times "
-        f"the {uniform:.3f} that uniform attention would give; "
+        + f"The largest induction weight is {induction.max():.3f} (L{best_ind[0]} H{best_ind[1]}), "
+        f"{ind_ratio:.2f} times the {uniform:.3f} that uniform attention would give; "
         + (
             "no head puts even half of its weight on such keys."
             if induction.max() < 0.5
@@ -1819,7 +1861,8 @@ class PositionalEncoding(nn.Module):
         super(PositionalEncoding, self).__init__()
         pe = torch.zeros(max_len, embed_dim)
         position = torch.arange(0, max_len, dtype=torch.float).unsqueeze(1)
-        div_term = torch.exp(torch.arange(0, embed_dim, 2).float() * (-math.log(10000.0) / embed_dim))
+        div_term = torch.exp(torch.arange(0, embed_dim, 2).float() * \
+(-math.log(10000.0) / embed_dim))
         pe[:, 0::2] = torch.sin(position * div_term)
         pe[:, 1::2] = torch.cos(position * div_term)
         pe = pe.unsqueeze(0).transpose(0, 1)
@@ -1967,7 +2010,8 @@ with torch.no_grad():
         atol=1e-6,
     )
 print(
-    f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes, and equals running it alone"
+    f"fixed version: sentence 1 moves by {leak_fixed} when sentence 2 changes, "
+    "and equals running it alone"
 )
 
 # %% [markdown]
@@ -2022,20 +2066,22 @@ display(
     Markdown(
         "\n".join(
             [
-                f"* Without the scale, the mean largest weight at $d_k=1024$ is {max_weight['unscaled'][-1]:.3f}; with it, "
-                f"{max_weight['scaled'][-1]:.3f}.",
-                f"* Residual stream at initialisation, final std for {DEPTHS} layers: with GPT-2's scaling "
-                f"{', '.join(f'{stream[n, True][-1]:.3f}' for n in DEPTHS)}; without "
-                f"{', '.join(f'{stream[n, False][-1]:.3f}' for n in DEPTHS)}.",
-                f"* FLOPs per token (forward, context {T_ctx}): counted {forward:,}, estimated {kaplan:,.0f}; "
-                f"the output layer left out is {head_flops / forward:.1%} of the count.",
-                f"* KV-cached step at position {positions[-1]} vs {positions[0]}: {last[0] / first[0]:.1f}x the FLOPs; "
-                f"LLaMA-7B-shaped cache: {per_token / 2**20:.2f} MiB per token in float16.",
+                "* Without the scale, the mean largest weight at $d_k=1024$ "
+                f"is {max_weight['unscaled'][-1]:.3f}; with it, {max_weight['scaled'][-1]:.3f}.",
+                f"* Residual stream at initialisation, final std for {DEPTHS} layers: "
+                f"with GPT-2's scaling {', '.join(f'{stream[n, True][-1]:.3f}' for n in DEPTHS)}; "
+                f"without {', '.join(f'{stream[n, False][-1]:.3f}' for n in DEPTHS)}.",
+                f"* FLOPs per token (forward, context {T_ctx}): counted {forward:,}, "
+                f"estimated {kaplan:,.0f}; the output layer left out is {head_flops / forward:.1%} "
+                "of the count.",
+                f"* KV-cached step at position {positions[-1]} vs {positions[0]}: "
+                f"{last[0] / first[0]:.1f}x the FLOPs; LLaMA-7B-shaped cache: "
+                f"{per_token / 2**20:.2f} MiB per token in float16.",
                 f"* Fused attention speed-up on {device.type}: "
                 + ", ".join(f"{s:.1f}x (T = {T})" for T, s in zip(seq_lens, speedups))
                 + f"; faster at {n_faster} of {len(seq_lens)} lengths.",
-                f"* Validation loss (nats/char): GPT {gpt_val:.3f}, best n-gram ({best_n}-gram) {ngram_val[best_n]:.3f}, "
-                f"bigram {bigram_val:.3f}.",
+                f"* Validation loss (nats/char): GPT {gpt_val:.3f}, best n-gram ({best_n}-gram) "
+                f"{ngram_val[best_n]:.3f}, bigram {bigram_val:.3f}.",
             ]
         )
     )
@@ -2044,95 +2090,98 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Sharper or flatter attention.** Replace the scale $1/\sqrt{d_k}$ by $\beta/\sqrt{d_k}$ in
-#    `attention_reference(..., scale=...)` and repeat Figure 2.1(b) for $\beta \in \{0.25, 1, 4\}$.
-#    $\beta$ *multiplies* the scores, so it is an **inverse** temperature: $\beta = 1/\tau$, where
-#    `GPT.generate`'s `temperature` $\tau$ *divides* the logits. What does $\beta \to 0$ (a very high
-#    temperature) do to the weights, and what does $\beta \to \infty$ do? *Hint:* one limit is
-#    uniform, the other is one-hot.
-# 2. **A mask that is too strict.** Build a boolean mask in which one query row is all False.
-#    What do `attention_reference` and `attention_fused` return for that row, and why is it not NaN?
-#    *Hint:* read the module docstring of `aigc_book.layers.attention`.
-# 3. **Counting parameters.** Write the parameter count of a GPT with vocabulary size
-#    $n_\text{vocab}$, context $T$, $L$ layers and width $C$ as a formula (biases included) and
-#    check it against `GPT.num_parameters()` for GPT-2 small ($n_\text{vocab}=50257$, $T=1024$,
+# These exercises are also a graded assignment, `assignments/02_attention.py`: a teacher builds
+# it with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`).
+# Exercises marked *(autograded)* are checked by tests; those marked *(open)* are graded by
+# hand.
+#
+# 1. **Sharper or flatter attention.** *(autograded)* Replace the scale $1/\sqrt{d_k}$ by
+#    $\beta/\sqrt{d_k}$ in `attention_reference(..., scale=...)` and repeat Figure 2.1(b) for
+#    $\beta \in \{0.25, 1, 4\}$. $\beta$ *multiplies* the scores, so it is an **inverse**
+#    temperature: $\beta = 1/\tau$, where `GPT.generate`'s `temperature` $\tau$ *divides* the
+#    logits. What does $\beta \to 0$ (a very high temperature) do to the weights, and what does
+#    $\beta \to \infty$ do? *Hint:* one limit is uniform, the other is one-hot.
+# 2. **A mask that is too strict.** *(autograded)* Build a boolean mask in which one query row is
+#    all False. What do `attention_reference` and `attention_fused` return for that row, and why is
+#    it not NaN? *Hint:* read the module docstring of `aigc_book.layers.attention`.
+# 3. **Counting parameters.** *(autograded)* Write the parameter count of a GPT with vocabulary
+#    size $n_\text{vocab}$, context $T$, $L$ layers and width $C$ as a formula (biases included)
+#    and check it against `GPT.num_parameters()` for GPT-2 small ($n_\text{vocab}=50257$, $T=1024$,
 #    $L=12$, $C=768$; build it on the `meta` device as above). Do you get about 124M? *Hint:* the
 #    per-layer count is $12C^2 + 13C$.
-# 4. **RoPE and long contexts.** With `RotaryEmbedding(64, 4096)` plot the score
+# 4. **RoPE and long contexts.** *(autograded)* With `RotaryEmbedding(64, 4096)` plot the score
 #    $\langle R_m q, R_{m+\Delta} q\rangle$ of a vector with itself against the offset $\Delta$.
 #    Does it decay? What does that suggest about attention to far-away tokens?
-# 5. **Where does the KV cache stop helping?** Generate past the context length (e.g. 100 tokens
-#    from a model with `block_size=64`) with and without the cache and time both. Read
-#    `GPT.generate`'s docstring to explain the result.
-# 6. **Heads after longer training.** Train the chapter's GPT for twice as many steps. Does the
-#    validation loss keep falling, and which head statistics in the table of the last section change?
-#    *Hint:* the induction column is the one to watch.
-# 7. **Counting the causal saving.** Register a FLOP formula for the CPU attention kernel that counts
-#    only the unmasked half of the table when `is_causal=True`, and compare the count with
-#    `GPT.flops_per_token`. What is left between them?
+# 5. **Where does the KV cache stop helping?** *(autograded)* Generate past the context length
+#    (e.g. 100 tokens from a model with `block_size=64`) with and without the cache and time both.
+#    Read `GPT.generate`'s docstring to explain the result.
+# 6. **Heads after longer training.** *(open)* Train the chapter's GPT for twice as many steps.
+#    Does the validation loss keep falling, and which head statistics in the table of the last
+#    section change? *Hint:* the induction column is the one to watch.
+# 7. **Counting the causal saving.** *(autograded)* Register a FLOP formula for the CPU attention
+#    kernel that counts only the unmasked half of the table when `is_causal=True`, and compare the
+#    count with `GPT.flops_per_token`. What is left between them?
 #
 # ## Key terms
 #
 # | English | 中文 | Meaning here |
 # |---|---|---|
-# | attention | 注意力 | A weighted average of value vectors, weighted by query–key similarity. |
-# | query, key, value | 查询、键、值 | The three learned projections of each token used by attention. |
-# | scaled dot-product attention | 缩放点积注意力 | $\operatorname{softmax}(QK^\top/\sqrt{d_k})V$. |
-# | softmax saturation | softmax 饱和 | Nearly all weight on one entry, with nearly zero gradient. |
-# | causal mask | 因果掩码 | Hides later tokens from earlier ones. |
-# | padding mask | 填充掩码 | Hides the padding tokens of a batch. |
-# | multi-head attention | 多头注意力 | Several attentions on slices of the features, run as one batched product. |
-# | positional encoding | 位置编码 | Information about token order added to (or rotating) the vectors. |
-# | rotary position embedding (RoPE) | 旋转位置编码 | Rotating queries and keys so scores depend on relative position. |
-# | residual connection | 残差连接 | $x + f(x)$: the sub-layer learns a correction. |
-# | residual stream | 残差流 | The vector that runs through the stack and to which every block adds its output. |
-# | layer normalisation | 层归一化 | Rescaling each token's vector to mean 0 and variance 1 (dividing by $C$), then a learned gain and bias. |
-# | GELU | 高斯误差线性单元 | The activation $x\,\Phi(x)$; GPT-2 uses its tanh approximation. |
-# | feed-forward network | 前馈网络 | The per-token MLP of a block, hidden width $4C$. |
-# | pre-LN / post-LN | 前置/后置层归一化 | LayerNorm before each sub-layer (GPT-2) or after the residual sum (2017, BERT). |
-# | scaled residual initialisation | 残差缩放初始化 | Initialising the residual projections with std $0.02/\sqrt{2L}$ (GPT-2). |
-# | weight tying | 权重共享 | Using the token embedding matrix as the output layer. |
-# | logits | 对数几率 | The unnormalised scores whose softmax is the next-token distribution. |
-# | FLOPs per token | 每词元浮点运算数 | Floating-point operations to process one token; a multiply-add counts as 2. |
-# | greedy decoding | 贪心解码 | Always choosing the most probable next token. |
-# | sampling (decoding) | 采样解码 | Drawing the next token from the softmax of the logits divided by a temperature. |
-# | KV cache | 键值缓存 | Stored keys and values of earlier tokens, reused at each generation step. |
-# | grouped-query attention (GQA) | 分组查询注意力 | Groups of query heads share one key/value head, shrinking the KV cache. |
-# | fused kernel | 融合算子 | One kernel for the whole attention; the tiled ones never store the score matrix. |
-# | weight decay | 权重衰减 | Shrinking weights toward zero each step; applied to matrices only. |
+# | {term}`attention` | 注意力 | A weighted average of value vectors, weighted by query–key similarity. |
+# | {term}`query, key, value` | 查询、键、值 | The three learned projections of each token used by attention. |
+# | {term}`scaled dot-product attention` | 缩放点积注意力 | $\operatorname{softmax}(QK^\top/\sqrt{d_k})V$. |
+# | {term}`softmax saturation` | softmax 饱和 | Nearly all weight on one entry, with nearly zero gradient. |
+# | {term}`causal mask` | 因果掩码 | Hides later tokens from earlier ones. |
+# | {term}`padding mask` | 填充掩码 | Hides the padding tokens of a batch. |
+# | {term}`multi-head attention` | 多头注意力 | Several attentions on slices of the features, run as one batched product. |
+# | {term}`positional encoding` | 位置编码 | Information about token order added to (or rotating) the vectors. |
+# | {term}`rotary position embedding (RoPE)` | 旋转位置编码 | Rotating queries and keys so scores depend on relative position. |
+# | {term}`residual connection` | 残差连接 | $x + f(x)$: the sub-layer learns a correction. |
+# | {term}`residual stream` | 残差流 | The vector that runs through the stack and to which every block adds its output. |
+# | {term}`layer normalisation` | 层归一化 | Rescaling each token's vector to mean 0 and variance 1 (dividing by $C$), then a learned gain and bias. |
+# | {term}`GELU` | 高斯误差线性单元 | The activation $x\,\Phi(x)$; GPT-2 uses its tanh approximation. |
+# | {term}`feed-forward network` | 前馈网络 | The per-token MLP of a block, hidden width $4C$. |
+# | {term}`pre-LN / post-LN` | 前置/后置层归一化 | LayerNorm before each sub-layer (GPT-2) or after the residual sum (2017, BERT). |
+# | {term}`scaled residual initialisation` | 残差缩放初始化 | Initialising the residual projections with std $0.02/\sqrt{2L}$ (GPT-2). |
+# | {term}`weight tying` | 权重共享 | Using the token embedding matrix as the output layer. |
+# | {term}`logits` | 对数几率 | The unnormalised scores whose softmax is the next-token distribution. |
+# | {term}`FLOPs per token` | 每词元浮点运算数 | Floating-point operations to process one token; a multiply-add counts as 2. |
+# | {term}`greedy decoding` | 贪心解码 | Always choosing the most probable next token. |
+# | {term}`sampling (decoding) <sampling>` | 采样解码 | Drawing the next token from the softmax of the logits divided by a temperature. |
+# | {term}`KV cache` | 键值缓存 | Stored keys and values of earlier tokens, reused at each generation step. |
+# | {term}`grouped-query attention (GQA)` | 分组查询注意力 | Groups of query heads share one key/value head, shrinking the KV cache. |
+# | {term}`fused kernel` | 融合算子 | One kernel for the whole attention; the tiled ones never store the score matrix. |
+# | {term}`weight decay` | 权重衰减 | Shrinking weights toward zero each step; applied to matrices only. |
 #
 # ## Sources
 #
-# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS (eq. 1; §3.2.2 multi-head;
-#   §3.5 sinusoidal encoding; footnote 4 on the variance of dot products).
-# * Su, J. et al. (2021). *RoFormer: Enhanced Transformer with Rotary Position Embedding.*
-#   arXiv:2104.09864.
-# * Dao, T. et al. (2022). *FlashAttention: Fast and Memory-Efficient Exact Attention with
-#   IO-Awareness.* arXiv:2205.14135 (§3.1: tiling, and recomputation in the backward pass).
-# * Kaplan, J. et al. (2020). *Scaling Laws for Neural Language Models.* arXiv:2001.08361 (§2.1 and
-#   Table 1, parameter and FLOP counts).
-# * Radford, A. et al. (2018). *Improving Language Understanding by Generative Pre-Training* (GPT-1:
-#   §4.1, initialisation from $\mathcal N(0, 0.02^2)$).
-# * Radford, A. et al. (2019). *Language Models are Unsupervised Multitask Learners* (GPT-2: §2.3,
-#   pre-LN, weight tying, and the $1/\sqrt{N}$ scaling of residual layers at initialisation).
-# * Ba, J. L., Kiros, J. R. and Hinton, G. E. (2016). *Layer Normalization.* arXiv:1607.06450.
-# * Hendrycks, D. and Gimpel, K. (2016). *Gaussian Error Linear Units (GELUs).* arXiv:1606.08415.
-# * Xiong, R. et al. (2020). *On Layer Normalization in the Transformer Architecture.* ICML,
-#   arXiv:2002.04745.
-# * Shazeer, N. (2019). *Fast Transformer Decoding: One Write-Head is All You Need.*
-#   arXiv:1911.02150 (multi-query attention).
-# * Ainslie, J. et al. (2023). *GQA: Training Generalized Multi-Query Transformer Models from
-#   Multi-Head Checkpoints.* EMNLP, arXiv:2305.13245.
-# * Touvron, H. et al. (2023a). *LLaMA: Open and Efficient Foundation Language Models.*
-#   arXiv:2302.13971 (Table 2: the 6.7B model has dimension 4096, 32 heads, 32 layers).
-# * Touvron, H. et al. (2023b). *Llama 2: Open Foundation and Fine-Tuned Chat Models.*
-#   arXiv:2307.09288 (Table 1: 4k context; GQA in the 34B and 70B models only).
-# * Olsson, C. et al. (2022). *In-context Learning and Induction Heads.* Transformer Circuits Thread
-#   (the induction-head pattern).
-# * Witten, I. H. and Bell, T. C. (1991). *The zero-frequency problem.* IEEE Trans. Information
-#   Theory 37(4) (the smoothing of the n-gram baselines).
-# * PyTorch documentation: `torch.nn.functional.scaled_dot_product_attention` (its kernels and
-#   their conditions) and `torch.utils.flop_counter`.
+# * {cite:t}`ch02-vaswani2017attention` (eq. 1; §3.2.2 multi-head; §3.5 sinusoidal encoding;
+#   footnote 4 on the variance of dot products).
+# * {cite:t}`ch02-su2021roformer` (RoFormer).
+# * {cite:t}`ch02-dao2022flashattention` (§3.1: tiling, and recomputation in the backward pass).
+# * {cite:t}`ch02-kaplan2020scaling` (§2.1 and Table 1, parameter and FLOP counts).
+# * {cite:t}`ch02-radford2018gpt1` (GPT-1: §4.1, initialisation from $\mathcal N(0, 0.02^2)$).
+# * {cite:t}`ch02-radford2019gpt2` (GPT-2: §2.3, pre-LN, weight tying, and the $1/\sqrt{N}$
+#   scaling of residual layers at initialisation).
+# * {cite:t}`ch02-ba2016layernorm` (layer normalization).
+# * {cite:t}`ch02-hendrycks2016gelu` (GELU).
+# * {cite:t}`ch02-xiong2020layernorm`.
+# * {cite:t}`ch02-shazeer2019mqa` (multi-query attention).
+# * {cite:t}`ch02-ainslie2023gqa` (GQA).
+# * {cite:t}`ch02-touvron2023llama` (LLaMA; Table 2: the 6.7B model has dimension 4096, 32 heads,
+#   32 layers).
+# * {cite:t}`ch02-touvron2023llama2` (Llama 2; Table 1: 4k context; GQA in the 34B and 70B models
+#   only).
+# * {cite:t}`ch02-olsson2022induction` (the induction-head pattern).
+# * {cite:t}`ch02-witten1991zerofrequency` (the smoothing of the n-gram baselines).
+# * {cite:t}`ch02-pytorch_docs`: `torch.nn.functional.scaled_dot_product_attention` (its kernels
+#   and their conditions) and `torch.utils.flop_counter`.
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch02-
+# :labelprefix: 2.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter executed in {time.perf_counter() - chapter_start:.1f} s")

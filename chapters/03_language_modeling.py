@@ -7,15 +7,15 @@
 # 1. What exactly does a language model's loss measure, and what is the best loss possible? We
 #    answer with a generated language whose true probabilities we know, so the **floor** no model
 #    can beat is a number we compute, not guess.
-# 2. What is a token? Characters, and byte-pair encoding (BPE): by hand, written from scratch, and
+# 2. What is a token? Characters, and {term}`byte-pair encoding <byte-pair encoding (BPE)>` (BPE): by hand, written from scratch, and
 #    compared with the Hugging Face library's BPE.
 # 3. How far does counting get? An n-gram baseline.
-# 4. How does a model learn from its loss? Gradient descent, momentum, Adam and AdamW, each written
+# 4. How does a model learn from its loss? {term}`Gradient descent <gradient descent>`, {term}`momentum`, {term}`Adam` and {term}`AdamW <decoupled weight decay (AdamW)>`, each written
 #    out and checked against `torch.optim`, and the learning-rate schedule the book uses.
 # 5. How close does a small GPT, trained with the causal (next-token) objective, get to the floor,
 #    and what exactly is the gap that remains?
-# 6. What do the other pretraining objectives — BERT's masked LM and next-sentence prediction,
-#    XLNet's permutation LM, T5's span corruption — ask of a model, and what can each model do
+# 6. What do the other pretraining objectives — BERT's {term}`masked LM <masked language modelling (MLM)>` and {term}`next-sentence prediction <next-sentence prediction (NSP)>`,
+#    XLNet's {term}`permutation LM <permutation language modelling (PLM)>`, T5's {term}`span corruption` — ask of a model, and what can each model do
 #    afterwards? All are trained here, on the same data.
 # 7. Which common claims about how ChatGPT was pretrained are wrong?
 #
@@ -201,7 +201,7 @@ assert math.isclose(total, 1.0, abs_tol=1e-12)
 # %% [markdown]
 # ### Cross-entropy, perplexity, and the floor
 #
-# A model $q$ is scored by its **cross-entropy** on text drawn from the true process $p$, in nats
+# A model $q$ is scored by its **{term}`cross-entropy`** on text drawn from the true process $p$, in nats
 # per token:
 #
 # $$H(p, q) = -\frac{1}{T}\,\mathbb{E}_{x\sim p}\Big[\sum_{t=1}^{T}\log q(x_t\mid x_{<t})\Big]
@@ -210,11 +210,11 @@ assert math.isclose(total, 1.0, abs_tol=1e-12)
 #
 # The split holds prefix by prefix: for any two distributions,
 # $-\sum_v p_v \log q_v = -\sum_v p_v \log p_v + \sum_v p_v \log (p_v / q_v)$, where the last sum
-# is the relative entropy (KL divergence; Cover and Thomas 2006, §2.3). The first term does not
+# is the relative entropy ({term}`KL divergence`; Cover and Thomas 2006, §2.3). The first term does not
 # depend on the model; the second is never negative and zero only when $q = p$ (the information
 # inequality, their Theorem 2.6.3).
-# So the loss of a perfect model is the **entropy** of the language, and the gap above it is the
-# model's KL divergence from the truth. **Perplexity** is $e^{H}$: the number of equally likely
+# So the loss of a perfect model is the **{term}`entropy <entropy (rate)>`** of the language, and the gap above it is the
+# model's KL divergence from the truth. **{term}`Perplexity <perplexity>`** is $e^{H}$: the number of equally likely
 # choices that would be as surprising.
 #
 # By the chain rule for entropy, the floor is also the entropy of a whole sequence divided by its
@@ -262,19 +262,20 @@ log_p = np.array([lang.log_prob(s) for s in sequences])  # the parser's log p(x_
 p_seq = np.exp(log_p)
 enumerated = -(p_seq * log_p).sum() / L
 print(
-    f"{len(sequences):,} possible sequences of length {L} (of {(lang.vocab_size - 1) ** L:,} strings); "
-    f"sum of p = {p_seq.sum():.12f}"
+    f"{len(sequences):,} possible sequences of length {L} (of {(lang.vocab_size - 1) ** L:,} "
+    f"strings); sum of p = {p_seq.sum():.12f}"
 )
 print(
-    f"H(X_1..X_{L}) / {L}: enumeration {enumerated:.12f}, entropy_floor({L}) {lang.entropy_floor(L):.12f}"
+    f"H(X_1..X_{L}) / {L}: enumeration {enumerated:.12f}, entropy_floor({L}) "
+    f"{lang.entropy_floor(L):.12f}"
 )
 assert math.isclose(p_seq.sum(), 1.0, abs_tol=1e-12)
 assert math.isclose(enumerated, lang.entropy_floor(L), abs_tol=1e-12)
 
 # %% [markdown]
-# **Monte-Carlo.** For the full length $T$ there are far too many sequences to list. But the floor
+# **{term}`Monte-Carlo <Monte-Carlo estimate>`.** For the full length $T$ there are far too many sequences to list. But the floor
 # is an expectation, $\mathbb{E}_{x \sim p}[-\log p(x)]/T$, so the mean of $-\log p(x)/T$ over
-# sequences sampled from the language estimates it, with a standard error of $s/\sqrt{n}$ ($s$ the
+# sequences sampled from the language estimates it, with a {term}`standard error` of $s/\sqrt{n}$ ($s$ the
 # sample standard deviation over $n$ sequences). Our validation sequences are such a sample.
 
 # %%
@@ -282,8 +283,8 @@ assert math.isclose(enumerated, lang.entropy_floor(L), abs_tol=1e-12)
 true_nll = np.array([-lang.log_prob(row) / T for row in val_seqs])  # -log p(x) / T of each sequence
 mc, mc_se = true_nll.mean(), true_nll.std(ddof=1) / math.sqrt(len(true_nll))
 print(
-    f"Monte-Carlo over the {len(val_seqs):,} validation sequences: {mc:.4f} ± {mc_se:.4f} nats/token "
-    f"(± one standard error)"
+    f"Monte-Carlo over the {len(val_seqs):,} validation sequences: {mc:.4f} ± {mc_se:.4f} "
+    "nats/token (± one standard error)"
 )
 print(
     f"exact floor {floor:.4f}: the estimate is {(mc - floor) / mc_se:+.1f} standard errors from it"
@@ -291,10 +292,10 @@ print(
 assert abs(mc - floor) < 4 * mc_se
 display(
     Markdown(
-        f"The floor is {floor:.2f} nats per token, a perplexity of {math.exp(floor):.2f}: even a perfect "
-        f"model is choosing among about {math.exp(floor):.0f} equally likely tokens at each step, because the "
-        f"language really is random. A model at the floor has learned *everything* there is to learn. "
-        f"Every loss below is read against this line."
+        f"The floor is {floor:.2f} nats per token, a perplexity of {math.exp(floor):.2f}: "
+        f"even a perfect model is choosing among about {math.exp(floor):.0f} equally likely tokens "
+        "at each step, because the language really is random. A model at the floor has learned "
+        "*everything* there is to learn. Every loss below is read against this line."
     )
 )
 
@@ -317,7 +318,7 @@ display(
 # ### BPE merges by hand
 #
 # Before training on a whole manual, we run BPE's loop by hand on one short string. First the text
-# is cut into **pre-tokens** — words with their leading space — so that no merge crosses a word
+# is cut into **{term}`pre-tokens <pre-token>`** — words with their leading space — so that no {term}`merge <merge (BPE)>` crosses a word
 # boundary; each pre-token starts as its bytes. Then, repeatedly: count every adjacent pair of
 # tokens inside the pre-tokens, pick the most frequent pair (ties go to the pair with the smaller
 # ids, so the result is deterministic), and replace it everywhere by one new token. BPE stops at the
@@ -413,7 +414,8 @@ for name, encode, decode, vocab, train_s in [
         (name, vocab, len(ids), len(docs_val) / len(ids), decode(ids) == docs_val, train_s, enc_ms)
     )
 print(
-    f"{'tokenizer':<19}{'vocab':>6}{'tokens':>9}{'chars/token':>13}{'round trip':>12}{'train':>9}{'encode':>10}"
+    f"{'tokenizer':<19}{'vocab':>6}{'tokens':>9}{'chars/token':>13}{'round trip':>12}"
+    f"{'train':>9}{'encode':>10}"
 )
 for name, vocab, n, ratio, ok, train_s, enc_ms in rows:
     print(f"{name:<19}{vocab:>6}{n:>9,}{ratio:>13.3f}{str(ok):>12}{train_s:>8.2f}s{enc_ms:>8.0f}ms")
@@ -432,11 +434,12 @@ split = {
 }
 display(
     Markdown(
-        f"Our BPE cuts the held-out text into {rows[1][2]:,} tokens, {rows[0][2] / rows[1][2]:.1f} times fewer "
-        f"than its {rows[0][2]:,} characters; the library's BPE gives {rows[2][2]:,} (same algorithm, same "
-        f"pre-tokenization; the library is written in Rust, and its speed matters at the scale of real corpora). "
-        f"In the sentence above, some words are single tokens ({', '.join(repr(w) for w in whole)}): the manual "
-        f"used them often enough for merges to build them whole. Others are split into pieces ("
+        f"Our BPE cuts the held-out text into {rows[1][2]:,} tokens, {rows[0][2] / rows[1][2]:.1f} "
+        f"times fewer than its {rows[0][2]:,} characters; the library's BPE gives {rows[2][2]:,} "
+        "(same algorithm, same pre-tokenization; the library is written in Rust, "
+        "and its speed matters at the scale of real corpora). In the sentence above, "
+        f"some words are single tokens ({', '.join(repr(w) for w in whole)}): the manual used them "
+        "often enough for merges to build them whole. Others are split into pieces ("
         + "; ".join(f"{w!r} into {len(p)}" for w, p in split.items())
         + ")."
     )
@@ -451,7 +454,7 @@ display(
 #
 # *How far does remembering the last few tokens get?*
 #
-# An **n-gram model** predicts $x_t$ from the previous $n-1$ tokens only, estimated by counting,
+# An **{term}`n-gram model`** predicts $x_t$ from the previous $n-1$ tokens only, estimated by counting,
 # with interpolated Witten–Bell smoothing (`aigc_book.models.ngram`). We fit orders 1 to 5 on the
 # training sequences and score the validation sequences.
 
@@ -463,31 +466,35 @@ best_n = min(ngram_ce, key=ngram_ce.get)
 ngram = ngrams[best_n]
 train_positions = train_seqs[:, 1:].numel()
 print(
-    f"{'order':<7}{'nats/token':>11}{'above floor':>13}{'contexts seen':>15}{'uses per context':>18}"
+    f"{'order':<7}{'nats/token':>11}{'above floor':>13}{'contexts seen':>15}"
+    f"{'uses per context':>18}"
 )
 for n, ce in ngram_ce.items():
     n_contexts = len(ngrams[n].tables[-1]["ctx_keys"])  # distinct (n-1)-token contexts in training
     print(
-        f"{n}-gram {ce:>11.4f}{ce - floor:>+13.4f}{n_contexts:>15,}{train_positions / n_contexts:>18,.0f}"
+        f"{n}-gram {ce:>11.4f}{ce - floor:>+13.4f}{n_contexts:>15,}"
+        f"{train_positions / n_contexts:>18,.0f}"
     )
 print(f"fitted in {time.perf_counter() - t0:.1f} s; best order: {best_n}")
 assert ngram_ce[best_n] > floor + 0.15
 longer = [n for n in ngram_ce if n > best_n]
 summary = (
-    f"The best order is {best_n}, {ngram_ce[best_n] - floor:.2f} nats above the floor: no window of "
-    f"{best_n - 1} tokens can see the bracket that a closer must match when it was opened further back."
+    f"The best order is {best_n}, {ngram_ce[best_n] - floor:.2f} nats above the floor: "
+    f"no window of {best_n - 1} tokens can see the bracket that a closer must match when "
+    "it was opened further back."
 )
 if longer:
     summary += (
-        f" Longer windows ({', '.join(f'{n}-gram' for n in longer)}) are worse, not better: each of "
-        f"their contexts is seen fewer times in training (last column), so their counts are less reliable."
+        f" Longer windows ({', '.join(f'{n}-gram' for n in longer)}) are worse, not better: "
+        "each of their contexts is seen fewer times in training (last column), "
+        "so their counts are less reliable."
     )
 display(Markdown(summary))
 
 # %% [markdown]
 # ## How a model learns: from gradient descent to AdamW
 #
-# *What does one training step do to the weights, and why does the book train with AdamW, warm-up
+# *What does one training step do to the weights, and why does the book train with AdamW, {term}`warm-up <warm-up and cosine schedule>`
 # and cosine decay?*
 #
 # Training lowers a loss $L(\theta)$ by changing the weights $\theta$. Backpropagation
@@ -497,7 +504,7 @@ display(Markdown(summary))
 #
 # ### Gradient descent and momentum
 #
-# **Gradient descent** moves every weight against its gradient, scaled by the **learning rate**
+# **Gradient descent** moves every weight against its gradient, scaled by the **{term}`learning rate`**
 # $\eta$:
 #
 # $$\theta_t = \theta_{t-1} - \eta\, g_t .$$
@@ -514,7 +521,7 @@ display(Markdown(summary))
 # ### Adam
 #
 # **Adam** (Kingma and Ba 2015) gives every weight its own step size. It keeps running means of the
-# gradient and of its square, corrects both for having started at zero (**bias correction**), and
+# gradient and of its square, corrects both for having started at zero (**{term}`bias correction`**), and
 # divides one by the square root of the other:
 #
 # $$m_t = \beta_1 m_{t-1} + (1-\beta_1)\, g_t, \qquad v_t = \beta_2 v_{t-1} + (1-\beta_2)\, g_t^2,$$
@@ -572,7 +579,8 @@ theta_big, state_big = theta_0, AdamState.zeros_like(theta_0)
 for g in grads:  # Adam on the same gradients times 1000 takes the same steps (up to epsilon)
     theta_big, state_big = adam_step(theta_big, 1000 * g, state_big, lr=0.1, betas=(0.9, 0.99))
 print(
-    f"Adam with every gradient x1000: largest difference in the weights {(theta_big - theta_adam).abs().max():.1e}"
+    "Adam with every gradient x1000: largest difference in the weights "
+    f"{(theta_big - theta_adam).abs().max():.1e}"
 )
 assert torch.allclose(theta_big, theta_adam, rtol=0, atol=1e-6)
 velocity = None
@@ -660,7 +668,7 @@ plt.show()
 #
 # ### Weight decay: L2 in the loss is not AdamW
 #
-# **Weight decay** shrinks weights toward zero at every step, a regulariser that keeps them small.
+# **{term}`Weight decay <weight decay>`** shrinks weights toward zero at every step, a regulariser that keeps them small.
 # The classic way to get it is an **L2 term** in the loss, $L + \tfrac{\lambda}{2}\lVert\theta\rVert^2$,
 # whose gradient adds $\lambda\theta$ to $g$. Under gradient descent that is the same as shrinking
 # the weights first: $\theta - \eta(g + \lambda\theta) = (1-\eta\lambda)\,\theta - \eta g$. Under Adam it
@@ -680,7 +688,8 @@ lam = 0.1
 theta_l2 = gd_step(theta_0, grads[0] + lam * theta_0, lr=0.1)  # L2 term in the loss
 theta_decoupled = gd_step((1 - 0.1 * lam) * theta_0, grads[0], lr=0.1)  # shrink, then step
 print(
-    f"gradient descent, L2 vs decoupled: largest difference {(theta_l2 - theta_decoupled).abs().max():.1e}"
+    "gradient descent, L2 vs decoupled: largest difference "
+    f"{(theta_l2 - theta_decoupled).abs().max():.1e}"
 )
 assert torch.allclose(theta_l2, theta_decoupled, rtol=0, atol=1e-15)
 
@@ -720,7 +729,8 @@ print(f"{'gradient scale':<22}" + "".join(f"{s:>10g}" for s in scales.tolist()))
 for kind, e in effect.items():
     print(f"{kind:<22}" + "".join(f"{v:>10.4f}" for v in e.tolist()))
 print(
-    f"(decoupled decay alone would give 1 - (1 - lr*lambda)^100 = {1 - (1 - decay_lr * decay_lam) ** 100:.4f})"
+    "(decoupled decay alone would give 1 - (1 - lr*lambda)^100 "
+    f"= {1 - (1 - decay_lr * decay_lam) ** 100:.4f})"
 )
 l2_e, w_e = effect["L2 in the loss"], effect["decoupled (AdamW)"]
 assert (w_e.max() - w_e.min()) / w_e.mean() < 0.2  # decoupled: every weight decays about the same
@@ -729,11 +739,12 @@ assert (
 )  # L2: large-gradient weights escape, unused ones collapse
 display(
     Markdown(
-        f"Decoupled decay moved every weight by about the same amount ({w_e.min():.3f} to {w_e.max():.3f}). "
-        f"The L2 term moved the weight the data does not use by {l2_e[0]:.3f}, "
-        f"{l2_e[0] / w_e[0]:.0f} times as far, because Adam turns even the small gradient $\\lambda\\theta$ into a "
-        f"full-size step; and it moved the weight with the largest gradients by {l2_e[-1]:.1e}, practically no "
-        f"decay, because next to gradients that large $\\lambda\\theta$ hardly changes the normalised step."
+        f"Decoupled decay moved every weight by about the same amount ({w_e.min():.3f} to "
+        f"{w_e.max():.3f}). The L2 term moved the weight the data does not use by {l2_e[0]:.3f}, "
+        f"{l2_e[0] / w_e[0]:.0f} times as far, because Adam turns even the small gradient "
+        "$\\lambda\\theta$ into a full-size step; and it moved the weight with the largest "
+        f"gradients by {l2_e[-1]:.1e}, practically no decay, because next to gradients that large "
+        "$\\lambda\\theta$ hardly changes the normalised step."
     )
 )
 
@@ -769,8 +780,8 @@ decay_group, no_decay_group = configure_optimizer(
 for group in (decay_group, no_decay_group):
     kinds = Counter(owner[id(p)] for p in group["params"])
     print(
-        f"weight_decay {group['weight_decay']}: {sum(p.numel() for p in group['params']):>7,} numbers in "
-        f"{len(group['params'])} tensors: "
+        f"weight_decay {group['weight_decay']}: {sum(p.numel() for p in group['params']):>7,} "
+        f"numbers in {len(group['params'])} tensors: "
         + ", ".join(f"{k} x{c}" for k, c in sorted(kinds.items()))
     )
 assert decay_group["weight_decay"] > 0 and no_decay_group["weight_decay"] == 0
@@ -879,11 +890,11 @@ plt.show()
 #
 # *Can a small Transformer find the long-range rules from examples alone?*
 #
-# The **causal LM** objective (GPT; Radford et al. 2018) is next-token cross-entropy: the target
+# The **{term}`causal LM <causal language modelling>`** objective (GPT; Radford et al. 2018) is next-token cross-entropy: the target
 # at position $t$ is the input at $t+1$, and a causal mask stops position $t$ from seeing anything
 # later, so all $T$ predictions of a sequence are trained in one pass. `Trainer` takes a model, a
 # batch function and a loss function, and runs the steps of the previous section: AdamW with weight
-# decay on matrices only, warm-up then cosine decay, gradient clipping; its checkpoints resume
+# decay on matrices only, warm-up then cosine decay, {term}`gradient clipping`; its checkpoints resume
 # exactly.
 
 # %%
@@ -942,7 +953,8 @@ gpt_trainer.train()
 gpt_seconds = time.perf_counter() - t0
 gpt_ce = lm_loss(gpt, val_seqs)
 print(
-    f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s ({np.median(gpt_trainer.history['ms']):.0f} ms/step)"
+    f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s "
+    f"({np.median(gpt_trainer.history['ms']):.0f} ms/step)"
 )
 print(
     f"validation loss {gpt_ce:.4f} nats/token; floor {floor:.4f}; gap {gpt_ce - floor:.4f}; "
@@ -980,8 +992,8 @@ display(
             if below
             else "never drops below the n-gram's"
         )
-        + f"; after the last step the loss on the whole validation set is {gpt_ce - floor:.3f} nats above the black "
-        f"line that no model can cross."
+        + f"; after the last step the loss on the whole validation set is {gpt_ce - floor:.3f} "
+        "nats above the black line that no model can cross."
     )
 )
 
@@ -1029,15 +1041,17 @@ print(f"exact floor                                         {floor:.4f}")
 print(f"gap                                                 {gap:.4f}")
 print(f"exact KL(p || q), averaged over the same prefixes   {kl_mean:.4f}")
 print(
-    f"gap - KL = sampling error                           {gap - kl_mean:+.4f}  (standard error {se_seq:.4f})"
+    f"gap - KL = sampling error                           {gap - kl_mean:+.4f}  "
+    f"(standard error {se_seq:.4f})"
 )
 assert kl.min() > -1e-12 and abs(gap - kl_mean) < 4 * se_seq
 display(
     Markdown(
-        f"The gap to the floor is the GPT's KL divergence: they differ by {abs(gap - kl_mean) / se_seq:.1f} "
-        f"standard errors of a {len(val_seqs):,}-sequence validation set. Of the GPT's {gpt_ce:.3f} nats per "
-        f"token, about {kl_mean:.3f} are its own error, its KL from the truth; the rest is the language's own "
-        f"randomness, which no model can remove."
+        "The gap to the floor is the GPT's KL divergence: they differ "
+        f"by {abs(gap - kl_mean) / se_seq:.1f} standard errors of a {len(val_seqs):,}-sequence "
+        f"validation set. Of the GPT's {gpt_ce:.3f} nats per token, about {kl_mean:.3f} are "
+        "its own error, its KL from the truth; the rest is the language's own randomness, "
+        "which no model can remove."
     )
 )
 
@@ -1058,7 +1072,8 @@ ok_before = np.mean(
 )  # ids beyond the language count as errors
 ok_after = np.mean([lang.is_well_formed(r) for r in after])
 print(
-    f"well-formed samples: {ok_after:.0%} of {settings.n_samples} after training, {ok_before:.0%} before"
+    f"well-formed samples: {ok_after:.0%} of {settings.n_samples} after training, "
+    f"{ok_before:.0%} before"
 )
 forbidden = (log_q.exp() * (p_true == 0)).sum(
     -1
@@ -1068,19 +1083,20 @@ clean = torch.exp(
 )  # (N,): chance that T steps all avoid one, along each sequence
 se_ok = math.sqrt(ok_after * (1 - ok_after) / settings.n_samples)
 print(
-    f"on validation prefixes: {forbidden.mean():.2%} of the probability per step on forbidden tokens, "
-    f"{forbidden.sum(1).mean():.2f} forbidden tokens expected per {T}-token sequence, "
+    f"on validation prefixes: {forbidden.mean():.2%} of the probability per step on forbidden "
+    f"tokens, {forbidden.sum(1).mean():.2f} forbidden tokens expected per {T}-token sequence, "
     f"{clean.mean():.0%} chance of none"
 )
 assert ok_after > 0.2 and ok_before < 0.05
 assert abs(clean.mean().item() - ok_after) < 4 * max(se_ok, 0.01)
 display(
     Markdown(
-        f"Before training {ok_before:.0%} of the samples are valid; after training {ok_after:.0%} (± {se_ok:.0%}) "
-        f"break no rule. The GPT's forbidden-token probability on the validation prefixes predicts this: "
-        f"{forbidden.mean():.2%} per step adds up to {forbidden.sum(1).mean():.2f} expected errors in {T} tokens, "
-        f"and a {clean.mean():.0%} chance of none, {abs(clean.mean().item() - ok_after) / max(se_ok, 0.01):.1f} "
-        f"standard errors from the fraction measured on the samples."
+        f"Before training {ok_before:.0%} of the samples are valid; after training {ok_after:.0%} "
+        f"(± {se_ok:.0%}) break no rule. The GPT's forbidden-token probability on the "
+        f"validation prefixes predicts this: {forbidden.mean():.2%} per step adds up "
+        f"to {forbidden.sum(1).mean():.2f} expected errors in {T} tokens, and a {clean.mean():.0%} "
+        f"chance of none, {abs(clean.mean().item() - ok_after) / max(se_ok, 0.01):.1f} standard "
+        "errors from the fraction measured on the samples."
     )
 )
 
@@ -1163,7 +1179,10 @@ for name, loss_fn in [("MLM + NSP", mlm_nsp_loss), ("MLM only", mlm_loss)]:
 
 @torch.no_grad()
 def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
-    """Masked-token loss and accuracy (with its standard error), and NSP accuracy, on validation pairs."""
+    (
+        "Masked-token loss and accuracy (with its standard error), "
+        "and NSP accuracy, on validation pairs."
+    )
     model.eval()
     g = torch.Generator().manual_seed(5)  # the same pairs for every model
     losses, correct, total, nsp_correct = [], 0, 0, 0
@@ -1188,8 +1207,8 @@ def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
 mlm_results = {name: mlm_eval(m) for name, m in encoders.items()}
 for name, r in mlm_results.items():
     print(
-        f"{name:<10} masked-token loss {r['loss']:.3f}, accuracy {r['acc']:.3f} ± {r['acc_se']:.3f}; "
-        f"NSP accuracy {r['nsp_acc']:.3f} ({enc_seconds[name]:.0f} s)"
+        f"{name:<10} masked-token loss {r['loss']:.3f}, accuracy {r['acc']:.3f} "
+        f"± {r['acc_se']:.3f}; NSP accuracy {r['nsp_acc']:.3f} ({enc_seconds[name]:.0f} s)"
     )
 assert (
     mlm_results["MLM + NSP"]["nsp_acc"] > 0.6
@@ -1200,8 +1219,8 @@ with_nsp, without_nsp = mlm_results["MLM + NSP"], mlm_results["MLM only"]
 diff_se = math.hypot(with_nsp["acc_se"], without_nsp["acc_se"])
 if without_nsp["acc"] - with_nsp["acc"] > 2 * diff_se:
     verdict = (
-        "The encoder without NSP is better: in this run, sharing a small model between two tasks hurt the "
-        "one we care about, in line with RoBERTa's finding"
+        "The encoder without NSP is better: in this run, sharing a small model between two tasks "
+        "hurt the one we care about, in line with RoBERTa's finding"
     )
 elif with_nsp["acc"] - without_nsp["acc"] > 2 * diff_se:
     verdict = (
@@ -1211,13 +1230,14 @@ else:
     verdict = "This evaluation does not tell the two apart"
 display(
     Markdown(
-        f"NSP is learnable in our language (a random second half usually closes brackets that A never opened): the "
-        f"MLM + NSP encoder classifies {with_nsp['nsp_acc']:.0%} of the pairs correctly, the untrained NSP head of the "
-        f"other encoder {without_nsp['nsp_acc']:.0%} (chance is 50%). On the masked tokens, the encoder trained on MLM "
-        f"alone is right {without_nsp['acc']:.1%} of the time and the MLM + NSP encoder {with_nsp['acc']:.1%} "
-        f"(standard error of the difference {diff_se:.1%}). {verdict}. That standard error covers only the choice of "
-        f"evaluation pairs: each encoder was trained once, with one seed, and exercise 3 asks whether the difference "
-        f"survives other seeds."
+        "NSP is learnable in our language (a random second half usually closes brackets that A "
+        f"never opened): the MLM + NSP encoder classifies {with_nsp['nsp_acc']:.0%} of the pairs "
+        f"correctly, the untrained NSP head of the other encoder {without_nsp['nsp_acc']:.0%} "
+        "(chance is 50%). On the masked tokens, the encoder trained on MLM alone is right "
+        f"{without_nsp['acc']:.1%} of the time and the MLM + NSP encoder {with_nsp['acc']:.1%} "
+        f"(standard error of the difference {diff_se:.1%}). {verdict}. That standard error covers "
+        "only the choice of evaluation pairs: each encoder was trained once, with one seed, "
+        "and exercise 3 asks whether the difference survives other seeds."
     )
 )
 
@@ -1274,14 +1294,15 @@ for r in val_seqs[:500]:
     perm = torch.randperm(T, generator=g) + 1
     shuffled_ok.append(lang.is_well_formed(torch.cat([r[:1], r[perm]])))
 print(
-    f"well-formed after shuffling the tokens: {np.mean(shuffled_ok):.1%} of 500 sequences (before: 100%)"
+    f"well-formed after shuffling the tokens: {np.mean(shuffled_ok):.1%} of 500 "
+    "sequences (before: 100%)"
 )
 assert np.mean(shuffled_ok) < 0.05
 
 # %% [markdown]
 # Predicting token $x_{z_t}$ raises a problem: the prediction must know *where* the target is
 # (its position) but not *what* it is (its content), while the same token, once predicted, must
-# show its content to tokens later in the order. XLNet's answer is **two-stream attention**: a
+# show its content to tokens later in the order. XLNet's answer is **{term}`two-stream attention`**: a
 # *content stream* $h$ (token plus position, may see itself and everything earlier in the order) and
 # a *query stream* $g$ (position plus a learned vector, may see the content of tokens strictly
 # earlier in the order, never its own). We run both streams through the same blocks as one sequence
@@ -1353,7 +1374,10 @@ plm_seconds = time.perf_counter() - t0
 
 @torch.no_grad()
 def plm_left_to_right_ce(model, seqs) -> float:
-    """Cross-entropy of the query stream with the identity order: every token from the ones on its left."""
+    (
+        "Cross-entropy of the query stream with the identity order: "
+        "every token from the ones on its left."
+    )
     model.eval()
     targets = seqs.clone()
     targets[:, 0] = IGNORE  # BOS is given, never predicted
@@ -1370,8 +1394,9 @@ plm_ce = plm_left_to_right_ce(plm_gpt, val_seqs)
 gpt_val_by_step = {e["step"]: e["val"] for e in gpt_trainer.history["evals"]}
 gpt_same_step = gpt_val_by_step.get(plm_cfg.max_iters)
 print(
-    f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.max_iters} steps "
-    f"({plm_seconds:.0f} s); floor {floor:.4f}; best n-gram {ngram_ce[best_n]:.4f}; unigram {ngram_ce[1]:.4f}"
+    f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.max_iters} "
+    f"steps ({plm_seconds:.0f} s); floor {floor:.4f}; best n-gram {ngram_ce[best_n]:.4f}; "
+    f"unigram {ngram_ce[1]:.4f}"
 )
 if gpt_same_step is not None:
     print(
@@ -1383,17 +1408,20 @@ assert plm_ce < ngram_ce[1]
 versus_ngram = "above" if plm_ce > ngram_ce[best_n] else "below"
 display(
     Markdown(
-        f"The PLM model spends its training on all orders: left-to-right is only one of the {T}! orders it "
-        f"practises, and each token is predicted from a *random subset* of the others — often without the opener "
-        f"it needs. After {plm_cfg.max_iters} steps its left-to-right loss is {plm_ce - floor:.3f} nats above the "
-        f"floor, {versus_ngram} the best n-gram's and {ngram_ce[1] - plm_ce:.3f} nats below a unigram model's"
+        f"The PLM model spends its training on all orders: left-to-right is only one of the {T}! "
+        "orders it practises, and each token is predicted from a *random subset* of the others — "
+        f"often without the opener it needs. After {plm_cfg.max_iters} steps its left-to-right "
+        f"loss is {plm_ce - floor:.3f} nats above the floor, {versus_ngram} the best n-gram's "
+        f"and {ngram_ce[1] - plm_ce:.3f} nats below a unigram model's"
         + (
-            f"; the GPT, after the same number of steps of its own run, was {gpt_same_step - floor:.3f} above the floor"
+            "; the GPT, after the same number of steps of its own run, "
+            f"was {gpt_same_step - floor:.3f} above the floor"
             if gpt_same_step is not None
             else ""
         )
-        + ". To make optimisation easier, XLNet predicts only the last tokens of each order, which have the most "
-        "context (\"partial prediction\", Yang et al. 2019), and trains far longer (exercise 4)."
+        + ". To make optimisation easier, XLNet predicts only the last tokens of each order, "
+        "which have the most context (\"partial prediction\", Yang et al. 2019), "
+        "and trains far longer (exercise 4)."
     )
 )
 
@@ -1417,7 +1445,10 @@ lengths = [random_spans_noise_mask(100, g).float() for _ in range(200)]
 density = torch.stack(lengths).mean().item()
 print(
     f"noise density over 200 masks of length 100: {density:.3f}; mean span length "
-    f"{sum(m.sum().item() for m in lengths) / sum((m.diff(prepend=torch.zeros(1)) == 1).sum().item() for m in lengths):.2f}"
+    f"""{
+        sum(m.sum().item() for m in lengths)
+        / sum((m.diff(prepend=torch.zeros(1)) == 1).sum().item() for m in lengths)
+    :.2f}"""
 )
 assert abs(density - 0.15) < 1e-6
 
@@ -1442,8 +1473,8 @@ t5_trainer = Trainer(
 t5_trainer.train()
 t5_seconds = time.perf_counter() - t0
 print(
-    f"span-corruption loss on validation: {t5_trainer.history['evals'][-1]['val']:.3f} nats/target token "
-    f"({t5_cfg.max_iters} steps, {t5_seconds:.0f} s)"
+    f"span-corruption loss on validation: {t5_trainer.history['evals'][-1]['val']:.3f} nats/target "
+    f"token ({t5_cfg.max_iters} steps, {t5_seconds:.0f} s)"
 )
 
 # %% [markdown]
@@ -1587,7 +1618,8 @@ steps = {
 }
 left_to_right = {"causal LM (GPT)": gpt_ce, "permutation LM (XLNet)": plm_ce}
 print(
-    f"{'objective':<24}{'predicts from':<34}{'loss on':<34}{'steps':>6}{'time':>7}{'closer acc.':>13}{'L-to-R CE':>11}"
+    f"{'objective':<24}{'predicts from':<34}{'loss on':<34}{'steps':>6}{'time':>7}"
+    f"{'closer acc.':>13}{'L-to-R CE':>11}"
 )
 for name in supervised:
     ce = f"{left_to_right[name]:.3f}" if name in left_to_right else "-"
@@ -1596,8 +1628,9 @@ for name in supervised:
         f"{accuracy[name]:>13.1%}{ce:>11}"
     )
 print(
-    f"{'n-gram (' + str(best_n) + ')':<24}{'last ' + str(best_n - 1) + ' tokens':<34}{'(counts)':<34}{'-':>6}{'':>7}"
-    f"{accuracy[f'{best_n}-gram (counts)']:>13.1%}{ngram_ce[best_n]:>11.3f}"
+    f"{'n-gram (' + str(best_n) + ')':<24}{'last ' + str(best_n - 1) + ' tokens':<34}"
+    f"{'(counts)':<34}{'-':>6}{'':>7}{accuracy[f'{best_n}-gram (counts)']:>13.1%}"
+    f"{ngram_ce[best_n]:>11.3f}"
 )
 print(f"entropy floor of left-to-right cross-entropy: {floor:.3f} nats/token")
 
@@ -1623,27 +1656,31 @@ enc_probe = accuracy["masked LM (MLM + NSP)"] - accuracy["masked LM (MLM only)"]
 enc_masked = with_nsp["acc"] - without_nsp["acc"]
 plm_vs_chance = accuracy["permutation LM (XLNet)"] - chance
 lines = [
-    f"* Ranking on the hard closers (`>`: separated by more than two standard errors; `≈`: not): {order}.",
-    f"* The causal LM answers {accuracy['causal LM (GPT)']:.0%} of the hard closers from the left context alone; "
-    f"the {best_n}-gram, which sees only {best_n - 1} tokens back, {accuracy[f'{best_n}-gram (counts)']:.0%} "
-    f"(chance is {chance:.0%}). Every position of every sequence is a training question for the causal LM.",
-    f"* Span corruption reaches {accuracy['span corruption (T5)']:.0%}: its targets are also generated left to "
-    f"right, with the corrupted sequence around them as context.",
-    f"* The masked-LM encoders see the most context at the probed position and reach "
-    f"{accuracy['masked LM (MLM + NSP)']:.0%} (MLM + NSP) and {accuracy['masked LM (MLM only)']:.0%} (MLM only) "
-    f"after {enc_cfg.max_iters} steps; only 15% of each sequence's tokens are questions for them. Their order on "
-    f"this probe is {'the same as' if enc_probe * enc_masked > 0 else 'the reverse of'} their order on all "
-    f"masked tokens above — one seed of a small run settles little (exercise 3).",
-    f"* The permutation LM answers {accuracy['permutation LM (XLNet)']:.0%} after {plm_cfg.max_iters} steps, "
-    f"{100 * plm_vs_chance:+.0f} percentage points from chance "
-    f"({'within' if abs(plm_vs_chance) < 2 * acc_se['permutation LM (XLNet)'] else 'more than'} two standard "
-    f"errors).",
-    f"* Only the causal LM and the PLM define a left-to-right distribution, so only they can be scored against "
-    f"the floor (\"L-to-R CE\") and only they can generate text one token at a time. The causal LM, trained on "
-    f"exactly that order, is {gpt_ce - floor:.3f} nats above the floor, the PLM {plm_ce - floor:.3f}.",
-    f"\nThese are runs of {min(steps.values())} to {max(steps.values())} steps with models the size of the "
-    f"GPT ({gpt.num_parameters():,} parameters): they show what each objective asks and how fast a small model picks it up, not which "
-    f"objective wins at scale.",
+    "* Ranking on the hard closers (`>`: separated by more than two standard errors; "
+    f"`≈`: not): {order}.",
+    f"* The causal LM answers {accuracy['causal LM (GPT)']:.0%} of the hard closers from "
+    f"the left context alone; the {best_n}-gram, which sees only {best_n - 1} tokens back, "
+    f"{accuracy[f'{best_n}-gram (counts)']:.0%} (chance is {chance:.0%}). Every position of every "
+    "sequence is a training question for the causal LM.",
+    f"* Span corruption reaches {accuracy['span corruption (T5)']:.0%}: its targets are also "
+    "generated left to right, with the corrupted sequence around them as context.",
+    "* The masked-LM encoders see the most context at the probed position "
+    f"and reach {accuracy['masked LM (MLM + NSP)']:.0%} (MLM + NSP) "
+    f"and {accuracy['masked LM (MLM only)']:.0%} (MLM only) after {enc_cfg.max_iters} steps; "
+    "only 15% of each sequence's tokens are questions for them. Their order on this probe "
+    f"is {'the same as' if enc_probe * enc_masked > 0 else 'the reverse of'} their order on all "
+    "masked tokens above — one seed of a small run settles little (exercise 3).",
+    f"* The permutation LM answers {accuracy['permutation LM (XLNet)']:.0%} after "
+    f"{plm_cfg.max_iters} steps, {100 * plm_vs_chance:+.0f} percentage points from chance "
+    f"({'within' if abs(plm_vs_chance) < 2 * acc_se['permutation LM (XLNet)'] else 'more than'} "
+    "two standard errors).",
+    "* Only the causal LM and the PLM define a left-to-right distribution, so only they can be "
+    "scored against the floor (\"L-to-R CE\") and only they can generate text one token at a "
+    f"time. The causal LM, trained on exactly that order, is {gpt_ce - floor:.3f} nats above the "
+    f"floor, the PLM {plm_ce - floor:.3f}.",
+    f"\nThese are runs of {min(steps.values())} to {max(steps.values())} steps with models the "
+    f"size of the GPT ({gpt.num_parameters():,} parameters): they show what each objective asks "
+    "and how fast a small model picks it up, not which objective wins at scale.",
 ]
 display(Markdown("\n".join(lines)))
 
@@ -1707,18 +1744,21 @@ loader = torch.utils.data.DataLoader(
 )
 article_batch = next(iter(loader))
 print(
-    f"the article's batch: shape {tuple(article_batch.shape)}, characters {char_tok.decode(article_batch.tolist())!r}"
+    f"the article's batch: shape {tuple(article_batch.shape)}, characters "
+    f"{char_tok.decode(article_batch.tolist())!r}"
 )
 
 window = causal_lm_batch(
     char_ids, batch_size=2, block_size=24, generator=torch.Generator().manual_seed(0)
 )
 print(
-    f"a language-model batch: inputs {tuple(window['idx'].shape)}, targets {tuple(window['targets'].shape)}"
+    f"a language-model batch: inputs {tuple(window['idx'].shape)}, targets "
+    f"{tuple(window['targets'].shape)}"
 )
 for x_row, y_row in zip(window["idx"], window["targets"]):
     print(
-        f"  input  {char_tok.decode(x_row.tolist())!r}\n  target {char_tok.decode(y_row.tolist())!r}"
+        f"  input  {char_tok.decode(x_row.tolist())!r}\n"
+        f"  target {char_tok.decode(y_row.tolist())!r}"
     )
 assert article_batch.dim() == 1  # no time axis: nothing to attend over, no targets
 assert torch.equal(
@@ -1768,95 +1808,100 @@ assert torch.equal(
 #
 # ## Exercises
 #
-# 1. **Distance.** Split the closer probe by the distance between a closer and its opener. At what
-#    distance does the n-gram fall to chance? Does the GPT? *Hint:* keep your own stack while
-#    scanning the sequence, as the probe cell does.
-# 2. **The floor moves.** Set `p_close` to 0.2 in `LanguageConfig`. Predict whether the floor goes
-#    up or down before computing it, then retrain the GPT. Is the gap to the floor larger or smaller?
-# 3. **RoBERTa, properly.** Repeat the MLM vs MLM + NSP comparison with three seeds each and report
-#    the mean and spread of the masked-token accuracy. Is the difference larger than the spread?
-#    Do the same for the closer probe's ranking.
-# 4. **Partial prediction.** XLNet predicts only the last $1/K$ of each order (`predict_fraction`).
-#    Train with `predict_fraction=1/6` for the same number of steps. What happens to the
-#    left-to-right cross-entropy and to the probe? Why might predicting only late-in-the-order
-#    tokens help optimisation?
-# 5. **Resume.** Train the GPT for half its steps, save a checkpoint with `save_checkpoint`, start a
-#    new Python process, load it and train the rest. Check with `torch.equal` that the weights equal
-#    those of an uninterrupted run. Which random states would break this if they were not saved?
-# 6. **Tokens for English.** Train our BPE with vocabularies of 300, 1,000 and 4,000 on the Python
-#    documentation. Plot characters per token on the held-out tail against vocabulary size.
-# 7. **Where the KL lives.** Split the GPT's exact KL by the kind of token the truth allows next
-#    (only words and openers, or also a closer) and by depth. Where does the model lose most?
-# 8. **L2 is not decay, in training.** Replace the GPT trainer's optimizer by
+# These exercises are also a graded assignment, `assignments/03_language_modeling.py`: a teacher
+# builds it with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`).
+# Exercises marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+# The assignment shrinks the training runs to tiny seeded models that train in seconds.
+#
+# 1. **Distance.** *(autograded)* Split the closer probe by the distance between a closer and its
+#    opener. At what distance does the n-gram fall to chance? Does the GPT? *Hint:* keep your own
+#    stack while scanning the sequence, as the probe cell does.
+# 2. **The floor moves.** *(autograded)* Set `p_close` to 0.2 in `LanguageConfig`. Predict whether
+#    the floor goes up or down before computing it, then retrain the GPT. Is the gap to the floor
+#    larger or smaller?
+# 3. **RoBERTa, properly.** *(open)* Repeat the MLM vs MLM + NSP comparison with three seeds each
+#    and report the mean and spread of the masked-token accuracy. Is the difference larger than the
+#    spread? Do the same for the closer probe's ranking.
+# 4. **Partial prediction.** *(autograded)* XLNet predicts only the last $1/K$ of each order
+#    (`predict_fraction`). Train with `predict_fraction=1/6` for the same number of steps. What
+#    happens to the left-to-right cross-entropy and to the probe? Why might predicting only
+#    late-in-the-order tokens help optimisation?
+# 5. **Resume.** *(autograded)* Train the GPT for half its steps, save a checkpoint with
+#    `save_checkpoint`, start a new Python process, load it and train the rest. Check with
+#    `torch.equal` that the weights equal those of an uninterrupted run. Which random states would
+#    break this if they were not saved?
+# 6. **Tokens for English.** *(autograded)* Train our BPE with vocabularies of 300, 1,000 and 4,000
+#    on the Python documentation. Plot characters per token on the held-out tail against vocabulary
+#    size.
+# 7. **Where the KL lives.** *(autograded)* Split the GPT's exact KL by the kind of token the truth
+#    allows next (only words and openers, or also a closer) and by depth. Where does the model lose
+#    most?
+# 8. **L2 is not decay, in training.** *(autograded)* Replace the GPT trainer's optimizer by
 #    `torch.optim.Adam(..., weight_decay=0.1)` (an L2 term) with the same two parameter groups, and
 #    train again. Compare the validation loss and the norms of the embedding and output matrices
 #    with the AdamW run.
-# 9. **Without warm-up.** Train the GPT with `warmup_iters=0` at the chapter's peak learning rate,
-#    and at three times that rate. Does either run hit a `NonFiniteLossError` or end worse?
+# 9. **Without warm-up.** *(autograded)* Train the GPT with `warmup_iters=0` at the chapter's peak
+#    learning rate, and at three times that rate. Does either run hit a `NonFiniteLossError` or end
+#    worse?
 #
 # ## Key terms
 #
 # | English | 中文 | Meaning here |
 # |---|---|---|
-# | cross-entropy | 交叉熵 | A model's mean surprise (−log q) on text from the true process, in nats per token. |
-# | entropy (rate) | 熵（率） | The expected surprise per token of the true process; the floor of the cross-entropy. |
-# | KL divergence | KL 散度 | The extra nats per token a model pays for differing from the truth. |
-# | perplexity | 困惑度 | e to the cross-entropy: the number of equally likely choices that would be as surprising. |
-# | Monte-Carlo estimate | 蒙特卡洛估计 | An expectation estimated by averaging over samples, with a standard error. |
-# | standard error | 标准误 | The standard deviation of an estimate; s/√n for a mean of n samples. |
-# | byte-pair encoding (BPE) | 字节对编码 | A tokenizer that merges the most frequent adjacent pair, repeatedly. |
-# | merge (BPE) | 合并（规则） | One learned rule "pair a, b becomes a new token", replayed in order when encoding. |
-# | pre-token | 预分词单元 | A piece of text (a word with its leading space) that merges never cross. |
-# | n-gram model | n 元语法模型 | Predicts from the previous n − 1 tokens, by counting. |
-# | gradient descent | 梯度下降 | Moving the weights against the gradient, scaled by the learning rate. |
-# | learning rate | 学习率 | The step size η of an update rule. |
-# | momentum | 动量 | A running sum of past gradients that the weights move along. |
-# | Adam | Adam 优化器 | Per-weight steps: a running mean of gradients divided by the root of a running mean of their squares. |
-# | bias correction | 偏差校正 | Dividing Adam's moments by 1 − β^t, undoing their start at zero. |
-# | L2 regularisation | L2 正则化 | A penalty (λ/2)‖θ‖² added to the loss; under Adam it is not the same as weight decay. |
-# | decoupled weight decay (AdamW) | 解耦权重衰减（AdamW） | Shrinking weights by ηλ per step, outside Adam's normalisation. |
-# | weight decay | 权重衰减 | Shrinking weights toward zero each step; applied to matrices only. |
-# | warm-up and cosine schedule | 预热与余弦退火 | Learning rate rises linearly, then falls along a cosine. |
-# | gradient clipping | 梯度裁剪 | Scaling the gradient down when its norm exceeds a limit. |
-# | causal language modelling | 因果语言建模 | Next-token prediction with a causal mask: GPT's objective. |
-# | masked language modelling (MLM) | 掩码语言建模 | Predicting selected, mostly masked tokens from both sides: BERT's objective. |
-# | next-sentence prediction (NSP) | 下一句预测 | Classifying whether segment B follows segment A. |
-# | permutation language modelling (PLM) | 排列语言建模 | Autoregression in a sampled factorisation order, realised with attention masks: XLNet. |
-# | two-stream attention | 双流注意力 | XLNet's content and query streams, so a prediction never sees its own token. |
-# | span corruption | 片段破坏 | Replacing spans with sentinels and predicting them: T5's objective. |
-# | sentinel token | 哨兵词元 | A placeholder that marks a removed span in input and target. |
+# | {term}`cross-entropy` | 交叉熵 | A model's mean surprise (−log q) on text from the true process, in nats per token. |
+# | {term}`entropy (rate)` | 熵（率） | The expected surprise per token of the true process; the floor of the cross-entropy. |
+# | {term}`KL divergence` | KL 散度 | The extra nats per token a model pays for differing from the truth. |
+# | {term}`perplexity` | 困惑度 | e to the cross-entropy: the number of equally likely choices that would be as surprising. |
+# | {term}`Monte-Carlo estimate` | 蒙特卡洛估计 | An expectation estimated by averaging over samples, with a standard error. |
+# | {term}`standard error` | 标准误 | The standard deviation of an estimate; s/√n for a mean of n samples. |
+# | {term}`byte-pair encoding (BPE)` | 字节对编码 | A tokenizer that merges the most frequent adjacent pair, repeatedly. |
+# | {term}`merge (BPE)` | 合并（规则） | One learned rule "pair a, b becomes a new token", replayed in order when encoding. |
+# | {term}`pre-token` | 预分词单元 | A piece of text (a word with its leading space) that merges never cross. |
+# | {term}`n-gram model` | n 元语法模型 | Predicts from the previous n − 1 tokens, by counting. |
+# | {term}`gradient descent` | 梯度下降 | Moving the weights against the gradient, scaled by the learning rate. |
+# | {term}`learning rate` | 学习率 | The step size η of an update rule. |
+# | {term}`momentum` | 动量 | A running sum of past gradients that the weights move along. |
+# | {term}`Adam` | Adam 优化器 | Per-weight steps: a running mean of gradients divided by the root of a running mean of their squares. |
+# | {term}`bias correction` | 偏差校正 | Dividing Adam's moments by 1 − β^t, undoing their start at zero. |
+# | {term}`L2 regularisation` | L2 正则化 | A penalty (λ/2)‖θ‖² added to the loss; under Adam it is not the same as weight decay. |
+# | {term}`decoupled weight decay (AdamW)` | 解耦权重衰减（AdamW） | Shrinking weights by ηλ per step, outside Adam's normalisation. |
+# | {term}`weight decay` | 权重衰减 | Shrinking weights toward zero each step; applied to matrices only. |
+# | {term}`warm-up and cosine schedule` | 预热与余弦退火 | Learning rate rises linearly, then falls along a cosine. |
+# | {term}`gradient clipping` | 梯度裁剪 | Scaling the gradient down when its norm exceeds a limit. |
+# | {term}`causal language modelling` | 因果语言建模 | Next-token prediction with a causal mask: GPT's objective. |
+# | {term}`masked language modelling (MLM)` | 掩码语言建模 | Predicting selected, mostly masked tokens from both sides: BERT's objective. |
+# | {term}`next-sentence prediction (NSP)` | 下一句预测 | Classifying whether segment B follows segment A. |
+# | {term}`permutation language modelling (PLM)` | 排列语言建模 | Autoregression in a sampled factorisation order, realised with attention masks: XLNet. |
+# | {term}`two-stream attention` | 双流注意力 | XLNet's content and query streams, so a prediction never sees its own token. |
+# | {term}`span corruption` | 片段破坏 | Replacing spans with sentinels and predicting them: T5's objective. |
+# | {term}`sentinel token` | 哨兵词元 | A placeholder that marks a removed span in input and target. |
 #
 # ## Sources
 #
-# * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* arXiv:2005.14165.
-# * Chen, S. and Goodman, J. (1999). *An empirical study of smoothing techniques for language
-#   modeling.* Computer Speech and Language 13(4).
-# * Cover, T. M. and Thomas, J. A. (2006). *Elements of Information Theory*, 2nd ed. Wiley
-#   (entropy, relative entropy and the chain rule, chapter 2).
-# * Devlin, J. et al. (2019). *BERT: Pre-training of Deep Bidirectional Transformers for Language
-#   Understanding.* NAACL.
-# * Goyal, P. et al. (2017). *Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour.*
-#   arXiv:1706.02677 (gradual warm-up).
-# * Karpathy, A. *nanoGPT* (GitHub repository karpathy/nanoGPT), the baseline in `benchmarks/`, and
-#   its weight-decay groups.
-# * Kingma, D. P. and Ba, J. (2015). *Adam: A Method for Stochastic Optimization.* ICLR.
-#   arXiv:1412.6980.
-# * Liu, Y. et al. (2019). *RoBERTa: A Robustly Optimized BERT Pretraining Approach.* arXiv:1907.11692.
-# * Loshchilov, I. and Hutter, F. (2017). *SGDR: Stochastic Gradient Descent with Warm Restarts.*
-#   ICLR (cosine schedule).
-# * Loshchilov, I. and Hutter, F. (2019). *Decoupled Weight Decay Regularization.* ICLR (AdamW).
-# * OpenAI (2022). *Introducing ChatGPT* (announcement, 30 November 2022).
-# * Polyak, B. T. (1964). *Some methods of speeding up the convergence of iteration methods.* USSR
-#   Computational Mathematics and Mathematical Physics 4(5) (momentum).
-# * Radford, A. et al. (2018). *Improving Language Understanding by Generative Pre-Training*
-#   (GPT-1); (2019) *Language Models are Unsupervised Multitask Learners* (GPT-2).
-# * Raffel, C. et al. (2020). *Exploring the Limits of Transfer Learning with a Unified Text-to-Text
-#   Transformer.* JMLR (T5).
-# * Sennrich, R., Haddow, B. and Birch, A. (2016). *Neural Machine Translation of Rare Words with
-#   Subword Units.* ACL (BPE).
-# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS (learning-rate warm-up, §5.3).
-# * Yang, Z. et al. (2019). *XLNet: Generalized Autoregressive Pretraining for Language
-#   Understanding.* NeurIPS.
+# * {cite:t}`ch03-brown2020gpt3` (GPT-3).
+# * {cite:t}`ch03-chen1999smoothing`.
+# * {cite:t}`ch03-cover2006elements` (entropy, relative entropy and the chain rule, chapter 2).
+# * {cite:t}`ch03-devlin2019bert` (BERT).
+# * {cite:t}`ch03-goyal2017minibatch` (gradual warm-up).
+# * {cite:t}`ch03-karpathy_nanogpt`, the baseline in `benchmarks/`, and its weight-decay groups.
+# * {cite:t}`ch03-kingma2015adam` (Adam).
+# * {cite:t}`ch03-liu2019roberta` (RoBERTa).
+# * {cite:t}`ch03-loshchilov2017sgdr` (cosine schedule).
+# * {cite:t}`ch03-loshchilov2019adamw` (AdamW).
+# * {cite:t}`ch03-openai2022chatgpt`.
+# * {cite:t}`ch03-polyak1964momentum` (momentum).
+# * {cite:t}`ch03-radford2018gpt1` (GPT-1); {cite:t}`ch03-radford2019gpt2` (GPT-2).
+# * {cite:t}`ch03-raffel2020t5` (T5).
+# * {cite:t}`ch03-sennrich2016bpe` (BPE).
+# * {cite:t}`ch03-vaswani2017attention` (learning-rate warm-up, §5.3).
+# * {cite:t}`ch03-yang2019xlnet` (XLNet).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch03-
+# :labelprefix: 3.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter executed in {time.perf_counter() - chapter_start:.1f} s")

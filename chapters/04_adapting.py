@@ -6,17 +6,17 @@
 # follow instructions. This chapter teaches it those jobs, and asks:
 #
 # 1. How do you adapt a pretrained model to a new task, and what does each way cost? Full
-#    fine-tuning; training only the last layers; LoRA; bottleneck adapters; prefix tuning; prompt
+#    fine-tuning; training only the last layers; {term}`LoRA <LoRA (low-rank adaptation)>`; bottleneck {term}`adapters <adapter>`; {term}`prefix tuning`; prompt
 #    tuning — each written from scratch, checked against the `peft` library where `peft` has it,
 #    and compared on the same base model and task: trainable parameters, memory, time per step,
 #    accuracy over three seeds.
-# 2. What does extractive question answering look like when it is done right, and how is it scored?
-# 3. How does a model learn to follow instructions in a chat template, and why is the loss put on the
+# 2. What does {term}`extractive question answering` look like when it is done right, and how is it scored?
+# 3. How does a model learn to follow instructions in a {term}`chat template`, and why is the loss put on the
 #    response only?
 # 4. What can a model do with examples in its prompt, without any training, and what mechanism
-#    inside it does that (induction heads)?
-# 5. How is text generated from the adapted model: greedy, beam search, temperature, top-k, top-p,
-#    min-p, repetition penalty — each checked against Hugging Face `transformers`?
+#    inside it does that ({term}`induction heads <induction head>`)?
+# 5. How is text generated from the adapted model: {term}`greedy <greedy decoding>`, {term}`beam search`, {term}`temperature`, {term}`top-k <top-k / top-p (nucleus) sampling>`, top-p,
+#    min-p, {term}`repetition penalty` — each checked against Hugging Face `transformers`?
 # 6. How is each of these scored, and what can each metric not tell you?
 #
 # Every task has answers a program can check, so every accuracy in this chapter is exact. The code
@@ -146,10 +146,12 @@ Trainer(
 floor = lang.entropy_floor(T)
 base_loss = lm_loss(base, val_seqs.to(device))
 print(
-    f"base GPT: {base.num_parameters():,} parameters, pretrained in {time.perf_counter() - t0:.0f} s"
+    f"base GPT: {base.num_parameters():,} parameters, pretrained in "
+    f"{time.perf_counter() - t0:.0f} s"
 )
 print(
-    f"held-out loss {base_loss:.3f} nats/token; the language's floor {floor:.3f}; gap {base_loss - floor:.3f}"
+    f"held-out loss {base_loss:.3f} nats/token; the language's floor {floor:.3f}; "
+    f"gap {base_loss - floor:.3f}"
 )
 assert base_loss < floor + 0.15, "the base model should be close to the floor"
 base.eval()
@@ -213,7 +215,7 @@ for item in instructions.sample_instructions(5, seed=0):
 # innermost? (Only sequences that end inside a bracket are drawn.) To predict the next token, the
 # pretrained model must already track this — the right closer and the agreeing words depend on it —
 # so the information is inside the model; the task asks it to *say* it with a new symbol.
-# **Full fine-tuning** trains every weight.
+# **{term}`Full fine-tuning <full fine-tuning>`** trains every weight.
 
 # %%
 TASK = "open_type"
@@ -372,8 +374,9 @@ assert (
     and type(merged.transformer.h[0].attn.c_attn) is torch.nn.Linear
 )
 print(
-    f"LoRA on {len(wrapped)} layers: {counts.trainable:,} trained parameters ({counts.percent:.1f}% of "
-    f"{counts.total:,}); validation accuracy {lora_accuracy:.3f}; merged into plain Linear layers, same logits"
+    f"LoRA on {len(wrapped)} layers: {counts.trainable:,} trained parameters "
+    f"({counts.percent:.1f}% of {counts.total:,}); validation accuracy {lora_accuracy:.3f}; "
+    "merged into plain Linear layers, same logits"
 )
 
 # %% [markdown]
@@ -390,7 +393,7 @@ print(
 # * **Prefix tuning** (Li & Liang 2021): every layer's attention gets $P$ trained keys and values in
 #   front of its own; the tokens attend to them as if a prefix of $P$ tokens came first. It adds
 #   $P \cdot n_\text{layer} \cdot 2d$ parameters.
-# * **Prompt tuning** (Lester et al. 2021): only $P$ trained input vectors in front of the token
+# * **{term}`Prompt tuning <prompt tuning>`** (Lester et al. 2021): only $P$ trained input vectors in front of the token
 #   embeddings — a "soft prompt" of $Pd$ parameters.
 #
 # Prompt and prefix tuning wrap the frozen GPT and keep its `forward(idx, targets)`, so the same loop
@@ -438,10 +441,12 @@ for name, ours_cls, config, by_formula in [
         peft_count, _ = get_peft_model(copy.deepcopy(hf_base), config).get_nb_trainable_parameters()
     assert ours_count == peft_count == by_formula, (name, ours_count, peft_count, by_formula)
     print(
-        f"{name} tuning with {P} virtual tokens: {ours_count:,} trainable parameters (peft: {peft_count:,})"
+        f"{name} tuning with {P} virtual tokens: {ours_count:,} trainable parameters "
+        f"(peft: {peft_count:,})"
     )
 print(
-    f"adapters of width {M} after both sublayers of {L} blocks: {2 * L * adapter_parameter_count(d, M):,}"
+    f"adapters of width {M} after both sublayers of {L} blocks: "
+    f"{2 * L * adapter_parameter_count(d, M):,}"
 )
 
 # %% [markdown]
@@ -519,15 +524,16 @@ for method in tqdm(LR, desc="methods"):
 
 peak = " peak CUDA (KiB) |" if device.type == "cuda" else ""
 table = [
-    f"| method | trainable | % of model | memory per step (KiB) |{peak} ms per step | loss: first step → last 20 "
-    "| accuracy (mean ± sd) |",
+    f"| method | trainable | % of model | memory per step (KiB) |{peak} ms per step | loss: "
+    "first step → last 20 | accuracy (mean ± sd) |",
     "|---|---:|---:|---:|" + ("---:|" if peak else "") + "---:|---:|---:|",
 ]
 for r in rows:
     cuda = f" {r['peak_cuda_kib']:,.0f} |" if peak else ""
     table.append(
-        f"| {r['method']} | {r['trainable']:,} | {r['percent']:.2f} | {r['memory_kib']:,.0f} |{cuda} "
-        f"{r['ms']:.1f} | {r['loss_start']:.2f} → {r['loss_end']:.2f} | {r['acc_mean']:.3f} ± {r['acc_sd']:.3f} |"
+        f"| {r['method']} | {r['trainable']:,} | {r['percent']:.2f} | {r['memory_kib']:,.0f} "
+        f"|{cuda} {r['ms']:.1f} | {r['loss_start']:.2f} → {r['loss_end']:.2f} | "
+        f"{r['acc_mean']:.3f} ± {r['acc_sd']:.3f} |"
     )
 display(Markdown("\n".join(table)))
 by_acc = sorted(rows, key=lambda r: -r["acc_mean"])
@@ -535,27 +541,34 @@ smallest = min(rows, key=lambda r: r["trainable"])
 display(
     Markdown(
         f"On this run, **{by_acc[0]['method']}** reached the highest mean accuracy "
-        f"({by_acc[0]['acc_mean']:.3f}) and **{by_acc[-1]['method']}** the lowest ({by_acc[-1]['acc_mean']:.3f}); "
-        f"**{smallest['method']}** trained the fewest parameters ({smallest['trainable']:,}, "
-        f"{smallest['percent']:.2f}% of the model). Full fine-tuning's step needed "
-        f"{rows[0]['memory_kib'] / min(r['memory_kib'] for r in rows):.1f}× the memory of the cheapest method's."
+        f"({by_acc[0]['acc_mean']:.3f}) and **{by_acc[-1]['method']}** the lowest "
+        f"({by_acc[-1]['acc_mean']:.3f}); **{smallest['method']}** trained the fewest parameters "
+        f"({smallest['trainable']:,}, {smallest['percent']:.2f}% of the model). Full fine-tuning's "
+        f"step needed {rows[0]['memory_kib'] / min(r['memory_kib'] for r in rows):.1f}× the "
+        "memory of the cheapest method's."
     )
 )
 prompt_row = next(r for r in rows if r["method"] == "prompt")
 full_row = rows[0]
 display(
     Markdown(
-        f"Three things to read in the table. **Memory**: at this size the activations saved for the backward "
-        f"pass are {full_row['activation_share']:.0%} of full fine-tuning's step, so freezing weights saves less "
-        f"than the parameter counts suggest; in large models the weights, gradients and optimiser states "
-        f"dominate, which is where LoRA's saving comes from (3× less GPU memory on GPT-3 175B, Hu et al. 2021). "
-        f"**Time**: a frozen model still runs forward and backward through every layer above the first trained "
-        f"parameter, so the small methods are not proportionally faster. **Prompt tuning**: its loss fell from "
-        f"{prompt_row['loss_start']:.2f} to {prompt_row['loss_end']:.2f} nats — it learned to answer with a "
-        f"label symbol — and its accuracy is {prompt_row['acc_mean']:.3f} against a chance of {1 / K:.3f}, "
-        f"{'no better than guessing' if prompt_row['acc_mean'] < 1 / K + 0.05 else 'below full fine-tuning'}. "
-        f"Lester et al. (2021) found prompt tuning competitive with full fine-tuning only once models have "
-        f"billions of parameters; this one has {base.num_parameters():,}."
+        "Three things to read in the table. **Memory**: at this size the activations saved for "
+        f"the backward pass are {full_row['activation_share']:.0%} of full fine-tuning's step, "
+        "so freezing weights saves less than the parameter counts suggest; "
+        "in large models the weights, gradients and optimiser states dominate, which is "
+        "where LoRA's saving comes from (3× less GPU memory on GPT-3 175B, Hu et al. 2021). "
+        "**Time**: a frozen model still runs forward and backward through every layer above "
+        "the first trained parameter, so the small methods are not proportionally faster. "
+        f"**Prompt tuning**: its loss fell from {prompt_row['loss_start']:.2f} "
+        f"to {prompt_row['loss_end']:.2f} nats — it learned to answer with a label symbol — "
+        f"and its accuracy is {prompt_row['acc_mean']:.3f} against a chance of {1 / K:.3f}, "
+        f"""{
+            'no better than guessing'
+            if prompt_row['acc_mean'] < 1 / K + 0.05
+            else 'below full fine-tuning'
+        }. """
+        "Lester et al. (2021) found prompt tuning competitive with full fine-tuning only once "
+        f"models have billions of parameters; this one has {base.num_parameters():,}."
     )
 )
 assert prompt_row["loss_end"] < prompt_row["loss_start"] - 1
@@ -620,7 +633,7 @@ except ValueError as err:
 # bidirectional encoder trained for this task alone. It uses rotary positions (chapter 2): the
 # answer is defined by *relative* positions (the closer that matches this opener), which rotary
 # attention sees directly; with learned absolute positions the same encoder needed several times
-# more steps in our trials. **Exact match** (EM) counts answers whose span
+# more steps in our trials. **{term}`Exact match <exact match (EM)>`** (EM) counts answers whose span
 # is exactly right; **F1** gives partial credit for overlap. SQuAD defines both on the answer's text
 # after normalisation — lower case, punctuation and the articles *a, an, the* removed — with F1 over
 # the bag of words (Rajpurkar et al. 2016). That normalisation deletes every bracket of our answers
@@ -647,8 +660,8 @@ assert qa_scores["span_exact_match"] > 50, qa_scores
 #
 # *How does a next-token predictor become an assistant that answers requests and stops?*
 #
-# By **supervised fine-tuning** (SFT) on conversations written in a **chat template**. Each turn is
-# wrapped in **special tokens**, ids that ordinary text can never produce:
+# By **{term}`supervised fine-tuning <supervised fine-tuning (SFT)>`** (SFT) on conversations written in a **chat template**. Each turn is
+# wrapped in **{term}`special tokens <special token>`**, ids that ordinary text can never produce:
 #
 # `<|user|>add 7+12<|end|><|assistant|>19<|end|>`
 #
@@ -689,7 +702,10 @@ SFT_LR = {"full": 2e-3, "lora": 3e-3}
 
 
 def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
-    """The base model with the chat vocabulary, fine-tuned on the instructions; returns (model, trainable)."""
+    (
+        "The base model with the chat vocabulary, fine-tuned on the instructions; "
+        "returns (model, trainable)."
+    )
     torch.manual_seed(seed)
     model = grow_vocabulary(copy.deepcopy(base).train(), chat_tok.vocab_size)
     # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
@@ -764,7 +780,7 @@ for item, response in zip(shown, generate_responses(chat_model, chat_tok, shown)
 # GPT-3's paper (Brown et al. 2020, §2) called it **few-shot** (or *in-context*) learning: write $K$
 # solved examples of a task into the prompt, then the query, and let the model continue. No weight
 # changes. The source article 001 builds much on this ("ChatGPT as the new operating system" of
-# human–computer interaction, programmed in prompts). What in-context learning does in a
+# human–computer interaction, programmed in prompts). What {term}`in-context learning` does in a
 # Transformer is partly understood. Olsson et al. (2022) found **induction heads**: attention heads
 # that, at a token `A`, look back for an earlier `A` and copy the token `B` that followed it —
 # *after A came B last time, so predict B*. They form suddenly during training, at the same time as
@@ -798,8 +814,9 @@ for n_layer in (1, 2):
     )
     log = logs[n_layer]
     print(
-        f"{n_layer} layer(s), {log.seconds:.0f} s: loss on the copy {log.repeat_loss[-1]:.2f} nats, "
-        f"on its first occurrence {log.first_loss[-1]:.2f} (ln V = {math.log(INDUCTION['vocab_size']):.2f})"
+        f"{n_layer} layer(s), {log.seconds:.0f} s: loss on the copy "
+        f"{log.repeat_loss[-1]:.2f} nats, on its first occurrence {log.first_loss[-1]:.2f} "
+        f"(ln V = {math.log(INDUCTION['vocab_size']):.2f})"
     )
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
@@ -829,12 +846,14 @@ pm2, pt2 = two.prefix_matching[-1], two.previous_token[-1]  # (n_layer, n_head) 
 layer, head = divmod(int(pm2.argmax()), pm2.size(1))
 display(
     Markdown(
-        f"The two-layer model's loss on the copy fell below half its loss on the first occurrence at step "
-        f"{step2}; the one-layer model's {'never did' if step1 is None else f'did at step {step1}'} "
-        f"(its copy loss ended at {one.repeat_loss[-1]:.2f} nats against {two.repeat_loss[-1]:.2f}). The "
-        f"strongest prefix-matching head of the two-layer model is head {head} of layer {layer + 1}: it puts "
-        f"{pm2[layer, head]:.2f} of its attention on the token that induction predicts. The strongest previous-token head is in layer "
-        f"{int(pt2.max(1).values.argmax()) + 1}, with a score of {float(pt2.max()):.2f}."
+        "The two-layer model's loss on the copy fell below half its loss "
+        f"on the first occurrence at step {step2}; the one-layer model's "
+        f"{'never did' if step1 is None else f'did at step {step1}'} (its copy loss ended "
+        f"at {one.repeat_loss[-1]:.2f} nats against {two.repeat_loss[-1]:.2f}). The strongest "
+        f"prefix-matching head of the two-layer model is head {head} of layer {layer + 1}: "
+        f"it puts {pm2[layer, head]:.2f} of its attention on the token that induction predicts. "
+        f"The strongest previous-token head is in layer {int(pt2.max(1).values.argmax()) + 1}, "
+        f"with a score of {float(pt2.max()):.2f}."
     )
 )
 assert step2 is not None and two.repeat_loss[-1] < 0.5 * two.first_loss[-1]
@@ -842,7 +861,7 @@ assert layer == 1, "the induction head should be in the second layer"
 assert one.repeat_loss[-1] > two.repeat_loss[-1] + 0.5
 
 # %% [markdown]
-# Now few-shot prompting itself. A small GPT is pretrained on documents in which every entry applies
+# Now {term}`few-shot prompting` itself. A small GPT is pretrained on documents in which every entry applies
 # one rule to a letter from a to h — `copy` it, write it in `upper` case, or write its `position` in
 # the alphabet (a=1, b=2, ...) — written as `input=output;`, with the rule chosen at random per
 # document and never named. To continue such a document correctly, the model
@@ -928,10 +947,12 @@ mean_acc = {
 }
 display(
     Markdown(
-        f"With no demonstration the model must guess the rule: mean accuracy {mean_acc[0]:.2f} over the three "
-        f"rules. With one demonstration it is {mean_acc[1]:.2f}, with two {mean_acc[2]:.2f}, with four "
-        f"{mean_acc[4]:.2f} — and no weight changed. That is what source article 001 means by few-shot learning, and the sober reading of it: "
-        f"the model learned, in pretraining, that documents stick to one rule, and uses the prompt to tell which."
+        f"With no demonstration the model must guess the rule: mean accuracy {mean_acc[0]:.2f} "
+        f"over the three rules. With one demonstration it is {mean_acc[1]:.2f}, "
+        f"with two {mean_acc[2]:.2f}, with four {mean_acc[4]:.2f} — and no weight changed. "
+        "That is what source article 001 means by few-shot learning, and the sober reading of it: "
+        "the model learned, in pretraining, that documents stick to one rule, and uses "
+        "the prompt to tell which."
     )
 )
 assert mean_acc[4] > mean_acc[0] + 0.2
@@ -1023,8 +1044,8 @@ for beams, alpha in [(3, 1.0), (4, 0.5)]:
     assert torch.equal(ours.sequences, theirs.sequences)
     torch.testing.assert_close(ours.sequences_scores, theirs.sequences_scores, rtol=1e-4, atol=1e-4)
     print(
-        f"beam search, {beams} beams, length penalty {alpha}: the same {beams} sequences and scores as "
-        f"transformers; best: {lang.decode(ours.sequences[0])}"
+        f"beam search, {beams} beams, length penalty {alpha}: the same {beams} sequences and "
+        f"scores as transformers; best: {lang.decode(ours.sequences[0])}"
     )
 base.to(device)
 
@@ -1132,16 +1153,18 @@ q = {name: v["formed"] for name, v in quality.items()}
 greedy_symbols = sorted(set(quality["greedy"]["text"][1:]))
 display(
     Markdown(
-        f"Greedy decoding gives one text for one prompt, and here it uses only {len(greedy_symbols)} distinct "
-        f"symbol(s) after `^` ({', '.join(f'`{c}`' for c in greedy_symbols)}): the most likely next symbol is "
-        f"chosen again and again; the repetition penalty pushes it off the loop for a few symbols. Sampling at "
-        f"$T=1$ gives 200 different texts, but only {q['sampling, T=1']:.0%} of them follow every rule for "
-        f"32 symbols: a model {base_loss - floor:.3f} nats per symbol above the floor still puts a little "
-        f"probability on impossible symbols, and over 32 draws that adds up. A high temperature makes it worse "
-        f"({q['sampling, T=2']:.0%} at $T=2$); a low temperature ({q['sampling, T=0.5']:.0%} at $T=0.5$), "
-        f"top-k ({q['top-k 3']:.0%}), top-p ({q['top-p 0.9']:.0%}) and min-p ({q['min-p 0.1']:.0%}) cut the "
-        f"unlikely tail and trade variety for staying on the likely path. Beam search, like greedy decoding, "
-        f"returns {quality['beam search, 4 beams']['distinct']} text for the 200 identical prompts: "
+        "Greedy decoding gives one text for one prompt, and here it "
+        f"uses only {len(greedy_symbols)} distinct symbol(s) after `^` "
+        f"({', '.join(f'`{c}`' for c in greedy_symbols)}): the most likely next symbol is chosen "
+        "again and again; the repetition penalty pushes it off the loop for a few symbols. "
+        f"Sampling at $T=1$ gives 200 different texts, but only {q['sampling, T=1']:.0%} of them "
+        f"follow every rule for 32 symbols: a model {base_loss - floor:.3f} nats per symbol above "
+        "the floor still puts a little probability on impossible symbols, and over 32 draws "
+        f"that adds up. A high temperature makes it worse ({q['sampling, T=2']:.0%} at $T=2$); "
+        f"a low temperature ({q['sampling, T=0.5']:.0%} at $T=0.5$), top-k ({q['top-k 3']:.0%}), "
+        f"top-p ({q['top-p 0.9']:.0%}) and min-p ({q['min-p 0.1']:.0%}) cut the unlikely tail and "
+        "trade variety for staying on the likely path. Beam search, like greedy decoding, returns "
+        f"{quality['beam search, 4 beams']['distinct']} text for the 200 identical prompts: "
         f"`{quality['beam search, 4 beams']['text']}`."
     )
 )
@@ -1170,7 +1193,8 @@ for text in [
 ]:  # the article's prompt, and in English
     n_tokens = len(english_bpe.encode(text).ids)
     print(
-        f"{text!r}: {len(text)} characters, {len(text.encode('utf-8'))} UTF-8 bytes, {n_tokens} tokens"
+        f"{text!r}: {len(text)} characters, {len(text.encode('utf-8'))} UTF-8 bytes, "
+        f"{n_tokens} tokens"
     )
 english, chinese = "Write an article about artificial intelligence", "写一篇关于人工智能的文章"
 assert len(english_bpe.encode(english).ids) < len(english)  # merges: fewer tokens than characters
@@ -1189,7 +1213,7 @@ assert len(english_bpe.encode(chinese).ids) >= 2 * len(
 #
 # *Which number should you report, and what can it not tell you?*
 #
-# * **Perplexity** $= e^{\text{mean NLL}}$ measures how well a model predicts held-out text. It
+# * **{term}`Perplexity <perplexity>`** $= e^{\text{mean NLL}}$ measures how well a model predicts held-out text. It
 #   needs the model's probabilities, depends on the tokenizer (per character and per BPE token are
 #   not comparable), and says nothing about whether generated text is correct.
 # * **Accuracy** counts exact answers. It is the right measure when a program can decide
@@ -1223,8 +1247,8 @@ letters = (
     [" ".join(r) for r in references],
 )  # BLEU counts letters as words
 print(
-    f"{len(reverse_items)} reverse instructions: accuracy {exact:.2f}, BLEU {metrics.bleu(*letters):.1f}, "
-    f"chrF {metrics.chrf(hypotheses, references):.1f}"
+    f"{len(reverse_items)} reverse instructions: accuracy {exact:.2f}, "
+    f"BLEU {metrics.bleu(*letters):.1f}, chrF {metrics.chrf(hypotheses, references):.1f}"
 )
 
 hyp, ref = "the cat sat on the mat today".split(), "the cat sat on a mat today".split()
@@ -1244,7 +1268,8 @@ by_hand = 100 * math.prod(m / t for m, t in precisions) ** (
 )  # geometric mean, brevity penalty 1
 with_sacrebleu = metrics.bleu([" ".join(hyp)], [" ".join(ref)])
 print(
-    f"BLEU of {' '.join(hyp)!r} against {' '.join(ref)!r}: by hand {by_hand:.2f}, sacrebleu {with_sacrebleu:.2f}"
+    f"BLEU of {' '.join(hyp)!r} against {' '.join(ref)!r}: by hand {by_hand:.2f}, "
+    f"sacrebleu {with_sacrebleu:.2f}"
 )
 assert abs(metrics.bleu_by_hand([hyp], [[ref]]) - by_hand) < 1e-9
 assert abs(by_hand - with_sacrebleu) < 1e-6
@@ -1301,74 +1326,84 @@ print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s on {device
 # %% [markdown]
 # ## Exercises
 #
-# 1. **LoRA's rank.** Re-run the comparison with LoRA at `r = 1, 2, 8, 16`. Count the trainable
-#    parameters by the formula $r(d_\text{in} + d_\text{out})$ per layer and check
+# These exercises are also a graded assignment, `assignments/04_adapting.py`: a teacher builds it
+# with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises
+# marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand. The
+# assignment adapts a tiny base model, pretrained in seconds, with short seeded runs.
+#
+# 1. **LoRA's rank.** *(autograded)* Re-run the comparison with LoRA at `r = 1, 2, 8, 16`. Count the
+#    trainable parameters by the formula $r(d_\text{in} + d_\text{out})$ per layer and check
 #    `count_trainable`. Does accuracy grow with $r$? *Check:* the counts must match exactly.
-# 2. **Merging.** Merge a trained LoRA model with `merge_lora`, save it with `save_pretrained`,
-#    load it as a plain `GPT` and check that its logits equal the unmerged model's to 1e-5.
-# 3. **A classification head instead of a label symbol.** Train
+# 2. **Merging.** *(autograded)* Merge a trained LoRA model with `merge_lora`, save it with
+#    `save_pretrained`, load it as a plain `GPT` and check that its logits equal the unmerged
+#    model's to 1e-5.
+# 3. **A classification head instead of a label symbol.** *(autograded)* Train
 #    `aigc_book.tasks.classification.SequenceClassifier` (a linear head on the last token's hidden
 #    state) on `open_type` with the base model frozen (a *linear probe*). How close does it get to
 #    full fine-tuning? *Check:* the probe trains $d \cdot K + K$ parameters.
-# 4. **The loss mask.** In the SFT cell, count how many targets per batch are not −100 with and
-#    without `train_on_prompt`. *Check:* the difference equals the number of prompt tokens after the
-#    first one.
-# 5. **Beam search by hand.** With `num_beams=2` and 3 new tokens, write out the beams after each
-#    step from the model's log-probabilities, and check the result against `generate`.
-# 6. **Top-p by hand.** For probabilities $(0.5, 0.3, 0.1, 0.1)$ and $p = 0.75$, which tokens does
-#    top-p keep? *Check:* `top_p_filter(torch.tensor([[0.5, 0.3, 0.1, 0.1]]).log(), 0.75)`.
-# 7. **Induction heads.** Train the one-layer attention-only model as long as the two-layer one.
-#    Does its loss on the repeated half ever fall below its loss on the first half?
+# 4. **The loss mask.** *(autograded)* In the SFT cell, count how many targets per batch are not
+#    −100 with and without `train_on_prompt`. *Check:* the difference equals the number of prompt
+#    tokens after the first one.
+# 5. **Beam search by hand.** *(autograded)* With `num_beams=2` and 3 new tokens, write out the
+#    beams after each step from the model's log-probabilities, and check the result against
+#    `generate`.
+# 6. **Top-p by hand.** *(autograded)* For probabilities $(0.5, 0.3, 0.1, 0.1)$ and $p = 0.75$,
+#    which tokens does top-p keep? *Check:*
+#    `top_p_filter(torch.tensor([[0.5, 0.3, 0.1, 0.1]]).log(), 0.75)`.
+# 7. **Induction heads.** *(autograded)* Train the one-layer attention-only model as long as the
+#    two-layer one. Does its loss on the repeated half ever fall below its loss on the first half?
 #
 # ## Key terms
 #
 # | English | 中文 |
 # |---|---|
-# | fine-tuning | 微调 |
-# | full fine-tuning | 全参数微调 |
-# | parameter-efficient fine-tuning (PEFT) | 参数高效微调 |
-# | LoRA (low-rank adaptation) | 低秩适配 |
-# | adapter | 适配器 |
-# | prefix tuning | 前缀微调 |
-# | prompt tuning | 提示微调 |
-# | extractive question answering | 抽取式问答 |
-# | exact match | 精确匹配 |
-# | supervised fine-tuning (SFT) | 监督微调 |
-# | chat template | 对话模板 |
-# | special token | 特殊词元 |
-# | in-context learning | 上下文学习 |
-# | few-shot prompting | 少样本提示 |
-# | induction head | 归纳头 |
-# | greedy decoding | 贪心解码 |
-# | beam search | 束搜索 |
-# | temperature | 温度 |
-# | top-k / top-p (nucleus) sampling | top-k / top-p（核）采样 |
-# | repetition penalty | 重复惩罚 |
-# | perplexity | 困惑度 |
+# | {term}`fine-tuning` | 微调 |
+# | {term}`full fine-tuning` | 全参数微调 |
+# | {term}`parameter-efficient fine-tuning (PEFT)` | 参数高效微调 |
+# | {term}`LoRA (low-rank adaptation)` | 低秩适配 |
+# | {term}`adapter` | 适配器 |
+# | {term}`prefix tuning` | 前缀微调 |
+# | {term}`prompt tuning` | 提示微调 |
+# | {term}`extractive question answering` | 抽取式问答 |
+# | {term}`exact match <exact match (EM)>` | 精确匹配 |
+# | {term}`supervised fine-tuning (SFT)` | 监督微调 |
+# | {term}`chat template` | 对话模板 |
+# | {term}`special token` | 特殊词元 |
+# | {term}`in-context learning` | 上下文学习 |
+# | {term}`few-shot prompting` | 少样本提示 |
+# | {term}`induction head` | 归纳头 |
+# | {term}`greedy decoding` | 贪心解码 |
+# | {term}`beam search` | 束搜索 |
+# | {term}`temperature` | 温度 |
+# | {term}`top-k / top-p (nucleus) sampling` | top-k / top-p（核）采样 |
+# | {term}`repetition penalty` | 重复惩罚 |
+# | {term}`perplexity` | 困惑度 |
 #
 # ## References
 #
-# * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* NeurIPS.
-# * Devlin, J. et al. (2019). *BERT: Pre-training of Deep Bidirectional Transformers for Language
-#   Understanding.* NAACL (§4.2: SQuAD fine-tuning).
-# * Elhage, N. et al. (2021). *A Mathematical Framework for Transformer Circuits.* Transformer Circuits Thread.
-# * Fan, A., Lewis, M. and Dauphin, Y. (2018). *Hierarchical Neural Story Generation.* ACL (top-k).
-# * Hewitt, J. (2021). *Initializing New Word Embeddings for Pretrained Language Models.* Blog post.
-# * Holtzman, A. et al. (2020). *The Curious Case of Neural Text Degeneration.* ICLR (top-p).
-# * Houlsby, N. et al. (2019). *Parameter-Efficient Transfer Learning for NLP.* ICML.
-# * Hu, E. J. et al. (2021). *LoRA: Low-Rank Adaptation of Large Language Models.* arXiv:2106.09685 (ICLR 2022).
-# * Keskar, N. S. et al. (2019). *CTRL: A Conditional Transformer Language Model for Controllable
-#   Generation.* arXiv:1909.05858 (repetition penalty).
-# * Lester, B., Al-Rfou, R. and Constant, N. (2021). *The Power of Scale for Parameter-Efficient
-#   Prompt Tuning.* EMNLP.
-# * Li, X. L. and Liang, P. (2021). *Prefix-Tuning: Optimizing Continuous Prompts for Generation.* ACL.
-# * Nguyen, M. et al. (2024). *Turning Up the Heat: Min-p Sampling for Creative and Coherent LLM
-#   Outputs.* arXiv:2407.01082.
-# * Olsson, C. et al. (2022). *In-context Learning and Induction Heads.* Transformer Circuits Thread.
-# * Ouyang, L. et al. (2022). *Training Language Models to Follow Instructions with Human Feedback.* NeurIPS.
-# * Papineni, K. et al. (2002). *BLEU: a Method for Automatic Evaluation of Machine Translation.* ACL.
-# * Popović, M. (2015). *chrF: character n-gram F-score for automatic MT evaluation.* WMT.
-# * Radford, A. et al. (2019). *Language Models are Unsupervised Multitask Learners.* OpenAI (GPT-2).
-# * Raffel, C. et al. (2020). *Exploring the Limits of Transfer Learning with a Unified Text-to-Text
-#   Transformer.* JMLR.
-# * Rajpurkar, P. et al. (2016). *SQuAD: 100,000+ Questions for Machine Comprehension of Text.* EMNLP.
+# * {cite:t}`ch04-brown2020gpt3` (GPT-3).
+# * {cite:t}`ch04-devlin2019bert` (§4.2: SQuAD fine-tuning).
+# * {cite:t}`ch04-elhage2021circuits`.
+# * {cite:t}`ch04-fan2018hierarchical` (top-k).
+# * {cite:t}`ch04-hewitt2021initializing`.
+# * {cite:t}`ch04-holtzman2020degeneration` (top-p).
+# * {cite:t}`ch04-houlsby2019adapters` (adapters).
+# * {cite:t}`ch04-hu2021lora` (LoRA).
+# * {cite:t}`ch04-keskar2019ctrl` (repetition penalty).
+# * {cite:t}`ch04-lester2021prompttuning` (prompt tuning).
+# * {cite:t}`ch04-li2021prefix` (prefix tuning).
+# * {cite:t}`ch04-nguyen2024minp` (min-p).
+# * {cite:t}`ch04-olsson2022induction`.
+# * {cite:t}`ch04-ouyang2022instructgpt` (InstructGPT).
+# * {cite:t}`ch04-papineni2002bleu` (BLEU).
+# * {cite:t}`ch04-popovic2015chrf` (chrF).
+# * {cite:t}`ch04-radford2019gpt2` (GPT-2).
+# * {cite:t}`ch04-raffel2020t5` (T5).
+# * {cite:t}`ch04-rajpurkar2016squad` (SQuAD).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch04-
+# :labelprefix: 4.
+# :style: unsrt
+# ```

@@ -3,16 +3,16 @@
 #
 # Chapter 4 turned a pretrained model into a chat model by supervised fine-tuning (SFT): it imitates
 # demonstrations. InstructGPT and ChatGPT went one step further: people *compared* the model's answers,
-# a **reward model** learned their preferences, and reinforcement learning pushed the model towards
+# a **{term}`reward model`** learned their preferences, and reinforcement learning pushed the model towards
 # answers the reward model likes (Ouyang et al. 2022). This chapter does all of that on a laptop CPU,
 # with something no real lab has: an answer key. Every instruction of chapter 4's family has a checked
-# answer, so a **gold reward** is known exactly. The methods never see it (except GRPO, which is given
+# answer, so a **{term}`gold reward`** is known exactly. The methods never see it (except {term}`GRPO <group relative policy optimisation (GRPO)>`, which is given
 # the checker on purpose); the labelers who rank answers do, noisily. So we can ask:
 #
 # 1. How well does a reward model learn preferences, against the best any model could do?
-# 2. What do best-of-n sampling, PPO, DPO and GRPO each optimise, and how much gold reward does each
+# 2. What do {term}`best-of-n sampling`, {term}`PPO <proximal policy optimisation (PPO)>`, {term}`DPO <direct preference optimisation (DPO)>` and GRPO each optimise, and how much gold reward does each
 #    buy per unit of divergence from the starting model?
-# 3. When does optimising a learned reward stop helping — and what does the policy learn to exploit?
+# 3. When does optimising a learned reward stop helping — and what does the {term}`policy` learn to exploit?
 #
 # The code lives in `aigc_book.rlhf`: one small function per loss (`losses.py`), the rollouts and
 # heads, the trainers (`ppo.py`, `grpo.py`, `dpo.py`), and the whole pipeline behind
@@ -143,8 +143,8 @@ held_out = instructions.sample_instructions(settings.eval_prompts, seed=2000, co
 #
 # **The labelers** see two responses to one prompt and say which is better. Like people, they are
 # noisy, and ours have a bias real labelers are known to have: longer answers look more thorough
-# (Singhal et al. 2023 found length correlations throughout RLHF). They prefer $y_a$ to $y_b$ with the
-# **Bradley–Terry** probability (Bradley & Terry 1952)
+# (Singhal et al. 2023 found length correlations throughout {term}`RLHF <reinforcement learning from human feedback (RLHF)>`). They prefer $y_a$ to $y_b$ with the
+# **{term}`Bradley–Terry <Bradley–Terry model>`** probability (Bradley & Terry 1952)
 #
 # $$P(y_a \succ y_b) = \sigma\!\left(\frac{g(x, y_a) - g(x, y_b)}{\tau} + b\,(|y_a| - |y_b|)\right),$$
 #
@@ -176,8 +176,9 @@ p = labelers.prob_prefers_first(
     torch.tensor(0.5), torch.tensor(0.5), torch.tensor(4), torch.tensor(2)
 )
 print(
-    f"labelers: temperature {labelers.temperature}, length bias {labelers.length_bias} per character; "
-    f"two equally good answers, 4 and 2 characters long: the longer is preferred with probability {p:.3f}"
+    f"labelers: temperature {labelers.temperature}, length bias {labelers.length_bias} per "
+    "character; two equally good answers, 4 and 2 characters long: the longer is preferred "
+    f"with probability {p:.3f}"
 )
 
 # %%
@@ -192,8 +193,8 @@ prefs = collect_preferences(
 )
 rm_eval, rm_train = prefs.split(500)
 print(
-    f"{len(prefs):,} pairs from {settings.preference_prompts:,} prompts (pairs of identical answers dropped) "
-    f"in {time.perf_counter() - t0:.0f} s; {len(rm_eval)} held out"
+    f"{len(prefs):,} pairs from {settings.preference_prompts:,} prompts (pairs of identical "
+    f"answers dropped) in {time.perf_counter() - t0:.0f} s; {len(rm_eval)} held out"
 )
 bayes = bayes_accuracy(rm_eval.p_chosen)
 len_c = torch.tensor([len(t) for t in rm_train.chosen.texts])
@@ -201,8 +202,8 @@ len_r = torch.tensor([len(t) for t in rm_train.rejected.texts])
 differ = len_c != len_r
 print(f"Bayes limit of label accuracy on the held-out pairs: {bayes:.3f}")
 print(
-    f"of the {int(differ.sum()):,} training pairs whose answers differ in length, the longer one was chosen in "
-    f"{(len_c > len_r)[differ].float().mean():.0%}"
+    f"of the {int(differ.sum()):,} training pairs whose answers differ in length, the longer one "
+    f"was chosen in {(len_c > len_r)[differ].float().mean():.0%}"
 )
 
 # %% [markdown]
@@ -248,7 +249,8 @@ for n_pairs in settings.rm_pair_counts:
     )
     reward_models[n_pairs], rm_accuracy[n_pairs] = rm, preference_accuracy(rm, rm_eval)
     print(
-        f"reward model on {n_pairs:>5,} pairs, {steps} steps: held-out accuracy {rm_accuracy[n_pairs]:.3f}"
+        f"reward model on {n_pairs:>5,} pairs, {steps} steps: held-out accuracy "
+        f"{rm_accuracy[n_pairs]:.3f}"
     )
 rm = reward_models[max(reward_models)]  # the best one: PPO and best-of-n optimise it
 small_rm = reward_models[min(reward_models)]
@@ -278,14 +280,16 @@ form_differs = torch.tensor(
 )
 display(
     Markdown(
-        f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels, {gap:.2f} "
-        f"below the Bayes limit of {bayes:.1%}. On the {int(form_differs.sum())} held-out pairs whose answers differ in "
-        f"*form* it is right {right[form_differs].mean():.1%} of the time; on the {int((~form_differs).sum())} that "
-        f"differ only in content, {right[~form_differs].mean():.1%}. Preferring `abcd` to `abdc` for `sort dbca` takes "
-        "seeing that two letters are out of order, and preferring the right count takes counting; this reward model "
-        "is no bigger than the policy, and has only these comparisons to learn from. Real "
-        "reward models are imperfect too: InstructGPT's 6B reward model agreed with held-out labelers "
-        "69.6 ± 0.9% of the time (Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."
+        f"The largest reward model agrees with {rm_accuracy[max(rm_accuracy)]:.1%} "
+        f"of held-out labels, {gap:.2f} below the Bayes limit of {bayes:.1%}. "
+        f"On the {int(form_differs.sum())} held-out pairs whose answers differ in *form* it is "
+        f"right {right[form_differs].mean():.1%} of the time; on the {int((~form_differs).sum())} "
+        f"that differ only in content, {right[~form_differs].mean():.1%}. Preferring `abcd` to "
+        "`abdc` for `sort dbca` takes seeing that two letters are out of order, and preferring "
+        "the right count takes counting; this reward model is no bigger than the policy, "
+        "and has only these comparisons to learn from. Real reward models are imperfect too: "
+        "InstructGPT's 6B reward model agreed with held-out labelers 69.6 ± 0.9% of the time "
+        "(Ouyang et al. 2022, §4.1). Everything below optimises this imperfect judge."
     )
 )
 
@@ -379,10 +383,11 @@ ax.legend(fontsize=8)
 plt.show()
 display(
     Markdown(
-        f"At $n = {N}$ (KL {best_of_n_kl(N):.2f} nats) picking by the gold reward itself would raise it from "
-        f"{bon['gold']['gold'][0]:.3f} to {bon['gold']['gold'][-1]:.3f}: that much better answers are already among "
-        f"the samples. The larger reward model gets {bon['large']['gold'][-1]:.3f}, the smaller "
-        f"{bon['small']['gold'][-1]:.3f}: a reward model turns samples into gold only as well as it judges."
+        f"At $n = {N}$ (KL {best_of_n_kl(N):.2f} nats) picking by the gold reward itself "
+        f"would raise it from {bon['gold']['gold'][0]:.3f} to {bon['gold']['gold'][-1]:.3f}: "
+        "that much better answers are already among the samples. The larger reward model "
+        f"gets {bon['large']['gold'][-1]:.3f}, the smaller {bon['small']['gold'][-1]:.3f}: "
+        "a reward model turns samples into gold only as well as it judges."
     )
 )
 
@@ -391,20 +396,20 @@ display(
 #
 # *How does reinforcement learning push a language model towards higher reward without losing it?*
 #
-# The source articles give the policy gradient $g = \mathbb{E}[\nabla_\theta \log \pi_\theta(a|s)\,A(s,a)]$
+# The source articles give the {term}`policy gradient` $g = \mathbb{E}[\nabla_\theta \log \pi_\theta(a|s)\,A(s,a)]$
 # and name PPO, but a language-model PPO has more parts (Ziegler et al. 2019; Ouyang et al. 2022;
 # Huang et al. 2024 list them all). One iteration of `aigc_book.rlhf.ppo.PPOTrainer`:
 #
 # 1. **Rollouts**: one response per prompt, sampled at temperature 1 with the KV cache.
-# 2. **Reward with a KL penalty**: each response token $t$ pays $-\beta\,(\log\pi_\theta(y_t) - \log\pi_\text{ref}(y_t))$
+# 2. **Reward with a {term}`KL penalty`**: each response token $t$ pays $-\beta\,(\log\pi_\theta(y_t) - \log\pi_\text{ref}(y_t))$
 #    and the last token also gets the reward model's score, so a response's return is
 #    $r_\phi(x, y) - \beta\,\widehat{\mathrm{KL}}$: InstructGPT's objective, which the source
 #    article's "maximise the reward model's score" (001 §3.4) leaves out. Without the penalty nothing
 #    keeps the policy near the model whose answers the reward model was trained on.
-# 3. **Advantages** by GAE (Schulman et al. 2016), $\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l}$
-#    with $\delta_t = r_t + \gamma V_{t+1} - V_t$ from a **value head** on the policy's trunk; then
+# 3. **{term}`Advantages <advantage>`** by {term}`GAE <generalised advantage estimation (GAE)>` (Schulman et al. 2016), $\hat A_t = \sum_l (\gamma\lambda)^l \delta_{t+l}$
+#    with $\delta_t = r_t + \gamma V_{t+1} - V_t$ from a **{term}`value head <value function, value head>`** on the policy's trunk; then
 #    whitened over the batch.
-# 4. **Updates**: a few epochs of minibatch steps on the clipped surrogate (next section) plus the
+# 4. **Updates**: a few epochs of minibatch steps on the {term}`clipped surrogate <clipped surrogate objective>` (next section) plus the
 #    value head's clipped loss. **PPO-ptx** (InstructGPT) adds the pretraining loss, `ptx_coef` times.
 # 5. **KL coefficient** fixed, or steered to a target by the controller of Ziegler et al. (2019).
 #
@@ -437,8 +442,8 @@ draw = torch.multinomial(
 )
 k1, k3 = kl_estimates(p_pi.log()[draw], p_ref.log()[draw])
 print(
-    f"exact KL {exact_kl:.4f}; k1 mean {k1.mean():.4f} (negative on {(k1 < 0).float().mean():.0%} of tokens); "
-    f"k3 mean {k3.mean():.4f} (min {k3.min():.4f})"
+    f"exact KL {exact_kl:.4f}; k1 mean {k1.mean():.4f} (negative on {(k1 < 0).float().mean():.0%} "
+    f"of tokens); k3 mean {k3.mean():.4f} (min {k3.min():.4f})"
 )
 assert abs(k1.mean() - exact_kl) < 0.005 and abs(k3.mean() - exact_kl) < 0.005 and k3.min() >= 0
 
@@ -452,7 +457,10 @@ from aigc_book.rlhf.ppo import PPOTrainer
 
 
 def run_ppo(reward_model, steps, kl_coef, seed=0):
-    """PPO from a fresh copy of the SFT model; returns (policy, per-step trace of score, gold, KL, length)."""
+    (
+        "PPO from a fresh copy of the SFT model; "
+        "returns (policy, per-step trace of score, gold, KL, length)."
+    )
     trace = []
 
     def grade(step, responses, stats):
@@ -495,8 +503,8 @@ ppo_eval = evaluate(ppo_policy, reference, tok, held_out, reward_model=rm, **mea
 print(f"{settings.ppo_steps} PPO iterations of {rl.ppo.batch_size} rollouts in {ppo_seconds:.0f} s")
 for name, e in (("SFT", sft_eval), ("PPO", ppo_eval)):
     print(
-        f"{name}: reward-model score {e['proxy']:+.3f}, gold {e['gold']:.3f}, accuracy {e['accuracy']:.3f}, "
-        f"KL {e['kl']:.2f} nats, length {e['length']:.2f} characters"
+        f"{name}: reward-model score {e['proxy']:+.3f}, gold {e['gold']:.3f}, "
+        f"accuracy {e['accuracy']:.3f}, KL {e['kl']:.2f} nats, length {e['length']:.2f} characters"
     )
 
 fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
@@ -534,14 +542,17 @@ rows += [
 display(Markdown("\n".join(rows)))
 display(
     Markdown(
-        f"The reward model's score rose from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f}; the gold reward went "
-        f"from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f}, and answers from {sft_eval['length']:.2f} to "
-        f"{ppo_eval['length']:.2f} characters long. PPO did its job — it raised the reward it was given — "
+        f"The reward model's score rose from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f}; "
+        f"the gold reward went from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f}, "
+        f"and answers from {sft_eval['length']:.2f} to {ppo_eval['length']:.2f} characters long. "
+        "PPO did its job — it raised the reward it was given — "
         + (
             "and the gold reward rose with it."
             if ppo_eval["gold"] > sft_eval["gold"]
-            else "but what it was given is a judge that is often wrong about content and likes long answers, so the gold "
-            "reward did not follow."
+            else (
+                "but what it was given is a judge that is often wrong about content and likes "
+                "long answers, so the gold reward did not follow."
+            )
         )
     )
 )
@@ -549,7 +560,7 @@ display(
 # %% [markdown]
 # ## The clipped objective
 #
-# *Why does PPO clip the probability ratio, and what does the clip do to the gradient?*
+# *Why does PPO clip the {term}`probability ratio`, and what does the clip do to the gradient?*
 #
 # PPO collects a batch of responses with the current policy, call it $\pi_{\theta_\text{old}}$, and
 # then takes several gradient steps on that same batch. After the first step, the policy being
@@ -599,7 +610,10 @@ r_grid = (
 
 
 def clipped_objective_and_gradient(r: float, advantage: float) -> tuple[float, float]:
-    """L^CLIP of one token whose probability ratio is r, and dL^CLIP/dr by autograd, from the package's loss."""
+    (
+        "L^CLIP of one token whose probability ratio is r, and dL^CLIP/dr by autograd, "
+        "from the package's loss."
+    )
     ratio = torch.tensor(r, dtype=torch.float64, requires_grad=True)
     logprobs = torch.log(ratio).reshape(1, 1)  # (B, T) = (1, 1): log π_θ(a|s) of the token
     old_logprobs = torch.zeros(
@@ -672,7 +686,8 @@ for ax, clip_adv in zip(axes, (1.0, -1.0)):
     ax.legend(loc="upper left" if clip_adv > 0 else "lower left", fontsize=8)
 axes[0].set_ylabel(r"objective per token (units of $\hat A$)")
 fig.suptitle(
-    rf"PPO's clipped objective for one token, $\epsilon = {eps_clip}$; dotted lines at $1 \pm \epsilon$"
+    rf"PPO's clipped objective for one token, $\epsilon = {eps_clip}$; "
+    r"dotted lines at $1 \pm \epsilon$"
 )
 fig.tight_layout()
 plt.show()
@@ -680,11 +695,12 @@ plt.show()
 clip_pos, clip_neg = zero_gradient_ratios[1.0], zero_gradient_ratios[-1.0]
 display(
     Markdown(
-        f"Of the {len(r_grid)} ratios, the gradient is exactly zero at {len(clip_pos)} for $\\hat A = +1$ (from "
-        f"$r = {clip_pos.min():.3f}$ up, all above $1 + \\epsilon = {1 + eps_clip:.1f}$) and at {len(clip_neg)} for "
-        f"$\\hat A = -1$ (up to $r = {clip_neg.max():.3f}$, all below $1 - \\epsilon = {1 - eps_clip:.1f}$). At every "
-        f"other ratio it equals $\\hat A$. Inside $[{1 - eps_clip:.1f}, {1 + eps_clip:.1f}]$ the objective is "
-        f"exactly $r\\hat A$."
+        f"Of the {len(r_grid)} ratios, the gradient is exactly zero at {len(clip_pos)} "
+        f"for $\\hat A = +1$ (from $r = {clip_pos.min():.3f}$ up, all above "
+        f"$1 + \\epsilon = {1 + eps_clip:.1f}$) and at {len(clip_neg)} for $\\hat A = -1$ "
+        f"(up to $r = {clip_neg.max():.3f}$, all below $1 - \\epsilon = {1 - eps_clip:.1f}$). At "
+        f"every other ratio it equals $\\hat A$. Inside $[{1 - eps_clip:.1f}, {1 + eps_clip:.1f}]$ "
+        "the objective is exactly $r\\hat A$."
     )
 )
 
@@ -718,7 +734,7 @@ display(
 # so the first gradient of $L^\text{CLIP}$ on a fresh batch *is* $g$. PPO differs on the later steps
 # on the same batch. There the gradient of a token whose clip does not bind is
 # $r_t\,\nabla_\theta \log \pi_\theta\,\hat A_t$, reweighted by the ratio for a policy that has moved
-# (importance sampling), and the gradient of a token whose clip binds is zero.
+# ({term}`importance sampling`), and the gradient of a token whose clip binds is zero.
 #
 # The cell checks both statements on a tiny softmax policy: 3 states, 5 actions, a batch of actions
 # sampled from $\pi_{\theta_\text{old}}$ with random advantages. It first compares the two gradients at
@@ -764,7 +780,10 @@ def clipped_objective_gradient(theta: torch.Tensor) -> torch.Tensor:
 
 
 def weighted_score_gradient(theta: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """∇_θ mean_t[w_t · log π_θ(a_t|s_t)] with fixed weights w_t: with w = Â it is the policy gradient g."""
+    (
+        "∇_θ mean_t[w_t · log π_θ(a_t|s_t)] with fixed weights w_t: "
+        "with w = Â it is the policy gradient g."
+    )
     theta = theta.detach().requires_grad_(True)
     (grad,) = torch.autograd.grad((weights.detach() * sampled_logprobs(theta)).mean(), theta)
     return grad
@@ -796,8 +815,9 @@ assert pg_binds.any() and pg_relative_gap > 0.1, (
 )
 print("at θ_old: ∇L^CLIP equals the policy gradient E[∇log π · Â] (assert_close, float64)")
 print(
-    f"after {pg_steps} ascent steps: ratios from {pg_ratio.min():.2f} to {pg_ratio.max():.2f}; clip binds on "
-    f"{int(pg_binds.sum())} of {n_tokens} tokens; |∇L^CLIP − g| / |g| = {pg_relative_gap:.2f}"
+    f"after {pg_steps} ascent steps: ratios from {pg_ratio.min():.2f} to {pg_ratio.max():.2f}; "
+    f"clip binds on {int(pg_binds.sum())} of {n_tokens} tokens; |∇L^CLIP − g| / |g| "
+    f"= {pg_relative_gap:.2f}"
 )
 
 # %% [markdown]
@@ -940,16 +960,18 @@ rows += [f"| {name} | {tax[name]:.3f} | {gold_end[name]:.3f} |" for name in tax]
 display(Markdown("\n".join(rows)))
 display(
     Markdown(
-        f"The language's entropy floor is {floor:.3f} nats per token, and the SFT model is already far above it, at "
-        f"{tax['SFT']:.3f}: supervised fine-tuning on chat data had paid most of the tax before RL began. "
-        f"Unleashed PPO moved the pretraining loss from {tax['SFT']:.3f} to {tax['PPO, β = 0']:.3f} nats per token; "
-        f"with the pretraining gradients mixed in it ended at {tax['PPO-ptx, β = 0, γ = 1']:.3f}. "
+        f"The language's entropy floor is {floor:.3f} nats per token, and the SFT model is already "
+        f"far above it, at {tax['SFT']:.3f}: supervised fine-tuning on chat data had paid most of "
+        f"the tax before RL began. Unleashed PPO moved the pretraining loss from {tax['SFT']:.3f} "
+        f"to {tax['PPO, β = 0']:.3f} nats per token; with the pretraining gradients mixed in it "
+        f"ended at {tax['PPO-ptx, β = 0, γ = 1']:.3f}. "
         + (
             "PPO-ptx paid less of the tax. "
             if tax["PPO-ptx, β = 0, γ = 1"] < tax["PPO, β = 0"]
             else ""
         )
-        + "It does not stop the reward model being gamed — that is the KL penalty's job, or a better reward model's."
+        + "It does not stop the reward model being gamed — that is the KL penalty's job, "
+        "or a better reward model's."
     )
 )
 
@@ -1021,17 +1043,20 @@ for name, (a, b, peak, reach) in fits.items():
     )
 display(
     Markdown(
-        f"With no KL penalty, PPO's reward-model score climbed from {leash_start[0.0]['proxy']:+.3f} to "
-        f"{last[0.0]['proxy']:+.3f} while the gold reward of its rollouts went from {leash_start[0.0]['gold']:.3f} to "
-        f"{last[0.0]['gold']:.3f} (means of the first 5 and the last 10 iterations). Gao et al. saw gold rise before "
-        "it fell. "
+        "With no KL penalty, PPO's reward-model score climbed from "
+        f"{leash_start[0.0]['proxy']:+.3f} to {last[0.0]['proxy']:+.3f} while the gold reward of "
+        f"its rollouts went from {leash_start[0.0]['gold']:.3f} to {last[0.0]['gold']:.3f} (means "
+        "of the first 5 and the last 10 iterations). Gao et al. saw gold rise before it fell. "
         + (
             f"Ours rises to a fitted peak of {peak_gain:+.3f} at d = {peak_d:.2f}, then falls."
             if peak_d >= d_rl.min()
-            else f"Here the fitted curve peaks at d = {peak_d:.2f} (a gain of {peak_gain:+.3f}), before the first smoothed point "
-            f"at d = {d_rl.min():.2f}: without a leash the policy passes the peak within its first iterations. With "
-            f"β = {rl.ppo.kl_coef:g} (section \"PPO from scratch\") the gold reward gained "
-            f"{ppo_eval['gold'] - sft_eval['gold']:+.3f} instead."
+            else (
+                f"Here the fitted curve peaks at d = {peak_d:.2f} (a gain of {peak_gain:+.3f}), "
+                f"before the first smoothed point at d = {d_rl.min():.2f}: "
+                "without a leash the policy passes the peak within its first iterations. "
+                f"With β = {rl.ppo.kl_coef:g} (section \"PPO from scratch\") the gold reward "
+                f"gained {ppo_eval['gold'] - sft_eval['gold']:+.3f} instead."
+            )
         )
     )
 )
@@ -1044,8 +1069,8 @@ display(
 # %%
 for b in betas:  # first 5 iterations -> last 10
     print(
-        f"β = {b:<5g} answer length {leash_start[b]['length']:.2f} -> {last[b]['length']:.2f} characters; "
-        f"gold {leash_start[b]['gold']:.3f} -> {last[b]['gold']:.3f}"
+        f"β = {b:<5g} answer length {leash_start[b]['length']:.2f} -> {last[b]['length']:.2f} "
+        f"characters; gold {leash_start[b]['gold']:.3f} -> {last[b]['gold']:.3f}"
     )
 free = sample_responses(
     leash_policies[0.0],
@@ -1067,8 +1092,9 @@ ill_sft = [
 ]
 unfinished = 1 - np.mean(free.finished(tok.end_id))
 print(
-    f"β = 0 policy: {np.mean(ill):.0%} of answers ill-formed (SFT: {np.mean(ill_sft):.0%}); "
-    f"{unfinished:.0%} never close with <|end|> (SFT: {1 - np.mean(sft_samples.finished(tok.end_id)):.0%})"
+    f"β = 0 policy: {np.mean(ill):.0%} of answers ill-formed (SFT: "
+    f"{np.mean(ill_sft):.0%}); {unfinished:.0%} never close with <|end|> (SFT: "
+    f"{1 - np.mean(sft_samples.finished(tok.end_id)):.0%})"
 )
 rows = ["| prompt | answer | β = 0 PPO sample | gold | reward model |", "|---|---|---|---:|---:|"]
 scores = reward_scores(rm, free)
@@ -1090,7 +1116,7 @@ display(Markdown("\n".join(rows)))
 #
 # $$\mathcal{L}_\text{DPO} = -\,\mathbb{E}\Big[\log\sigma\Big(\beta\log\frac{\pi_\theta(y_c|x)}{\pi_\text{ref}(y_c|x)} - \beta\log\frac{\pi_\theta(y_r|x)}{\pi_\text{ref}(y_r|x)}\Big)\Big].$$
 #
-# The reference model is still there, inside the loss. $\log\pi(y|x)$ is the log-probability of the
+# The {term}`reference model` is still there, inside the loss. $\log\pi(y|x)$ is the log-probability of the
 # whole response: the **sum** over its tokens. A popular from-scratch implementation takes the per-token
 # *mean* instead, and its users report collapse; with a mean, a pair's effective β is divided by its
 # length, and the quantity is no longer the one the derivation needs. The next cell checks the loss by
@@ -1130,21 +1156,25 @@ for average in (False, True):
     dpo_eval[name] = evaluate(policy, reference, tok, held_out, reward_model=rm, **measure)
     e = dpo_eval[name]
     print(
-        f"{name:<20} gold {e['gold']:.3f} (SFT {sft_eval['gold']:.3f}), accuracy {e['accuracy']:.3f}, "
-        f"KL {e['kl']:.2f} nats, length {e['length']:.2f}, {time.perf_counter() - t0:.0f} s"
+        f"{name:<20} gold {e['gold']:.3f} (SFT {sft_eval['gold']:.3f}), "
+        f"accuracy {e['accuracy']:.3f}, KL {e['kl']:.2f} nats, length {e['length']:.2f}, "
+        f"{time.perf_counter() - t0:.0f} s"
     )
 summed, averaged = dpo_eval["DPO"], dpo_eval["DPO, mean log-probs"]
 display(
     Markdown(
-        f"Same pairs, same β, same steps: with summed log-probabilities DPO ends at gold {summed['gold']:.3f} and KL "
-        f"{summed['kl']:.2f} nats; with averaged ones at gold {averaged['gold']:.3f} and KL {averaged['kl']:.2f} nats. "
+        "Same pairs, same β, same steps: with summed log-probabilities DPO ends at "
+        f"gold {summed['gold']:.3f} and KL {summed['kl']:.2f} nats; with averaged ones at "
+        f"gold {averaged['gold']:.3f} and KL {averaged['kl']:.2f} nats. "
         + (
-            "Averaging moved the policy further for less: dividing by the length weakens the leash β provides. "
+            "Averaging moved the policy further for less: dividing by the length weakens "
+            "the leash β provides. "
             if averaged["kl"] > summed["kl"] and averaged["gold"] < summed["gold"]
             else ""
         )
-        + "Both learned from the same labels as the reward model, length bias included: DPO optimises the labelers' "
-        "preferences, not the gold reward, and nothing stops it exploiting the same bias."
+        + "Both learned from the same labels as the reward model, length bias included: "
+        "DPO optimises the labelers' preferences, not the gold reward, and nothing stops "
+        "it exploiting the same bias."
     )
 )
 
@@ -1189,9 +1219,9 @@ for _ in range(settings.grpo_steps):
 grpo_eval = evaluate(grpo_policy, reference, tok, held_out, reward_model=rm, **measure)
 grpo_rollouts = settings.grpo_steps * rl.grpo.prompts_per_step * rl.grpo.group_size
 print(
-    f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; gold {sft_eval['gold']:.3f} -> "
-    f"{grpo_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f} -> {grpo_eval['accuracy']:.3f}, "
-    f"KL {grpo_eval['kl']:.2f} nats"
+    f"GRPO: {grpo_rollouts:,} rollouts in {time.perf_counter() - t0:.0f} s; "
+    f"gold {sft_eval['gold']:.3f} -> {grpo_eval['gold']:.3f}, accuracy {sft_eval['accuracy']:.3f} "
+    f"-> {grpo_eval['accuracy']:.3f}, KL {grpo_eval['kl']:.2f} nats"
 )
 
 # %% [markdown]
@@ -1222,7 +1252,8 @@ runs = {
     "PPO, reward model": (ppo_eval, settings.ppo_steps * rl.ppo.batch_size),
 }
 rows = [
-    "| method, reward | rollouts | gold reward | accuracy | KL (nats) | gold gain per 1,000 rollouts |",
+    "| method, reward | rollouts | gold reward | accuracy | KL (nats) | "
+    "gold gain per 1,000 rollouts |",
     "|---|---:|---:|---:|---:|---:|",
 ]
 rows += [
@@ -1287,8 +1318,8 @@ rows = [
     "|---|---:|---:|---:|---:|---:|",
 ]
 rows += [
-    f"| {name} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['proxy']:+.3f} | {max(e['kl'], 0):.2f} | "
-    f"{e['length']:.2f} |"
+    f"| {name} | {e['gold']:.3f} | {e['accuracy']:.3f} | {e['proxy']:+.3f} | {max(e['kl'], 0):.2f} "
+    f"| {e['length']:.2f} |"
     for name, e in points.items()
 ]
 rows.append(
@@ -1364,7 +1395,8 @@ ig_rows = [
         " / ".join(
             f"{instructgpt[k][0] // 1000}k" for k in ("sft_prompts", "rm_prompts", "ppo_prompts")
         ),
-        "§3.2: SFT and RM prompts from the API and labelers; PPO prompts from the API only, unlabelled",
+        "§3.2: SFT and RM prompts from the API and labelers; PPO prompts from "
+        "the API only, unlabelled",
     ),
     ("Labelers", f"about {instructgpt['labelers'][0]} contractors", instructgpt["labelers"][1]),
     (
@@ -1416,12 +1448,13 @@ display(Markdown("\n".join(ig_table)))
 (ig_rm_acc, _), _ = instructgpt["rm_heldout_accuracy_pct"]
 display(
     Markdown(
-        f"Ranking $K$ outputs of one prompt gives $\\binom{{K}}{{2}}$ comparisons: {ig_pairs_min} for "
-        f"$K = {ig_k_min}$, {ig_pairs_max} for $K = {ig_k_max}$. The paper trained on all the pairs of a "
-        f"prompt together, as one batch element: shuffled into the data as independent examples, they made "
-        f"the reward model overfit after a single pass (§3.5). Two numbers say how noisy such labels are. "
-        f"The labelers agreed with each other {ig_agree}% of the time, and reward models agreed with "
-        f"labelers they were not trained on {ig_rm_acc}% of the time."
+        "Ranking $K$ outputs of one prompt gives $\\binom{K}{2}$ comparisons: "
+        f"{ig_pairs_min} for $K = {ig_k_min}$, {ig_pairs_max} for $K = {ig_k_max}$. "
+        "The paper trained on all the pairs of a prompt together, as one batch element: "
+        "shuffled into the data as independent examples, they made the reward model "
+        "overfit after a single pass (§3.5). Two numbers say how noisy such labels are. "
+        f"The labelers agreed with each other {ig_agree}% of the time, and reward models agreed "
+        f"with labelers they were not trained on {ig_rm_acc}% of the time."
     )
 )
 
@@ -1504,7 +1537,7 @@ display(
 # ## Summary
 #
 # * **Learning from human feedback has three stages.** Supervised fine-tuning on demonstrations gives
-#   a starting policy and the reference model. A **reward model** is trained on preference pairs with
+#   a starting policy and the reference model. A **reward model** is trained on {term}`preference pairs <preference pair>` with
 #   the Bradley–Terry loss $-\log\sigma(r(x, y_w) - r(x, y_l))$, where only reward differences matter.
 #   The policy is then optimised against the reward model, with a penalty for moving away from the
 #   reference. People's rankings train the reward model, and the policy only ever meets the reward
@@ -1537,13 +1570,15 @@ display(
     Markdown(
         "\n".join(
             [
-                f"* The reward model agreed with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out labels; the Bayes limit was "
-                f"{bayes:.1%}.",
-                f"* PPO against it raised its score from {sft_eval['proxy']:+.3f} to {ppo_eval['proxy']:+.3f} and moved the "
-                f"gold reward from {sft_eval['gold']:.3f} to {ppo_eval['gold']:.3f} (β = {rl.ppo.kl_coef:g}); without a KL "
-                f"penalty the gold reward of its rollouts ended at {last[0.0]['gold']:.3f}.",
-                f"* PPO against the checker moved the gold reward from {sft_eval['gold']:.3f} to {checker_eval['gold']:.3f}, "
-                f"GRPO to {grpo_eval['gold']:.3f}; DPO (summed log-probabilities) to {dpo_eval['DPO']['gold']:.3f}, averaged "
+                f"* The reward model agreed with {rm_accuracy[max(rm_accuracy)]:.1%} of held-out "
+                f"labels; the Bayes limit was {bayes:.1%}.",
+                f"* PPO against it raised its score from {sft_eval['proxy']:+.3f} to "
+                f"{ppo_eval['proxy']:+.3f} and moved the gold reward from {sft_eval['gold']:.3f} "
+                f"to {ppo_eval['gold']:.3f} (β = {rl.ppo.kl_coef:g}); without a KL penalty the "
+                f"gold reward of its rollouts ended at {last[0.0]['gold']:.3f}.",
+                f"* PPO against the checker moved the gold reward from {sft_eval['gold']:.3f} "
+                f"to {checker_eval['gold']:.3f}, GRPO to {grpo_eval['gold']:.3f}; "
+                f"DPO (summed log-probabilities) to {dpo_eval['DPO']['gold']:.3f}, averaged "
                 f"to {dpo_eval['DPO, mean log-probs']['gold']:.3f}.",
             ]
         )
@@ -1553,46 +1588,54 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. **k3 is never negative.** Show that $k_3 = (\rho - 1) - \log\rho \ge 0$ for every $\rho > 0$,
-#    with equality only at $\rho = 1$. Hint: $\log$ is concave, so it lies below its tangent at 1.
-#    *Check:* the cell below evaluates `kl_estimates` over a wide range of log-ratios.
-# 2. **The KL of best-of-2.** Let no two responses tie in reward, and let $u \in [0, 1]$ be a
-#    response's quantile in the reward distribution under $\pi$, so $u$ is uniform under $\pi$. Show
-#    that the better of two samples has quantile density $2u$, and derive
-#    $\mathrm{KL}(\pi_\text{bon} \,\|\, \pi) = \int_0^1 2u \log(2u)\,du = \log 2 - \tfrac12$. (For $n$
-#    samples the density is $n u^{n-1}$, which gives $\log n - (n-1)/n$.) *Check:* the cell below computes this
-#    value, and the exact KL when $\pi$ is uniform over $m$ responses. That KL stays below the formula
-#    and approaches it as $m$ grows, which is why the formula is an upper bound in general (Beirami et
-#    al. 2024).
-# 3. **DPO as $\beta \to 0$.** What do DPO's loss and its gradient become? Write the gradient as
-#    $-\beta\,\sigma(-\beta u)\,\nabla u$, with $u$ the difference of the two log-ratios, and let
-#    $\beta \to 0$. *Check:* the cell below evaluates `dpo_loss` and its gradient at decreasing $\beta$.
-# 4. **Labelers without length bias.** Set the labelers' length bias to 0 and re-run the
-#    over-optimisation cell. Does the exploit disappear? Does over-optimisation? *Check:* compare the
-#    mean response length of the most optimised policy with the SFT model's, and the gold reward's
-#    peak with its final value. Hint: a reward model fitted to finite data still has errors, even when
-#    the labels have no bias; Gao et al. (2023) saw over-optimisation with labels from an unbiased gold
-#    model.
-# 5. **The k2 estimator.** Implement $k_2 = \tfrac12(\log\rho)^2$ and compare its bias with k1 and
-#    k3, for two categorical distributions whose exact KL you can compute. How does the bias change
-#    as the distributions move apart? *Check:* take expectations exactly (sums over the outcomes, no
-#    sampling). k1 and k3 must match the exact KL to rounding; the cell below gives $\mathbb{E}[k_2]$
-#    for one pair of distributions.
-# 6. **The clip without the min.** Replace PPO's objective by its clipped term alone,
+# These exercises are also a graded assignment, `assignments/05_rlhf.py`: a teacher builds it with
+# `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises marked
+# *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+#
+# 1. **k3 is never negative.** *(autograded)* Show that $k_3 = (\rho - 1) - \log\rho \ge 0$ for
+#    every $\rho > 0$, with equality only at $\rho = 1$. Hint: $\log$ is concave, so it lies below
+#    its tangent at 1. *Check:* the cell below evaluates `kl_estimates` over a wide range of
+#    log-ratios.
+# 2. **The KL of best-of-2.** *(autograded)* Let no two responses tie in reward, and let
+#    $u \in [0, 1]$ be a response's quantile in the reward distribution under $\pi$, so $u$ is
+#    uniform under $\pi$. Show that the better of two samples has quantile density $2u$, and derive
+#    $\mathrm{KL}(\pi_\text{bon} \,\|\, \pi) = \int_0^1 2u \log(2u)\,du = \log 2 - \tfrac12$. (For
+#    $n$ samples the density is $n u^{n-1}$, which gives $\log n - (n-1)/n$.) *Check:* the cell
+#    below computes this value, and the exact KL when $\pi$ is uniform over $m$ responses. That KL
+#    stays below the formula and approaches it as $m$ grows, which is why the formula is an upper
+#    bound in general (Beirami et al. 2024).
+# 3. **DPO as $\beta \to 0$.** *(autograded)* What do DPO's loss and its gradient become? Write the
+#    gradient as $-\beta\,\sigma(-\beta u)\,\nabla u$, with $u$ the difference of the two
+#    log-ratios, and let $\beta \to 0$. *Check:* the cell below evaluates `dpo_loss` and its
+#    gradient at decreasing $\beta$.
+# 4. **Labelers without length bias.** *(open)* Set the labelers' length bias to 0 and re-run the
+#    over-optimisation cell. Does the exploit disappear? Does over-optimisation? *Check:* compare
+#    the mean response length of the most optimised policy with the SFT model's, and the gold
+#    reward's peak with its final value. Hint: a reward model fitted to finite data still has
+#    errors, even when the labels have no bias; Gao et al. (2023) saw over-optimisation with labels
+#    from an unbiased gold model.
+# 5. **The k2 estimator.** *(autograded)* Implement $k_2 = \tfrac12(\log\rho)^2$ and compare its
+#    bias with k1 and k3, for two categorical distributions whose exact KL you can compute. How does
+#    the bias change as the distributions move apart? *Check:* take expectations exactly (sums over
+#    the outcomes, no sampling). k1 and k3 must match the exact KL to rounding; the cell below gives
+#    $\mathbb{E}[k_2]$ for one pair of distributions.
+# 6. **The clip without the min.** *(autograded)* Replace PPO's objective by its clipped term alone,
 #    $\operatorname{clip}(r, 1-\epsilon, 1+\epsilon)\hat A$, and redraw the figure of section "The
 #    clipped objective". Where is the gradient zero now, and why is that worse? *Check:* the cell
 #    below counts the zero-gradient ratios on the same grid for both objectives.
-# 7. **A group that teaches nothing.** Call `grpo_advantages` on a group in which every response
-#    earned the same reward. What are the advantages, and what does the policy learn from that
-#    prompt? *Check:* the cell below.
-# 8. **How much pretraining to mix in.** Rerun the PPO-ptx cell of section "The KL leash" with
-#    $\gamma$ = 0.1 and 10. How do the bracket-language loss and the gold reward trade off? *Check:*
-#    the trainer's stats report `ptx_loss` every iteration; with $\gamma$ = 10 the pretraining loss
-#    should stay close to the SFT model's.
-# 9. **Feedback on every kind.** Rerun the chapter with `RLHFSettings(kinds=instructions.KINDS)` in
-#    place of `RLHFSettings()`. How accurate is the reward model now, and what does PPO do to the gold
-#    reward at each β? *Check:* compare the reward model's accuracy on the pairs of each kind
-#    (`pair_rewards` on `rm_eval.select(...)`); `add` and `reverse` should be the hardest to judge.
+# 7. **A group that teaches nothing.** *(autograded)* Call `grpo_advantages` on a group in which
+#    every response earned the same reward. What are the advantages, and what does the policy learn
+#    from that prompt? *Check:* the cell below.
+# 8. **How much pretraining to mix in.** *(autograded)* Rerun the PPO-ptx cell of section "The KL
+#    leash" with $\gamma$ = 0.1 and 10. How do the bracket-language loss and the gold reward trade
+#    off? *Check:* the trainer's stats report `ptx_loss` every iteration. Instruction tuning made
+#    the SFT model forget much of the bracket language, so with $\gamma$ = 10 the pretraining loss
+#    should fall far below the SFT model's, towards the language's floor.
+# 9. **Feedback on every kind.** *(open)* Rerun the chapter with
+#    `RLHFSettings(kinds=instructions.KINDS)` in place of `RLHFSettings()`. How accurate is the
+#    reward model now, and what does PPO do to the gold reward at each β? *Check:* compare the
+#    reward model's accuracy on the pairs of each kind (`pair_rewards` on `rm_eval.select(...)`).
+#    Which kinds are hardest to judge, and what do their right answers have in common?
 
 # %%
 from aigc_book.rlhf.losses import dpo_loss, grpo_advantages, kl_estimates
@@ -1609,7 +1652,8 @@ assert (
 )
 
 
-# 2. Best-of-2: the formula, and the exact KL when π is uniform over m responses with distinct rewards.
+# 2. Best-of-2: the formula, and the exact KL when π is uniform over m responses with distinct
+# rewards.
 def best_of_n_kl_uniform(n: int, m: int) -> float:
     """KL(best-of-n ‖ π), exactly, for π uniform over m responses ranked by reward."""
     i = torch.arange(1, m + 1, dtype=torch.float64)
@@ -1648,7 +1692,8 @@ ex_sign = torch.tensor([[-1.0], [1.0]], dtype=torch.float64).expand(
 )  # descent: chosen up, rejected down
 torch.testing.assert_close(ex_grad, ex_sign * ex_small_beta / (2 * ex_n_pairs), rtol=1e-4, atol=0)
 
-# 5. Exact expectations of k1, k2, k3 under π, for a reference distribution and π moved away from it.
+# 5. Exact expectations of k1, k2, k3 under π, for a reference distribution and π moved away
+# from it.
 ex_ref_logits = torch.randn(10, generator=ex_gen, dtype=torch.float64)
 ex_shift = torch.randn(10, generator=ex_gen, dtype=torch.float64)
 ex_k2_rows = []
@@ -1688,8 +1733,9 @@ ex_lines = [
     + ", ".join(f"m={m:,}: {v:.5f}" for m, v in ex_bon_exact.items()),
     "3. DPO: "
     + "; ".join(f"β={b:g}: loss {val:.4f}" for b, (val, _) in ex_dpo.items())
-    + f" (log 2 = {math.log(2):.4f}); at β={ex_small_beta:g} the gradient is −β/(2N) on every chosen and +β/(2N) "
-    f"on every rejected log-probability (N = {ex_n_pairs} pairs; the loss is a mean)",
+    + f" (log 2 = {math.log(2):.4f}); at β={ex_small_beta:g} the gradient is −β/(2N) "
+    f"on every chosen and +β/(2N) on every rejected log-probability (N = {ex_n_pairs} pairs; "
+    "the loss is a mean)",
     "5. exact KL vs E[k2]: " + "; ".join(f"{kl:.4f} vs {k2:.4f}" for kl, k2 in ex_k2_rows),
     "6. zero-gradient ratios of 200, with min / clipped term only: "
     + "; ".join(f"Â={a:+g}: {z_min} / {z_clip}" for a, (z_min, z_clip) in ex_zero.items()),
@@ -1702,59 +1748,56 @@ print("\n".join(ex_lines))
 #
 # | English | 中文 |
 # |---|---|
-# | reinforcement learning from human feedback (RLHF) | 人类反馈强化学习 |
-# | reward model | 奖励模型 |
-# | preference pair (chosen, rejected) | 偏好对（选中、拒绝） |
-# | Bradley–Terry model | Bradley–Terry 模型 |
-# | gold reward | 金标准奖励 |
-# | policy | 策略 |
-# | reference model | 参考模型 |
-# | policy gradient | 策略梯度 |
-# | value function, value head | 价值函数，价值头 |
-# | advantage | 优势 |
-# | generalised advantage estimation (GAE) | 广义优势估计 |
-# | probability ratio | 概率比 |
-# | importance sampling | 重要性采样 |
-# | proximal policy optimisation (PPO) | 近端策略优化 |
-# | clipped surrogate objective | 裁剪替代目标 |
-# | KL penalty | KL 惩罚 |
-# | KL estimator (k1, k2, k3) | KL 估计量（k1、k2、k3） |
-# | best-of-n sampling | best-of-n 采样（n 选优） |
-# | reward over-optimisation, reward hacking | 奖励过度优化，奖励投机 |
-# | direct preference optimisation (DPO) | 直接偏好优化 |
-# | group relative policy optimisation (GRPO) | 组相对策略优化 |
-# | verifiable reward | 可验证奖励 |
-# | alignment tax | 对齐税 |
+# | {term}`reinforcement learning from human feedback (RLHF)` | 人类反馈强化学习 |
+# | {term}`reward model` | 奖励模型 |
+# | {term}`preference pair (chosen, rejected) <preference pair>` | 偏好对（选中、拒绝） |
+# | {term}`Bradley–Terry model` | Bradley–Terry 模型 |
+# | {term}`gold reward` | 金标准奖励 |
+# | {term}`policy` | 策略 |
+# | {term}`reference model` | 参考模型 |
+# | {term}`policy gradient` | 策略梯度 |
+# | {term}`value function, value head` | 价值函数，价值头 |
+# | {term}`advantage` | 优势 |
+# | {term}`generalised advantage estimation (GAE)` | 广义优势估计 |
+# | {term}`probability ratio` | 概率比 |
+# | {term}`importance sampling` | 重要性采样 |
+# | {term}`proximal policy optimisation (PPO)` | 近端策略优化 |
+# | {term}`clipped surrogate objective` | 裁剪替代目标 |
+# | {term}`KL penalty` | KL 惩罚 |
+# | {term}`KL estimator (k1, k2, k3)` | KL 估计量（k1、k2、k3） |
+# | {term}`best-of-n sampling` | best-of-n 采样（n 选优） |
+# | {term}`reward over-optimisation, reward hacking` | 奖励过度优化，奖励投机 |
+# | {term}`direct preference optimisation (DPO)` | 直接偏好优化 |
+# | {term}`group relative policy optimisation (GRPO)` | 组相对策略优化 |
+# | {term}`verifiable reward` | 可验证奖励 |
+# | {term}`alignment tax` | 对齐税 |
 
 # %% [markdown]
 # ## References
 #
-# * Beirami, A. et al. (2024). *Theoretical Guarantees on the Best-of-n Alignment Policy.* arXiv:2401.01879.
-# * Bradley, R. A. and Terry, M. E. (1952). *Rank Analysis of Incomplete Block Designs: I. The Method
-#   of Paired Comparisons.* Biometrika 39(3/4), 324–345.
-# * Christiano, P. et al. (2017). *Deep Reinforcement Learning from Human Preferences.* NeurIPS.
-#   arXiv:1706.03741.
-# * Gao, L., Schulman, J. and Hilton, J. (2023). *Scaling Laws for Reward Model Overoptimization.*
-#   ICML. arXiv:2210.10760.
-# * Huang, S. et al. (2024). *The N+ Implementation Details of RLHF with PPO: A Case Study on TL;DR
-#   Summarization.* arXiv:2403.17031.
-# * OpenAI (2022). *Introducing ChatGPT.* Blog post, 30 November 2022.
-# * Ouyang, L. et al. (2022). *Training Language Models to Follow Instructions with Human Feedback.*
-#   NeurIPS. arXiv:2203.02155.
-# * Rafailov, R. et al. (2023). *Direct Preference Optimization: Your Language Model is Secretly a
-#   Reward Model.* NeurIPS. arXiv:2305.18290.
-# * Schulman, J. et al. (2016). *High-Dimensional Continuous Control Using Generalized Advantage
-#   Estimation.* ICLR. arXiv:1506.02438.
-# * Schulman, J. et al. (2017). *Proximal Policy Optimization Algorithms.* arXiv:1707.06347.
-# * Schulman, J. (2020). *Approximating KL Divergence.* Blog post, joschu.net/blog/kl-approx.html.
-# * Shao, Z. et al. (2024). *DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open
-#   Language Models.* arXiv:2402.03300.
-# * Singhal, P., Goyal, T., Xu, J. and Durrett, G. (2023). *A Long Way to Go: Investigating Length
-#   Correlations in RLHF.* arXiv:2310.03716.
-# * Stiennon, N. et al. (2020). *Learning to Summarize from Human Feedback.* NeurIPS. arXiv:2009.01325.
-# * Williams, R. J. (1992). *Simple Statistical Gradient-Following Algorithms for Connectionist
-#   Reinforcement Learning.* Machine Learning 8, 229–256.
-# * Ziegler, D. M. et al. (2019). *Fine-Tuning Language Models from Human Preferences.* arXiv:1909.08593.
+# * {cite:t}`ch05-beirami2024bestofn` (best-of-n).
+# * {cite:t}`ch05-bradley1952rank` (the Bradley–Terry model).
+# * {cite:t}`ch05-christiano2017deep`.
+# * {cite:t}`ch05-gao2023overoptimization` (reward-model over-optimisation).
+# * {cite:t}`ch05-huang2024nplus` (PPO implementation details).
+# * {cite:t}`ch05-openai2022chatgpt`.
+# * {cite:t}`ch05-ouyang2022instructgpt` (InstructGPT).
+# * {cite:t}`ch05-rafailov2023dpo` (DPO).
+# * {cite:t}`ch05-schulman2016gae` (GAE).
+# * {cite:t}`ch05-schulman2017ppo` (PPO).
+# * {cite:t}`ch05-schulman2020klapprox` (KL estimators).
+# * {cite:t}`ch05-shao2024deepseekmath` (GRPO).
+# * {cite:t}`ch05-singhal2023length` (length correlations).
+# * {cite:t}`ch05-stiennon2020summarize`.
+# * {cite:t}`ch05-williams1992reinforce` (REINFORCE).
+# * {cite:t}`ch05-ziegler2019finetuning`.
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch05-
+# :labelprefix: 5.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s")

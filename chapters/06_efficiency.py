@@ -7,15 +7,15 @@
 # machine, scales the formulas up to real models with published figures, and then reads the published
 # experiments on productivity soberly. By the end you can answer, for a model of any size:
 #
-# 1. How many floating-point operations (FLOPs) does training it cost, and generating one token?
+# 1. How many {term}`floating-point operations <floating-point operation (FLOP)>` (FLOPs) does training it cost, and generating one token?
 # 2. How fast does *your* hardware do them, and how much of that speed does a training run use?
-# 3. Where does the memory go — weights, gradients, optimiser state, activations, the KV cache?
+# 3. Where does the memory go — weights, gradients, {term}`optimiser state`, activations, the {term}`KV cache`?
 # 4. What did real models cost to train, and what does an answer cost to serve?
 # 5. Which tricks make inference faster here, by how much, and at what price in quality?
 # 6. What do the experiments say about productivity, and why do large gains on a task become small
 #    gains in a whole economy?
 #
-# The code lives in `aigc_book.efficiency`: `flops` (counting), `hardware` (peaks, the roofline,
+# The code lives in `aigc_book.efficiency`: `flops` (counting), `hardware` (peaks, the {term}`roofline <roofline model, ridge point>`,
 # utilisation), `memory` and `checkpointing`, `inference`, `cost`; `aigc_book.generation.speculative`;
 # `aigc_book.training.distributed`; and `aigc_book.productivity`. The command
 # `python -m aigc_book measure` measures your machine outside the notebook.
@@ -105,7 +105,7 @@ for name, value in asdict(settings).items():
 # *How many floating-point operations does a token cost, and how do we know the formula is right?*
 #
 # Chapter 2 derived the count for one small GPT (section "Counting FLOPs" there): a weight matrix with
-# $P$ entries costs $2P$ FLOPs per token (a multiply and an add per weight), so the $N$ non-embedding
+# $P$ entries costs $2P$ {term}`FLOPs per token` (a multiply and an add per weight), so the $N$ non-embedding
 # parameters cost $2N$ in the forward pass; attention adds the scores $QK^\top$ and the weighted sum
 # $AV$, $4\,L\,T\,C$ FLOPs per token over the full $T\times T$ table for $L$ layers of width $C$; the
 # output layer adds $2\,C\,V$ for a vocabulary of $V$. The backward pass computes two products for
@@ -147,7 +147,8 @@ for n_layer, n_embd, n_head, T_ctx in settings.flop_shapes:
         abs(formula_fwd / counted_fwd - 1) < 0.05 and abs(formula_train / counted_train - 1) < 0.05
     )
 print(
-    f"{'model':<16}{'counted fwd':>13}{'formula':>13}{'ratio':>7}{'counted train':>15}{'formula':>13}{'ratio':>7}"
+    f"{'model':<16}{'counted fwd':>13}{'formula':>13}{'ratio':>7}{'counted train':>15}"
+    f"{'formula':>13}{'ratio':>7}"
 )
 for name, cf, ff, ct, ft in check_rows:
     print(
@@ -231,11 +232,11 @@ ax.legend()
 plt.show()
 display(
     Markdown(
-        f"What to see: for GPT-3's shape $6N$ is off by {gpt3_ratio[1] - 1:.0%} at its own context of 2,048 "
-        f"tokens, by {gpt3_ratio[2] - 1:.0%} at 8,192 and by a factor {gpt3_ratio[-1]:.1f} at 131,072 — "
-        f"long-context training is *not* $6ND$. For a model 64 wide, attention dominates already at "
-        f"{contexts[1]:,} tokens ({small_ratio[1]:.1f}×). The ratio grows linearly in $T/C$: attention's "
-        f"$12LTC$ against the weights' $72LC^2$."
+        f"What to see: for GPT-3's shape $6N$ is off by {gpt3_ratio[1] - 1:.0%} at its own "
+        f"context of 2,048 tokens, by {gpt3_ratio[2] - 1:.0%} at 8,192 and by a factor "
+        f"{gpt3_ratio[-1]:.1f} at 131,072 — long-context training is *not* $6ND$. For a model 64 "
+        f"wide, attention dominates already at {contexts[1]:,} tokens ({small_ratio[1]:.1f}×). "
+        "The ratio grows linearly in $T/C$: attention's $12LTC$ against the weights' $72LC^2$."
     )
 )
 
@@ -247,7 +248,7 @@ display(
 # A datasheet's peak is a ceiling. The first measurement is what a large matrix product actually
 # achieves here, in float32 and in bfloat16 (16-bit "brain" floating point: float32's exponent range
 # with 8 bits of precision, 7 of them stored: checked below). Then a real training step of a GPT — forward, backward and an AdamW update
-# on random tokens — gives the **model FLOP utilisation** (Chowdhery et al. 2022, App. B): the model
+# on random tokens — gives the **{term}`model FLOP utilisation <model FLOP utilisation (MFU)>`** (Chowdhery et al. 2022, App. B): the model
 # FLOPs per token times the tokens per second, divided by the peak. "Model FLOPs" are the FLOPs the
 # model needs, not the ones the hardware happened to do: recomputation (checkpointing, the fused
 # kernel's backward) does not count.
@@ -263,7 +264,8 @@ if hardware.bf16_supported(device):
     peaks["bfloat16"] = hardware.matmul_peak(device, torch.bfloat16, n=settings.matmul_n)
 for dtype_name, value in peaks.items():
     print(
-        f"{settings.matmul_n} x {settings.matmul_n} matrix product, {dtype_name:<9}: {value / 1e12:8.3f} TFLOP/s"
+        f"{settings.matmul_n} x {settings.matmul_n} matrix product, {dtype_name:<9}: "
+        f"{value / 1e12:8.3f} TFLOP/s"
     )
 datasheet = None
 if device.type == "cuda" and any(
@@ -296,16 +298,18 @@ assert math.isclose(
     run["achieved_flops"], run["flops_per_token"] * run["tokens_per_s"], rel_tol=1e-9
 )
 print(
-    f"GPT {L_mfu} x {C_mfu}, T = {T_mfu}, batch {settings.mfu_batch}, {run['params'] / 1e6:.1f} M parameters, "
-    f"{settings.mfu_dtype}: {run['ms_per_step']:.1f} ms per step, {run['tokens_per_s']:,.0f} tokens/s"
+    f"GPT {L_mfu} x {C_mfu}, T = {T_mfu}, batch {settings.mfu_batch}, {run['params'] / 1e6:.1f} M "
+    f"parameters, {settings.mfu_dtype}: {run['ms_per_step']:.1f} ms per step, "
+    f"{run['tokens_per_s']:,.0f} tokens/s"
 )
 print(
-    f"model FLOPs per token {run['flops_per_token']:,.0f} -> {run['achieved_flops'] / 1e12:.3f} TFLOP/s achieved, "
-    f"MFU {run['mfu']:.0%} of the measured {settings.mfu_dtype} peak"
+    f"model FLOPs per token {run['flops_per_token']:,.0f} -> {run['achieved_flops'] / 1e12:.3f} "
+    f"TFLOP/s achieved, MFU {run['mfu']:.0%} of the measured {settings.mfu_dtype} peak"
 )
 if datasheet is not None:
     print(
-        f"MFU against the datasheet peak: {run['achieved_flops'] / datasheet:.1%} (goal: at least 40%)"
+        f"MFU against the datasheet peak: {run['achieved_flops'] / datasheet:.1%} "
+        "(goal: at least 40%)"
     )
 if run["peak_memory_bytes"] is not None:
     print(f"peak GPU memory of the step: {run['peak_memory_bytes'] / 2**30:.1f} GiB")
@@ -322,11 +326,11 @@ if run["peak_memory_bytes"] is not None:
 #
 # *Why do small models and decoding use so little of the peak?*
 #
-# An operation reads and writes bytes and does FLOPs. Its **arithmetic intensity** is FLOPs per byte
+# An operation reads and writes bytes and does FLOPs. Its **{term}`arithmetic intensity`** is FLOPs per byte
 # moved. If memory delivers $\beta$ bytes per second, an operation of intensity $I$ cannot run faster than
 # $I\beta$ FLOP/s, nor faster than the peak $\pi$: attainable $=\min(\pi, I\beta)$, the **roofline**
 # (Williams, Waterman & Patterson 2009). The bend, the **ridge point** $\pi/\beta$, separates
-# memory-bound operations (left) from compute-bound ones (right). An $n\times n$ matrix product does
+# {term}`memory-bound <memory-bound, compute-bound>` operations (left) from compute-bound ones (right). An $n\times n$ matrix product does
 # $2n^3$ FLOPs on $3n^2$ numbers: its intensity grows with $n$. A softmax, a LayerNorm or a GELU does a
 # few FLOPs per number it reads: they are memory-bound everywhere. So is a decoding step at batch 1: each
 # weight is read once and used for one multiply-add.
@@ -338,7 +342,8 @@ roof_peak = peaks["bfloat16" if device.type == "cuda" else "float32"]
 rows = hardware.roofline(device, roof_dtype)
 assert rows[0]["name"] == "matmul 64" and rows[0]["flops"] == 2 * 64**3  # by hand: 2n^3 FLOPs
 print(
-    f"memory bandwidth (copy): {bandwidth_here / 1e9:.1f} GB/s; ridge point {roof_peak / bandwidth_here:.1f} FLOP/byte"
+    f"memory bandwidth (copy): {bandwidth_here / 1e9:.1f} GB/s; ridge point "
+    f"{roof_peak / bandwidth_here:.1f} FLOP/byte"
 )
 print(f"{'operation':<24}{'FLOP/byte':>10}{'achieved GFLOP/s':>18}{'roofline GFLOP/s':>18}")
 for r in rows:
@@ -368,16 +373,18 @@ def pct(x):
 
 display(
     Markdown(
-        f"What to see: the largest matrix product ({largest['name']}, {largest['intensity']:.0f} FLOP/byte) reaches "
-        f"{pct(of_roof[largest['name']])} of its roofline; the softmax, LayerNorm and GELU, at about one FLOP per "
-        f"byte, sit on the slanted part, where memory sets the limit (they reach "
-        f"{pct(min(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} to "
-        f"{pct(max(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} of it). A GPT decoding step at batch 1 has an "
-        f"intensity of {decode_row['intensity']:.2f} FLOP/byte and reaches {pct(decode_row['flops_per_s'] / roof_peak)} "
-        f"of the peak. The training step, whose products reuse each weight for every token of the batch, is where the "
-        f"FLOPs are used. Small operations fall well short of even their slanted roof: each launch has a fixed cost "
-        f"(large on a GPU) that no bandwidth figure includes. A point above the line means the data stayed in a cache "
-        f"faster than main memory."
+        f"What to see: the largest matrix product ({largest['name']}, "
+        f"{largest['intensity']:.0f} FLOP/byte) reaches {pct(of_roof[largest['name']])} "
+        "of its roofline; the softmax, LayerNorm and GELU, at about one FLOP "
+        "per byte, sit on the slanted part, where memory sets the limit "
+        f"(they reach {pct(min(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} "
+        f"to {pct(max(of_roof[n] for n in ('softmax', 'layernorm', 'gelu')))} of it). "
+        f"A GPT decoding step at batch 1 has an intensity of {decode_row['intensity']:.2f} "
+        f"FLOP/byte and reaches {pct(decode_row['flops_per_s'] / roof_peak)} of the peak. "
+        "The training step, whose products reuse each weight for every token of the batch, is "
+        "where the FLOPs are used. Small operations fall well short of even their slanted roof: "
+        "each launch has a fixed cost (large on a GPU) that no bandwidth figure includes. "
+        "A point above the line means the data stayed in a cache faster than main memory."
     )
 )
 
@@ -419,12 +426,13 @@ state = memory.training_state_bytes(n_params, n_param_tensors=len(list(mem_model
 act_formula = memory.activation_bytes(mem_config, settings.mem_batch, T_mem)
 assert measured.parameters == state["parameters"] and measured.gradients == state["gradients"]
 assert measured.optimizer_state == state["momentum"] + state["variance"] + state["step counters"]
-# Exact on a CPU; CUDA's attention kernels pad what they save (log-sum-exp rows to a multiple of 32, a seed),
-# so there the formula is checked to 2%.
+# Exact on a CPU; CUDA's attention kernels pad what they save (log-sum-exp rows to a multiple
+# of 32, a seed), so there the formula is checked to 2%.
 agrees = (lambda a, b: a == b) if device.type == "cpu" else (lambda a, b: abs(a - b) <= 0.02 * b)
 assert agrees(measured.activations, act_formula), (measured.activations, act_formula)
 print(
-    f"GPT {L_mem} x {C_mem}, {n_params:,} parameters, batch {settings.mem_batch} x {T_mem} tokens (float32):"
+    f"GPT {L_mem} x {C_mem}, {n_params:,} parameters, batch {settings.mem_batch} x {T_mem} "
+    "tokens (float32):"
 )
 for kind, value in (
     ("parameters", measured.parameters),
@@ -458,11 +466,11 @@ for r in memory.activation_reconciliation(mem_config, settings.mem_batch, T_mem)
 # Their 34 is our 16 tensors of width $C$ at 2 bytes each, plus two 1-byte dropout masks; their
 # $5as/h$ is the $s\times s$ attention table, stored per head, which the fused kernel never keeps (it
 # keeps one log-sum-exp per row instead and recomputes the table in the backward pass). Without it,
-# activation memory grows linearly with the context rather than quadratically.
+# {term}`activation memory` grows linearly with the context rather than quadratically.
 #
 # **At scale** the state dominates instead. At 16 bytes per parameter, and the **KV cache** of
 # inference next to it, the cache's size is $2\,L\,n_\text{kv}\,d_\text{head}\,T\,B$ numbers (keys
-# and values, every layer, every cached position); with grouped-query attention $n_\text{kv}$, the
+# and values, every layer, every cached position); with {term}`grouped-query attention <grouped-query attention (GQA)>` $n_\text{kv}$, the
 # key/value heads, is smaller than the query heads (Ainslie et al. 2023):
 
 # %%
@@ -480,8 +488,9 @@ for shape in memory.KV_CACHE_SHAPES.values():
     kv_per_token_of[shape.name] = per_token
     full = per_token * shape.context
     print(
-        f"{shape.name:<12} {shape.n_layer} layers, {shape.n_head} query / {shape.n_kv_head} key-value heads: "
-        f"{per_token / 2**10:,.0f} KiB per token in bf16, {full / 2**30:.2f} GiB per {shape.context:,}-token sequence"
+        f"{shape.name:<12} {shape.n_layer} layers, {shape.n_head} query / {shape.n_kv_head} "
+        f"key-value heads: {per_token / 2**10:,.0f} KiB per token in bf16, {full / 2**30:.2f} GiB "
+        f"per {shape.context:,}-token sequence"
     )
 for name, n in (("GPT-3 175B", 175e9), ("Llama 2 70B", 70e9)):
     print(
@@ -489,7 +498,8 @@ for name, n in (("GPT-3 175B", 175e9), ("Llama 2 70B", 70e9)):
         f"= {n * 16 / 80e9:.0f} GPUs of 80 GB before any activation"
     )
 print(
-    f"GPT-3's cache per token / Llama 2 70B's: {kv_per_token_of['GPT-3 175B'] / kv_per_token_of['Llama 2 70B']:.1f}"
+    "GPT-3's cache per token / Llama 2 70B's: "
+    f"{kv_per_token_of['GPT-3 175B'] / kv_per_token_of['Llama 2 70B']:.1f}"
 )
 
 # %% [markdown]
@@ -503,7 +513,7 @@ print(
 #
 # *Can we spend compute to save memory?*
 #
-# **Activation checkpointing** (Chen et al. 2016) keeps only each block's input during the forward
+# **{term}`Activation checkpointing <activation checkpointing>`** (Chen et al. 2016) keeps only each block's input during the forward
 # pass and recomputes the block's activations in the backward pass: one more forward pass through the
 # blocks, about a third more time, for most of the activation memory. `checkpointed_blocks` wraps each
 # block in `torch.utils.checkpoint` and leaves the weights and their names untouched. **Mixed
@@ -519,7 +529,8 @@ assert agrees(trade["activations checkpointed"], trade["activations checkpointed
 precision = memory.memory_by_precision(mem_config, settings.mem_batch, T_mem, device)
 assert agrees(precision["autocast"], precision["autocast formula"])
 print(
-    f"activations, float32:            {trade['activations'] / 2**20:8.2f} MiB, {trade['ms per step']:.0f} ms per step"
+    f"activations, float32:            {trade['activations'] / 2**20:8.2f} MiB, "
+    f"{trade['ms per step']:.0f} ms per step"
 )
 print(
     f"activations, checkpointed:       {trade['activations checkpointed'] / 2**20:8.2f} MiB, "
@@ -531,12 +542,13 @@ print(
 )
 display(
     Markdown(
-        f"Checkpointing saved {trade['memory saved']:.0%} of the activation memory for "
-        f"{trade['extra time']:+.0%} time per step (Chen et al. expect about one extra forward pass, a third of a "
-        f"step). Autocast cut the activations to {precision['autocast'] / precision['float32']:.0%} of float32, "
-        f"not 50%: the LayerNorm inputs (the residual stream) and their statistics, the attention's log-sum-exp "
-        f"and the loss's log-probabilities stay in float32, as autocast's rules keep precision-sensitive "
-        f"operations there."
+        f"Checkpointing saved {trade['memory saved']:.0%} of the activation memory "
+        f"for {trade['extra time']:+.0%} time per step (Chen et al. expect about "
+        "one extra forward pass, a third of a step). Autocast cut the activations "
+        f"to {precision['autocast'] / precision['float32']:.0%} of float32, not 50%: "
+        "the LayerNorm inputs (the residual stream) and their statistics, the attention's "
+        "log-sum-exp and the loss's log-probabilities stay in float32, as autocast's rules keep "
+        "precision-sensitive operations there."
     )
 )
 
@@ -566,9 +578,9 @@ for r in table:
         return format(x, spec) if x is not None else "-"
 
     print(
-        f"{r.model:<16}{r.active_params:>11.3g}{fmt(r.tokens, '.3g'):>10}{fmt(r.flops_6nd, '.3g'):>10}"
-        f"{fmt(r.published_flops, '.3g'):>11}{fmt(r.ratio, '.3f'):>7}{fmt(r.gpu_hours, ',.0f'):>12}"
-        f"{fmt(r.implied_mfu, '.1%'):>13}"
+        f"{r.model:<16}{r.active_params:>11.3g}{fmt(r.tokens, '.3g'):>10}"
+        f"{fmt(r.flops_6nd, '.3g'):>10}{fmt(r.published_flops, '.3g'):>11}{fmt(r.ratio, '.3f'):>7}"
+        f"{fmt(r.gpu_hours, ',.0f'):>12}{fmt(r.implied_mfu, '.1%'):>13}"
     )
 by_name = {r.model: r for r in table}
 gpt3, llama405 = by_name["GPT-3"], by_name["Llama 3.1 405B"]
@@ -576,16 +588,19 @@ assert abs(gpt3.flops_6nd / gpt3.published_flops - 1) < 0.01  # Brown et al. 202
 assert abs(llama405.flops_6nd / llama405.published_flops - 1) < 0.01  # Llama Team 2024: 3.8e25
 display(
     Markdown(
-        f"For GPT-3, $6ND$ = {gpt3.flops_6nd:.3g} FLOPs against the published {gpt3.published_flops:.3g} "
-        f"(Brown et al. 2020, Table D.1): {abs(gpt3.ratio - 1):.1%} apart; for Llama 3.1 405B, "
-        f"{llama405.flops_6nd:.3g} against {llama405.published_flops:.3g}. Hoffmann et al. (2022) count "
-        f"FLOPs with a fuller formula and give Chinchilla and Gopher the same compute, "
-        f"{by_name['Gopher'].published_flops:.3g}; $6ND$ gives them {by_name['Chinchilla'].flops_6nd:.3g} and "
-        f"{by_name['Gopher'].flops_6nd:.3g}: a rule of thumb, good to about ten per cent. The implied utilisations range from "
-        f"{min(r.implied_mfu for r in table if r.implied_mfu):.0%} to "
-        f"{max(r.implied_mfu for r in table if r.implied_mfu):.0%}. They count every hour the GPUs were held "
-        f"(restarts, evaluation and stragglers included), so they are lower bounds on the utilisation of the "
-        f"training steps themselves: for Llama 3.1 405B the paper reports 38–43% measured during training, "
+        f"For GPT-3, $6ND$ = {gpt3.flops_6nd:.3g} FLOPs against the "
+        f"published {gpt3.published_flops:.3g} (Brown et al. 2020, Table D.1): "
+        f"{abs(gpt3.ratio - 1):.1%} apart; for Llama 3.1 405B, "
+        f"{llama405.flops_6nd:.3g} against {llama405.published_flops:.3g}. "
+        "Hoffmann et al. (2022) count FLOPs with a fuller formula and give Chinchilla and "
+        f"Gopher the same compute, {by_name['Gopher'].published_flops:.3g}; $6ND$ gives "
+        f"them {by_name['Chinchilla'].flops_6nd:.3g} and {by_name['Gopher'].flops_6nd:.3g}: "
+        "a rule of thumb, good to about ten per cent. The implied utilisations "
+        f"range from {min(r.implied_mfu for r in table if r.implied_mfu):.0%} "
+        f"to {max(r.implied_mfu for r in table if r.implied_mfu):.0%}. "
+        "They count every hour the GPUs were held (restarts, evaluation and stragglers included), "
+        "so they are lower bounds on the utilisation of the training steps themselves: "
+        "for Llama 3.1 405B the paper reports 38–43% measured during training, "
         f"above the {llama405.implied_mfu:.1%} implied here."
     )
 )
@@ -646,8 +661,8 @@ expected = (
 )
 assert step_flops == expected
 print(
-    f"one decoding step at position {t_keys}: {step_flops:,} FLOPs counted = 2 x 12LC² + 4LtC + 2CV; "
-    f"2N alone is {2 * net.num_parameters(exclude_embeddings=True):,}"
+    f"one decoding step at position {t_keys}: {step_flops:,} FLOPs counted = 2 x 12LC² + 4LtC "
+    f"+ 2CV; 2N alone is {2 * net.num_parameters(exclude_embeddings=True):,}"
 )
 
 # %% [markdown]
@@ -659,7 +674,7 @@ print(
 #   t_\text{memory} = \frac{N\cdot b + \text{KV bytes}}{\text{bandwidth}},$$
 #
 # for a batch of $B$ sequences and $b$ bytes per weight (2 in bf16). Without the cache term, the two
-# meet at the **critical batch** $B^* = \frac{\text{peak}}{\text{bandwidth}}\cdot\frac{b}{2}$, whatever
+# meet at the **{term}`critical batch <critical batch size>`** $B^* = \frac{\text{peak}}{\text{bandwidth}}\cdot\frac{b}{2}$, whatever
 # the model's size. Below it, adding sequences to the batch is nearly free; that is why servers batch.
 # Take Llama 2 70B (Touvron et al. 2023: 80 layers, width 8,192, 64 query heads sharing 8 key/value
 # heads, grouped-query attention) on two H100s, the fewest that hold its 140 GB of bf16 weights:
@@ -710,22 +725,24 @@ kv_fit = cost.decode_step_bounds(
 )
 display(
     Markdown(
-        f"At batch 1 a step needs {one['memory_seconds'] * 1e3:.1f} ms to read the weights and "
-        f"{one['compute_seconds'] * 1e3:.2f} ms of arithmetic: {one['tokens_per_second']:.0f} tokens per second "
-        f"at best, ${cost.cost_per_million_tokens(gpus * price, one['tokens_per_second']):,.2f} per million tokens "
-        f"at ${price:.0f} per GPU-hour. At the critical batch of {b_star:.0f} sequences the same step yields "
-        f"{at_b_star['tokens_per_second']:,.0f} tokens per second, "
-        f"${cost.cost_per_million_tokens(gpus * price, at_b_star['tokens_per_second']):.3f} per million. But the "
-        f"cache takes memory too: {kv_per_token / 1024:.0f} KiB per token, {kv_seq / 1e9:.2f} GB for one "
-        f"{context:,}-token sequence. Two H100s hold {gpus * h100.memory_gb:.0f} GB; the weights take "
-        f"{N70 * 2 / 1e9:.0f}, so only **{fits}** such sequences fit beside them, giving "
-        f"{kv_fit['tokens_per_second']:,.0f} tokens per second. And since every sequence adds its cache to the "
-        f"bytes read, with contexts this long a step stays memory-bound at any batch (the critical batch with the "
-        f"cache is {cost.critical_batch(N70, 2, peak, bandwidth, kv_bytes_per_sequence=kv_seq):.0f} sequences). "
-        f"Grouped-query attention "
-        f"is what keeps the cache at 8 heads instead of 64: eight times smaller. These are bounds under "
-        f"stated assumptions (perfect overlap, peaks reached, prompt processing and idle time left out); "
-        f"the next sections measure what a real machine does."
+        f"At batch 1 a step needs {one['memory_seconds'] * 1e3:.1f} ms to read "
+        f"the weights and {one['compute_seconds'] * 1e3:.2f} ms of arithmetic: "
+        f"{one['tokens_per_second']:.0f} tokens per second at best, "
+        f"${cost.cost_per_million_tokens(gpus * price, one['tokens_per_second']):,.2f} per "
+        f"million tokens at ${price:.0f} per GPU-hour. At the critical batch of {b_star:.0f} "
+        f"sequences the same step yields {at_b_star['tokens_per_second']:,.0f} tokens per second, "
+        f"${cost.cost_per_million_tokens(gpus * price, at_b_star['tokens_per_second']):.3f} per "
+        f"million. But the cache takes memory too: {kv_per_token / 1024:.0f} KiB per token, "
+        f"{kv_seq / 1e9:.2f} GB for one {context:,}-token sequence. Two H100s hold "
+        f"{gpus * h100.memory_gb:.0f} GB; the weights take {N70 * 2 / 1e9:.0f}, so only **{fits}** "
+        f"such sequences fit beside them, giving {kv_fit['tokens_per_second']:,.0f} tokens per "
+        "second. And since every sequence adds its cache to the bytes read, with contexts "
+        "this long a step stays memory-bound at any batch (the critical batch with the cache "
+        f"is {cost.critical_batch(N70, 2, peak, bandwidth, kv_bytes_per_sequence=kv_seq):.0f} "
+        "sequences). Grouped-query attention is what keeps the cache at 8 heads instead of 64: "
+        "eight times smaller. These are bounds under stated assumptions (perfect overlap, "
+        "peaks reached, prompt processing and idle time left out); the next sections measure "
+        "what a real machine does."
     )
 )
 
@@ -774,9 +791,10 @@ target = train_lm(*settings.target_shape, settings.target_steps)
 draft = train_lm(*settings.draft_shape, settings.draft_steps)
 floor = lang.entropy_floor(settings.lm_len)
 print(
-    f"trained in {time.perf_counter() - t0:.0f} s; held-out loss (nats/token): target "
-    f"{lm_loss(target, lm_val.to(device)):.3f} ({target.num_parameters():,} parameters), draft "
-    f"{lm_loss(draft, lm_val.to(device)):.3f} ({draft.num_parameters():,}); the language's floor {floor:.3f}"
+    f"trained in {time.perf_counter() - t0:.0f} s; held-out loss (nats/token): "
+    f"target {lm_loss(target, lm_val.to(device)):.3f} ({target.num_parameters():,} parameters), "
+    f"draft {lm_loss(draft, lm_val.to(device)):.3f} ({draft.num_parameters():,}); "
+    f"the language's floor {floor:.3f}"
 )
 
 # %% [markdown]
@@ -786,7 +804,7 @@ print(
 #    on one position, not on the whole prefix. It costs memory, $2\,L\,C$ numbers per token.
 # 2. **Batching**: decode many sequences together. A step reads the weights once for the whole batch,
 #    so while decoding is memory-bound, more sequences cost almost nothing extra.
-# 3. **int8 quantisation** (dynamic: weights stored as 8-bit integers with a scale per row,
+# 3. **int8 {term}`quantisation <quantisation (int8)>`** (dynamic: weights stored as 8-bit integers with a scale per row,
 #    activations quantised on the fly; Jacob et al. 2018): a quarter of float32's bytes per weight.
 # 4. **bf16**: half the bytes, and on hardware with bf16 units, faster products.
 
@@ -798,13 +816,14 @@ assert (
 )  # float32
 batch_rows = inference.throughput_vs_batch(target, settings.decode_batches, 16, device)
 print(
-    f"KV cache: {kv_cmp['with_cache_tokens_per_s']:,.0f} vs {kv_cmp['without_cache_tokens_per_s']:,.0f} tokens/s "
-    f"without ({kv_cmp['speedup']:.1f}x), for {kv_cmp['cache_bytes']:,} bytes of cache "
-    f"({kv_cmp['cache_bytes_per_token']:,} per token)"
+    f"KV cache: {kv_cmp['with_cache_tokens_per_s']:,.0f} vs "
+    f"{kv_cmp['without_cache_tokens_per_s']:,.0f} tokens/s without ({kv_cmp['speedup']:.1f}x), "
+    f"for {kv_cmp['cache_bytes']:,} bytes of cache ({kv_cmp['cache_bytes_per_token']:,} per token)"
 )
 for r in batch_rows:
     print(
-        f"batch {r['batch_size']:>4}: {r['ms_per_step']:6.2f} ms per step, {r['tokens_per_s']:>9,.0f} tokens/s"
+        f"batch {r['batch_size']:>4}: {r['ms_per_step']:6.2f} ms per step, "
+        f"{r['tokens_per_s']:>9,.0f} tokens/s"
     )
 fig, ax = plt.subplots(figsize=(6, 3.5))
 ax.plot(
@@ -837,9 +856,10 @@ plt.show()
 int8 = inference.compare_int8(target, lm_val, device)
 dtypes = inference.compare_dtypes(target, device)
 print(
-    f"int8 (torch.ao dynamic quantisation): size {int8['bytes_fp32'] / 1e6:.2f} -> {int8['bytes_int8'] / 1e6:.2f} MB, "
-    f"forward {int8['forward_ms_fp32']:.1f} -> {int8['forward_ms_int8']:.1f} ms, one decoding step "
-    f"{int8['decode_ms_fp32']:.2f} -> {int8['decode_ms_int8']:.2f} ms"
+    f"int8 (torch.ao dynamic quantisation): size {int8['bytes_fp32'] / 1e6:.2f} "
+    f"-> {int8['bytes_int8'] / 1e6:.2f} MB, forward {int8['forward_ms_fp32']:.1f} "
+    f"-> {int8['forward_ms_int8']:.1f} ms, one decoding step {int8['decode_ms_fp32']:.2f} "
+    f"-> {int8['decode_ms_int8']:.2f} ms"
 )
 print(
     f"        held-out loss {int8['loss_fp32']:.4f} -> {int8['loss_int8']:.4f} nats/token "
@@ -848,8 +868,8 @@ print(
 print(f"        warning recorded: {int8['warnings'][0].strip()[:90]}")
 for r in dtypes:
     print(
-        f"{r['variant']:<15} forward {r['forward_ms']:6.2f} ms, decoding step {r['decode_ms']:5.2f} ms, "
-        f"largest logit change {r['max_abs_logit_diff']:.3f}"
+        f"{r['variant']:<15} forward {r['forward_ms']:6.2f} ms, decoding step "
+        f"{r['decode_ms']:5.2f} ms, largest logit change {r['max_abs_logit_diff']:.3f}"
     )
 assert int8["bytes_int8"] < 0.4 * int8["bytes_fp32"]
 bf16 = {r["variant"]: r for r in dtypes}["bf16 autocast"]
@@ -862,17 +882,19 @@ def change(before, after):
 
 display(
     Markdown(
-        f"int8 made the saved model {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× smaller (not 4×: the tied "
-        f"embedding and output matrix stays float32, because quantising it would untie the two) and changed the "
-        f"held-out loss by {int8['loss_int8'] - int8['loss_fp32']:+.4f} nats. Its time: batched forward pass "
-        f"{change(int8['forward_ms_fp32'], int8['forward_ms_int8'])}, one decoding step "
-        f"{change(int8['decode_ms_fp32'], int8['decode_ms_int8'])}. bf16 autocast: forward "
-        f"{change(fp32['forward_ms'], bf16['forward_ms'])}, decoding step {change(fp32['decode_ms'], bf16['decode_ms'])}. "
-        f"Lower precision pays on large products where the hardware has fast units for it; a small decoding "
-        f"step is dominated by per-operation overhead, and converting the activations to 8 or 16 bits adds "
-        f"operations. The `torch.ao` quantisation used here is deprecated (the warning above) in favour of the "
-        f"separate `torchao` package (PyTorch's own, installed separately; the book sticks to what ships with "
-        f"PyTorch). Measure on your own hardware before you choose."
+        f"int8 made the saved model {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× "
+        "smaller (not 4×: the tied embedding and output matrix stays float32, "
+        "because quantising it would untie the two) and changed the held-out "
+        f"loss by {int8['loss_int8'] - int8['loss_fp32']:+.4f} nats. Its time: "
+        f"batched forward pass {change(int8['forward_ms_fp32'], int8['forward_ms_int8'])}, "
+        f"one decoding step {change(int8['decode_ms_fp32'], int8['decode_ms_int8'])}. "
+        f"bf16 autocast: forward {change(fp32['forward_ms'], bf16['forward_ms'])}, decoding "
+        f"step {change(fp32['decode_ms'], bf16['decode_ms'])}. Lower precision pays on large "
+        "products where the hardware has fast units for it; a small decoding step is dominated by "
+        "per-operation overhead, and converting the activations to 8 or 16 bits adds operations. "
+        "The `torch.ao` quantisation used here is deprecated (the warning above) in favour of the "
+        "separate `torchao` package (PyTorch's own, installed separately; the book sticks to what "
+        "ships with PyTorch). Measure on your own hardware before you choose."
     )
 )
 
@@ -882,7 +904,7 @@ display(
 # *Can a small model make a large one generate faster without changing what it says?*
 #
 # Decoding is memory-bound: checking $k$ tokens in one forward pass costs the large model about as much
-# as generating one. **Speculative decoding** (Leviathan, Kalman & Matias 2023; Chen et al. 2023) lets
+# as generating one. **{term}`Speculative decoding <speculative decoding, draft model>`** (Leviathan, Kalman & Matias 2023; Chen et al. 2023) lets
 # a cheap **draft** model propose $k$ tokens, one at a time; the **target** model scores all of them in
 # one pass and keeps the longest prefix it agrees with, then adds one token of its own. With greedy
 # decoding, "agrees" means "is the target's own argmax", so the output is *identical* to the target's
@@ -901,36 +923,40 @@ plain = target.generate(prompts[:1], 40, temperature=0)
 assert torch.equal(greedy.sequences, plain)  # identical to the target's own greedy output
 assert math.isclose(speculative.expected_tokens_per_pass(0.5, 2), 1 + 0.5 + 0.25)  # by hand
 print(
-    f"greedy: identical to the target's own output; {greedy.target_passes} target passes for 40 tokens "
-    f"instead of 40"
+    f"greedy: identical to the target's own output; {greedy.target_passes} target passes "
+    "for 40 tokens instead of 40"
 )
 spec_rows = [
     speculative.speculative_speedup(target, draft, prompts, k, 44, device, do_sample=True)
     for k in settings.speculative_ks
 ]
 print(
-    f"{'k':>3}{'alpha':>8}{'tokens/pass':>13}{'eq. 1':>8}{'draft cost':>12}{'speed-up':>10}{'expected':>10}"
+    f"{'k':>3}{'alpha':>8}{'tokens/pass':>13}{'eq. 1':>8}{'draft cost':>12}"
+    f"{'speed-up':>10}{'expected':>10}"
 )
 for r in spec_rows:
     print(
-        f"{r['k']:>3}{r['alpha']:>8.2f}{r['tokens_per_target_pass']:>13.2f}{r['expected_tokens_per_pass']:>8.2f}"
-        f"{r['cost_ratio']:>12.2f}{r['speedup']:>9.2f}x{r['expected_speedup']:>9.2f}x"
+        f"{r['k']:>3}{r['alpha']:>8.2f}{r['tokens_per_target_pass']:>13.2f}"
+        f"{r['expected_tokens_per_pass']:>8.2f}{r['cost_ratio']:>12.2f}"
+        f"{r['speedup']:>9.2f}x{r['expected_speedup']:>9.2f}x"
     )
 
 # %%
 draft_cost = sum(r["cost_ratio"] for r in spec_rows) / len(spec_rows)
 display(
     Markdown(
-        f"Reading the table (sampling at temperature 1, {len(prompts)} prompts): $\\alpha$ is the share of judged "
-        f"proposals the target kept; the measured tokens per pass sit close to eq. 1's prediction from that "
-        f"$\\alpha$; \"draft cost\" is one draft pass as a fraction of a target pass, and \"expected\" is Leviathan "
-        f"et al.'s predicted speed-up from $\\alpha$, $k$ and that cost (their Theorem 3.8), which ignores the "
-        f"bookkeeping between passes. A draft with "
-        f"{draft.num_parameters() / target.num_parameters():.1%} of the target's parameters costs "
-        f"{draft_cost:.2f} of a target pass here: small models are dominated by per-operation overhead, not "
-        f"arithmetic. The gain is largest when the target is expensive and the draft cheap and agreeable. The "
-        f"package's tests check the greedy output against Hugging Face's assisted generation "
-        f"(`generate(assistant_model=...)`): the same tokens, and the same number of forward passes of each model."
+        f"Reading the table (sampling at temperature 1, {len(prompts)} prompts): "
+        "$\\alpha$ is the share of judged proposals the target kept; the measured tokens per pass "
+        "sit close to eq. 1's prediction from that $\\alpha$; \"draft cost\" is one draft pass as "
+        "a fraction of a target pass, and \"expected\" is Leviathan et al.'s predicted speed-up "
+        "from $\\alpha$, $k$ and that cost (their Theorem 3.8), which ignores the bookkeeping "
+        f"between passes. A draft with {draft.num_parameters() / target.num_parameters():.1%} "
+        f"of the target's parameters costs {draft_cost:.2f} of a target pass here: "
+        "small models are dominated by per-operation overhead, not arithmetic. "
+        "The gain is largest when the target is expensive and the draft cheap and agreeable. "
+        "The package's tests check the greedy output against Hugging Face's assisted "
+        "generation (`generate(assistant_model=...)`): the same tokens, and the same number of "
+        "forward passes of each model."
     )
 )
 
@@ -939,10 +965,10 @@ display(
 #
 # *How is a model trained on many processors at once, and what does the communication cost?*
 #
-# **Data parallelism**: every process holds a full copy of the model and takes a different batch; after
+# **{term}`Data parallelism <data parallelism (DDP)>`**: every process holds a full copy of the model and takes a different batch; after
 # the backward pass the processes average their gradients, so every copy takes the same step — the step
 # one process would take on the combined batch. PyTorch's `DistributedDataParallel` (DDP; Li et al.
-# 2020) does the averaging with an **all-reduce**, overlapped with the backward pass; on CPUs it talks
+# 2020) does the averaging with an **{term}`all-reduce`**, overlapped with the backward pass; on CPUs it talks
 # through the gloo library, on NVIDIA GPUs through NCCL. The book's `train-gpt` runs under PyTorch's
 # launcher with the same flags as one process:
 #
@@ -963,9 +989,9 @@ dp_config = TransformerConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4,
 dp = distributed.data_parallel_demo(world_size=2, config=dp_config, batch=12, steps=8)
 assert dp["grads_match"] and dp["weights_identical"]
 print(
-    f"gradients of 2 processes x {dp['batch']} sequences vs 1 process x {dp['global_batch']}: largest "
-    f"difference {dp['max_abs_diff']:.1e} ({dp['dtype']}); against one process's own batch alone: "
-    f"{dp['max_abs_diff_own_batch']:.2f}"
+    f"gradients of 2 processes x {dp['batch']} sequences vs 1 process x {dp['global_batch']}: "
+    f"largest difference {dp['max_abs_diff']:.1e} ({dp['dtype']}); against one process's own batch "
+    f"alone: {dp['max_abs_diff_own_batch']:.2f}"
 )
 print(
     f"1 process: {dp['ms_per_step_1']:.0f} ms per step, {dp['tokens_per_s_1']:,.0f} tokens/s; "
@@ -975,21 +1001,23 @@ print(
 predicted = distributed.allreduce_bytes_per_rank(dp["params"], 4, 2)
 assert predicted == dp["allreduce_bytes_per_step"]
 print(
-    f"all-reduce of {dp['params']:,} float32 gradients: 2(p-1)/p x N x 4 = {predicted / 1e6:.2f} MB sent per "
-    f"process, {dp['allreduce_ms']:.1f} ms measured ({dp['allreduce_ms'] / dp['ms_per_step_2']:.0%} of a step)"
+    f"all-reduce of {dp['params']:,} float32 gradients: 2(p-1)/p x N x 4 = "
+    f"{predicted / 1e6:.2f} MB sent per process, {dp['allreduce_ms']:.1f} ms measured "
+    f"({dp['allreduce_ms'] / dp['ms_per_step_2']:.0%} of a step)"
 )
 fsdp = distributed.fsdp_demo()
 assert fsdp["max_abs_diff"] < 1e-12
 print(
-    f"FSDP: each of 2 processes stores {fsdp['params_per_rank_fsdp']:,} of {fsdp['params_full']:,} parameters; "
-    f"after a step the weights equal DDP's (largest difference {fsdp['max_abs_diff']:.1e})"
+    f"FSDP: each of 2 processes stores {fsdp['params_per_rank_fsdp']:,} of {fsdp['params_full']:,} "
+    "parameters; after a step the weights equal DDP's (largest difference "
+    f"{fsdp['max_abs_diff']:.1e})"
 )
 
 # %% [markdown]
 # The gradients agree to rounding, while a single process's own half-batch gives visibly different
-# ones. **Scaling efficiency** is the throughput of $p$ processes over $p$ times that of one; on a
+# ones. **{term}`Scaling efficiency <scaling efficiency>`** is the throughput of $p$ processes over $p$ times that of one; on a
 # laptop both processes share the same cores and memory, so it says more about the laptop than about
-# DDP. **Sharded training** (FSDP; Zhao et al. 2023, after ZeRO: Rajbhandari et al. 2020) goes further:
+# DDP. **Sharded training** ({term}`FSDP <fully sharded data parallel (FSDP)>`; Zhao et al. 2023, after ZeRO: Rajbhandari et al. 2020) goes further:
 # each process keeps only its shard of the parameters, gradients and optimiser state, and gathers the
 # full weights of a layer just before using them — the answer to the 16 bytes per parameter that the
 # section "Where the memory goes" found no single GPU can hold for a large model.
@@ -1005,8 +1033,9 @@ comm_s = distributed.allreduce_seconds(175_000_000_000, 2, gpus_gpt3, link)
 step_flops = cost.training_flops(175e9, 3.2e6)
 compute_s = step_flops / (gpus_gpt3 * h100.peak_flops * 0.40)
 print(
-    f"per step: each GPU sends {sent / 1e9:.0f} GB of gradients: {comm_s:.1f} s at {link / 1e9:.0f} GB/s; "
-    f"the step's 6ND = {step_flops:.2e} FLOPs take {compute_s:.1f} s on {gpus_gpt3:,} H100s at 40% MFU"
+    f"per step: each GPU sends {sent / 1e9:.0f} GB of gradients: {comm_s:.1f} s "
+    f"at {link / 1e9:.0f} GB/s; the step's 6ND = {step_flops:.2e} FLOPs take {compute_s:.1f} s "
+    f"on {gpus_gpt3:,} H100s at 40% MFU"
 )
 
 # %% [markdown]
@@ -1046,7 +1075,7 @@ plt.show()
 # %% [markdown]
 # What to see, and what each design can show:
 #
-# * **Randomised controlled trials** (circles) compare people who were randomly given the tool with
+# * **{term}`Randomised controlled trials <randomised controlled trial (RCT)>`** (circles) compare people who were randomly given the tool with
 #   people who were not, so a difference is caused by the tool — on *that* task, for *those* people.
 #   Noy & Zhang (2023): writing tasks done 40% faster and graded 18% better. Peng et al. (2023): one
 #   programming task, 55.8% faster, with a wide interval (21% to 89%) from 95 developers, and code
@@ -1091,11 +1120,12 @@ assert math.isclose(productivity.overall_speedup(0.5, 2.0), 1 / (0.5 + 0.25))  #
 half_the_job = productivity.job_time_saved(0.5, k_peng)
 display(
     Markdown(
-        f"Peng et al.'s task took {productivity.PENG_TIME_SAVED:.1%} less time: $k$ = {k_peng:.2f}. Applied to "
-        f"**{s_needed:.1%}** of a worker's hours, it saves {productivity.MEASURED_TIME_SAVED:.1%} of them — "
-        f"exactly the Danish average. Applied to half the hours it would save {half_the_job:.1%}. Large "
-        f"task-level gains and small economy-wide savings are not a contradiction: few hours are yet spent on "
-        f"tasks where the tool helps that much, and not everyone uses it."
+        f"Peng et al.'s task took {productivity.PENG_TIME_SAVED:.1%} less time: "
+        f"$k$ = {k_peng:.2f}. Applied to **{s_needed:.1%}** of a worker's hours, "
+        f"it saves {productivity.MEASURED_TIME_SAVED:.1%} of them — exactly the Danish average. "
+        f"Applied to half the hours it would save {half_the_job:.1%}. Large task-level gains and "
+        "small economy-wide savings are not a contradiction: few hours are yet spent on tasks "
+        "where the tool helps that much, and not everyone uses it."
     )
 )
 fig, ax = plt.subplots(figsize=(7, 4))
@@ -1118,7 +1148,7 @@ display(productivity.productivity_calculator_widget())
 # *How do I measure another machine, or a bigger model, without the notebook?*
 #
 # `python -m aigc_book measure` runs this chapter's measurements as one command: the matrix-product
-# peak in float32 and bfloat16, the memory bandwidth, the utilisation of a GPT training step of a size
+# peak in float32 and bfloat16, the {term}`memory bandwidth`, the utilisation of a GPT training step of a size
 # you choose, and decoding speed with and without the KV cache. It shows a progress bar on stderr and
 # prints one JSON object as its last line, to compare machines or keep in a log. On a GPU, for example:
 #
@@ -1211,68 +1241,81 @@ rct_effects = [
     if productivity.design_kind(st.design) == "RCT"
 ]
 summary = (
-    f"* **Compute.** Training costs about $6N$ FLOPs per token plus attention; the book's formula agrees with "
-    f"PyTorch's FLOP counter within 5% on every model checked, and every remaining gap has a name. For "
-    f"GPT-3's shape, $6N$ undercounts by {gpt3_ratio[1] - 1:.0%} at 2,048 tokens of context and by a factor "
-    f"{gpt3_ratio[-1]:.1f} at 131,072.\n"
-    f"* **This machine** ({device.type}) multiplies at {peaks['float32'] / 1e12:.3f} TFLOP/s in float32"
+    "* **Compute.** Training costs about $6N$ FLOPs per token plus attention; the book's "
+    "formula agrees with PyTorch's FLOP counter within 5% on every model checked, and every "
+    f"remaining gap has a name. For GPT-3's shape, $6N$ undercounts by {gpt3_ratio[1] - 1:.0%} "
+    f"at 2,048 tokens of context and by a factor {gpt3_ratio[-1]:.1f} at 131,072.\n"
+    f"* **This machine** ({device.type}) multiplies at {peaks['float32'] / 1e12:.3f} "
+    "TFLOP/s in float32"
     + (f" and {peaks['bfloat16'] / 1e12:.3f} in bfloat16" if "bfloat16" in peaks else "")
-    + f"; a training step of a {run['params'] / 1e6:.1f}M-parameter GPT used {run['mfu']:.0%} of the "
-    f"{settings.mfu_dtype} peak"
+    + f"; a training step of a {run['params'] / 1e6:.1f}M-parameter GPT used {run['mfu']:.0%} of "
+    f"the {settings.mfu_dtype} peak"
     + (
         f" ({run['achieved_flops'] / datasheet:.0%} of the H100's datasheet peak)"
         if datasheet
         else ""
     )
-    + f". Decoding at batch 1 reached {pct(decode_row['flops_per_s'] / roof_peak)} of the peak: memory-bound.\n"
-    f"* **Memory.** AdamW training holds 16 bytes per parameter before activations; our activation formula "
-    f"equals the saved tensors {'to the byte' if device.type == 'cpu' else 'within 2%'}. Checkpointing saved {trade['memory saved']:.0%} of the "
-    f"activations for {trade['extra time']:+.0%} time; bf16 autocast kept "
-    f"{precision['autocast'] / precision['float32']:.0%} of them.\n"
-    f"* **Money.** $6ND$ matches GPT-3's published compute to {abs(gpt3.ratio - 1):.1%}; published GPU-hours "
-    f"imply utilisations of {min(r.implied_mfu for r in table if r.implied_mfu):.0%} to "
-    f"{max(r.implied_mfu for r in table if r.implied_mfu):.0%}. Serving Llama 2 70B at batch 1 is bounded by "
-    f"memory at {one['tokens_per_second']:.0f} tokens/s on two H100s; batching to {b_star:.0f} sequences would "
-    f"make it compute-bound if the KV cache did not take the memory.\n"
-    f"* **Inference here.** The KV cache gave {kv_cmp['speedup']:.1f}× on the served model; batch "
-    f"{batch_rows[-1]['batch_size']} gave {batch_rows[-1]['tokens_per_s'] / batch_rows[0]['tokens_per_s']:.0f}× "
-    f"the throughput of batch 1; int8 made it {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× smaller for "
-    f"{int8['loss_int8'] - int8['loss_fp32']:+.4f} nats; speculative decoding reproduced the target's greedy "
-    f"output exactly and, sampling, gave {max(r['speedup'] for r in spec_rows):.2f}× at best.\n"
-    f"* **Many processes.** DDP's gradients equal one process's on the combined batch; the all-reduce sends "
-    f"about twice the gradients' bytes per process, which at GPT-3's scale is of the order of the compute.\n"
-    f"* **Productivity.** The randomised trials' effects range from {min(rct_effects):+.0f}% to "
-    f"{max(rct_effects):+.0f}%, by task and worker; the economy-wide estimate is "
-    f"{productivity.MEASURED_TIME_SAVED:.1%} of hours, which a {productivity.PENG_TIME_SAVED:.0%} task saving "
-    f"explains if it touches {s_needed:.0%} of them."
+    + f". Decoding at batch 1 reached {pct(decode_row['flops_per_s'] / roof_peak)} of the peak: "
+    "memory-bound.\n"
+    "* **Memory.** AdamW training holds 16 bytes per parameter before "
+    "activations; our activation formula equals the saved tensors "
+    f"{'to the byte' if device.type == 'cpu' else 'within 2%'}. Checkpointing "
+    f"saved {trade['memory saved']:.0%} of the activations for {trade['extra time']:+.0%} time; "
+    f"bf16 autocast kept {precision['autocast'] / precision['float32']:.0%} of them.\n"
+    f"* **Money.** $6ND$ matches GPT-3's published compute to {abs(gpt3.ratio - 1):.1%}; published "
+    f"GPU-hours imply utilisations of {min(r.implied_mfu for r in table if r.implied_mfu):.0%} "
+    f"to {max(r.implied_mfu for r in table if r.implied_mfu):.0%}. Serving Llama 2 70B at batch 1 "
+    f"is bounded by memory at {one['tokens_per_second']:.0f} tokens/s on two H100s; batching to "
+    f"{b_star:.0f} sequences would make it compute-bound if the KV cache did not take the memory.\n"
+    f"* **Inference here.** The KV cache gave {kv_cmp['speedup']:.1f}× "
+    f"on the served model; batch {batch_rows[-1]['batch_size']} gave "
+    f"{batch_rows[-1]['tokens_per_s'] / batch_rows[0]['tokens_per_s']:.0f}× the "
+    f"throughput of batch 1; int8 made it {int8['bytes_fp32'] / int8['bytes_int8']:.1f}× "
+    f"smaller for {int8['loss_int8'] - int8['loss_fp32']:+.4f} nats; "
+    "speculative decoding reproduced the target's greedy output exactly and, "
+    f"sampling, gave {max(r['speedup'] for r in spec_rows):.2f}× at best.\n"
+    "* **Many processes.** DDP's gradients equal one process's on the combined batch; "
+    "the all-reduce sends about twice the gradients' bytes per process, "
+    "which at GPT-3's scale is of the order of the compute.\n"
+    f"* **Productivity.** The randomised trials' effects range from {min(rct_effects):+.0f}% "
+    f"to {max(rct_effects):+.0f}%, by task and worker; the economy-wide estimate is "
+    f"{productivity.MEASURED_TIME_SAVED:.1%} of hours, which a {productivity.PENG_TIME_SAVED:.0%} "
+    f"task saving explains if it touches {s_needed:.0%} of them."
 )
 display(Markdown(summary))
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Chinchilla's budget.** Chinchilla has 70 billion parameters trained on 1.4 trillion tokens
-#    (Hoffmann et al. 2022). How many days would it take on 1,024 A100s at 40% MFU, and what would it
-#    cost at $2 per GPU-hour? *Check:* compute it by hand from $6ND$ and the dense BF16 peak, then with
-#    `cost.training_time_and_cost`.
-# 2. **GPT-3's cache.** How many bytes does GPT-3 (96 layers, 96 heads of 128 dimensions) need to cache
-#    one 2,048-token sequence in bf16? How many such sequences fit in 80 GB? *Check:* by hand, then
-#    `memory.kv_cache_bytes`.
-# 3. **The A100's critical batch.** At what batch does decoding in bf16 become compute-bound on an A100
-#    (312 TFLOP/s, 2,039 GB/s), ignoring the cache? Why does the model's size not matter? *Check:*
-#    `cost.critical_batch`.
-# 4. **Tokens per pass.** With $\alpha = 0.8$ and $k = 4$, how many tokens does one target pass of
-#    speculative decoding yield on average? What $k$ maximises it, and why is the largest $k$ not the
-#    best choice in practice? *Check:* eq. 1 by hand and `speculative.expected_tokens_per_pass`.
-# 5. **A slower task in the job.** Suppose, as in METR's trial, a tool makes some tasks 19% slower, and
-#    those tasks fill 30% of the hours, while it makes another 20% of the hours twice as fast. What share
-#    of the hours does the worker save? *Check:* combine two uses of the Amdahl model; the cell below.
-# 6. **Bigger models use the chip better.** Change `mfu_shape` in the settings to (4, 256, 4, 128) and to
-#    (8, 256, 8, 128) and rerun the MFU cell. Does the utilisation rise with the width? *Check:* the
-#    printed MFU; explain with the roofline (a wider matrix product has a higher arithmetic intensity).
-# 7. **Where the 6N rule breaks.** At what context length does attention add 50% to the $6N$ training
-#    FLOPs of a model of width $C$ (ignore the output layer)? *Check:* solve $12LTC = 0.5 \cdot 72LC^2$
-#    and compare with `flopcount.six_n_ratio` for GPT-3's shape.
+# These exercises are also a graded assignment, `assignments/06_efficiency.py`: a teacher builds it
+# with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises marked
+# *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+#
+# 1. **Chinchilla's budget.** *(autograded)* Chinchilla has 70 billion parameters trained on 1.4
+#    trillion tokens (Hoffmann et al. 2022). How many days would it take on 1,024 A100s at 40% MFU,
+#    and what would it cost at $2 per GPU-hour? *Check:* compute it by hand from $6ND$ and the dense
+#    BF16 peak, then with `cost.training_time_and_cost`.
+# 2. **GPT-3's cache.** *(autograded)* How many bytes does GPT-3 (96 layers, 96 heads of 128
+#    dimensions) need to cache one 2,048-token sequence in bf16? How many such sequences fit in
+#    80 GB? *Check:* by hand, then `memory.kv_cache_bytes`.
+# 3. **The A100's critical batch.** *(autograded)* At what batch does decoding in bf16 become
+#    compute-bound on an A100 (312 TFLOP/s, 2,039 GB/s), ignoring the cache? Why does the model's
+#    size not matter? *Check:* `cost.critical_batch`.
+# 4. **Tokens per pass.** *(autograded)* With $\alpha = 0.8$ and $k = 4$, how many tokens does one
+#    target pass of speculative decoding yield on average? What $k$ maximises it, and why is the
+#    largest $k$ not the best choice in practice? *Check:* eq. 1 by hand and
+#    `speculative.expected_tokens_per_pass`.
+# 5. **A slower task in the job.** *(autograded)* Suppose, as in METR's trial, a tool makes some
+#    tasks 19% slower, and those tasks fill 30% of the hours, while it makes another 20% of the
+#    hours twice as fast. What share of the hours does the worker save? *Check:* combine two uses of
+#    the Amdahl model; the cell below.
+# 6. **Bigger models use the chip better.** *(autograded)* Change `mfu_shape` in the settings to
+#    (4, 256, 4, 128) and to (8, 256, 8, 128) and rerun the MFU cell. Does the utilisation rise with
+#    the width? *Check:* the printed MFU; explain with the roofline (a wider matrix product has a
+#    higher arithmetic intensity).
+# 7. **Where the 6N rule breaks.** *(autograded)* At what context length does attention add 50% to
+#    the $6N$ training FLOPs of a model of width $C$ (ignore the output layer)? *Check:* solve
+#    $12LTC = 0.5 \cdot 72LC^2$ and compare with `flopcount.six_n_ratio` for GPT-3's shape.
 
 # %%
 # 1. Chinchilla on 1,024 A100s.
@@ -1286,7 +1329,8 @@ print(f"1. Chinchilla: {chinchilla['wall_clock_days']:.0f} days, ${chinchilla['c
 gpt3_kv = memory.kv_cache_bytes(96, 96, 128, 2048, 1, bytes_per_element=2)
 assert gpt3_kv == 2 * 96 * 96 * 128 * 2048 * 2
 print(
-    f"2. {gpt3_kv / 2**30:.1f} GiB per sequence; {int(80e9 // gpt3_kv)} fit in 80 GB (weights aside)"
+    f"2. {gpt3_kv / 2**30:.1f} GiB per sequence; {int(80e9 // gpt3_kv)} fit "
+    "in 80 GB (weights aside)"
 )
 # 3. The A100's critical batch.
 assert math.isclose(cost.critical_batch(7e9, 2, a100.peak_flops, a100.bandwidth), 312e12 / 2039e9)
@@ -1304,7 +1348,8 @@ ratio_at_3c = flopcount.six_n_ratio(flopcount.gpt3_175b_config(block_size=3 * 12
     0
 ]
 print(
-    f"7. GPT-3's shape at T = 3C = {3 * 12288:,}: true/6N = {ratio_at_3c:.3f} (1.5 plus the output layer)"
+    f"7. GPT-3's shape at T = 3C = {3 * 12288:,}: true/6N = {ratio_at_3c:.3f} "
+    "(1.5 plus the output layer)"
 )
 
 # %% [markdown]
@@ -1312,93 +1357,76 @@ print(
 #
 # | English | 中文 |
 # |---|---|
-# | floating-point operation (FLOP) | 浮点运算 |
-# | FLOPs per token | 每个词元的浮点运算量 |
-# | peak FLOP/s | 峰值算力（每秒浮点运算次数） |
-# | model FLOP utilisation (MFU) | 模型算力利用率 |
-# | arithmetic intensity | 算术强度 |
-# | roofline model, ridge point | 屋顶线模型，脊点 |
-# | memory-bound, compute-bound | 访存受限，计算受限 |
-# | memory bandwidth | 内存带宽 |
-# | optimiser state | 优化器状态 |
-# | activation memory | 激活值内存 |
-# | activation checkpointing | 激活检查点（重计算） |
-# | mixed precision, bfloat16 | 混合精度，bfloat16 |
-# | KV cache, grouped-query attention | KV 缓存，分组查询注意力 |
-# | critical batch size | 临界批大小 |
-# | quantisation (int8) | 量化（int8） |
-# | speculative decoding, draft model | 推测解码，草稿模型 |
-# | acceptance rate | 接受率 |
-# | data parallelism (DDP) | 数据并行 |
-# | all-reduce | 全归约 |
-# | fully sharded data parallel (FSDP) | 完全分片数据并行 |
-# | scaling efficiency | 扩展效率 |
-# | randomised controlled trial (RCT) | 随机对照试验 |
-# | forest plot | 森林图 |
-# | Amdahl's law | 阿姆达尔定律 |
+# | {term}`floating-point operation (FLOP)` | 浮点运算 |
+# | {term}`FLOPs per token` | 每词元浮点运算数 |
+# | {term}`peak FLOP/s` | 峰值算力（每秒浮点运算次数） |
+# | {term}`model FLOP utilisation (MFU)` | 模型算力利用率 |
+# | {term}`arithmetic intensity` | 算术强度 |
+# | {term}`roofline model, ridge point` | 屋顶线模型，脊点 |
+# | {term}`memory-bound, compute-bound` | 访存受限，计算受限 |
+# | {term}`memory bandwidth` | 内存带宽 |
+# | {term}`optimiser state` | 优化器状态 |
+# | {term}`activation memory` | 激活值内存 |
+# | {term}`activation checkpointing` | 激活检查点（重计算） |
+# | {term}`mixed precision, bfloat16 <mixed precision>` | 混合精度，bfloat16 |
+# | {term}`KV cache`, {term}`grouped-query attention <grouped-query attention (GQA)>` | 键值缓存，分组查询注意力 |
+# | {term}`critical batch size` | 临界批大小 |
+# | {term}`quantisation (int8)` | 量化（int8） |
+# | {term}`speculative decoding, draft model` | 推测解码，草稿模型 |
+# | {term}`acceptance rate` | 接受率 |
+# | {term}`data parallelism (DDP)` | 数据并行 |
+# | {term}`all-reduce` | 全归约 |
+# | {term}`fully sharded data parallel (FSDP)` | 完全分片数据并行 |
+# | {term}`scaling efficiency` | 扩展效率 |
+# | {term}`randomised controlled trial (RCT)` | 随机对照试验 |
+# | {term}`forest plot` | 森林图 |
+# | {term}`Amdahl's law` | 阿姆达尔定律 |
 
 # %% [markdown]
 # ## References
 #
-# * Ainslie, J. et al. (2023). *GQA: Training Generalized Multi-Query Transformer Models from Multi-Head
-#   Checkpoints.* EMNLP. arXiv:2305.13245.
-# * Amdahl, G. M. (1967). *Validity of the Single Processor Approach to Achieving Large Scale Computing
-#   Capabilities.* AFIPS Conference Proceedings 30, 483–485.
-# * Becker, J., Rush, N., Barnes, E. and Rein, D. (2025). *Measuring the Impact of Early-2025 AI on
-#   Experienced Open-Source Developer Productivity.* arXiv:2507.09089.
-# * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* NeurIPS. arXiv:2005.14165.
-# * Brynjolfsson, E., Li, D. and Raymond, L. (2023). *Generative AI at Work.* NBER Working Paper 31161;
-#   Quarterly Journal of Economics 140(2), 2025.
-# * Chen, C. et al. (2023). *Accelerating Large Language Model Decoding with Speculative Sampling.*
-#   arXiv:2302.01318.
-# * Chen, T., Xu, B., Zhang, C. and Guestrin, C. (2016). *Training Deep Nets with Sublinear Memory Cost.*
-#   arXiv:1604.06174.
-# * Chowdhery, A. et al. (2022). *PaLM: Scaling Language Modeling with Pathways.* arXiv:2204.02311.
-# * Cottier, B. et al. (2024). *The Rising Costs of Training Frontier AI Models.* arXiv:2405.21015.
-# * Cui, Z. K., Demirer, M., Jaffe, S., Musolff, L., Peng, S. and Salz, T. (2024). *The Effects of
-#   Generative AI on High-Skilled Work: Evidence from Three Field Experiments with Software Developers.*
-#   SSRN 4945566.
-# * Dao, T. et al. (2022). *FlashAttention: Fast and Memory-Efficient Exact Attention with IO-Awareness.*
-#   NeurIPS. arXiv:2205.14135.
-# * Dell'Acqua, F. et al. (2023). *Navigating the Jagged Technological Frontier.* Harvard Business
-#   School Working Paper 24-013.
-# * DeepSeek-AI (2024). *DeepSeek-V3 Technical Report.* arXiv:2412.19437.
-# * Eloundou, T., Manning, S., Mishkin, P. and Rock, D. (2024). *GPTs are GPTs: Labor Market Impact
-#   Potential of LLMs.* Science. arXiv:2303.10130.
-# * Hoffmann, J. et al. (2022). *Training Compute-Optimal Large Language Models.* NeurIPS. arXiv:2203.15556.
-# * Humlum, A. and Vestergaard, E. (2025). *Large Language Models, Small Labor Market Effects.* Becker
-#   Friedman Institute Working Paper 2025-56.
-# * Jacob, B. et al. (2018). *Quantization and Training of Neural Networks for Efficient
-#   Integer-Arithmetic-Only Inference.* CVPR. arXiv:1712.05877.
-# * Kaplan, J. et al. (2020). *Scaling Laws for Neural Language Models.* arXiv:2001.08361.
-# * Korthikanti, V. et al. (2022). *Reducing Activation Recomputation in Large Transformer Models.*
-#   arXiv:2205.05198.
-# * Leviathan, Y., Kalman, M. and Matias, Y. (2023). *Fast Inference from Transformers via Speculative
-#   Decoding.* ICML. arXiv:2211.17192.
-# * Li, S. et al. (2020). *PyTorch Distributed: Experiences on Accelerating Data Parallel Training.*
-#   VLDB. arXiv:2006.15704.
-# * Llama Team, AI @ Meta (2024). *The Llama 3 Herd of Models.* arXiv:2407.21783.
-# * Loshchilov, I. and Hutter, F. (2019). *Decoupled Weight Decay Regularization.* ICLR. arXiv:1711.05101.
-# * Micikevicius, P. et al. (2018). *Mixed Precision Training.* ICLR. arXiv:1710.03740.
-# * Narayanan, D. et al. (2021). *Efficient Large-Scale Language Model Training on GPU Clusters Using
-#   Megatron-LM.* SC21. arXiv:2104.04473.
-# * Noy, S. and Zhang, W. (2023). *Experimental Evidence on the Productivity Effects of Generative
-#   Artificial Intelligence.* Science 381, 187–192.
-# * Patarasuk, P. and Yuan, X. (2009). *Bandwidth Optimal All-Reduce Algorithms for Clusters of
-#   Workstations.* Journal of Parallel and Distributed Computing 69(2), 117–124.
-# * Peng, S., Kalliamvakou, E., Cihon, P. and Demirer, M. (2023). *The Impact of AI on Developer
-#   Productivity: Evidence from GitHub Copilot.* arXiv:2302.06590.
-# * Rajbhandari, S. et al. (2020). *ZeRO: Memory Optimizations Toward Training Trillion Parameter
-#   Models.* SC20. arXiv:1910.02054.
-# * Shoeybi, M. et al. (2019). *Megatron-LM: Training Multi-Billion Parameter Language Models Using
-#   Model Parallelism.* arXiv:1909.08053.
-# * Stanford HAI (2024). *Artificial Intelligence Index Report 2024* (with Epoch AI).
-# * Touvron, H. et al. (2023a). *LLaMA: Open and Efficient Foundation Language Models.* arXiv:2302.13971.
-# * Touvron, H. et al. (2023b). *Llama 2: Open Foundation and Fine-Tuned Chat Models.* arXiv:2307.09288.
-# * Williams, S., Waterman, A. and Patterson, D. (2009). *Roofline: An Insightful Visual Performance
-#   Model for Multicore Architectures.* Communications of the ACM 52(4), 65–76.
-# * Zhao, Y. et al. (2023). *PyTorch FSDP: Experiences on Scaling Fully Sharded Data Parallel.* VLDB.
-#   arXiv:2304.11277.
+# * {cite:t}`ch06-ainslie2023gqa` (GQA).
+# * {cite:t}`ch06-amdahl1967validity` (Amdahl's law).
+# * {cite:t}`ch06-becker2025measuring`.
+# * {cite:t}`ch06-brown2020gpt3` (GPT-3).
+# * {cite:t}`ch06-brynjolfsson2023genai`.
+# * {cite:t}`ch06-chen2023speculative` (speculative sampling).
+# * {cite:t}`ch06-chen2016sublinear` (activation checkpointing).
+# * {cite:t}`ch06-chowdhery2022palm` (PaLM).
+# * {cite:t}`ch06-cottier2024rising`.
+# * {cite:t}`ch06-cui2024effects`.
+# * {cite:t}`ch06-dao2022flashattention` (FlashAttention).
+# * {cite:t}`ch06-dellacqua2023jagged`.
+# * {cite:t}`ch06-deepseekai2024v3` (DeepSeek-V3).
+# * {cite:t}`ch06-eloundou2024gpts`.
+# * {cite:t}`ch06-hoffmann2022chinchilla` (Chinchilla).
+# * {cite:t}`ch06-humlum2025small`.
+# * {cite:t}`ch06-jacob2018quantization` (int8 quantisation).
+# * {cite:t}`ch06-kaplan2020scaling`.
+# * {cite:t}`ch06-korthikanti2022reducing`.
+# * {cite:t}`ch06-leviathan2023speculative` (speculative decoding).
+# * {cite:t}`ch06-li2020pytorchdistributed` (PyTorch DDP).
+# * {cite:t}`ch06-llamateam2024llama3` (Llama 3).
+# * {cite:t}`ch06-loshchilov2019adamw` (AdamW).
+# * {cite:t}`ch06-micikevicius2018mixed` (mixed precision).
+# * {cite:t}`ch06-narayanan2021megatron`.
+# * {cite:t}`ch06-noy2023experimental`.
+# * {cite:t}`ch06-patarasuk2009bandwidth` (ring all-reduce).
+# * {cite:t}`ch06-peng2023copilot`.
+# * {cite:t}`ch06-rajbhandari2020zero` (ZeRO).
+# * {cite:t}`ch06-shoeybi2019megatron` (Megatron-LM).
+# * {cite:t}`ch06-stanfordhai2024aiindex`.
+# * {cite:t}`ch06-touvron2023llama` (LLaMA).
+# * {cite:t}`ch06-touvron2023llama2` (Llama 2).
+# * {cite:t}`ch06-williams2009roofline` (the roofline model).
+# * {cite:t}`ch06-zhao2023fsdp` (FSDP).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch06-
+# :labelprefix: 6.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s")

@@ -2,21 +2,21 @@
 # # 7. Beyond text: cross-attention, the encoder–decoder, and a model that captions pictures
 #
 # Every model in this book so far has attended to one sequence: its own. The Transformer of "Attention
-# Is All You Need" (Vaswani et al. 2017) had a second kind of attention, in its decoder: **cross-attention**,
+# Is All You Need" (Vaswani et al. 2017) had a second kind of attention, in its decoder: **{term}`cross-attention`**,
 # whose queries come from the text being written and whose keys and values come from something else — in
 # that paper a sentence in another language, in this chapter a picture. It is the piece that lets text
-# attend to images (captioning, visual question answering) and images to text (diffusion models
+# attend to images ({term}`captioning <image captioning>`, visual question answering) and images to text ({term}`diffusion models <diffusion model>`
 # conditioned on a prompt). GPT and ChatGPT do not have it: they are decoder-only. One of the source
-# articles calls ChatGPT an encoder–decoder; it is not, and this chapter shows what the encoder–decoder
+# articles calls ChatGPT an {term}`encoder–decoder`; it is not, and this chapter shows what the encoder–decoder
 # actually is by building one.
 #
 # The plan:
 #
-# 1. Write cross-attention and the original decoder layer, and prove them equal to PyTorch's
+# 1. Write cross-attention and the original {term}`decoder layer`, and prove them equal to PyTorch's
 #    `nn.MultiheadAttention` and `nn.TransformerDecoderLayer`.
 # 2. Make a captioning task whose answers are known: pictures of coloured shapes drawn in code, with
 #    captions such as "a red circle left of a blue square" that a program can check word by word.
-# 3. Encode a picture as a sequence of patches (as the Vision Transformer does), and train a decoder that
+# 3. Encode a picture as a sequence of patches (as the {term}`Vision Transformer <Vision Transformer (ViT)>` does), and train a decoder that
 #    attends over the patches while it writes.
 # 4. Compare it with the design of the first neural captioners, which squeezed the picture into one
 #    vector: what does attention over the picture buy, word by word?
@@ -88,7 +88,7 @@ for name, value in asdict(settings).items():
 #
 # Self-attention (chapter 2) computes queries, keys and values from the same sequence. Cross-attention
 # takes the queries from the sequence being written, $x$ ($T$ positions), and the keys and values from
-# another one, the **memory** $m$ ($S$ positions, here the patches of a picture):
+# another one, the **{term}`memory <memory (encoder output)>`** $m$ ($S$ positions, here the patches of a picture):
 #
 # $$Q = xW_Q,\quad K = mW_K,\quad V = mW_V,\qquad
 #   \text{CrossAttn}(x, m) = \operatorname{softmax}\!\Big(\frac{QK^\top}{\sqrt{d_k}}\Big)V ,$$
@@ -126,8 +126,9 @@ torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
 torch.testing.assert_close(weights.sum(-1), torch.ones(2, H, 5, dtype=torch.float64))
 assert bool((weights[1, :, :, -3:] == 0).all())  # padded patches get no attention
 print(
-    f"CrossAttention == nn.MultiheadAttention: largest difference {(out - expected).abs().max().item():.1e} "
-    f"(float64); weights {tuple(weights.shape)} = (B, heads, T, S), each row sums to 1, padding gets 0"
+    "CrossAttention == nn.MultiheadAttention: largest difference "
+    f"{(out - expected).abs().max().item():.1e} (float64); "
+    f"weights {tuple(weights.shape)} = (B, heads, T, S), each row sums to 1, padding gets 0"
 )
 
 # %% [markdown]
@@ -140,7 +141,7 @@ print(
 # residual connection and a LayerNorm: causal self-attention over the text written so far,
 # cross-attention over the encoder's output, and the feed-forward network. A decoder-only GPT is this
 # decoder with the middle sub-layer removed — which is why it needs no encoder. `DecoderBlock` has both
-# placements of the LayerNorm: after each sub-layer as in the paper ("post-norm"), or before it as in
+# placements of the LayerNorm: after each sub-layer as in the paper ("{term}`post-norm <pre-LN / post-LN>`"), or before it as in
 # GPT-2 ("pre-norm"). Against `nn.TransformerDecoderLayer` with the same weights:
 
 # %%
@@ -216,8 +217,9 @@ test_images, test_captions, test_scenes = shapes.make_dataset(
 tok = shapes.CaptionTokenizer()
 n_captions = len(shapes.all_captions())
 print(
-    f"{len(train_captions):,} training and {len(test_captions):,} test pictures of {settings.image_size} x "
-    f"{settings.image_size} pixels; the grammar has {n_captions:,} captions; vocabulary {tok.vocab_size} tokens"
+    f"{len(train_captions):,} training and {len(test_captions):,} test pictures "
+    f"of {settings.image_size} x {settings.image_size} pixels; the grammar has {n_captions:,} "
+    f"captions; vocabulary {tok.vocab_size} tokens"
 )
 assert all(shapes.check_caption(c, sc) for c, sc in zip(test_captions, test_scenes))
 assert all(
@@ -229,7 +231,8 @@ wrong = parts._replace(
 ).text()  # the opposite relation
 assert not shapes.check_caption(wrong, test_scenes[0])
 print(
-    f"checker: {test_captions[0]!r} and {test_scenes[0].reversed_caption()!r} are right, {wrong!r} is wrong"
+    f"checker: {test_captions[0]!r} and {test_scenes[0].reversed_caption()!r} are right, "
+    f"{wrong!r} is wrong"
 )
 train_ids = tok.batch(train_captions)  # (N, L): <bos> words <eos> <pad>...
 test_ids = tok.batch(test_captions)
@@ -276,8 +279,9 @@ encoder = ImageEncoder(
     n_layer=settings.n_enc_layer,
 )
 print(
-    f"patch embedding == Conv2d(kernel = stride = {settings.patch_size}); a picture becomes "
-    f"{embed.n_patches} tokens; the encoder's memory: {tuple(encoder(test_images[:4]).shape)} = (B, patches, C)"
+    f"patch embedding == Conv2d(kernel = stride = {settings.patch_size}); "
+    f"a picture becomes {embed.n_patches} tokens; the encoder's memory: "
+    f"{tuple(encoder(test_images[:4]).shape)} = (B, patches, C)"
 )
 try:
     PatchEmbedding(30, 8, 3, 16)
@@ -339,7 +343,8 @@ torch.manual_seed(0)
 captioner = Captioner(cap_config).to(device)
 cross_predictions, cross_scores, cross_seconds = train_and_score(captioner)
 print(
-    f"Captioner: {captioner.num_parameters():,} parameters, {settings.steps} steps in {cross_seconds:.0f} s"
+    f"Captioner: {captioner.num_parameters():,} parameters, {settings.steps} steps "
+    f"in {cross_seconds:.0f} s"
 )
 for picture_caption, predicted in list(zip(test_captions, cross_predictions))[:4]:
     print(f"  truth {picture_caption!r:44} written {predicted!r}")
@@ -362,7 +367,8 @@ torch.manual_seed(0)
 pooled = PooledCaptioner(cap_config).to(device)
 pooled_predictions, pooled_scores, pooled_seconds = train_and_score(pooled)
 print(
-    f"PooledCaptioner: {pooled.num_parameters():,} parameters, {settings.steps} steps in {pooled_seconds:.0f} s"
+    f"PooledCaptioner: {pooled.num_parameters():,} parameters, {settings.steps} steps "
+    f"in {pooled_seconds:.0f} s"
 )
 rows = (
     ("exact caption (checker)", "exact_match"),
@@ -372,7 +378,8 @@ rows = (
     ("parseable captions", "parseable"),
 )
 print(
-    f"{'on ' + str(len(test_scenes)) + ' test pictures':<26}{'cross-attention':>16}{'one vector':>12}"
+    f"{'on ' + str(len(test_scenes)) + ' test pictures':<26}{'cross-attention':>16}"
+    f"{'one vector':>12}"
 )
 for name, key in rows:
     print(f"{name:<26}{cross_scores[key]:>16.3f}{pooled_scores[key]:>12.3f}")
@@ -391,16 +398,18 @@ print(
 better = [name for name, key in rows[:4] if cross_scores[key] > pooled_scores[key]]
 display(
     Markdown(
-        f"With the same encoder, decoder size, data and steps, the captioner that attends over the patches wrote "
-        f"{cross_scores['exact_match']:.1%} of the test captions exactly right, the one-vector baseline "
-        f"{pooled_scores['exact_match']:.1%}. Cross-attention scored higher on: "
-        f"{', '.join(better) if better else 'none of the four measures'}. The largest gap is in the "
-        f"{max(rows[:4], key=lambda r: cross_scores[r[1]] - pooled_scores[r[1]])[0]} "
-        f"({max(cross_scores[k] - pooled_scores[k] for _, k in rows[:4]):+.3f}). A mean over the patches keeps "
-        f"what is in the picture but blurs where: the relation between the two shapes, and which colour belongs to "
-        f"which shape, must survive the averaging, while cross-attention can read each object's patches when it "
-        f"names that object. BLEU, which counts shared word n-grams, moves less than exact match: a caption with "
-        f"one wrong word still shares most of its n-grams with the reference (chapter 4 says what BLEU cannot tell)."
+        "With the same encoder, decoder size, data and steps, the captioner that attends over "
+        f"the patches wrote {cross_scores['exact_match']:.1%} of the test captions exactly right, "
+        f"the one-vector baseline {pooled_scores['exact_match']:.1%}. Cross-attention scored "
+        f"higher on: {', '.join(better) if better else 'none of the four measures'}. The largest "
+        f"gap is in the {max(rows[:4], key=lambda r: cross_scores[r[1]] - pooled_scores[r[1]])[0]} "
+        f"({max(cross_scores[k] - pooled_scores[k] for _, k in rows[:4]):+.3f}). "
+        "A mean over the patches keeps what is in the picture but blurs where: "
+        "the relation between the two shapes, and which colour belongs to which shape, "
+        "must survive the averaging, while cross-attention can read each object's patches when it "
+        "names that object. BLEU, which counts shared word n-grams, moves less than exact match: "
+        "a caption with one wrong word still shares most of its n-grams with the reference "
+        "(chapter 4 says what BLEU cannot tell)."
     )
 )
 
@@ -469,20 +478,23 @@ for i, scene in enumerate(test_scenes):
             uniform.append(float(own_mask.float().mean()))
 mean_own, mean_other, mean_uniform = (sum(v) / len(v) for v in (on_own, on_other, uniform))
 print(
-    f"attention on the named object's patches: {mean_own:.3f} (the other object's: {mean_other:.3f}; "
-    f"spread evenly: {mean_uniform:.3f})"
+    f"attention on the named object's patches: {mean_own:.3f} (the other object's: "
+    f"{mean_other:.3f}; spread evenly: {mean_uniform:.3f})"
 )
 display(
     Markdown(
-        f"While predicting an object's colour and shape, the last layer put on average {mean_own:.0%} of its "
-        f"attention on the patches of that object, against {mean_other:.0%} on the other object's and the "
-        f"{mean_uniform:.0%} an even spread would give. "
+        "While predicting an object's colour and shape, the last layer put on average "
+        f"{mean_own:.0%} of its attention on the patches of that object, against {mean_other:.0%} "
+        f"on the other object's and the {mean_uniform:.0%} an even spread would give. "
         + (
-            "So the decoder does look at what it names — measured here on the last layer and on average; single "
-            "heads and earlier layers can do other things (exercise 3)."
+            "So the decoder does look at what it names — measured here on the last layer and on "
+            "average; single heads and earlier layers can do other things (exercise 3)."
             if mean_own > max(mean_other, mean_uniform)
-            else "So this layer does not, on average, look at what it names: its attention maps are not an explanation "
-            "of its words (exercise 3 asks where the information flows instead)."
+            else (
+                "So this layer does not, on average, look at what it names: "
+                "its attention maps are not an explanation of its words (exercise 3 asks where "
+                "the information flows instead)."
+            )
         )
     )
 )
@@ -496,7 +508,7 @@ display(
 #   an image encoder whose patch vectors a language model reads — with encoders pretrained on very large
 #   collections of pictures. The Vision Transformer (Dosovitskiy et al. 2021) showed that patches plus a
 #   plain Transformer encoder classify images well when pretrained at scale.
-# * **Pictures and text in one space.** CLIP (Radford et al. 2021) trains an image encoder and a text
+# * **Pictures and text in one space.** {term}`CLIP <contrastive learning (CLIP)>` (Radford et al. 2021) trains an image encoder and a text
 #   encoder together with a contrastive loss: the embeddings of a picture and its caption are pulled
 #   together, those of mismatched pairs pushed apart, over 400 million pairs from the web. It has no
 #   cross-attention; it learns which text goes with which picture.
@@ -528,46 +540,56 @@ display(
 relation_learned = cross_scores["relation_accuracy"] > chance["relation_accuracy"] + 0.1
 display(
     Markdown(
-        f"* Cross-attention is attention whose queries come from one sequence and whose keys and values come from "
-        f"another; ours equals `nn.MultiheadAttention`, and our decoder layer equals `nn.TransformerDecoderLayer` "
-        f"in both LayerNorm placements.\n"
-        f"* A picture becomes a sequence of {cap_config.n_patches} patch tokens; a patch embedding is a strided "
-        f"convolution.\n"
-        f"* On pictures whose captions a program can check, the captioner with cross-attention wrote "
-        f"{cross_scores['exact_match']:.1%} of the captions exactly right (colour words {cross_scores['colour_accuracy']:.1%}, "
-        f"shape words {cross_scores['shape_accuracy']:.1%}); the one-vector baseline of the same size "
+        "* Cross-attention is attention whose queries come from one sequence and whose "
+        "keys and values come from another; ours equals `nn.MultiheadAttention`, "
+        "and our decoder layer equals `nn.TransformerDecoderLayer` in both LayerNorm placements.\n"
+        f"* A picture becomes a sequence of {cap_config.n_patches} "
+        "patch tokens; a patch embedding is a strided convolution.\n"
+        "* On pictures whose captions a program can check, the captioner with "
+        f"cross-attention wrote {cross_scores['exact_match']:.1%} of the captions "
+        f"exactly right (colour words {cross_scores['colour_accuracy']:.1%}, shape "
+        f"words {cross_scores['shape_accuracy']:.1%}); the one-vector baseline of the same size "
         f"{pooled_scores['exact_match']:.1%} (shape words {pooled_scores['shape_accuracy']:.1%}).\n"
         + (
             f"* The relation word was learned: {cross_scores['relation_accuracy']:.1%}.\n"
             if relation_learned
-            else f"* Neither model learned the relation word within these settings: {cross_scores['relation_accuracy']:.1%} and "
-            f"{pooled_scores['relation_accuracy']:.1%}, against {chance['relation_accuracy']:.0%} by chance. Naming "
-            f"the objects is one look; the relation needs the two objects' positions compared, and exact match is "
-            f"capped by it (exercise 2).\n"
+            else (
+                "* Neither model learned the relation word within these settings: "
+                f"{cross_scores['relation_accuracy']:.1%} "
+                f"and {pooled_scores['relation_accuracy']:.1%}, against "
+                f"{chance['relation_accuracy']:.0%} by chance. Naming the objects is one look; "
+                "the relation needs the two objects' positions compared, and exact match is "
+                "capped by it (exercise 2).\n"
+            )
         )
-        + f"* While naming an object the last decoder layer put {mean_own:.0%} of its attention on that object's "
-        f"patches, against {mean_uniform:.0%} for an even spread."
+        + f"* While naming an object the last decoder layer put {mean_own:.0%} of its attention on "
+        f"that object's patches, against {mean_uniform:.0%} for an even spread."
     )
 )
 
 # %% [markdown]
 # ## Exercises
 #
-# 1. **The weights of cross-attention.** For one query, the cross-attention weights form a distribution
-#    over the $S$ memory positions. Show that hiding a padded position (a score of $-\infty$) gives the
-#    same output as deleting that position from the memory. *Check:* the cell below compares
-#    `CrossAttention` with a padded memory and with the memory cut short.
-# 2. **Teach the relation.** Train the captioner for longer, or with patches of 4 × 4 pixels (64 patches),
-#    and watch the relation accuracy. Does the one-vector baseline ever catch up on the shape words?
-#    *Check:* `shapes.caption_scores` on the test pictures; compare with chance, 1/4.
-# 3. **Which layer looks?** Repeat the measurement of section "Where the decoder looks" for the first
-#    decoder layer and for each head separately. *Check:* the per-layer values from
+# These exercises are also a graded assignment, `assignments/07_beyond_text.py`: a teacher builds
+# it with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises
+# marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+#
+# 1. **The weights of cross-attention.** *(autograded)* For one query, the cross-attention weights
+#    form a distribution over the $S$ memory positions. Show that hiding a padded position (a score of
+#    $-\infty$) gives the same output as deleting that position from the memory. *Check:* the cell below
+#    compares `CrossAttention` with a padded memory and with the memory cut short.
+# 2. **Teach the relation.** *(open)* Train the captioner for longer, or with patches of 4 × 4 pixels
+#    (64 patches), and watch the relation accuracy. Does the one-vector baseline ever catch up on the
+#    shape words? *Check:* `shapes.caption_scores` on the test pictures; compare with chance, 1/4.
+# 3. **Which layer looks?** *(autograded)* Repeat the measurement of section "Where the decoder looks"
+#    for the first decoder layer and for each head separately. *Check:* the per-layer values from
 #    `captioner.cross_attention_maps`; which heads look at the named object most?
-# 4. **Post-norm or pre-norm.** Build `DecoderBlock(..., norm_first=False)` layers into a captioner and
-#    train it with the same settings. Which trains more stably at a high learning rate? *Check:* the
-#    trainer's loss history.
-# 5. **How many captions?** Count the captions of the grammar by hand: two distinct colours out of 5, two
-#    shapes out of 4 (repeats allowed), 4 relations. *Check:* `len(shapes.all_captions())`.
+# 4. **Post-norm or pre-norm.** *(autograded)* Build `DecoderBlock(..., norm_first=False)` layers into
+#    a captioner and train it with the same settings. Which trains more stably at a high learning rate?
+#    *Check:* the trainer's loss history.
+# 5. **How many captions?** *(autograded)* Count the captions of the grammar by hand: two distinct
+#    colours out of 5, two shapes out of 4 (repeats allowed), 4 relations. *Check:*
+#    `len(shapes.all_captions())`.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -579,7 +601,8 @@ print("1. a padded memory gives the same output as the shortened memory")
 # 5. The grammar's size.
 assert len(shapes.all_captions()) == (5 * 4) * (4 * 4) * 4
 print(
-    f"5. {len(shapes.all_captions()):,} captions = 5 x 4 colour pairs x 4 x 4 shape pairs x 4 relations"
+    f"5. {len(shapes.all_captions()):,} captions = 5 x 4 colour pairs x 4 x 4 shape "
+    "pairs x 4 relations"
 )
 
 # %% [markdown]
@@ -587,32 +610,34 @@ print(
 #
 # | English | 中文 |
 # |---|---|
-# | cross-attention | 交叉注意力 |
-# | memory (encoder output) | 记忆（编码器输出） |
-# | encoder–decoder | 编码器–解码器 |
-# | decoder layer (self-attention, cross-attention, feed-forward) | 解码器层（自注意力、交叉注意力、前馈网络） |
-# | pre-norm, post-norm | 前置归一化，后置归一化 |
-# | image captioning | 图像描述生成 |
-# | patch embedding | 图块嵌入 |
-# | Vision Transformer (ViT) | 视觉 Transformer |
-# | attention map | 注意力图 |
-# | contrastive learning (CLIP) | 对比学习（CLIP） |
-# | diffusion model | 扩散模型 |
+# | {term}`cross-attention` | 交叉注意力 |
+# | {term}`memory (encoder output)` | 记忆（编码器输出） |
+# | {term}`encoder–decoder` | 编码器–解码器 |
+# | {term}`decoder layer (self-attention, cross-attention, feed-forward) <decoder layer>` | 解码器层（自注意力、交叉注意力、前馈网络） |
+# | {term}`pre-norm, post-norm <pre-LN / post-LN>` | 前置归一化，后置归一化 |
+# | {term}`image captioning` | 图像描述生成 |
+# | {term}`patch embedding` | 图块嵌入 |
+# | {term}`Vision Transformer (ViT)` | 视觉 Transformer |
+# | {term}`attention map` | 注意力图 |
+# | {term}`contrastive learning (CLIP)` | 对比学习（CLIP） |
+# | {term}`diffusion model` | 扩散模型 |
 
 # %% [markdown]
 # ## References
 #
-# * Dosovitskiy, A. et al. (2021). *An Image is Worth 16x16 Words: Transformers for Image Recognition at
-#   Scale.* ICLR. arXiv:2010.11929.
-# * Radford, A. et al. (2021). *Learning Transferable Visual Models From Natural Language Supervision.* ICML.
-#   arXiv:2103.00020.
-# * Rombach, R., Blattmann, A., Lorenz, D., Esser, P. and Ommer, B. (2022). *High-Resolution Image Synthesis
-#   with Latent Diffusion Models.* CVPR. arXiv:2112.10752.
-# * Vaswani, A. et al. (2017). *Attention Is All You Need.* NeurIPS. arXiv:1706.03762.
-# * Vinyals, O., Toshev, A., Bengio, S. and Erhan, D. (2015). *Show and Tell: A Neural Image Caption
-#   Generator.* CVPR. arXiv:1411.4555.
-# * Xu, K. et al. (2015). *Show, Attend and Tell: Neural Image Caption Generation with Visual Attention.*
-#   ICML. arXiv:1502.03044.
+# * {cite:t}`ch07-dosovitskiy2021vit` (ViT).
+# * {cite:t}`ch07-radford2021clip` (CLIP).
+# * {cite:t}`ch07-rombach2022ldm` (latent diffusion).
+# * {cite:t}`ch07-vaswani2017attention`.
+# * {cite:t}`ch07-vinyals2015showtell` (Show and Tell).
+# * {cite:t}`ch07-xu2015showattend` (Show, Attend and Tell).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch07-
+# :labelprefix: 7.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s")

@@ -16,7 +16,7 @@
 # | report card | loss, accuracy, bits per byte, time and FLOPs per stage | 6 | `aigc_book.capstone.report` |
 # | chat | a terminal chat and a widget, with the KV cache | 2, 4 | `aigc_book.capstone.chat` |
 #
-# The same pipeline is one command, `python -m aigc_book tiny-chatgpt --out DIR`, and
+# The same {term}`pipeline <training pipeline>` is one command, `python -m aigc_book tiny-chatgpt --out DIR`, and
 # `python -m aigc_book chat --model DIR` talks to its result. The chapter runs a smaller setting so
 # that it finishes in a few minutes on a laptop; the command's defaults train a larger model for longer.
 
@@ -144,7 +144,8 @@ assert not any(d in corpus.train for d in held_docs), (
     "a held-out document leaked into the training text"
 )
 print(
-    f"{len(corpus.train):,} training characters; none of the {len(held_docs):,} held-out documents occurs in them"
+    f"{len(corpus.train):,} training characters; none of the {len(held_docs):,} held-out "
+    "documents occurs in them"
 )
 print("\nA held-out docstring:\n")
 print(next(d for d in corpus.held_out_documents["python docs"] if 120 < len(d) < 400))
@@ -159,7 +160,7 @@ print(corpus.held_out_documents["bracket language"][0])
 # Chapter 3's byte-level BPE (Sennrich et al. 2016; GPT-2's byte version, Radford et al. 2019), trained
 # on the corpus, with one change that LLaMA made (Touvron et al. 2023, §2.1): numbers are split into
 # single digits, so "12" and "21" are spelt with the same two tokens and arithmetic does not have to be
-# learnt for every number separately. The chat template's special tokens, `<|user|>`, `<|end|>`,
+# learnt for every number separately. The {term}`chat template`'s special tokens, `<|user|>`, `<|end|>`,
 # `<|assistant|>` and `<|pad|>`, get the last ids; typed text can never produce them.
 
 # %%
@@ -192,11 +193,11 @@ assert (
 t = stages["tokenizer"]
 display(
     Markdown(
-        f"{t['vocab_size']} tokens: {t['bpe_tokens']} from BPE and {t['vocab_size'] - t['bpe_tokens']} special. On the "
-        "held-out text a token holds "
+        f"{t['vocab_size']} tokens: {t['bpe_tokens']} from BPE and "
+        f"{t['vocab_size'] - t['bpe_tokens']} special. On the held-out text a token holds "
         + " and ".join(f"{v:.2f} bytes of {k}" for k, v in t["bytes_per_token"].items())
-        + ". Any text can be encoded (byte-level: there is no unknown character), and a typed `<|end|>` stays seven "
-        "characters (checked above)."
+        + ". Any text can be encoded (byte-level: there is no unknown character), and a typed "
+        "`<|end|>` stays seven characters (checked above)."
     )
 )
 
@@ -207,7 +208,7 @@ display(
 #
 # Chapter 3's objective: predict every next token, with the cross-entropy loss, on windows of
 # `block_size` tokens drawn at random from the corpus. A loss per token cannot be compared across
-# tokenizers (a token of 2 bytes is easier to guess than one of 4), so the report card uses **bits per
+# tokenizers (a token of 2 bytes is easier to guess than one of 4), so the {term}`report card` uses **bits per
 # byte**, the summed negative log-likelihood of a held-out text divided by $\ln 2$ and by its number of
 # UTF-8 bytes,
 #
@@ -222,7 +223,8 @@ from aigc_book.capstone.measures import bits_per_byte
 stages = run_until("pretrained")
 p = stages["pretrained"]
 base, _ = load_stage_model(RUN, "pretrained", device=device)
-# The formula, by hand, on one held-out document: the summed loss of its predicted tokens over their bytes.
+# The formula, by hand, on one held-out document: the summed loss of its predicted tokens over
+# their bytes.
 doc = corpus.held_out["python docs"][:4000]
 doc_ids = torch.tensor(
     tok.encode(doc, allow_special=False)[: base.config.block_size + 1], device=device
@@ -309,18 +311,19 @@ rows = [
     "|---|---:|---:|---:|",
 ]
 rows += [
-    f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | {f['held_out_seen_in_training'][k]:.0%} |"
+    f"| {k} | {p['accuracy'][k]:.1%} | {f['accuracy'][k]:.1%} | "
+    f"{f['held_out_seen_in_training'][k]:.0%} |"
     for k in kinds
 ]
 rows.append(f"| **all** | {p['accuracy']['all']:.1%} | **{f['accuracy']['all']:.1%}** | |")
 display(
     Markdown(
         "Greedy accuracy on held-out instructions:\n\n" + "\n".join(rows) + "\n\n"
-        f"The training loss (responses, plus the pretraining windows mixed in; see below) went from "
-        f"{f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token in {settings.sft_iters} steps. "
-        f"`add` has only {add_prompts} different prompts (sums of two numbers up to "
-        f"{instructions.InstructionConfig().max_operand}), so its held-out prompts were all seen in training; "
-        "for the other kinds most were not."
+        "The training loss (responses, plus the pretraining windows mixed in; see below) "
+        f"went from {f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token "
+        f"in {settings.sft_iters} steps. `add` has only {add_prompts} different prompts "
+        f"(sums of two numbers up to {instructions.InstructionConfig().max_operand}), "
+        "so its held-out prompts were all seen in training; for the other kinds most were not."
     )
 )
 
@@ -330,7 +333,7 @@ display(
 # tax"). InstructGPT's remedy for its PPO stage was to keep mixing pretraining data in (PPO-ptx, Ouyang
 # et al. 2022, eq. 2). The pipeline does the same during fine-tuning: every batch also holds
 # `sft_ptx_batch` pretraining windows, whose next-token loss is added to the responses' loss. What the
-# model kept, in bits per byte on the held-out documents:
+# model kept, in {term}`bits per byte` on the held-out documents:
 
 # %%
 rows = [
@@ -352,7 +355,7 @@ display(
 # *What does the last stage add?*
 #
 # Chapter 5 compared four ways of tuning a policy on feedback. The pipeline uses **GRPO** (Shao et al.
-# 2024): its reward is the program that checks answers (a verifiable reward), so there is no learned
+# 2024): its reward is the program that checks answers (a {term}`verifiable reward`), so there is no learned
 # reward model to over-optimise, and it needs no value head. In chapter 5 it reached the highest gold
 # reward of the methods; `--method ppo|dpo|best-of-n` runs the others. GRPO samples a group of answers
 # to each prompt and raises the probability of those that score above their group's mean, with a KL
@@ -368,8 +371,10 @@ rows = [
     "| | after SFT | after preference tuning |",
     "|---|---:|---:|",
     f"| greedy accuracy | {f['accuracy']['all']:.1%} | {u['accuracy']['all']:.1%} |",
-    f"| sampled accuracy (temperature 0.8) | {f['accuracy_sampled']['all']:.1%} | {u['accuracy_sampled']['all']:.1%} |",
-    f"| gold reward (temperature 1, chapter 5's measure) | {r['gold_reward_before']:.3f} | {r['gold_reward_after']:.3f} |",
+    f"| sampled accuracy (temperature 0.8) | {f['accuracy_sampled']['all']:.1%} | "
+    f"{u['accuracy_sampled']['all']:.1%} |",
+    f"| gold reward (temperature 1, chapter 5's measure) | {r['gold_reward_before']:.3f} | "
+    f"{r['gold_reward_after']:.3f} |",
     f"| KL to the SFT model (nats per answer) | 0 | {r['kl']:.3f} |",
 ]
 display(Markdown("\n".join(rows)))
@@ -377,12 +382,13 @@ sampled_gain = u["accuracy_sampled"]["all"] - f["accuracy_sampled"]["all"]
 greedy_gain = u["accuracy"]["all"] - f["accuracy"]["all"]
 display(
     Markdown(
-        f"GRPO changed the sampled accuracy by {100 * sampled_gain:+.1f} percentage points and the greedy accuracy by "
-        f"{100 * greedy_gain:+.1f}, "
-        f"moving {r['kl']:.2f} nats from the SFT model. "
+        f"GRPO changed the sampled accuracy by {100 * sampled_gain:+.1f} percentage points "
+        f"and the greedy accuracy by {100 * greedy_gain:+.1f}, moving {r['kl']:.2f} nats "
+        "from the SFT model. "
         + (
-            "Most of what it bought is in the samples: it made the model's right answers more probable, which "
-            "is what a chat at a temperature shows, while the most probable answer was often right already."
+            "Most of what it bought is in the samples: it made the model's right answers more "
+            "probable, which is what a chat at a temperature shows, while the most probable "
+            "answer was often right already."
             if sampled_gain > greedy_gain
             else "Here the greedy answers gained at least as much as the sampled ones."
         )
@@ -424,8 +430,8 @@ for prompt in ["sort hdbeha", "add 7+5", "reverse bagc", "count a in abca", "clo
     )
     print(f"you> {prompt}\nbot> {reply}    [{mark}]")
 print(
-    f"\n{session.turns} turns in one conversation, {len(session.context_ids())} of {model.config.block_size} "
-    f"context tokens used, {session.dropped_turns} old turns dropped"
+    f"\n{session.turns} turns in one conversation, {len(session.context_ids())} "
+    f"of {model.config.block_size} context tokens used, {session.dropped_turns} old turns dropped"
 )
 
 held_out = instructions.sample_instructions(200, seed=settings.seed + 10_000)
@@ -436,9 +442,9 @@ for inst in held_out:
 chat_accuracy = sum(chat_right) / len(chat_right)
 display(
     Markdown(
-        f"The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; the report card's sampled "
-        f"accuracy after preference tuning is {u['accuracy_sampled']['all']:.1%} (on "
-        f"{settings.eval_prompts} prompts, same temperature)."
+        f"The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; the report "
+        f"card's sampled accuracy after preference tuning is {u['accuracy_sampled']['all']:.1%} "
+        f"(on {settings.eval_prompts} prompts, same temperature)."
     )
 )
 
@@ -476,7 +482,8 @@ for prompt in outside:
     reply = session.reply(prompt)
     right_outside += instructions.check(prompt, reply)
     print(
-        f"you> {prompt}\nbot> {reply}    [{'right' if instructions.check(prompt, reply) else 'wrong'}]"
+        f"you> {prompt}\n"
+        f"bot> {reply}    [{'right' if instructions.check(prompt, reply) else 'wrong'}]"
     )
 print(
     f"{right_outside} of {len(outside)} right outside the family (letters {config.letters}, "
@@ -559,7 +566,8 @@ subprocess.run(
 a, b = GPT.from_pretrained(interrupted / "tuned"), GPT.from_pretrained(straight / "tuned")
 same = all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 print(
-    f"second run: exit status {resumed.returncode}; its chat model equals the uninterrupted run's: {same}"
+    f"second run: exit status {resumed.returncode}; its chat model equals the "
+    f"uninterrupted run's: {same}"
 )
 assert proc.returncode == 130 and same
 
@@ -653,7 +661,7 @@ display(Markdown("\n".join(rows)))
 #   separately); a method that samples can only reinforce what it samples.
 # * **"It learned to reverse, so it can reverse anything."** It learned the family it was shown; the
 #   cell in section "Talking to it" counts its right answers outside it.
-# * **"The chat remembers the whole conversation."** It sees its context window and nothing else; a
+# * **"The chat remembers the whole conversation."** It sees its {term}`context window` and nothing else; a
 #   long conversation loses its oldest turns.
 # * **"Training a chat model takes a data centre."** Training a *good* one does. The recipe itself runs
 #   on a laptop, and every stage can be measured there.
@@ -666,21 +674,23 @@ display(
     Markdown(
         "\n".join(
             [
-                f"* A {t['vocab_size']}-token byte-level BPE (digits kept apart) spelt the held-out Python text at "
-                f"{t['bytes_per_token']['python docs']:.2f} bytes per token.",
-                f"* Pretraining a GPT of {p['params']:,} parameters on {p['tokens_seen']:,} tokens reached "
-                f"{p['bits_per_byte']['python docs']:.3f} bits per byte on held-out Python documentation (byte 5-gram: "
-                f"{p['ngram_bits_per_byte']['python docs']:.3f}); it answered {p['accuracy']['all']:.1%} of held-out "
-                "instructions.",
-                f"* Supervised fine-tuning on {f['conversations']:,} conversations raised that to {f['accuracy']['all']:.1%} "
-                f"(greedy).",
-                f"* GRPO against the checker moved the sampled accuracy from {f['accuracy_sampled']['all']:.1%} to "
-                f"{u['accuracy_sampled']['all']:.1%} and the greedy one to {u['accuracy']['all']:.1%}, at a KL of "
-                f"{r['kl']:.2f} nats.",
-                f"* The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; interrupted and run again, "
-                "the pipeline produced the same model as an uninterrupted run.",
-                f"* All of it took {total:.2e} FLOPs and {sum(seconds):.0f} seconds of training and measuring on this "
-                f"{device.type.upper()}.",
+                f"* A {t['vocab_size']}-token byte-level BPE (digits kept apart) "
+                f"spelt the held-out Python text at {t['bytes_per_token']['python docs']:.2f} "
+                "bytes per token.",
+                f"* Pretraining a GPT of {p['params']:,} parameters on {p['tokens_seen']:,} tokens "
+                f"reached {p['bits_per_byte']['python docs']:.3f} bits per byte on held-out Python "
+                f"documentation (byte 5-gram: {p['ngram_bits_per_byte']['python docs']:.3f}); "
+                f"it answered {p['accuracy']['all']:.1%} of held-out instructions.",
+                f"* Supervised fine-tuning on {f['conversations']:,} conversations raised that "
+                f"to {f['accuracy']['all']:.1%} (greedy).",
+                "* GRPO against the checker moved the sampled accuracy from "
+                f"{f['accuracy_sampled']['all']:.1%} to {u['accuracy_sampled']['all']:.1%} and the "
+                f"greedy one to {u['accuracy']['all']:.1%}, at a KL of {r['kl']:.2f} nats.",
+                f"* The chat answered {chat_accuracy:.1%} of 200 held-out instructions right; "
+                "interrupted and run again, the pipeline produced the same model "
+                "as an uninterrupted run.",
+                f"* All of it took {total:.2e} FLOPs and {sum(seconds):.0f} seconds of training "
+                f"and measuring on this {device.type.upper()}.",
             ]
         )
     )
@@ -689,20 +699,25 @@ display(
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Does pretraining matter?** Run the pipeline with `pretrain_iters=1` (almost no pretraining) and
-#    compare the SFT accuracy with this chapter's. *Check:* the `sft` record's `accuracy`.
-# 2. **Another method.** Run `python -m aigc_book tiny-chatgpt --method ppo` (and `dpo`) into new
-#    directories and compare the report cards' sampled accuracy and KL with GRPO's. Which one gives the
-#    most accuracy per nat of KL here? *Check:* `report.json`, `stages.tuned.rlhf.kl`.
-# 3. **Forgetting.** Run the pipeline with `sft_ptx_batch=0` (fine-tuning on conversations alone) and
-#    compare the bits per byte after SFT with this chapter's. What did the mixed-in pretraining windows
-#    cost in accuracy and in time? *Check:* the report card's table "Bits per byte on held-out text after
-#    each stage" and the `sft` record's `seconds`.
-# 4. **Numbers as digits.** Train the tokenizer with GPT-2's pattern (`pattern=GPT2_SPLIT_PATTERN` in
-#    `train_chat_tokenizer`) and count how many different tokens the 100 sums `add a+b` need for their
-#    answers. *Check:* the cell below counts them both ways.
-# 5. **Memory.** How many turns of `add` questions fit in a context of `block_size` tokens before the
-#    session drops one? *Check:* `ChatSession.dropped_turns` after each reply.
+# These exercises are also a graded assignment, `assignments/08_capstone.py`: a teacher builds it
+# with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises
+# marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
+#
+# 1. **Does pretraining matter?** *(open)* Run the pipeline with `pretrain_iters=1` (almost no
+#    pretraining) and compare the SFT accuracy with this chapter's. *Check:* the `sft` record's
+#    `accuracy`.
+# 2. **Another method.** *(open)* Run `python -m aigc_book tiny-chatgpt --method ppo` (and `dpo`) into
+#    new directories and compare the report cards' sampled accuracy and KL with GRPO's. Which one gives
+#    the most accuracy per nat of KL here? *Check:* `report.json`, `stages.tuned.rlhf.kl`.
+# 3. **Forgetting.** *(autograded)* Run the pipeline with `sft_ptx_batch=0` (fine-tuning on
+#    conversations alone) and compare the bits per byte after SFT with this chapter's. What did the
+#    mixed-in pretraining windows cost in accuracy and in time? *Check:* the report card's table "Bits
+#    per byte on held-out text after each stage" and the `sft` record's `seconds`.
+# 4. **Numbers as digits.** *(autograded)* Train the tokenizer with GPT-2's pattern
+#    (`pattern=GPT2_SPLIT_PATTERN` in `train_chat_tokenizer`) and count how many different tokens the
+#    100 sums `add a+b` need for their answers. *Check:* the cell below counts them both ways.
+# 5. **Memory.** *(autograded)* How many turns of `add` questions fit in a context of `block_size`
+#    tokens before the session drops one? *Check:* `ChatSession.dropped_turns` after each reply.
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -721,30 +736,34 @@ print(
 #
 # | English | 中文 |
 # |---|---|
-# | pipeline (training recipe) | 训练流程 |
-# | bits per byte | 每字节比特数 |
-# | chat template | 对话模板 |
-# | multi-turn conversation | 多轮对话 |
-# | verifiable reward | 可验证奖励 |
-# | report card | 成绩单 |
-# | context window | 上下文窗口 |
-# | resumable run | 可断点续训的运行 |
+# | {term}`pipeline (training recipe) <training pipeline>` | 训练流程 |
+# | {term}`bits per byte` | 每字节比特数 |
+# | {term}`chat template` | 对话模板 |
+# | {term}`multi-turn conversation` | 多轮对话 |
+# | {term}`verifiable reward` | 可验证奖励 |
+# | {term}`report card` | 成绩单 |
+# | {term}`context window` | 上下文窗口 |
+# | {term}`resumable run` | 可断点续训的运行 |
 
 # %% [markdown]
 # ## References
 #
-# * Brown, T. et al. (2020). *Language Models are Few-Shot Learners.* NeurIPS. arXiv:2005.14165.
-# * Gao, L. et al. (2020). *The Pile: An 800GB Dataset of Diverse Text for Language Modeling.* arXiv:2101.00027.
-# * Kaplan, J. et al. (2020). *Scaling Laws for Neural Language Models.* arXiv:2001.08361.
-# * OpenAI (2022). *Introducing ChatGPT.* https://openai.com/blog/chatgpt (30 November 2022).
-# * Ouyang, L. et al. (2022). *Training language models to follow instructions with human feedback.* NeurIPS.
-#   arXiv:2203.02155.
-# * Radford, A. et al. (2019). *Language Models are Unsupervised Multitask Learners.* OpenAI.
-# * Sennrich, R., Haddow, B. and Birch, A. (2016). *Neural Machine Translation of Rare Words with Subword Units.*
-#   ACL. arXiv:1508.07909.
-# * Shao, Z. et al. (2024). *DeepSeekMath: Pushing the Limits of Mathematical Reasoning in Open Language Models.*
-#   arXiv:2402.03300.
-# * Touvron, H. et al. (2023). *LLaMA: Open and Efficient Foundation Language Models.* arXiv:2302.13971.
+# * {cite:t}`ch08-brown2020gpt3` (GPT-3).
+# * {cite:t}`ch08-gao2020pile` (the Pile).
+# * {cite:t}`ch08-kaplan2020scaling`.
+# * {cite:t}`ch08-openai2022chatgpt`.
+# * {cite:t}`ch08-ouyang2022instructgpt` (InstructGPT).
+# * {cite:t}`ch08-radford2019gpt2` (GPT-2).
+# * {cite:t}`ch08-sennrich2016bpe` (BPE).
+# * {cite:t}`ch08-shao2024deepseekmath` (GRPO).
+# * {cite:t}`ch08-touvron2023llama` (LLaMA).
+#
+# ```{bibliography}
+# :filter: docname in docnames
+# :keyprefix: ch08-
+# :labelprefix: 8.
+# :style: unsrt
+# ```
 
 # %%
 print(f"chapter run time: {time.perf_counter() - chapter_start:.0f} s")

@@ -4,6 +4,8 @@
     python3 tools/book.py build     # install, execute every chapter, build the HTML site
     python3 tools/book.py test      # install, run every test (package, notebooks, pairs, site)
     python3 tools/book.py execute chapters/01_background.py   # rebuild one pair after an edit
+    python3 tools/book.py assignments   # student notebooks, autograders, solutions: _build/assignments/
+    python3 tools/book.py grade 01_background collected/ --csv grades.csv   # grade submissions
 
 The first run creates `.venv/` (unless you are already inside a virtual or conda environment)
 and installs PyTorch first: the CPU build on a machine without an NVIDIA GPU, the CUDA build on a
@@ -176,7 +178,18 @@ def execute_chapters(paths: list[str] | None) -> None:
             log(f"  {name:<32} {seconds:7.1f} s")
 
 
+def fetch_site_assets() -> None:
+    """The widget manager the site serves itself (fetched with npm once; see tools/site_extension.py)."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import site_extension
+
+    problem = site_extension.fetch_widget_manager()
+    if problem:
+        log(f"warning: {problem}; the site's widgets will show their saved text only")
+
+
 def build_site(strict: bool = False) -> None:
+    fetch_site_assets()
     cmd = [sys.executable, "-c", "from jupyter_book.cli.main import main; main()", "build", str(ROOT)]
     if strict:
         cmd += ["--warningiserror", "--keep-going"]
@@ -184,6 +197,16 @@ def build_site(strict: bool = False) -> None:
 
 
 # --------------------------------------------------------------------------- commands
+
+
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -197,12 +220,63 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_test(args: argparse.Namespace) -> None:
+    fetch_site_assets()  # the site test builds the site and checks its widgets in a browser
     code = subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
     raise SystemExit(code)
 
 
 def cmd_execute(args: argparse.Namespace) -> None:
     execute_chapters(args.chapters)
+
+
+def cmd_assignments(args: argparse.Namespace) -> None:
+    import classroom
+
+    sources = classroom.assignment_sources(args.names)
+    for source in sources:
+        log(f"building {source.relative_to(ROOT)} ...")
+        start = time.perf_counter()
+        built = classroom.build_assignment(source, run_tests=not args.no_run_tests)
+        log(f"  {built.name}: built in {time.perf_counter() - start:.1f} s")
+    log(f"for each assignment under {classroom.OUT.relative_to(ROOT)}/NAME/:")
+    log("  student/NAME.ipynb     hand this out (public checks only, no solutions)")
+    log("  autograder/NAME-autograder.zip   grade with: python3 tools/book.py grade NAME SUBMISSIONS...")
+    log("  solutions/NAME.ipynb   the reference solutions with every test")
+
+
+def cmd_grade(args: argparse.Namespace) -> None:
+    import json
+
+    import classroom
+
+    (source,) = classroom.assignment_sources([args.name])
+    autograder = Path(args.autograder) if args.autograder else classroom.OUT / source.stem / "autograder" / (
+        f"{source.stem}-autograder.zip"
+    )
+    submissions = classroom.submissions_in(args.submissions)
+    if not autograder.is_file():
+        if args.autograder:
+            raise classroom.ClassroomError(f"no autograder zip at {autograder}")
+        log(f"building the autograder for {source.stem} first ...")
+        autograder = classroom.build_assignment(source).autograder
+    grades = []
+    for submission in submissions:
+        grade = classroom.grade_submission(autograder, submission, args.cell_limit, args.run_limit)
+        grades.append(grade)
+        log(f"{submission}: {grade.total:g} / {grade.max_total:g}")
+        for message in grade.messages:
+            log(f"  {message}")
+    csv_path = Path(args.csv)
+    classroom.write_csv(grades, csv_path)
+    log(f"grades written to {csv_path}")
+    summary = {
+        "assignment": source.stem,
+        "csv": str(csv_path),
+        "graded": len(grades),
+        "scores": {str(g.submission): g.total for g in grades},
+        "max_total": max((g.max_total for g in grades), default=0.0),
+    }
+    print(json.dumps(summary), flush=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -217,6 +291,16 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
     p_exec = sub.add_parser("execute", help="rebuild and execute the notebooks of the given chapter sources")
     p_exec.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
+    p_assign = sub.add_parser("assignments", help="build student notebooks, autograders and solutions")
+    p_assign.add_argument("names", nargs="*", help="assignment names such as 01_background (default: all)")
+    p_assign.add_argument("--no-run-tests", action="store_true", help="skip checking the solutions against the tests")
+    p_grade = sub.add_parser("grade", help="grade submitted notebooks of one assignment, offline, into a CSV")
+    p_grade.add_argument("name", help="the assignment, e.g. 01_background")
+    p_grade.add_argument("submissions", nargs="+", help="submitted .ipynb files, or folders of them")
+    p_grade.add_argument("--csv", default="grades.csv", help="where to write the grades (default: grades.csv)")
+    p_grade.add_argument("--autograder", help="the autograder zip (default: the one built under _build/assignments)")
+    p_grade.add_argument("--cell-limit", type=positive_seconds, default=60, help="seconds one cell may run (60)")
+    p_grade.add_argument("--run-limit", type=positive_seconds, default=600, help="seconds one submission may run (600)")
     args, extra = parser.parse_known_args(argv)
     if extra and args.command != "test":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
@@ -226,7 +310,24 @@ def main(argv: list[str] | None = None) -> None:
         extras = "book,test" if args.command == "test" else "book"
         python = ensure_environment(extras)
         reexec_inside(python, argv)
-    {"build": cmd_build, "test": cmd_test, "execute": cmd_execute}[args.command](args)
+    commands = {
+        "build": cmd_build,
+        "test": cmd_test,
+        "execute": cmd_execute,
+        "assignments": cmd_assignments,
+        "grade": cmd_grade,
+    }
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import classroom
+
+    try:
+        commands[args.command](args)
+    except classroom.ClassroomError as error:
+        first, *rest = str(error).splitlines()
+        print(f"book.py {args.command}: {first}", file=sys.stderr)
+        if rest:
+            print("\n".join(rest), file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

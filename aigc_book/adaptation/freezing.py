@@ -101,7 +101,9 @@ def train_last_layers(model: nn.Module, k: int, *, final_norm: bool = True, head
     """Train only the last ``k`` Transformer blocks of a GPT (and its final LayerNorm); freeze the rest.
 
     The classic cheap baseline (e.g. Howard & Ruder 2018, "Universal Language Model Fine-tuning for
-    Text Classification", unfreeze from the top). Args:
+    Text Classification", unfreeze from the top).
+
+    Args:
         model: a :class:`~aigc_book.models.gpt.GPT` (anything with ``transformer.h``, a list of blocks).
         k: how many blocks, counted from the top, ``1 <= k <= n_layer``.
         final_norm: also train ``transformer.ln_f``.

@@ -2,7 +2,7 @@
 
 Introduced in chapter 8, section "Supervised fine-tuning in conversations". Chapter 4 fine-tuned on
 one exchange per example; a chat model also has to answer the *latest* message of a longer
-conversation, so here an example holds one to ``max_turns`` exchanges in the chat template,
+conversation, so here an example holds one to ``max_turns`` exchanges in the chat template::
 
     <|user|>sort dbca<|end|><|assistant|>abcd<|end|><|user|>add 7+5<|end|><|assistant|>12<|end|>
 

@@ -68,11 +68,10 @@ def beam_search(
     """Beam search (or beam sampling); called by :func:`~aigc_book.generation.search.generate`, which
     checks the arguments, puts the model in eval mode and turns off autograd.
 
-    Args:
-        model, input_ids, max_new_tokens, num_beams, length_penalty, early_stopping,
-        num_return_sequences, generator, use_cache, do_sample, temperature, top_k, top_p, min_p,
-        repetition_penalty: as in :func:`~aigc_book.generation.search.generate`.
-        eos: the eos token ids, or None.
+    It takes the arguments of :func:`~aigc_book.generation.search.generate` (``model``,
+    ``input_ids``, ``max_new_tokens``, ``num_beams``, ``length_penalty``, ``early_stopping``,
+    ``num_return_sequences``, ``generator``, ``use_cache``, ``do_sample``, ``temperature``,
+    ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``), and ``eos``: the eos token ids, or None.
 
     Returns:
         ``sequences`` ``(B * num_return_sequences, T + n)``, the best hypotheses of each prompt,

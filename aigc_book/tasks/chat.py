@@ -1,6 +1,6 @@
 """Chat template, special tokens and supervised fine-tuning (SFT) batches.
 
-Introduced in chapter 4, section "Instruction following". A conversation turn is laid out as
+Introduced in chapter 4, section "Instruction following". A conversation turn is laid out as::
 
     <|user|>add 7+12<|end|><|assistant|>19<|end|>
 

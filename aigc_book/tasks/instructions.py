@@ -254,8 +254,10 @@ def well_formed(instruction: Instruction | str, response: str) -> bool:
 
 
 def as_pair(pair, i: int = 0) -> tuple[str, str]:
-    """``(prompt, response)`` from an :class:`Instruction` (its answer is the response), a ``(prompt,
-    response)`` tuple or a dict with those two keys; ``i`` names the pair in the error message."""
+    """A ``(prompt, response)`` pair from an :class:`Instruction`, a tuple or a dict.
+
+    An instruction's answer is its response; a dict needs the keys ``prompt`` and ``response``.
+    ``i`` names the pair in the error message."""
     if isinstance(pair, Instruction):
         prompt, response = pair.prompt, pair.answer
     elif isinstance(pair, dict):
@@ -291,7 +293,7 @@ def read_jsonl(path, *, line_numbers: bool = False):
 
     Blank lines are skipped and other keys ignored. A ValueError names the file and the line number
     of the first line that is not a JSON object, lacks a key or holds a non-string; a file with no
-    pairs at all is an error too. Lines end at ``\n`` only (JSON Lines' separator), so a string
+    pairs at all is an error too. Lines end at ``\\n`` only (JSON Lines' separator), so a string
     holding another Unicode line break (U+2028, ...) is read back as written. With
     ``line_numbers=True`` returns ``(pairs, numbers)``: the line each pair came from.
     """
