@@ -43,7 +43,12 @@
 #
 # On the site you read the outputs as they were when the book was built. In Jupyter you can change
 # a number and run the cell again; the interactive widgets (sliders for temperature, attention
-# heads and so on) only respond in Jupyter, and the site shows a static figure beside each.
+# heads and so on) only respond in Jupyter, and the site shows a static figure beside each. Every
+# chapter page on the site offers its notebook and its `.py` for download. The site's Reference
+# part has a glossary of the key terms (English and 中文), a bibliography, the API reference of
+# `aigc_book`, and a page for teachers: each chapter's exercises are also a graded assignment
+# (`assignments/NN_name.py`), built and graded offline with `python3 tools/book.py assignments`
+# and `python3 tools/book.py grade`.
 
 # %% [markdown]
 # ## CPU or GPU

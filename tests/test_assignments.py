@@ -88,6 +88,25 @@ def test_blank_student_notebook_scores_zero(chapter: str, built):
     }
 
 
+def test_a_half_right_chapter_answer_gets_part_of_the_points(built, tmp_path):
+    # Chapter 1, exercise 6: the compute and the ratio right, the closest model wrong ("PaLM" is
+    # what DeepSeek-V3's total parameters instead of its active ones give).
+    notebook = json.loads(built["01_background"].solutions.read_text(encoding="utf-8"))
+    cells = [c for c in notebook["cells"] if "models = load_models()" in "".join(c["source"])]
+    assert len(cells) == 1, "the exercise 6 solution cell moved: update this test"
+    cells[0]["source"] = (
+        "chinchilla_gpt3_flops = training_flops_estimate(175e9, 3.7e12)\n"
+        "times_gpt3 = chinchilla_gpt3_flops / 3.14e23\n"
+        'closest_model = "PaLM"\n'
+    )
+    submission = tmp_path / "01_background.ipynb"
+    submission.write_text(json.dumps(notebook), encoding="utf-8")
+    grade = classroom.grade_submission(built["01_background"].autograder, submission)
+    assert 0 < grade.scores["ex6"] < grade.max_scores["ex6"], grade.scores
+    others = {q: s for q, s in grade.scores.items() if q != "ex6"}
+    assert others == {q: grade.max_scores[q] for q in others}, grade.scores
+
+
 def solution_lines(source: Path) -> tuple[list[list[str]], list[str]]:
     """The solution code of each solution cell, and the model answers' text, from the source."""
     code, prose, inside = [], [], False
@@ -101,10 +120,10 @@ def solution_lines(source: Path) -> tuple[list[list[str]], list[str]]:
         if cell.cell_type == "markdown":
             prose += [line.strip() for line in cell.source.splitlines() if len(line.strip()) > 20]
             continue
-        lines, block = [], False
+        lines, shown, block = [], set(), False
         for line in cell.source.splitlines():
             stripped = line.strip()
-            if stripped == "# BEGIN SOLUTION":
+            if stripped in ("# BEGIN SOLUTION", "# BEGIN SOLUTION NO PROMPT"):
                 block = True
             elif stripped == "# END SOLUTION":
                 block = False
@@ -114,7 +133,9 @@ def solution_lines(source: Path) -> tuple[list[list[str]], list[str]]:
                     lines.append(text)
                 elif "=" in text:
                     lines.append(text.split("=", 1)[1].strip())  # the value the student must find
-        code.append([line for line in lines if line not in ("...", "")])
+            else:
+                shown.add(stripped)  # the scaffold students get (a loop header may be in both)
+        code.append([line for line in lines if line not in ("...", "") and line not in shown])
     return code, prose
 
 
