@@ -467,9 +467,11 @@ all_maps = (
 )
 on_own, on_other, uniform = [], [], []
 for i, scene in enumerate(test_scenes):
+    # The second "a" sits after a one-word ("above") or a two-word ("left of") relation; <bos> is 0.
+    second = test_captions[i].split().index("a", 1) + 1
     for queries, own, other in (
         ((1, 2), scene.first, scene.second),
-        ((6, 7), scene.second, scene.first),
+        ((second, second + 1), scene.second, scene.first),
     ):
         own_mask, other_mask = object_patches(own), object_patches(other)
         for q in queries:  # the queries that predict this object's colour and shape
