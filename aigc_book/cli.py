@@ -100,6 +100,7 @@ from pathlib import Path
 
 import torch
 
+from aigc_book.errors import RunError, UsageError
 from aigc_book.models.io import CONFIG_FILE, CheckpointError
 from aigc_book.runtime import get_device, seed_everything
 from aigc_book.text.char_tokenizer import CharTokenizer
@@ -113,14 +114,6 @@ SNIFF_BYTES = 1 << 16  # binary files are recognised from their first 64 KB, bef
 MAX_SEED = 2**32 - 1  # NumPy's seeds stop here
 MAX_SAMPLE_TOKENS = 100_000
 MAX_BEAMS = 64  # each beam is a row of the batch and of the KV cache
-
-
-class UsageError(Exception):
-    """Bad input from the user: reported as one line, exit status 2."""
-
-
-class RunError(Exception):
-    """The run itself went wrong (e.g. the loss became NaN): one line, exit status 1."""
 
 
 def read_text_file(path: str, block: int) -> str:

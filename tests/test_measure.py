@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from aigc_book.cli import UsageError
 from aigc_book.efficiency.measure import add_measure_arguments, check_measure_args, cmd_measure
+from aigc_book.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 

@@ -68,7 +68,7 @@ def _summary(report: dict, out) -> dict:
 def cmd_tiny_chatgpt(args) -> dict:
     """Check every flag, run the pipeline, return the JSON summary."""
     from aigc_book.capstone.pipeline import CapstoneSettings, StageMismatchError, run_pipeline
-    from aigc_book.cli import RunError, UsageError
+    from aigc_book.errors import RunError, UsageError
     from aigc_book.runtime import get_device
     from aigc_book.training.trainer import NonFiniteLossError
 

@@ -69,7 +69,7 @@ def add_measure_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentP
 
 
 def _usage_error():
-    from aigc_book.cli import UsageError  # here, not at the top: cli imports this module
+    from aigc_book.errors import UsageError
 
     return UsageError
 
