@@ -2,7 +2,8 @@
 
 ``bool`` is a subclass of ``int`` in Python, so ``isinstance(True, int)`` holds; every check here
 refuses booleans where a count or a number is meant. Tensor checks that must not synchronise a GPU
-live in :mod:`aigc_book.layers.checks`.
+live in :mod:`aigc_book.layers.checks`. Introduced in chapter 2, section "The block and the whole GPT",
+where the first configuration is checked.
 """
 
 from __future__ import annotations

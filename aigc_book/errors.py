@@ -2,6 +2,8 @@
 
 Library code raises these where the problem is the user's input or the run itself, so that it never
 has to import the command line (which sits at the top of the package's layers).
+
+Introduced in chapter 3, section "Your own text", where the first command trains a GPT on a reader's file.
 """
 
 from __future__ import annotations
