@@ -43,3 +43,15 @@ def test_every_named_section_is_a_real_heading(path):
 def test_the_check_itself_catches_a_wrong_section():
     assert "The block and the whole GPT" in headings(2)
     assert "The training loop" not in headings(3)  # what trainer.py used to claim
+
+
+def test_contributing_maps_every_section_to_its_modules():
+    """CONTRIBUTING.md's table of chapter sections and their modules is the one the docstrings give."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("section_map", ROOT / "tools" / "section_map.py")
+    section_map = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(section_map)
+    text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
+    assert section_map.with_table(text) == text, "CONTRIBUTING.md's section map is stale: python3 tools/section_map.py --write"
+    assert "| 2 `02_attention` | The block and the whole GPT |" in text
