@@ -53,5 +53,6 @@ def test_contributing_maps_every_section_to_its_modules():
     section_map = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(section_map)
     text = (ROOT / "CONTRIBUTING.md").read_text(encoding="utf-8")
-    assert section_map.with_table(text) == text, "CONTRIBUTING.md's section map is stale: python3 tools/section_map.py --write"
+    stale = "CONTRIBUTING.md's section map is stale: run python3 tools/section_map.py --write"
+    assert section_map.with_table(text) == text, stale
     assert "| 2 `02_attention` | The block and the whole GPT |" in text

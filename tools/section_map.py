@@ -50,7 +50,8 @@ def table() -> str:
     found = introductions()
     for number, path in chapters.items():
         order = section_order(path)
-        for section in sorted((s for c, s in found if c == number), key=lambda s: order.index(s) if s in order else 1e9):
+        sections = [s for c, s in found if c == number]
+        for section in sorted(sections, key=lambda s: order.index(s) if s in order else len(order)):
             modules = ", ".join(f"`{m}`" for m in found[(number, section)])
             rows.append(f"| {number} `{path.stem}` | {section} | {modules} |")
     return "\n".join(rows)
