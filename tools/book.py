@@ -6,6 +6,7 @@
     python3 tools/book.py execute chapters/01_background.py   # rebuild one pair after an edit
     python3 tools/book.py assignments   # student notebooks, autograders, solutions: _build/assignments/
     python3 tools/book.py grade 01_background collected/ --csv grades.csv   # grade submissions
+    python3 tools/book.py profile chapters/05_rlhf.py   # where a chapter's time goes (default: all)
 
 The first run creates `.venv/` (unless you are already inside a virtual or conda environment)
 and installs PyTorch first: the CPU build on a machine without an NVIDIA GPU, the CUDA build on a
@@ -229,6 +230,16 @@ def cmd_execute(args: argparse.Namespace) -> None:
     execute_chapters(args.chapters)
 
 
+def cmd_profile(args: argparse.Namespace) -> None:
+    import chapter_profile
+
+    profiles = []
+    for py in chapter_sources(args.chapters):
+        log(f"profiling {py.relative_to(ROOT)} ...")
+        profiles.append(chapter_profile.profile_chapter(py))
+    print(chapter_profile.report(profiles, chapter_profile.machine_peaks(), top=args.top), flush=True)
+
+
 def cmd_assignments(args: argparse.Namespace) -> None:
     import classroom
 
@@ -291,6 +302,9 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
     p_exec = sub.add_parser("execute", help="rebuild and execute the notebooks of the given chapter sources")
     p_exec.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
+    p_prof = sub.add_parser("profile", help="execute chapters with timers: where each one's time goes")
+    p_prof.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
+    p_prof.add_argument("--top", type=int, default=5, help="slowest cells listed per chapter (5)")
     p_assign = sub.add_parser("assignments", help="build student notebooks, autograders and solutions")
     p_assign.add_argument("names", nargs="*", help="assignment names such as 01_background (default: all)")
     p_assign.add_argument("--no-run-tests", action="store_true", help="skip checking the solutions against the tests")
@@ -314,6 +328,7 @@ def main(argv: list[str] | None = None) -> None:
         "build": cmd_build,
         "test": cmd_test,
         "execute": cmd_execute,
+        "profile": cmd_profile,
         "assignments": cmd_assignments,
         "grade": cmd_grade,
     }
