@@ -22,6 +22,7 @@ from aigc_book.generation.search import generate
 from aigc_book.layers.block import init_gpt2_weights
 from aigc_book.layers.checks import check_token_ids
 from aigc_book.layers.kv_cache import KVCache
+from aigc_book.models.accounting import flops_per_token
 from aigc_book.models.io import PretrainedMixin
 from aigc_book.models.transformer import Transformer, TransformerConfig
 
@@ -252,11 +253,9 @@ class GPT(PretrainedMixin, nn.Module):
         it still reports the full table, and its backward pass recomputes ``QK^T`` (five products
         instead of four). Neither count includes softmax, GELU or LayerNorm.
 
-        The formula itself is :func:`aigc_book.efficiency.flops.flops_per_token`, a function of the
+        The formula itself is :func:`aigc_book.models.accounting.flops_per_token`, a function of the
         config; this method passes it this model's actual non-embedding parameter count.
         """
-        from aigc_book.efficiency.flops import flops_per_token  # here: the flops module imports GPT
-
         n = self.num_parameters(exclude_embeddings=True)
         return float(flops_per_token(self.config, seq_len, training, output_layer=output_layer,
                                      full_attention=full_attention, n_params=n))
