@@ -36,6 +36,7 @@ from aigc_book import productivity
 from aigc_book.efficiency import cost, memory
 from aigc_book.efficiency import flops as flopcount
 from aigc_book.generation import speculative
+from aigc_book.models import accounting
 from aigc_book.models.transformer import TransformerConfig
 
 accelerators = {a.name: a for a in cost.load_accelerators()}
@@ -388,7 +389,7 @@ assert math.isclose(saved_on_faster, 0.2 * (1 - 1 / 2), rel_tol=1e-9), (
 #   with $B = 16$ sequences of $T = 128$ tokens in float32;
 # * `mfu_flops_per_token`: a dict mapping each shape in `SHAPES` to the model FLOPs per token that
 #   `hardware.training_mfu` divides by: $3\,(2N + 2LTC + 2CV)$, $N$ the non-embedding parameters,
-#   vocabulary $V = 96$, $T = 128$ (`flopcount.flops_per_token` computes it from a
+#   vocabulary $V = 96$, $T = 128$ (`accounting.flops_per_token` computes it from a
 #   `TransformerConfig`).
 
 # %%
@@ -409,7 +410,7 @@ def matmul_intensity(m, k, n, bytes_per_element=4):
 # BEGIN SOLUTION
 mlp_intensity = {c: matmul_intensity(16 * 128, c, 4 * c) for c in (128, 256)}
 mfu_flops_per_token = {
-    shape: flopcount.flops_per_token(
+    shape: accounting.flops_per_token(
         TransformerConfig(
             vocab_size=96, block_size=shape[3], n_layer=shape[0], n_head=shape[2], n_embd=shape[1]
         ),

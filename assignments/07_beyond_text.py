@@ -44,9 +44,9 @@ from torch import nn
 
 from aigc_book.layers.block import init_gpt2_weights
 from aigc_book.layers.cross_attention import CrossAttention, DecoderBlock
-from aigc_book.models.captioner import Captioner, CaptionerConfig, caption_batch, caption_loss
 from aigc_book.training.trainer import TrainConfig, Trainer
 from aigc_book.vision import shapes
+from aigc_book.vision.captioner import Captioner, CaptionerConfig, caption_batch, caption_loss
 
 torch.set_num_threads(1)  # the same sums on every run, and no fight over a busy CPU
 

@@ -7,7 +7,7 @@
 Chapter 6, section "When one machine is not enough". The model, schedule and per-process batch are
 those of ``benchmarks/train_gpt.py`` (4 layers, 128 wide, context 64, batch 12) unless overridden.
 Each process trains with the book's :class:`~aigc_book.training.trainer.Trainer`
-(:func:`aigc_book.training.distributed.data_parallel_steps`): rank 0 alone with one thread, then all
+(:func:`aigc_book.efficiency.data_parallel.data_parallel_steps`): rank 0 alone with one thread, then all
 ranks with DistributedDataParallel and one thread each (``cores // world_size``), alternating
 ``--rounds`` times so that a change in the machine's load hits both alike. A third run, one process
 with all the cores, shows what the same cores give as threads instead of processes.
@@ -17,7 +17,7 @@ per-process batch, and for ``p`` independent trainings side by side (what sharin
 without any communication), the scaling efficiency ``throughput(p) / (p * throughput(1))``, the all-reduce of
 one step's float32 gradients (bytes per process by the ring formula, measured ms), gloo's bus
 bandwidth measured on larger buffers, and the time the formula
-(:func:`aigc_book.training.distributed.allreduce_seconds`) predicts from that bandwidth, beside the
+(:func:`aigc_book.efficiency.data_parallel.allreduce_seconds`) predicts from that bandwidth, beside the
 measured one. Timings on a shared machine are indicative: run it twice.
 """
 
@@ -33,8 +33,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from aigc_book.efficiency.data_parallel import (  # noqa: E402
+    allreduce_seconds,
+    data_parallel_steps,
+    measure_allreduce,
+    run_in_processes,
+)
 from aigc_book.models.transformer import TransformerConfig  # noqa: E402
-from aigc_book.training import distributed as dp  # noqa: E402
 
 BANDWIDTH_SIZES = (2**18, 2**20, 2**22)  # float32 numbers: 1, 4 and 16 MB
 
@@ -42,8 +47,8 @@ BANDWIDTH_SIZES = (2**18, 2**20, 2**22)  # float32 numbers: 1, 4 and 16 MB
 def bench_worker(device: torch.device, config: TransformerConfig, batch: int, steps: int, rounds: int,
                  sizes: tuple[int, ...]) -> dict | None:
     """Inside each process: the training timings, then all-reduces of growing buffers."""
-    result = dp.data_parallel_steps(device, config, batch=batch, steps=steps, rounds=rounds)
-    sweep = [dp.measure_allreduce(n, device, iters=5) for n in sizes]
+    result = data_parallel_steps(device, config, batch=batch, steps=steps, rounds=rounds)
+    sweep = [measure_allreduce(n, device, iters=5) for n in sizes]
     if result is not None:
         result["bandwidth_sweep"] = [{"mb": round(m["bytes"] / 2**20, 2), "ms": round(1000 * m["seconds"], 3),
                                       "bus_gb_per_s": round(m["bus_bandwidth"] / 1e9, 3)} for m in sweep]
@@ -67,14 +72,14 @@ def main(argv: list[str] | None = None) -> dict:
                                n_embd=args.embd)
     p = args.world_size
     t0 = time.perf_counter()
-    run = dp.run_in_processes(bench_worker, p, args=(config, args.batch, args.steps, args.rounds, BANDWIDTH_SIZES),
-                              device=args.device)[0]
+    run = run_in_processes(bench_worker, p, args=(config, args.batch, args.steps, args.rounds, BANDWIDTH_SIZES),
+                           device=args.device)[0]
     # One process with every core as threads (on a CPU): the same hardware, split the other way.
     whole = None
     if args.device == "cpu":
-        whole = dp.run_in_processes(dp.data_parallel_steps, 1,
-                                    args=(config, args.batch, args.steps, 0, 1, False), device="cpu")[0]
-    predicted = dp.allreduce_seconds(run["params"], 4, p, run["bus_bandwidth"])
+        whole = run_in_processes(data_parallel_steps, 1,
+                                 args=(config, args.batch, args.steps, 0, 1, False), device="cpu")[0]
+    predicted = allreduce_seconds(run["params"], 4, p, run["bus_bandwidth"])
     result = {
         "device": run["device"],
         "world_size": p,

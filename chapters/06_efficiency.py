@@ -16,8 +16,9 @@
 #    gains in a whole economy?
 #
 # The code lives in `aigc_book.efficiency`: `flops` (counting), `hardware` (peaks, the {term}`roofline <roofline model, ridge point>`,
-# utilisation), `memory` and `checkpointing`, `inference`, `cost`; `aigc_book.generation.speculative`;
-# `aigc_book.training.distributed`; and `aigc_book.productivity`. The command
+# utilisation), `memory` and `checkpointing`, `inference`, `cost`, `data_parallel` (DDP and FSDP checked,
+# the all-reduce's cost); `aigc_book.generation.speculative`; `aigc_book.training.distributed` (the
+# trainer's data-parallel plumbing); and `aigc_book.productivity`. The command
 # `python -m aigc_book measure` measures your machine outside the notebook.
 
 # %%
@@ -983,10 +984,10 @@ display(
 # that DDP's gradients equal one process's on the combined batch, and times both:
 
 # %%
-from aigc_book.training import distributed
+from aigc_book.efficiency import data_parallel
 
 dp_config = TransformerConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128)
-dp = distributed.data_parallel_demo(world_size=2, config=dp_config, batch=12, steps=8)
+dp = data_parallel.data_parallel_demo(world_size=2, config=dp_config, batch=12, steps=8)
 assert dp["grads_match"] and dp["weights_identical"]
 print(
     f"gradients of 2 processes x {dp['batch']} sequences vs 1 process x {dp['global_batch']}: "
@@ -998,14 +999,14 @@ print(
     f"2 processes: {dp['ms_per_step_2']:.0f} ms, {dp['tokens_per_s_2']:,.0f} tokens/s; "
     f"scaling efficiency {dp['efficiency']:.0%}"
 )
-predicted = distributed.allreduce_bytes_per_rank(dp["params"], 4, 2)
+predicted = data_parallel.allreduce_bytes_per_rank(dp["params"], 4, 2)
 assert predicted == dp["allreduce_bytes_per_step"]
 print(
     f"all-reduce of {dp['params']:,} float32 gradients: 2(p-1)/p x N x 4 = "
     f"{predicted / 1e6:.2f} MB sent per process, {dp['allreduce_ms']:.1f} ms measured "
     f"({dp['allreduce_ms'] / dp['ms_per_step_2']:.0%} of a step)"
 )
-fsdp = distributed.fsdp_demo()
+fsdp = data_parallel.fsdp_demo()
 assert fsdp["max_abs_diff"] < 1e-12
 print(
     f"FSDP: each of 2 processes stores {fsdp['params_per_rank_fsdp']:,} of {fsdp['params_full']:,} "
@@ -1028,8 +1029,8 @@ print(
 
 # %%
 gpus_gpt3, link = 1024, 50e9  # an assumed 50 GB/s of network per GPU: change it to your cluster's
-sent = distributed.allreduce_bytes_per_rank(175_000_000_000, 2, gpus_gpt3)  # bf16 gradients
-comm_s = distributed.allreduce_seconds(175_000_000_000, 2, gpus_gpt3, link)
+sent = data_parallel.allreduce_bytes_per_rank(175_000_000_000, 2, gpus_gpt3)  # bf16 gradients
+comm_s = data_parallel.allreduce_seconds(175_000_000_000, 2, gpus_gpt3, link)
 step_flops = cost.training_flops(175e9, 3.2e6)
 compute_s = step_flops / (gpus_gpt3 * h100.peak_flops * 0.40)
 print(

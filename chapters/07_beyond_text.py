@@ -22,8 +22,8 @@
 #    vector: what does attention over the picture buy, word by word?
 # 5. Look at where the decoder looks when it writes each word.
 #
-# The code lives in `aigc_book.layers.cross_attention`, `aigc_book.vision` (the pictures and the patch
-# encoder) and `aigc_book.models.captioner`.
+# The code lives in `aigc_book.layers.cross_attention` and `aigc_book.vision` (the pictures, the patch
+# encoder and the captioners, `aigc_book.vision.captioner`).
 
 # %%
 import time
@@ -300,14 +300,14 @@ except ValueError as err:
 # grades each caption.
 
 # %%
-from aigc_book.models.captioner import (
+from aigc_book.training.trainer import TrainConfig, Trainer
+from aigc_book.vision.captioner import (
     Captioner,
     CaptionerConfig,
     PooledCaptioner,
     caption_batch,
     caption_loss,
 )
-from aigc_book.training.trainer import TrainConfig, Trainer
 
 cap_config = CaptionerConfig(
     vocab_size=tok.vocab_size,

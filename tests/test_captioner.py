@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_book.models.captioner import (
+from aigc_book.vision.captioner import (
     Captioner,
     CaptionerConfig,
     PooledCaptioner,

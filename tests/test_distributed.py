@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from aigc_book.efficiency import data_parallel
 from aigc_book.training import distributed as dp
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -57,7 +58,7 @@ def _checks(device, tmp: str) -> dict:
 
     rank, _ = dp.world()
     tmp = Path(tmp)
-    out = {"grads": dp.ddp_gradients_match(device), "fsdp": dp.fsdp_matches_ddp(device)}
+    out = {"grads": data_parallel.ddp_gradients_match(device), "fsdp": data_parallel.fsdp_matches_ddp(device)}
     straight = _trainer()
     out["first_batch"] = straight.batch_fn("train", torch.Generator().set_state(straight.generator.get_state()))["idx"]
     straight.train()
@@ -87,15 +88,15 @@ def _checks(device, tmp: str) -> dict:
             out["alone"] = "loaded"
         except CheckpointError as err:
             out["alone"] = str(err)
-    out["allreduce"] = dp.measure_allreduce(1000, device, iters=2)
-    out["timing"] = dp.data_parallel_steps(device, batch=2, steps=2, rounds=1, check_gradients=False)
+    out["allreduce"] = data_parallel.measure_allreduce(1000, device, iters=2)
+    out["timing"] = data_parallel.data_parallel_steps(device, batch=2, steps=2, rounds=1, check_gradients=False)
     return out
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory):
     """Rank 0's and rank 1's results of :func:`_checks`."""
-    return dp.run_in_processes(_checks, 2, args=(str(tmp_path_factory.mktemp("ddp")),))
+    return data_parallel.run_in_processes(_checks, 2, args=(str(tmp_path_factory.mktemp("ddp")),))
 
 
 # ---- DDP -----------------------------------------------------------------------------------------
@@ -134,7 +135,7 @@ def test_timing_reports_efficiency_as_the_ratio_of_step_times(ranks):
     assert t["efficiency"] == pytest.approx(t["ms_per_step_1"] / t["ms_per_step_2"], abs=2e-3)
     assert t["tokens_per_s_2"] / (2 * t["tokens_per_s_1"]) == pytest.approx(t["efficiency"], abs=2e-3)
     assert t["weights_identical"] and t["threads_per_process"] == dp.threads_per_process(2)  # 2 cores: 1 each
-    assert t["allreduce_bytes_per_step"] == dp.allreduce_bytes_per_rank(t["params"], 4, 2) == 4 * t["params"]
+    assert t["allreduce_bytes_per_step"] == data_parallel.allreduce_bytes_per_rank(t["params"], 4, 2) == 4 * t["params"]
 
 
 def test_measured_allreduce_reports_the_ring_bytes(ranks):
@@ -229,13 +230,15 @@ def test_allreduce_bytes_match_a_written_out_ring(p, n):
     out, sent = ring_allreduce(buffers)
     total = [sum(b[i] for b in buffers) for i in range(n)]
     assert all(b == total for b in out)  # it is an all-reduce...
-    assert sent == [pytest.approx(dp.allreduce_bytes_per_rank(n, 1, p))] * p  # ...sending what the formula says
+    # ...sending what the formula says
+    assert sent == [pytest.approx(data_parallel.allreduce_bytes_per_rank(n, 1, p))] * p
 
 
 def test_allreduce_seconds_is_bytes_over_bandwidth_plus_latencies():
-    assert dp.allreduce_seconds(10**6, 4, 2, 1e9) == pytest.approx(4e-3)  # 2 * 1/2 * 4 MB at 1 GB/s
-    assert dp.allreduce_seconds(10**6, 2, 8, 1e9, latency_s=1e-5) == pytest.approx(2 * 7 / 8 * 2e6 / 1e9 + 14e-5)
-    assert dp.allreduce_seconds(10**6, 4, 1, 1e9, latency_s=1.0) == 0.0  # one process: nothing to send
+    assert data_parallel.allreduce_seconds(10**6, 4, 2, 1e9) == pytest.approx(4e-3)  # 2 * 1/2 * 4 MB at 1 GB/s
+    assert data_parallel.allreduce_seconds(10**6, 2, 8, 1e9, latency_s=1e-5) == pytest.approx(
+        2 * 7 / 8 * 2e6 / 1e9 + 14e-5)
+    assert data_parallel.allreduce_seconds(10**6, 4, 1, 1e9, latency_s=1.0) == 0.0  # one process: nothing to send
 
 
 @pytest.mark.parametrize("args, error, message", [
@@ -247,14 +250,14 @@ def test_allreduce_seconds_is_bytes_over_bandwidth_plus_latencies():
 ])
 def test_allreduce_bytes_rejects_bad_inputs(args, error, message):
     with pytest.raises(error, match=message):
-        dp.allreduce_bytes_per_rank(*args)
+        data_parallel.allreduce_bytes_per_rank(*args)
 
 
 def test_allreduce_seconds_rejects_bad_bandwidth_and_latency():
     with pytest.raises(ValueError, match="bandwidth_bytes_per_s must be a finite number > 0"):
-        dp.allreduce_seconds(10, 4, 2, 0)
+        data_parallel.allreduce_seconds(10, 4, 2, 0)
     with pytest.raises(ValueError, match="latency_s must be a number >= 0"):
-        dp.allreduce_seconds(10, 4, 2, 1e9, latency_s=-1)
+        data_parallel.allreduce_seconds(10, 4, 2, 1e9, latency_s=-1)
 
 
 def test_torchrun_env_reads_the_launcher_variables():
@@ -290,6 +293,6 @@ def test_processes_share_the_cores_and_pick_their_own_gpu():
 
 def test_demo_rejects_bad_settings_before_starting_processes():
     with pytest.raises(ValueError, match="steps must be >= 2"):
-        dp.data_parallel_demo(steps=1)
+        data_parallel.data_parallel_demo(steps=1)
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
-        dp.run_in_processes(dp.ddp_gradients_match, 2, device="mps")
+        data_parallel.run_in_processes(data_parallel.ddp_gradients_match, 2, device="mps")

@@ -15,12 +15,11 @@ from aigc_book.efficiency.flops import (
     count_flops_by_operator,
     elementwise_flops_per_token,
     flops_differences,
-    flops_per_token,
     gpt3_175b_config,
-    non_embedding_parameters,
     register_cpu_attention_flops,
     six_n_ratio,
 )
+from aigc_book.models.accounting import flops_per_token, non_embedding_parameters
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 

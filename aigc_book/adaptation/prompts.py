@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.layers.checks import check_token_ids
 from aigc_book.models.gpt import GPT, CausalLMOutput
-from aigc_book.models.transformer import check_token_ids, position_ids_from_padding
+from aigc_book.models.transformer import position_ids_from_padding
 
 __all__ = ["PromptTuning", "PrefixTuning"]
 

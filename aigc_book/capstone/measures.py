@@ -9,7 +9,7 @@ Introduced in chapter 8, section "The report card".
 * The baseline is chapter 3's Witten–Bell n-gram model over bytes (:class:`~aigc_book.models.ngram.NGramLM`).
 * :class:`FlopMeter` counts every forward pass of every :class:`~aigc_book.models.transformer.Transformer`
   while it is active, by a global forward hook, and prices each token with chapter 6's formula
-  (:func:`aigc_book.efficiency.flops.flops_per_token`, output layer included, attention at the
+  (:func:`aigc_book.models.accounting.flops_per_token`, output layer included, attention at the
   current context length). A forward pass under autograd is counted three times (forward plus a
   backward of twice its cost, Kaplan et al. 2020, arXiv:2001.08361, §2.1). So generation, scoring
   and training are all counted the same way, whichever model or trainer runs them.
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from aigc_book.efficiency.flops import flops_per_token
+from aigc_book.models.accounting import flops_per_token
 from aigc_book.models.ngram import NGramLM
 from aigc_book.models.transformer import Transformer
 from aigc_book.tasks import instructions

@@ -9,12 +9,13 @@ same count for one small GPT). Two independent counts of the floating-point oper
   CPU it has no formula for the fused attention kernel ``aten._scaled_dot_product_flash_attention_for_cpu``
   and its backward, so attention silently counts zero; :func:`register_cpu_attention_flops` adds
   the formulas PyTorch uses for the CUDA kernels.
-* **Formula**: :func:`flops_per_token` is Kaplan et al. (2020, arXiv:2001.08361, Table 1):
-  ``2 N + 2 n_layer n_ctx d_model`` per token forward, ``3x`` for training (hence ``6 N``), N the
-  non-embedding parameters. Options add the output layer (``2 d_model n_vocab``, Kaplan's
-  "De-embed") and count attention over the full ``T x T`` table (``4 n_layer T d_model``) as the
-  counter and the written-out attention do; the training attention term is then
-  ``12 n_layer T d_model``, PaLM's ``12 L H Q T`` (Chowdhery et al. 2022, arXiv:2204.02311, App. B).
+* **Formula**: :func:`aigc_book.models.accounting.flops_per_token` (it lives beside the model) is
+  Kaplan et al. (2020, arXiv:2001.08361, Table 1): ``2 N + 2 n_layer n_ctx d_model`` per token
+  forward, ``3x`` for training (hence ``6 N``), N the non-embedding parameters. Options add the
+  output layer (``2 d_model n_vocab``, Kaplan's "De-embed") and count attention over the full
+  ``T x T`` table (``4 n_layer T d_model``) as the counter and the written-out attention do; the
+  training attention term is then ``12 n_layer T d_model``, PaLM's ``12 L H Q T`` (Chowdhery et al. 2022,
+  arXiv:2204.02311, App. B).
 
 :func:`flops_differences` puts the two side by side for a model and names every gap as an exact
 integer per token; :func:`six_n_ratio` shows how far the ``6 N`` rule falls short as the context
@@ -26,7 +27,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from numbers import Integral
 
 import torch
 from torch import nn
@@ -38,6 +38,7 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
+from aigc_book.models.accounting import _check_config, _check_positive_int, flops_per_token, non_embedding_parameters
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 
@@ -45,8 +46,6 @@ __all__ = [
     "register_cpu_attention_flops",
     "count_flops",
     "count_flops_by_operator",
-    "non_embedding_parameters",
-    "flops_per_token",
     "six_n_ratio",
     "gpt3_175b_config",
     "causal_tile_fraction",
@@ -120,68 +119,8 @@ def count_flops_by_operator(fn: Callable[[], object]) -> dict[str, int]:
 
 
 # ---------------------------------------------------------------------------------------------
-# The formula
+# The formula (:mod:`aigc_book.models.accounting` holds Kaplan's count itself)
 # ---------------------------------------------------------------------------------------------
-
-
-def _check_config(config) -> None:
-    if not isinstance(config, TransformerConfig):
-        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
-
-
-def non_embedding_parameters(config: TransformerConfig) -> int:
-    """Kaplan's N for a GPT built from ``config``: every parameter but the embeddings and output matrix.
-
-    Per block: four weight matrices (``12 C^2``), biases (``9 C``) and two LayerNorms (``2 C`` gains,
-    ``2 C`` biases); plus one final LayerNorm. Without ``bias`` only the gains remain. Equals
-    ``GPT(config).num_parameters(exclude_embeddings=True)`` (tested), without building the model.
-    """
-    _check_config(config)
-    c, b = config.n_embd, int(config.bias)
-    per_block = 12 * c * c + 9 * b * c + 2 * (1 + b) * c
-    return config.n_layer * per_block + (1 + b) * c
-
-
-def flops_per_token(
-    config: TransformerConfig,
-    seq_len: int | None = None,
-    training: bool = False,
-    *,
-    output_layer: bool = False,
-    full_attention: bool = False,
-    n_params: int | None = None,
-) -> int:
-    """FLOPs per token of a GPT with this config, after Kaplan et al. (2020, arXiv:2001.08361, Table 1).
-
-    Forward: ``2 N + 2 n_layer T C`` with N the non-embedding parameters (``n_params``, default
-    :func:`non_embedding_parameters`), ``T = seq_len`` (default ``block_size``; any length is
-    accepted, so a config can be evaluated beyond its own context) and ``C = n_embd``. Training
-    (forward + backward) is three times the forward count.
-
-    * ``output_layer``: add the output projection, ``2 C n_vocab`` (Kaplan's "De-embed", left out
-      of his total).
-    * ``full_attention``: count ``QK^T`` and ``AV`` over the whole ``T x T`` table,
-      ``4 n_layer T C``, as :class:`FlopCounterMode` and the written-out attention do, instead of
-      Kaplan's ``2 n_layer T C``, the causal average (query ``i`` needs only ``i + 1`` keys). See
-      :meth:`aigc_book.models.gpt.GPT.flops_per_token` for what a fused kernel executes.
-
-    N includes biases and LayerNorm gains at 2 FLOPs each although they multiply no matrix; the
-    counter does not count them (see :func:`flops_differences`).
-    """
-    _check_config(config)
-    t = config.block_size if seq_len is None else _check_positive_int("seq_len", seq_len)
-    n = non_embedding_parameters(config) if n_params is None else _check_positive_int("n_params", n_params)
-    attention = (4 if full_attention else 2) * config.n_layer * t * config.n_embd
-    forward = 2 * n + attention + (2 * config.n_embd * config.vocab_size if output_layer else 0)
-    return 3 * forward if training else forward
 
 
 def six_n_ratio(

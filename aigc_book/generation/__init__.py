@@ -1,6 +1,7 @@
 """Decoding: logits transformations (temperature, top-k, top-p, min-p, repetition penalty), and one
 ``generate`` for greedy decoding, sampling and beam search with Hugging Face's argument names."""
 
+from aigc_book.generation.common import GenerateOutput
 from aigc_book.generation.logits import (
     apply_repetition_penalty,
     apply_temperature,
@@ -10,7 +11,7 @@ from aigc_book.generation.logits import (
     top_k_filter,
     top_p_filter,
 )
-from aigc_book.generation.search import GenerateOutput, generate
+from aigc_book.generation.search import generate
 from aigc_book.generation.speculative import speculative_generate as speculative_generate  # chapter 6
 
 __all__ = [

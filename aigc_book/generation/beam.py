@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from aigc_book.generation.common import GenerateOutput, NextLogits
 from aigc_book.generation.logits import process_scores
-from aigc_book.generation.search import GenerateOutput, NextLogits
 
 if TYPE_CHECKING:
     from aigc_book.models.gpt import GPT

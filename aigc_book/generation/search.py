@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from aigc_book.cpu_threads import check_cpu_load
+from aigc_book.generation.beam import beam_search
+from aigc_book.generation.common import GenerateOutput, NextLogits
 from aigc_book.generation.logits import (
     check_min_p,
     check_repetition_penalty,
@@ -36,60 +36,12 @@ from aigc_book.generation.logits import (
     check_top_p,
     process_scores,
 )
-from aigc_book.models.transformer import check_token_ids
+from aigc_book.layers.checks import check_token_ids
 
 if TYPE_CHECKING:
     from aigc_book.models.gpt import GPT
 
-__all__ = ["GenerateOutput", "generate"]
-
-
-@dataclass
-class GenerateOutput:
-    """What :func:`generate` returns.
-
-    Attributes:
-        sequences: ``(B * num_return_sequences, T + n)`` the prompt followed by the new tokens; rows
-            of one prompt are adjacent, best first for beam search. ``n <= max_new_tokens``: decoding
-            stops early once every row has produced ``eos_token_id``; a row that ended before the
-            others is filled with the (first) ``eos_token_id``, as Hugging Face fills it with its pad
-            token when none is set.
-        sequences_scores: beam search only, ``(B * num_return_sequences,)``: each hypothesis's
-            ``sum log p / n_gen ** length_penalty`` (Hugging Face's ``sequences_scores``); None otherwise.
-    """
-
-    sequences: torch.Tensor
-    sequences_scores: torch.Tensor | None = None
-
-
-class NextLogits:
-    """The ``(N, V)`` next-token logits of ``N`` growing sequences, with or without a KV cache.
-
-    Call it with all the tokens so far, ``(N, n)``. With the cache it feeds only the tokens the cache
-    has not seen; past ``block_size`` tokens it rebuilds the cache from the last ``block_size`` every
-    step (the sliding window). :meth:`reorder` keeps the cache in step when rows are reordered
-    (beam search) or duplicated.
-    """
-
-    def __init__(self, model: GPT, batch_size: int, use_cache: bool):
-        self.model = model
-        self.block_size = model.config.block_size
-        self.cache = model.new_kv_cache(batch_size) if use_cache else None
-
-    def __call__(self, tokens: torch.Tensor) -> torch.Tensor:
-        check_cpu_load()  # generation has no optimiser step: follow the machine's load from here
-        n = tokens.size(1)
-        cache = self.cache
-        if cache is None:
-            return self.model(tokens[:, -self.block_size:]).logits[:, -1]  # (N, V)
-        if cache.length == n - 1 and cache.length < self.block_size:
-            return self.model(tokens[:, -1:], kv_cache=cache).logits[:, -1]  # only the newest token
-        cache.reset()  # first call, or the window slides
-        return self.model(tokens[:, -self.block_size:], kv_cache=cache).logits[:, -1]
-
-    def reorder(self, index: torch.Tensor) -> None:
-        if self.cache is not None:
-            self.cache.reorder(index)
+__all__ = ["generate"]
 
 
 def _eos_list(eos_token_id) -> list[int] | None:
@@ -206,8 +158,6 @@ def generate(
     try:
         with torch.inference_mode():  # a little faster than no_grad for the many small steps
             if num_beams > 1:
-                from aigc_book.generation.beam import beam_search
-
                 out = beam_search(model, input_ids, max_new_tokens=max_new_tokens, num_beams=num_beams,
                                   length_penalty=float(length_penalty), early_stopping=early_stopping,
                                   num_return_sequences=num_return_sequences, eos=eos, generator=generator,

@@ -36,7 +36,7 @@ import torch
 
 from aigc_book.cpu_threads import check_cpu_load
 from aigc_book.generation.search import generate
-from aigc_book.models.transformer import check_token_ids
+from aigc_book.layers.checks import check_token_ids
 
 __all__ = [
     "SpeculativeOutput",

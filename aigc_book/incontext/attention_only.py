@@ -40,10 +40,9 @@ from torch import nn
 
 from aigc_book.layers.attention import MultiHeadAttention
 from aigc_book.layers.block import LayerNorm, init_gpt2_weights
-from aigc_book.layers.checks import check_heads
+from aigc_book.layers.checks import check_heads, check_token_ids
 from aigc_book.layers.positions import POS_ENCODINGS, make_positions
 from aigc_book.models.gpt import CausalLMOutput
-from aigc_book.models.transformer import check_token_ids
 
 __all__ = ["AttentionOnlyConfig", "AttentionOnlyTransformer"]
 

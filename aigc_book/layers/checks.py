@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["check_heads", "check_index_range"]
+__all__ = ["check_heads", "check_index_range", "check_token_ids"]
 
 
 def check_index_range(ids: torch.Tensor, high: int, what: str) -> None:
@@ -28,6 +28,21 @@ def check_index_range(ids: torch.Tensor, high: int, what: str) -> None:
             raise ValueError(f"{what} must lie in [0, {high}), got values in [{lo}, {hi}]")
     elif ids.device.type == "cuda":
         torch._assert_async((ids.min() >= 0) & (ids.max() < high), f"{what} must lie in [0, {high})")
+
+
+def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
+    """Raise a clear error unless ``idx`` is a non-empty ``(B, T)`` integer tensor with values in
+    ``[0, vocab_size)`` (the value check costs no host synchronisation, see :func:`check_index_range`)."""
+    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
+        got = idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__
+        raise TypeError(f"token ids must be an integer tensor of shape (B, T), got {got}")
+    if idx.dim() != 2:
+        raise ValueError(f"token ids must have shape (B, T), got shape {tuple(idx.shape)}")
+    if idx.size(1) == 0:
+        raise ValueError("token ids are empty: expected at least one token per sequence")
+    if idx.size(0) == 0:
+        raise ValueError("the batch is empty: expected at least one sequence")
+    check_index_range(idx, vocab_size, f"token ids (vocab_size={vocab_size})")
 
 
 def check_heads(n_embd: int, n_head: int) -> None:

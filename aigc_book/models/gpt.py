@@ -17,10 +17,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.generation.logits import process_scores
+from aigc_book.generation.search import generate
 from aigc_book.layers.block import init_gpt2_weights
+from aigc_book.layers.checks import check_token_ids
 from aigc_book.layers.kv_cache import KVCache
+from aigc_book.models.accounting import flops_per_token
 from aigc_book.models.io import PretrainedMixin
-from aigc_book.models.transformer import Transformer, TransformerConfig, check_token_ids
+from aigc_book.models.transformer import Transformer, TransformerConfig
 
 __all__ = ["GPT", "CausalLMOutput"]
 
@@ -166,8 +170,6 @@ class GPT(PretrainedMixin, nn.Module):
     def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token):
         """Chapter 4's :func:`aigc_book.generation.generate` (Hugging Face's argument names), called
         with ``do_sample = temperature > 0``."""
-        from aigc_book.generation.search import generate
-
         sample = temperature != 0
         return generate(self, idx, max_new_tokens=max_new_tokens, do_sample=sample,
                         temperature=float(temperature) if sample else 1.0, top_k=top_k if sample else None,
@@ -176,8 +178,6 @@ class GPT(PretrainedMixin, nn.Module):
     @staticmethod
     def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
         """``(B, V)`` logits -> ``(B,)`` next token ids (greedy if temperature is 0)."""
-        from aigc_book.generation.logits import process_scores
-
         if temperature == 0:
             return logits.argmax(dim=-1)
         probs = torch.softmax(process_scores(logits, temperature=float(temperature), top_k=top_k), dim=-1)
@@ -253,11 +253,9 @@ class GPT(PretrainedMixin, nn.Module):
         it still reports the full table, and its backward pass recomputes ``QK^T`` (five products
         instead of four). Neither count includes softmax, GELU or LayerNorm.
 
-        The formula itself is :func:`aigc_book.efficiency.flops.flops_per_token`, a function of the
+        The formula itself is :func:`aigc_book.models.accounting.flops_per_token`, a function of the
         config; this method passes it this model's actual non-embedding parameter count.
         """
-        from aigc_book.efficiency.flops import flops_per_token  # here: the flops module imports GPT
-
         n = self.num_parameters(exclude_embeddings=True)
         return float(flops_per_token(self.config, seq_len, training, output_layer=output_layer,
                                      full_attention=full_attention, n_params=n))

@@ -26,11 +26,11 @@ from torch import nn
 
 from aigc_book.layers.attention import check_attention_mask
 from aigc_book.layers.block import LayerNorm, TransformerBlock, init_gpt2_weights
-from aigc_book.layers.checks import check_heads, check_index_range
+from aigc_book.layers.checks import check_heads, check_index_range, check_token_ids
 from aigc_book.layers.kv_cache import KVCache
 from aigc_book.layers.positions import POS_ENCODINGS, make_positions
 
-__all__ = ["TransformerConfig", "Transformer", "TransformerOutput", "check_token_ids", "position_ids_from_padding"]
+__all__ = ["TransformerConfig", "Transformer", "TransformerOutput", "position_ids_from_padding"]
 
 
 @dataclass
@@ -85,21 +85,6 @@ class TransformerConfig:
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
-
-
-def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
-    """Raise a clear error unless ``idx`` is a non-empty ``(B, T)`` integer tensor with values in
-    ``[0, vocab_size)`` (the value check costs no host synchronisation, see :mod:`aigc_book.layers.checks`)."""
-    if not isinstance(idx, torch.Tensor) or idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-        got = idx.dtype if isinstance(idx, torch.Tensor) else type(idx).__name__
-        raise TypeError(f"token ids must be an integer tensor of shape (B, T), got {got}")
-    if idx.dim() != 2:
-        raise ValueError(f"token ids must have shape (B, T), got shape {tuple(idx.shape)}")
-    if idx.size(1) == 0:
-        raise ValueError("token ids are empty: expected at least one token per sequence")
-    if idx.size(0) == 0:
-        raise ValueError("the batch is empty: expected at least one sequence")
-    check_index_range(idx, vocab_size, f"token ids (vocab_size={vocab_size})")
 
 
 def position_ids_from_padding(padding_mask: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,1 @@
-"""Pictures and image encoders for captioning: coloured shapes with checkable captions, patch encoders (chapter 7)."""
+"""Pictures and captioning: coloured shapes with checkable captions, patch encoders, the captioners (chapter 7)."""

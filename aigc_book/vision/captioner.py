@@ -32,10 +32,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc_book.layers.block import LayerNorm, init_gpt2_weights
-from aigc_book.layers.checks import check_heads
+from aigc_book.layers.checks import check_heads, check_token_ids
 from aigc_book.layers.cross_attention import DecoderBlock
 from aigc_book.models.gpt import GPT
-from aigc_book.models.transformer import TransformerConfig, check_token_ids
+from aigc_book.models.transformer import TransformerConfig
 from aigc_book.vision.patches import ImageEncoder, check_patch_size
 
 __all__ = [
