@@ -98,7 +98,8 @@ def generate(
     """Continue each prompt of ``input_ids`` by up to ``max_new_tokens`` tokens.
 
     Greedy decoding, sampling or beam search, as ``generation_config`` says, with the names,
-    defaults and semantics of Hugging Face's ``generate`` (``transformers`` 5): keyword arguments
+    defaults and semantics of Hugging Face's ``generate`` (``transformers`` 5; only ``top_k``
+    defaults to no limit where Hugging Face uses 50): keyword arguments
     that name :class:`~aigc_book.generation.config.GenerationConfig` fields override the config
     (``generate(model, ids, max_new_tokens=20, do_sample=True)`` needs no config at all); any other
     keyword is a ``TypeError``. Runs in eval mode (no dropout) under ``torch.inference_mode`` and
