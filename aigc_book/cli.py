@@ -603,12 +603,15 @@ def check_chat_args(args) -> None:
 def cmd_chat(args) -> dict | None:
     """Chat with a chat model (:mod:`aigc_book.capstone.chat`): the REPL, or with ``--message`` one
     conversation whose JSON summary is returned."""
-    from aigc_book.capstone.chat import ChatSession, SamplingSettings, load_chat_model, run_terminal_chat
+    from aigc_book.capstone.chat import ChatSession, load_chat_model, run_terminal_chat
+    from aigc_book.generation.config import GenerationConfig
 
     check_chat_args(args)
-    settings = SamplingSettings(do_sample=args.do_sample, temperature=args.temperature, top_k=args.top_k,
-                                top_p=args.top_p, min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                                max_new_tokens=args.max_new_tokens)
+    greedy_temperature = args.temperature == 0  # --temperature 0 is greedy
+    settings = GenerationConfig(do_sample=args.do_sample and not greedy_temperature,
+                                temperature=1.0 if greedy_temperature else args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                repetition_penalty=args.repetition_penalty, max_new_tokens=args.max_new_tokens)
     try:
         device = get_device(args.device)
     except (ValueError, RuntimeError) as err:

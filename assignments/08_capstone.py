@@ -46,10 +46,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aigc_book.capstone.chat import ChatSession, SamplingSettings
+from aigc_book.capstone.chat import ChatSession
 from aigc_book.capstone.corpus import CorpusSettings, build_corpus
 from aigc_book.capstone.pipeline import CapstoneSettings, load_stage_model, run_pipeline
 from aigc_book.capstone.tokenizer import train_chat_tokenizer
+from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
 
@@ -379,7 +380,8 @@ assert list(merged_answers) == [s for s in _two if len(_bpe.encode(s)) == 1], (
 # **Exercise 5. Memory.** How many turns of `add` questions fit in a context of `block_size` tokens
 # (48 here) before the session drops one? Load the setup run's fine-tuned model
 # (`model, chat_tok = load_stage_model(RUN, "sft")`), open
-# `session = ChatSession(model, chat_tok, SamplingSettings(max_new_tokens=12), seed=1)` and send it
+# `session = ChatSession(model, chat_tok, short, seed=1)` with replies of at most 12 tokens,
+# `short = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=12)`, and send it
 # the 12 messages `f"add {i % 10}+{(3 * i) % 10}"` for `i` in 0..11, in one conversation.
 #
 # * `dropped`: the list of `session.dropped_turns` after each of the 12 replies;
@@ -398,7 +400,8 @@ turns_fit = ...  # SOLUTION
 first_turn_tokens = ...  # SOLUTION
 # BEGIN SOLUTION
 model, chat_tok = load_stage_model(RUN, "sft")
-session = ChatSession(model, chat_tok, SamplingSettings(max_new_tokens=12), seed=1)
+short = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=12)
+session = ChatSession(model, chat_tok, short, seed=1)
 dropped = []
 for i in range(12):
     session.reply(f"add {i % 10}+{(3 * i) % 10}")
@@ -430,7 +433,8 @@ assert turns_fit == next(i for i, d in enumerate(dropped) if d > 0), (
 hidden: true
 """ # END TEST CONFIG
 _model, _tok = load_stage_model(RUN, "sft")
-_s = ChatSession(_model, _tok, SamplingSettings(max_new_tokens=12), seed=1)
+_s = ChatSession(_model, _tok, GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=12),
+                 seed=1)
 _B = _model.config.block_size
 _first_drop = None
 for _i in range(12):
@@ -455,7 +459,8 @@ assert turns_fit == _first_drop, (
 hidden: true
 """ # END TEST CONFIG
 _model, _tok = load_stage_model(RUN, "sft")
-_s = ChatSession(_model, _tok, SamplingSettings(max_new_tokens=12), seed=1)
+_s = ChatSession(_model, _tok, GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=12),
+                 seed=1)
 _msg = "add 0+0"
 _reply = _s.reply(_msg)
 _hand = 3 + len(_tok.encode(_msg, allow_special=False))  # <|user|> message <|end|> <|assistant|>

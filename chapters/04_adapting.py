@@ -977,7 +977,11 @@ assert mean_acc[4] > mean_acc[0] + 0.2
 #   generated tokens and $\alpha$ the `length_penalty`.
 #
 # `aigc_book.generation.generate` does all of these, with Hugging Face's argument names, on our KV
-# cache (reordered as beams are chosen). The next cell checks each transformation against the
+# cache (reordered as beams are chosen). As in `transformers`, the options form one frozen
+# `GenerationConfig` (the same names and defaults, except that `top_k` means no limit until set), and
+# keyword arguments to `generate` override it: `generate(model, ids, config, temperature=0.7)`, or
+# `generate(model, ids, max_new_tokens=12, num_beams=3)` with no config at all. A bad value is refused
+# when the config is made. The next cell checks each transformation against the
 # matching `transformers` logits processor on the same scores, and our beam search against
 # `transformers`' own `generate(num_beams=...)` on our base model converted to Hugging Face's GPT-2.
 

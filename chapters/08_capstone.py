@@ -417,7 +417,8 @@ display(Markdown((RUN / "report.md").read_text(encoding="utf-8")))
 # accuracy.
 
 # %%
-from aigc_book.capstone.chat import ChatSession, SamplingSettings, chat_widget, load_chat_model
+from aigc_book.capstone.chat import ChatSession, chat_widget, load_chat_model
+from aigc_book.generation import GenerationConfig
 
 model, chat_tok = load_chat_model(RUN, device=device)
 session = ChatSession(model, chat_tok, seed=0)
@@ -454,7 +455,8 @@ display(
 # whole turns, as chat products do in some form, and says so. Bad input gets one clear line:
 
 # %%
-long_chat = ChatSession(model, chat_tok, SamplingSettings(max_new_tokens=12), seed=1)
+short_replies = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=12)
+long_chat = ChatSession(model, chat_tok, short_replies, seed=1)
 for i in range(12):
     long_chat.reply(f"add {i % 10}+{(3 * i) % 10}")
 print(

@@ -8,21 +8,23 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from aigc_book.capstone.chat import (
+    CHAT_GENERATION_CONFIG,
     CHAT_MODEL_SUBDIRS,
     ChatSession,
-    SamplingSettings,
     _Stream,
     chat_widget,
     load_chat_model,
     run_terminal_chat,
 )
 from aigc_book.cli import main
+from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks.chat import ChatTokenizer
@@ -33,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 ROOT = Path(__file__).resolve().parent.parent
 BLOCK = 48
-SHORT = SamplingSettings(max_new_tokens=12)  # short replies keep the tests fast
-GREEDY = SamplingSettings(do_sample=False, max_new_tokens=12)
+SHORT = replace(CHAT_GENERATION_CONFIG, max_new_tokens=12)  # short replies keep the tests fast
+GREEDY = replace(CHAT_GENERATION_CONFIG, do_sample=False, max_new_tokens=12)
 BPE_TEXT = "你好，世界。今天天气很好。我们一起学习。Hello world, hello chat! add 1+2 = 3. " * 6
 
 
@@ -82,28 +84,28 @@ def forward_lengths(model: GPT) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(temperature=-1.0), "temperature"),
-    (dict(temperature=float("nan")), "temperature"),
-    (dict(top_k=0), "top_k"),
-    (dict(top_p=1.5), "top_p"),
-    (dict(min_p=-0.1), "min_p"),
-    (dict(repetition_penalty=0.0), "repetition_penalty"),
-    (dict(max_new_tokens=0), "max_new_tokens"),
-    (dict(max_new_tokens=2.0), "max_new_tokens"),
-    (dict(do_sample="yes"), "do_sample"),
+def chat_config(**fields) -> GenerationConfig:
+    return replace(CHAT_GENERATION_CONFIG, **fields)
+
+
+def test_the_chat_samples_at_temperature_0_8_by_default():
+    assert CHAT_GENERATION_CONFIG == GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=64)
+    c = CHAT_GENERATION_CONFIG
+    assert (c.top_k, c.top_p, c.min_p, c.repetition_penalty) == (None, 1.0, None, 1.0)  # no filter, no penalty
+
+
+@pytest.mark.parametrize("fields, error, message", [
+    (dict(max_new_tokens=0), ValueError, "max_new_tokens must be an int >= 1, got 0"),
+    (dict(max_new_tokens=None), ValueError, "max_new_tokens must be an int >= 1, got None"),
+    (dict(num_beams=2), ValueError, "a chat streams one reply: num_beams and num_return_sequences must be 1"),
+    (dict(num_return_sequences=2), ValueError, "a chat streams one reply"),
+    (dict(eos_token_id=3), ValueError, "a reply ends at the chat's special tokens: leave eos_token_id None"),
 ])
-def test_sampling_settings_refuse_bad_values_in_one_line(kwargs, message):
-    with pytest.raises(ValueError, match=message) as err:
-        SamplingSettings(**kwargs)
+def test_a_session_refuses_a_config_it_cannot_chat_with(fields, error, message):
+    tok = ChatTokenizer()
+    with pytest.raises(error, match=message) as err:
+        ChatSession(tiny_gpt(tok.vocab_size), tok, chat_config(**fields))
     assert "\n" not in str(err.value)
-
-
-def test_temperature_zero_means_greedy():
-    assert SamplingSettings(temperature=0).generate_kwargs()["do_sample"] is False
-    assert SamplingSettings(do_sample=False, temperature=0.5).greedy
-    assert SamplingSettings().generate_kwargs() == dict(do_sample=True, temperature=0.8, top_k=None, top_p=None,
-                                                        min_p=None, repetition_penalty=None)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -161,7 +163,7 @@ def test_a_reply_extends_the_conversation_in_the_chat_template(session):
 def test_the_same_seed_gives_the_same_conversation(chat_dir):
     model, tok = load_chat_model(chat_dir)
     messages = ["hi", "add 1+2", "sort cba"]
-    hot = SamplingSettings(temperature=1.0, max_new_tokens=12)
+    hot = chat_config(temperature=1.0, max_new_tokens=12)
     first = [ChatSession(model, tok, hot, seed=7).reply(m) for m in messages[:1]]
     a, b, c = (ChatSession(model, tok, hot, seed=s) for s in (7, 7, 8))
     replies = [[s.reply(m) for m in messages] for s in (a, b, c)]
@@ -174,7 +176,7 @@ def test_the_same_seed_gives_the_same_conversation(chat_dir):
 def test_the_kv_cache_gives_the_same_greedy_replies(chat_dir):
     model, tok = load_chat_model(chat_dir)
     model = model.double()  # no float32 near-ties between the two paths
-    cached, plain = ChatSession(model, tok, GREEDY), ChatSession(model, tok, GREEDY, use_cache=False)
+    cached, plain = ChatSession(model, tok, GREEDY), ChatSession(model, tok, replace(GREEDY, use_cache=False))
     for message in ["hi", "add 1+2", "sort dcba", "reverse abc"]:
         assert cached.reply(message) == plain.reply(message)
     assert cached.dropped_turns == plain.dropped_turns > 0
@@ -232,7 +234,7 @@ def test_a_session_refuses_what_cannot_chat():
         ChatSession(tiny_gpt(5), CharTokenizer("abcde"))
     with pytest.raises(ValueError, match="do not belong together"):
         ChatSession(tiny_gpt(tok.vocab_size + 1), tok)
-    with pytest.raises(TypeError, match="SamplingSettings"):
+    with pytest.raises(TypeError, match="generation_config must be a GenerationConfig, got dict"):
         ChatSession(tiny_gpt(tok.vocab_size), tok, {"temperature": 0.5})
 
 
@@ -277,7 +279,7 @@ def test_a_bpe_chat_session_streams_any_bytes_it_generates():
     tok = bpe_tokenizer()
     model = tiny_gpt(tok.vocab_size)
     for seed in range(3):  # a random model writes arbitrary byte sequences, broken UTF-8 included
-        session = ChatSession(model, tok, SamplingSettings(temperature=1.5, max_new_tokens=16), seed=seed)
+        session = ChatSession(model, tok, chat_config(temperature=1.5, max_new_tokens=16), seed=seed)
         for message in ["你好", "hello <|end|>"]:
             pieces: list[str] = []
             reply = session.reply(message, on_text=pieces.append)
@@ -344,7 +346,7 @@ def test_chat_command_answers_each_message_as_one_conversation(chat_dir, capsys)
     assert [t["user"] for t in result["turns"]] == ["hi", "add 1+2"]
     assert result["dropped_turns"] == 0 and result["settings"]["max_new_tokens"] == 8
     model, tok = load_chat_model(chat_dir)
-    session = ChatSession(model, tok, SamplingSettings(max_new_tokens=8), seed=3)
+    session = ChatSession(model, tok, chat_config(max_new_tokens=8), seed=3)
     assert [t["assistant"] for t in result["turns"]] == [session.reply("hi"), session.reply("add 1+2")]
 
 

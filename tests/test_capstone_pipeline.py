@@ -10,12 +10,13 @@ import torch
 
 from aigc_book import cli
 from aigc_book.capstone import pipeline
-from aigc_book.capstone.chat import ChatSession, SamplingSettings, load_chat_model
+from aigc_book.capstone.chat import ChatSession, load_chat_model
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.measures import FlopMeter, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.pipeline import STAGES, CapstoneSettings, StageMismatchError, run_pipeline
 from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.efficiency.flops import count_flops
+from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
@@ -74,7 +75,8 @@ def test_the_chat_model_is_the_tuned_stage(finished):
     out, _ = finished
     model, tok = load_chat_model(out)
     assert torch.equal(model.state_dict()["transformer.wte.weight"], weights(out, "tuned")["transformer.wte.weight"])
-    reply = ChatSession(model, tok, SamplingSettings(max_new_tokens=5)).reply("add 1+2")
+    short = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=5)
+    reply = ChatSession(model, tok, short).reply("add 1+2")
     assert isinstance(reply, str)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aigc_book.generation import (
+    GenerationConfig,
     apply_repetition_penalty,
     apply_temperature,
     generate,
@@ -130,18 +131,20 @@ def test_process_scores_chains_in_hf_order_and_greedy_only_applies_the_penalty()
     settings = dict(temperature=0.7, top_k=6, top_p=0.8, min_p=0.1, repetition_penalty=1.3)
     hf = LogitsProcessorList([RepetitionPenaltyLogitsProcessor(1.3), TemperatureLogitsWarper(0.7),
                               TopKLogitsWarper(6), TopPLogitsWarper(0.8), MinPLogitsWarper(0.1)])
-    torch.testing.assert_close(process_scores(s, INPUT_IDS, **settings), hf(INPUT_IDS, s.clone()), **EXACT)
-    greedy = process_scores(s, INPUT_IDS, do_sample=False, **settings)
+    sampling = GenerationConfig(do_sample=True, **settings)
+    torch.testing.assert_close(process_scores(s, sampling, INPUT_IDS), hf(INPUT_IDS, s.clone()), **EXACT)
+    greedy = process_scores(s, GenerationConfig(**settings), INPUT_IDS)
     torch.testing.assert_close(greedy, apply_repetition_penalty(s, INPUT_IDS, 1.3), **EXACT)
 
 
 def test_next_token_distribution_is_the_softmax_of_the_filtered_scores():
     s = SCORES["spread"]
     p = next_token_distribution(s, temperature=0.8, top_k=8, top_p=0.9, min_p=0.05)
-    expected = torch.softmax(process_scores(s, temperature=0.8, top_k=8, top_p=0.9, min_p=0.05), dim=-1)
+    filters = GenerationConfig(do_sample=True, temperature=0.8, top_k=8, top_p=0.9, min_p=0.05)
+    expected = torch.softmax(process_scores(s, filters), dim=-1)
     torch.testing.assert_close(p, expected, **EXACT)
     torch.testing.assert_close(p.sum(-1), torch.ones(4, dtype=torch.float64))
-    assert ((p == 0) == torch.isinf(process_scores(s, temperature=0.8, top_k=8, top_p=0.9, min_p=0.05))).all()
+    assert ((p == 0) == torch.isinf(process_scores(s, filters))).all()
     one_row = next_token_distribution(s[0], top_k=1)  # (V,) works too; top_k=1 is one-hot
     assert one_row.shape == (V,) and one_row.max() == 1.0 and one_row.argmax() == s[0].argmax()
     torch.testing.assert_close(next_token_distribution(s), torch.softmax(s, -1), **EXACT)
@@ -370,6 +373,6 @@ def test_transformations_refuse_bad_input_with_a_clear_message():
     with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
         apply_temperature(s, -1.0)
     with pytest.raises(ValueError, match="the repetition penalty needs input_ids"):
-        process_scores(s, repetition_penalty=1.2)
+        process_scores(s, GenerationConfig(repetition_penalty=1.2))
     with pytest.raises(ValueError, match=r"top_p must be a number in \[0, 1\]"):
         next_token_distribution(s, top_p=math.nan)

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from aigc_book.generation import generate
+from aigc_book.generation import GenerationConfig, generate
 from aigc_book.generation.speculative import (
     expected_speedup,
     expected_tokens_per_pass,
@@ -171,12 +171,12 @@ def test_expected_tokens_per_pass_is_the_geometric_sum():
 
 
 def test_speculative_speedup_reports_time_theory_and_identical_tokens(target, draft, prompts):
-    r = speculative_speedup(target, draft, prompts[:2], k=3, new_tokens=12, device="cpu")
+    r = speculative_speedup(target, draft, prompts[:2], k=3, device="cpu", max_new_tokens=12)
     assert r["same_tokens"] is True and r["plain_s"] > 0 and r["speculative_s"] > 0
     assert r["speedup"] == pytest.approx(r["plain_s"] / r["speculative_s"])
     assert r["expected_tokens_per_pass"] == pytest.approx(expected_tokens_per_pass(r["alpha"], 3))
     assert r["new_tokens"] == 24 and 1 <= r["tokens_per_target_pass"] <= 4
-    sampled = speculative_speedup(target, draft, prompts[:1], k=2, new_tokens=6, device="cpu", do_sample=True)
+    sampled = speculative_speedup(target, draft, prompts[:1], k=2, device="cpu", max_new_tokens=6, do_sample=True)
     assert sampled["same_tokens"] is None and sampled["new_tokens"] == 6
 
 
@@ -197,6 +197,10 @@ def test_models_keep_their_training_mode(target, draft, prompts):
         (dict(max_new_tokens=40), ValueError, "do not fit in the context"),
         (dict(do_sample=1), TypeError, "do_sample must be True or False"),
         (dict(do_sample=True, temperature=0.0), ValueError, "temperature must be"),
+        (dict(top_k=5), ValueError, r"reads only max_new_tokens, do_sample, temperature; .* got top_k=5"),
+        (dict(use_cache=False), ValueError, "got use_cache=False"),
+        (dict(max_new_tokens=None), ValueError, "max_new_tokens must be an int >= 0, got None"),
+        (dict(tokens=3), TypeError, "unexpected keyword argument 'tokens'"),
     ],
 )
 def test_bad_arguments_are_refused(target, draft, prompts, kwargs, error, match):
@@ -221,3 +225,11 @@ def test_rules_and_theory_refuse_bad_shapes_and_numbers():
         expected_tokens_per_pass(1.5, 2)
     with pytest.raises(ValueError, match="cost_ratio"):
         expected_speedup(0.5, 2, -1.0)
+
+
+def test_a_generation_config_reads_as_its_keywords(target, draft, prompts):
+    config = GenerationConfig(max_new_tokens=6, do_sample=True, temperature=0.9)
+    given = speculative_generate(target, draft, prompts, config, k=2, generator=torch.Generator().manual_seed(1))
+    spelled = speculative_generate(target, draft, prompts, max_new_tokens=6, do_sample=True, temperature=0.9, k=2,
+                                   generator=torch.Generator().manual_seed(1))
+    assert torch.equal(given.sequences, spelled.sequences) and given.sequences.shape == (3, 11)

@@ -40,19 +40,13 @@ import html
 import sys
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
 import torch
 
-from aigc_book.generation.logits import (
-    check_min_p,
-    check_repetition_penalty,
-    check_temperature,
-    check_top_k,
-    check_top_p,
-)
+from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import CONFIG_FILE
@@ -61,7 +55,7 @@ from aigc_book.training.finetune import TOKENIZER_FILE
 __all__ = [
     "CHAT_MODEL_SUBDIRS",
     "MIN_REPLY_TOKENS",
-    "SamplingSettings",
+    "CHAT_GENERATION_CONFIG",
     "load_chat_model",
     "ChatSession",
     "run_terminal_chat",
@@ -75,44 +69,26 @@ MAKE_ONE = "python -m aigc_book tiny-chatgpt --out DIR, or python -m aigc_book f
 SHOWN_CHARACTERS = 10  # how many unknown characters an error names
 
 
-@dataclass(frozen=True)
-class SamplingSettings:
-    """How replies are drawn: the arguments of :func:`~aigc_book.generation.search.generate`.
+CHAT_GENERATION_CONFIG = GenerationConfig(do_sample=True, temperature=0.8, max_new_tokens=64)
+"""How replies are drawn unless a session is given another :class:`GenerationConfig`: sampling at
+temperature 0.8 with no filter, at most 64 tokens a reply (the context may allow fewer)."""
+# what summary() reports of the generation config
+SUMMARY_FIELDS = ("do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty", "max_new_tokens")
 
-    ``temperature=0`` (or ``do_sample=False``) is greedy decoding, as ``python -m aigc_book sample``
-    has it; the filters are those of :mod:`aigc_book.generation.logits`, None meaning no limit.
-    ``max_new_tokens`` bounds one reply (the context may bound it more).
-    """
 
-    do_sample: bool = True
-    temperature: float = 0.8
-    top_k: int | None = None
-    top_p: float | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    max_new_tokens: int = 64
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.do_sample, bool):
-            raise ValueError(f"do_sample must be True or False, got {self.do_sample!r}")
-        if self.temperature != 0 or isinstance(self.temperature, bool):  # 0 is greedy; anything else is checked
-            check_temperature(self.temperature)
-        check_top_k(self.top_k)
-        check_top_p(self.top_p)
-        check_min_p(self.min_p)
-        check_repetition_penalty(self.repetition_penalty)
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an int >= 1, got {self.max_new_tokens!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return not self.do_sample or self.temperature == 0
-
-    def generate_kwargs(self) -> dict:
-        """The sampling arguments of ``generate`` (greedy decoding ignores temperature and filters)."""
-        return dict(do_sample=not self.greedy, temperature=1.0 if self.greedy else float(self.temperature),
-                    top_k=self.top_k, top_p=self.top_p, min_p=self.min_p,
-                    repetition_penalty=self.repetition_penalty)
+def _check_chat_config(config) -> GenerationConfig:
+    """``config`` if a chat can reply with it: one row, streamed, ending at the chat's own stop tokens."""
+    if not isinstance(config, GenerationConfig):
+        raise TypeError(f"generation_config must be a GenerationConfig, got {type(config).__name__}")
+    if config.max_new_tokens is None or config.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be an int >= 1, got {config.max_new_tokens!r}")
+    if config.num_beams != 1 or config.num_return_sequences != 1:
+        raise ValueError(f"a chat streams one reply: num_beams and num_return_sequences must be 1, got "
+                         f"{config.num_beams} and {config.num_return_sequences}")
+    if config.eos_token_id is not None:
+        raise ValueError(f"a reply ends at the chat's special tokens: leave eos_token_id None, got "
+                         f"{config.eos_token_id!r}")
+    return config
 
 
 # ----------------------------------------------------------------------------- loading
@@ -221,20 +197,20 @@ class ChatSession:
         model: a GPT fine-tuned on the chat template (see :func:`load_chat_model`).
         tokenizer: its tokenizer: ``encode(text, allow_special=False)``, ``decode(ids, skip_special=True)``,
             ``user_id``, ``assistant_id``, ``end_id``, ``vocab_size``.
-        settings: how replies are drawn.
+        generation_config: how replies are drawn (default :data:`CHAT_GENERATION_CONFIG`); one row,
+            no beams, no ``eos_token_id`` (a reply ends at the chat's special tokens), ``max_new_tokens``
+            >= 1. With ``use_cache`` (the default) through the KV cache: the same tokens as without
+            it, far fewer FLOPs.
         seed: seeds this session's generator (and again on :meth:`reset`).
-        use_cache: generate through the KV cache (the same tokens as without it, far fewer FLOPs).
 
     >>> session = ChatSession(model, tokenizer)           # doctest: +SKIP
     >>> session.reply("add 2+3")                          # doctest: +SKIP
     '5'
     """
 
-    def __init__(self, model: GPT, tokenizer, settings: SamplingSettings | None = None, *, seed: int = 0,
-                 use_cache: bool = True) -> None:
-        settings = SamplingSettings() if settings is None else settings
-        if not isinstance(settings, SamplingSettings):
-            raise TypeError(f"settings must be a SamplingSettings, got {type(settings).__name__}")
+    def __init__(self, model: GPT, tokenizer, generation_config: GenerationConfig | None = None, *,
+                 seed: int = 0) -> None:
+        config = _check_chat_config(CHAT_GENERATION_CONFIG if generation_config is None else generation_config)
         if not _is_chat_tokenizer(tokenizer):
             raise ValueError("the tokenizer has no chat tokens (user_id, assistant_id, end_id): fine-tune the "
                              "model first (python -m aigc_book finetune)")
@@ -243,8 +219,7 @@ class ChatSession:
                              f"{model.config.vocab_size} outputs; they do not belong together")
         if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
-        self.model, self.tokenizer, self.settings, self.seed = model, tokenizer, settings, seed
-        self.use_cache = bool(use_cache)
+        self.model, self.tokenizer, self.generation_config, self.seed = model, tokenizer, config, seed
         self.device = next(model.parameters()).device
         self.block_size = model.config.block_size
         if self._room(3) - self._min_reply() < 1:  # not even a one-token message with the template and a reply
@@ -297,10 +272,9 @@ class ChatSession:
         dropped = self._turns_to_drop(len(prompt))
         context = [i for t in self._turns[dropped:] for i in t.ids] + prompt
         stream = _Stream(self.tokenizer, on_text)
-        generate(self.model, torch.tensor([context], device=self.device),
-                 max_new_tokens=min(self.settings.max_new_tokens, self._room(len(context))),
-                 eos_token_id=_stop_ids(self.tokenizer), generator=self.generator, use_cache=self.use_cache,
-                 on_token=stream, **self.settings.generate_kwargs())
+        generate(self.model, torch.tensor([context], device=self.device), self.generation_config,
+                 max_new_tokens=min(self.generation_config.max_new_tokens, self._room(len(context))),
+                 eos_token_id=_stop_ids(self.tokenizer), generator=self.generator, on_token=stream)
         text = stream.finish()
         turn_ids = (*prompt, *stream.ids, self.tokenizer.end_id)  # closed by <|end|> however it stopped
         self._turns.append(_Turn(message, text, turn_ids))
@@ -313,12 +287,13 @@ class ChatSession:
         return self.block_size - context_len - 1
 
     def _min_reply(self) -> int:
-        return min(MIN_REPLY_TOKENS, self.settings.max_new_tokens)
+        return min(MIN_REPLY_TOKENS, self.generation_config.max_new_tokens)
 
     def _turns_to_drop(self, prompt_len: int) -> int:
         """How many of the oldest turns leave the context so that it holds ``prompt_len`` more tokens
         and room for the reply (a quarter of the context, within [MIN_REPLY_TOKENS, max_new_tokens])."""
-        room = min(self.settings.max_new_tokens, max(MIN_REPLY_TOKENS, self.block_size // 4), self._room(prompt_len))
+        longest = self.generation_config.max_new_tokens
+        room = min(longest, max(MIN_REPLY_TOKENS, self.block_size // 4), self._room(prompt_len))
         lengths = [len(t.ids) for t in self._turns]
         dropped, kept = self.dropped_turns, sum(lengths[self.dropped_turns:])
         while dropped < len(lengths) and self._room(kept + prompt_len) < room:
@@ -343,7 +318,8 @@ class ChatSession:
         """The conversation as JSON-ready data (what ``python -m aigc_book chat --message`` prints)."""
         return {"turns": [{"user": u, "assistant": a} for u, a in self.history],
                 "dropped_turns": self.dropped_turns, "context_tokens": len(self.context_ids()),
-                "block_size": self.block_size, "seed": self.seed, "settings": asdict(self.settings)}
+                "block_size": self.block_size, "seed": self.seed,
+                "settings": {name: getattr(self.generation_config, name) for name in SUMMARY_FIELDS}}
 
 
 # ----------------------------------------------------------------------------- the terminal

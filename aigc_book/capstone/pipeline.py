@@ -39,7 +39,7 @@ from pathlib import Path
 
 import torch
 
-from aigc_book.capstone.chat import SamplingSettings
+from aigc_book.capstone.chat import CHAT_GENERATION_CONFIG
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.corpus import Corpus, CorpusSettings, build_corpus
 from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
@@ -290,12 +290,12 @@ def _measure_model(model: GPT, tok, corpus: Corpus, s: CapstoneSettings, unseen=
     """What every model stage records: bits per byte per held-out source, accuracy (also on the ``unseen``
     held-out prompts, those not in the fine-tuning data, when given), sample answers."""
     prompts = _eval_prompts(s)
-    sampling = SamplingSettings()
     extra = {"accuracy_unseen": accuracy_by_kind(model, tok, unseen)} if unseen else {}
     return {**extra,
         "bits_per_byte": {name: bits_per_byte(model, tok, text) for name, text in corpus.held_out.items()},
         "accuracy": accuracy_by_kind(model, tok, prompts),
-        "accuracy_sampled": accuracy_by_kind(model, tok, prompts, temperature=sampling.temperature, seed=s.seed),
+        "accuracy_sampled": accuracy_by_kind(model, tok, prompts, temperature=CHAT_GENERATION_CONFIG.temperature,
+                                             seed=s.seed),
         "samples": dict(zip(SAMPLE_PROMPTS, generate_responses(model, tok, SAMPLE_PROMPTS, max_new_tokens=16))),
     }
 

@@ -1,7 +1,9 @@
-"""Decoding: logits transformations (temperature, top-k, top-p, min-p, repetition penalty), and one
-``generate`` for greedy decoding, sampling and beam search with Hugging Face's argument names."""
+"""Decoding: a ``GenerationConfig`` of every option, logits transformations (temperature, top-k, top-p,
+min-p, repetition penalty), and one ``generate`` for greedy decoding, sampling and beam search with
+Hugging Face's argument names."""
 
 from aigc_book.generation.common import GenerateOutput
+from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.logits import (
     apply_repetition_penalty,
     apply_temperature,
@@ -16,6 +18,7 @@ from aigc_book.generation.speculative import speculative_generate as speculative
 
 __all__ = [
     "GenerateOutput",
+    "GenerationConfig",
     "apply_repetition_penalty",
     "apply_temperature",
     "generate",

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from aigc_book.generation.common import GenerateOutput, NextLogits
+from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.logits import process_scores
 
 if TYPE_CHECKING:
@@ -49,49 +50,37 @@ NEG_INF = float("-inf")
 def beam_search(
     model: GPT,
     input_ids: torch.Tensor,
+    generation_config: GenerationConfig,
     *,
-    max_new_tokens: int,
-    num_beams: int,
-    length_penalty: float = 1.0,
-    early_stopping: bool | str = False,
-    num_return_sequences: int = 1,
-    eos: list[int] | None = None,
     generator: torch.Generator | None = None,
-    use_cache: bool = True,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float | None = None,
 ) -> GenerateOutput:
     """Beam search (or beam sampling); called by :func:`~aigc_book.generation.search.generate`, which
-    checks the arguments, puts the model in eval mode and turns off autograd.
+    checks the prompt and the eos tokens, puts the model in eval mode and turns off autograd.
 
-    It takes the arguments of :func:`~aigc_book.generation.search.generate` (``model``,
-    ``input_ids``, ``max_new_tokens``, ``num_beams``, ``length_penalty``, ``early_stopping``,
-    ``num_return_sequences``, ``generator``, ``use_cache``, ``do_sample``, ``temperature``,
-    ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``), and ``eos``: the eos token ids, or None.
+    ``generation_config`` is the :class:`~aigc_book.generation.config.GenerationConfig` that
+    ``generate`` decodes with (``num_beams > 1``, ``max_new_tokens`` set); ``generator`` draws the
+    candidates of beam sampling.
 
     Returns:
         ``sequences`` ``(B * num_return_sequences, T + n)``, the best hypotheses of each prompt,
-        best first, cut after the longest of those returned (shorter ones filled with ``eos[0]``),
-        and their ``sequences_scores``.
+        best first, cut after the longest of those returned (shorter ones filled with the first eos
+        token), and their ``sequences_scores``.
     """
+    c = generation_config
     B, T = input_ids.shape
-    K, r = num_beams, num_return_sequences
-    L = T + max_new_tokens  # the length limit
+    K, r = c.num_beams, c.num_return_sequences
+    length_penalty, early_stopping = float(c.length_penalty), c.early_stopping
+    L = T + c.max_new_tokens  # the length limit
     device = input_ids.device
-    if max_new_tokens == 0:
+    if c.max_new_tokens == 0:
         return GenerateOutput(input_ids.repeat_interleave(r, dim=0), torch.zeros(B * r, device=device))
-    n_eos = len(eos) if eos else 0
-    K2 = max(2, 1 + n_eos) * K  # candidates kept per step
+    eos = c.eos_token_ids
+    K2 = max(2, 1 + len(eos)) * K  # candidates kept per step
     eos_ids = torch.tensor(eos, device=device) if eos else None
     fill = eos[0] if eos else -1  # what follows the end of a finished hypothesis (never seen without eos)
     first_k = torch.arange(K2, device=device) < K  # (K2,) only these candidates may become finished
     batch_offset = torch.arange(B, device=device)[:, None] * K  # (B, 1) row of beam 0 of each prompt
-    sample = dict(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                  repetition_penalty=repetition_penalty, min_tokens_to_keep=max(2, n_eos + 1))
+    keep_at_least = max(2, len(eos) + 1)  # the sampling filters leave enough candidates
 
     running = input_ids.new_full((B, K, L), fill)  # (B, K, L) the running beams
     running[:, :, :T] = input_ids[:, None]
@@ -99,7 +88,7 @@ def beam_search(
     finished_len = torch.zeros(B, K, dtype=torch.long, device=device)  # generated tokens of each
     is_finished = torch.zeros(B, K, dtype=torch.bool, device=device)  # False: an empty slot
     improvable = torch.ones(B, dtype=torch.bool, device=device)  # can a running beam still beat them?
-    next_logits = NextLogits(model, B, use_cache)
+    next_logits = NextLogits(model, B, c.use_cache)
 
     cur = T  # tokens in every running beam
     while True:
@@ -114,12 +103,13 @@ def beam_search(
         else:
             logits = next_logits(running[:, :, :cur].reshape(B * K, cur))  # (B * K, V)
         log_probs = torch.log_softmax(logits.to(score_dtype), dim=-1)
-        log_probs = process_scores(log_probs, running[:, :, :cur].reshape(B * K, cur), **sample)
+        log_probs = process_scores(log_probs, c, running[:, :, :cur].reshape(B * K, cur),
+                                   min_tokens_to_keep=keep_at_least)
         V = log_probs.size(-1)
         total = (log_probs.view(B, K, V) + running_scores[:, :, None]).view(B, K * V)  # every extension
 
         # 1. the K2 best (or sampled) candidates, best first
-        if do_sample:
+        if c.do_sample:
             index = torch.multinomial(torch.softmax(total, dim=-1), K2, generator=generator)  # (B, K2)
             cand_scores = total.gather(1, index)
             cand_scores, order = cand_scores.sort(dim=-1, descending=True)

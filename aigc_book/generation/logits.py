@@ -19,9 +19,17 @@ probabilities a sampler would draw from, for figures and widgets.
 
 from __future__ import annotations
 
-import math
-
 import torch
+
+from aigc_book.checks import is_int
+from aigc_book.generation.config import (
+    GenerationConfig,
+    check_min_p,
+    check_repetition_penalty,
+    check_temperature,
+    check_top_k,
+    check_top_p,
+)
 
 __all__ = [
     "apply_temperature",
@@ -50,44 +58,9 @@ def _describe(x) -> str:
     return f"a {x.dtype} tensor" if isinstance(x, torch.Tensor) else type(x).__name__
 
 
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
-
-
 def _check_min_tokens_to_keep(min_tokens_to_keep: int) -> None:
-    if not _is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
+    if not is_int(min_tokens_to_keep) or min_tokens_to_keep < 1:
         raise ValueError(f"min_tokens_to_keep must be a positive int, got {min_tokens_to_keep!r}")
-
-
-def check_temperature(temperature: float) -> None:
-    """Refuse a temperature that is not a finite number > 0 (greedy decoding is ``do_sample=False``)."""
-    if not _is_number(temperature) or not (math.isfinite(temperature) and temperature > 0):
-        raise ValueError(f"temperature must be a finite number > 0 (for greedy decoding use do_sample=False), "
-                         f"got {temperature!r}")
-
-
-def check_top_k(top_k: int | None) -> None:
-    if top_k is not None and (not _is_int(top_k) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None (no limit), got {top_k!r}")
-
-
-def check_top_p(top_p: float | None) -> None:
-    if top_p is not None and (not _is_number(top_p) or not 0.0 <= top_p <= 1.0):
-        raise ValueError(f"top_p must be a number in [0, 1] or None (no limit), got {top_p!r}")
-
-
-def check_min_p(min_p: float | None) -> None:
-    if min_p is not None and (not _is_number(min_p) or not 0.0 <= min_p <= 1.0):
-        raise ValueError(f"min_p must be a number in [0, 1] or None (no limit), got {min_p!r}")
-
-
-def check_repetition_penalty(penalty: float | None) -> None:
-    if penalty is not None and (not _is_number(penalty) or not (math.isfinite(penalty) and penalty > 0)):
-        raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = no penalty) or None, got {penalty!r}")
 
 
 # ----------------------------------------------------------------------------- the transformations
@@ -240,17 +213,13 @@ def apply_repetition_penalty(scores: torch.Tensor, input_ids: torch.Tensor, pena
 
 def process_scores(
     scores: torch.Tensor,
+    generation_config: GenerationConfig,
     input_ids: torch.Tensor | None = None,
     *,
-    do_sample: bool = True,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    min_p: float | None = None,
-    repetition_penalty: float | None = None,
     min_tokens_to_keep: int = 1,
 ) -> torch.Tensor:
-    """All the transformations, in Hugging Face's order (``GenerationMixin._get_logits_processor``).
+    """All the transformations ``generation_config`` asks for, in Hugging Face's order
+    (``GenerationMixin._get_logits_processor``).
 
     1. the repetition penalty (needs ``input_ids``), whether sampling or not;
     2. only when ``do_sample``: temperature, top-k, top-p, min-p.
@@ -262,25 +231,26 @@ def process_scores(
 
     Args:
         scores: ``(B, V)`` logits.
+        generation_config: ``do_sample``, ``temperature``, ``top_k``, ``top_p``, ``min_p`` and
+            ``repetition_penalty`` are read (see the functions above); the other fields are not.
         input_ids: ``(B, T)`` tokens so far, for the repetition penalty.
-        do_sample: apply the sampling transformations (temperature, top-k, top-p, min-p).
-        temperature, top_k, top_p, min_p, repetition_penalty: see the functions above.
         min_tokens_to_keep: passed to the filters (1 for sampling, 2 for beam sampling with one eos).
     """
-    if repetition_penalty is not None and repetition_penalty != 1.0:
+    c = generation_config
+    if c.repetition_penalty is not None and c.repetition_penalty != 1.0:
         if input_ids is None:
             raise ValueError("the repetition penalty needs input_ids, the tokens it penalises")
-        scores = apply_repetition_penalty(scores, input_ids, repetition_penalty)
-    if not do_sample:
+        scores = apply_repetition_penalty(scores, input_ids, c.repetition_penalty)
+    if not c.do_sample:
         return scores
-    if temperature != 1.0:
-        scores = apply_temperature(scores, temperature)
-    if top_k is not None:
-        scores = top_k_filter(scores, top_k, min_tokens_to_keep=min_tokens_to_keep)
-    if top_p is not None and top_p < 1.0:
-        scores = top_p_filter(scores, top_p, min_tokens_to_keep=min_tokens_to_keep)
-    if min_p is not None:
-        scores = min_p_filter(scores, min_p, min_tokens_to_keep=min_tokens_to_keep)
+    if c.temperature != 1.0:
+        scores = apply_temperature(scores, c.temperature)
+    if c.top_k is not None:
+        scores = top_k_filter(scores, c.top_k, min_tokens_to_keep=min_tokens_to_keep)
+    if c.top_p is not None and c.top_p < 1.0:
+        scores = top_p_filter(scores, c.top_p, min_tokens_to_keep=min_tokens_to_keep)
+    if c.min_p is not None:
+        scores = min_p_filter(scores, c.min_p, min_tokens_to_keep=min_tokens_to_keep)
     return scores
 
 
@@ -310,9 +280,6 @@ def next_token_distribution(
         return next_token_distribution(scores[None], temperature=temperature, top_k=top_k, top_p=top_p,
                                        min_p=min_p)[0]
     _check_scores(scores)
-    check_temperature(temperature)
-    check_top_k(top_k)
-    check_top_p(top_p)
-    check_min_p(min_p)
-    warped = process_scores(scores, do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    config = GenerationConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p)
+    warped = process_scores(scores, config)
     return torch.softmax(warped, dim=-1)

@@ -28,13 +28,13 @@ seen, so there is no separate prefill pass: the first round's passes read the pr
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
 from aigc_book.cpu_threads import check_cpu_load
+from aigc_book.generation.config import FIELD_NAMES, GenerationConfig, resolve_generation_config
 from aigc_book.generation.search import generate
 from aigc_book.layers.checks import check_token_ids
 
@@ -161,12 +161,11 @@ def speculative_generate(
     target,
     draft,
     input_ids: torch.Tensor,
+    generation_config: GenerationConfig | None = None,
     *,
-    max_new_tokens: int,
     k: int = 4,
-    do_sample: bool = False,
-    temperature: float = 1.0,
     generator: torch.Generator | None = None,
+    **kwargs,
 ) -> SpeculativeOutput:
     """Continue each prompt by exactly ``max_new_tokens`` tokens, ``k`` draft guesses per target pass.
 
@@ -176,15 +175,20 @@ def speculative_generate(
         input_ids: ``(B, T)`` prompts; rows are decoded one after another (rows accept different numbers
             of tokens, and a cache has one length), as Hugging Face's assisted generation, which takes
             one row only.
-        max_new_tokens: tokens to add; ``T + max_new_tokens`` must fit in both models' ``block_size``.
+        generation_config: a :class:`~aigc_book.generation.config.GenerationConfig` (None: the
+            defaults) overridden by ``kwargs``, as for :func:`~aigc_book.generation.search.generate`.
+            Three fields are read: ``max_new_tokens``, the tokens to add (``T + max_new_tokens`` must
+            fit in both models' ``block_size``); ``do_sample``: False gives greedy decoding, the target's
+            own greedy tokens, True sampling at ``temperature`` with the rejection rule, the target's
+            own distribution. Any other field left away from its default is refused.
         k: draft tokens per round (fewer in the last rounds, so as not to overshoot).
-        do_sample: False: greedy, the target's own greedy tokens; True: sampling at ``temperature``
-            with the rejection rule, the target's own distribution.
         generator: for sampling, on the models' device (None: PyTorch's global one).
 
     Both models run in eval mode under ``torch.inference_mode``; their modes are restored.
     """
-    _check_args(target, draft, input_ids, max_new_tokens, k, do_sample, temperature)
+    config = resolve_generation_config(generation_config, **kwargs)
+    _check_args(target, draft, input_ids, config, k)
+    max_new_tokens = config.max_new_tokens
     out = SpeculativeOutput(input_ids.new_empty(input_ids.size(0), input_ids.size(1) + max_new_tokens))
     modes = target.training, draft.training
     target.eval()
@@ -192,8 +196,8 @@ def speculative_generate(
     try:
         with torch.inference_mode():
             for b in range(input_ids.size(0)):
-                row = _decode_row(target, draft, input_ids[b:b + 1], max_new_tokens, k, do_sample,
-                                  float(temperature), generator, out)
+                row = _decode_row(target, draft, input_ids[b:b + 1], max_new_tokens, k, config.do_sample,
+                                  float(config.temperature), generator, out)
                 out.sequences[b] = row[0]
     finally:
         target.train(modes[0])
@@ -202,22 +206,26 @@ def speculative_generate(
     return out
 
 
-def _check_args(target, draft, input_ids, max_new_tokens, k, do_sample, temperature) -> None:
-    for name, value, minimum in (("max_new_tokens", max_new_tokens, 0), ("k", k, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if not isinstance(do_sample, bool):
-        raise TypeError(f"do_sample must be True or False, got {do_sample!r}")
-    if do_sample and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
-                      or not math.isfinite(temperature) or temperature <= 0):
-        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+SPECULATIVE_FIELDS = ("max_new_tokens", "do_sample", "temperature")  # what speculative decoding reads
+
+
+def _check_args(target, draft, input_ids, config: GenerationConfig, k) -> None:
+    config.required_max_new_tokens()
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    default = GenerationConfig()
+    unsupported = [f"{name}={getattr(config, name)!r}" for name in FIELD_NAMES - set(SPECULATIVE_FIELDS)
+                   if getattr(config, name) != getattr(default, name)]
+    if unsupported:
+        raise ValueError(f"speculative decoding here reads only {', '.join(SPECULATIVE_FIELDS)}; "
+                         f"leave the other options at their defaults, got {', '.join(sorted(unsupported))}")
     if target.config.vocab_size != draft.config.vocab_size:
         raise ValueError(f"target and draft must share one vocabulary: vocab_size {target.config.vocab_size} "
                          f"vs {draft.config.vocab_size}")
     check_token_ids(input_ids, target.config.vocab_size)
     if input_ids.dim() != 2 or input_ids.size(1) == 0:
         raise ValueError(f"input_ids must be (B, T) with T >= 1, got shape {tuple(input_ids.shape)}")
-    total = input_ids.size(1) + max_new_tokens
+    total = input_ids.size(1) + config.max_new_tokens
     context = min(target.config.block_size, draft.config.block_size)
     if total > context:
         raise ValueError(f"prompt + new tokens = {total} do not fit in the context ({context} positions): "
@@ -321,13 +329,15 @@ def _timed(fn, device: torch.device):
     return result, time.perf_counter() - start
 
 
-def speculative_speedup(target, draft, prompts: torch.Tensor, k: int, new_tokens: int, device, *,
-                        do_sample: bool = False, temperature: float = 1.0, seed: int = 0) -> dict:
+def speculative_speedup(target, draft, prompts: torch.Tensor, k: int, device,
+                        generation_config: GenerationConfig | None = None, *, seed: int = 0, **kwargs) -> dict:
     """Wall time of plain decoding (with the KV cache) vs speculative decoding, and the theory beside it.
 
-    ``prompts`` ``(B, T)`` are decoded one row at a time both ways, after a short warm-up of each;
-    greedily by default, or by sampling at ``temperature`` (generators seeded with ``seed``). The models
-    are moved to ``device`` (in place, as ``nn.Module.to``). Returns a dict:
+    ``prompts`` ``(B, T)`` are decoded one row at a time both ways, after a short warm-up of each, by
+    ``max_new_tokens`` tokens: greedily by default, or with ``do_sample=True`` by sampling at
+    ``temperature`` (generators seeded with ``seed``). ``generation_config`` and ``kwargs`` are those
+    of :func:`speculative_generate`. The models are moved to ``device`` (in place, as
+    ``nn.Module.to``). Returns a dict:
 
     * ``plain_s`` (plain decoding, greedy or sampled), ``speculative_s``, ``speedup`` (their ratio);
       ``same_tokens``: greedy speculative decoding must give the target's own tokens (None when sampling);
@@ -337,23 +347,23 @@ def speculative_speedup(target, draft, prompts: torch.Tensor, k: int, new_tokens
     * ``cost_ratio`` ``c`` (draft over target seconds per token of plain decoding, measured the same way)
       and ``expected_speedup`` (Theorem 3.8 at ``alpha``, ``k``, ``c``).
     """
+    config = resolve_generation_config(generation_config, **kwargs)
+    new_tokens = config.required_max_new_tokens()
     device = torch.device(device)
     target, draft = target.to(device), draft.to(device)
     prompts = prompts.to(device)
-    options = dict(do_sample=do_sample, temperature=temperature) if do_sample else {}
 
     def plain(model):
         g = torch.Generator(device=device).manual_seed(seed)
-        return torch.cat([generate(model, p[None], max_new_tokens=new_tokens, generator=g, **options).sequences
-                          for p in prompts])
+        return torch.cat([generate(model, p[None], config, generator=g).sequences for p in prompts])
 
     def spec(rows=prompts, n=new_tokens):
         g = torch.Generator(device=device).manual_seed(seed)
-        return speculative_generate(target, draft, rows, max_new_tokens=n, k=k, generator=g, **options)
+        return speculative_generate(target, draft, rows, config, max_new_tokens=n, k=k, generator=g)
 
     warm = min(new_tokens, 4)
     for model in (target, draft):
-        generate(model, prompts[:1], max_new_tokens=warm, **options)
+        generate(model, prompts[:1], config, max_new_tokens=warm)
     spec(prompts[:1], warm)
     plain_tokens, plain_s = _timed(lambda: plain(target), device)
     _, draft_s = _timed(lambda: plain(draft), device)
@@ -365,7 +375,7 @@ def speculative_speedup(target, draft, prompts: torch.Tensor, k: int, new_tokens
         "plain_s": plain_s,
         "speculative_s": spec_s,
         "speedup": plain_s / spec_s,
-        "same_tokens": None if do_sample else bool(torch.equal(out.sequences, plain_tokens)),
+        "same_tokens": None if config.do_sample else bool(torch.equal(out.sequences, plain_tokens)),
         "acceptance_rate": out.acceptance_rate,
         "alpha": alpha,
         "target_passes": out.target_passes,

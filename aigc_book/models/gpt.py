@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_book.generation.logits import process_scores
+from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.layers.block import init_gpt2_weights
 from aigc_book.layers.checks import check_token_ids
@@ -155,8 +155,9 @@ class GPT(PretrainedMixin, nn.Module):
         ``on_token``, if given, is called with each new ``(B,)`` column of tokens as soon as it is
         chosen, to stream the text out.
 
-        This is :func:`aigc_book.generation.generate` (chapter 4) with ``do_sample = temperature > 0``;
-        that function adds top-p, min-p, the repetition penalty, eos tokens and beam search.
+        This is :func:`aigc_book.generation.generate` (chapter 4) with a
+        :class:`~aigc_book.generation.config.GenerationConfig` of ``do_sample = temperature > 0``;
+        that config adds top-p, min-p, the repetition penalty, eos tokens and beam search.
         """
         check_token_ids(idx, self.config.vocab_size)  # a prompt longer than the context is cropped
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -165,23 +166,10 @@ class GPT(PretrainedMixin, nn.Module):
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")
         if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
             raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-        return self._generate(idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token)
-
-    def _generate(self, idx, max_new_tokens, temperature, top_k, use_cache, generator, on_token):
-        """Chapter 4's :func:`aigc_book.generation.generate` (Hugging Face's argument names), called
-        with ``do_sample = temperature > 0``."""
         sample = temperature != 0
-        return generate(self, idx, max_new_tokens=max_new_tokens, do_sample=sample,
-                        temperature=float(temperature) if sample else 1.0, top_k=top_k if sample else None,
-                        use_cache=use_cache, generator=generator, on_token=on_token).sequences
-
-    @staticmethod
-    def _next_token(logits: torch.Tensor, temperature: float, top_k: int | None, generator) -> torch.Tensor:
-        """``(B, V)`` logits -> ``(B,)`` next token ids (greedy if temperature is 0)."""
-        if temperature == 0:
-            return logits.argmax(dim=-1)
-        probs = torch.softmax(process_scores(logits, temperature=float(temperature), top_k=top_k), dim=-1)
-        return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+        config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, use_cache=use_cache,
+                                  temperature=float(temperature) if sample else 1.0, top_k=top_k if sample else None)
+        return generate(self, idx, config, generator=generator, on_token=on_token).sequences
 
     # ----------------------------------------------------------------------------- accounting
 

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.tasks.chat import ChatTokenizer, encode_chat
 from aigc_book.tasks.instructions import Instruction
@@ -129,11 +130,11 @@ def sample_responses(model: nn.Module, tokenizer: ChatTokenizer, prompts, *, max
     n = num_return_sequences
     responses: list[list[int]] = [[] for _ in range(len(prompts) * n)]
     sample = temperature > 0
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=sample, num_return_sequences=n,
+                              temperature=float(temperature) if sample else 1.0, eos_token_id=tokenizer.end_id)
     for length, members in sorted(groups.items()):
         idx = torch.tensor([encoded[i] for i in members], device=device)
-        out = generate(model, idx, max_new_tokens=max_new_tokens, do_sample=sample,
-                       temperature=float(temperature) if sample else 1.0, num_return_sequences=n,
-                       eos_token_id=tokenizer.end_id, generator=generator).sequences[:, length:].tolist()
+        out = generate(model, idx, config, generator=generator).sequences[:, length:].tolist()
         for j, new in enumerate(out):
             cut = new.index(tokenizer.end_id) + 1 if tokenizer.end_id in new else len(new)
             responses[members[j // n] * n + j % n] = new[:cut]
