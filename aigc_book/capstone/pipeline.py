@@ -325,7 +325,7 @@ def _train(model: GPT, work: Path, batch_fn: Callable, config: TrainConfig) -> d
     checkpoint = work / CHECKPOINT
     if checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
-    trainer.train(checkpoint_dir=checkpoint, checkpoint_every=max(1, config.max_iters // 10))
+    trainer.train(checkpoint_dir=checkpoint, checkpoint_every=max(1, config.steps // 10))
     return trainer.history
 
 
@@ -344,8 +344,8 @@ def _pretrain_stage(work: Path, corpus: Corpus, tok, s: CapstoneSettings, device
     model = GPT(config).to(device)
     with _Spent(work) as spent:
         history = _train(model, work, windows, TrainConfig(
-            max_iters=s.pretrain_iters, lr=s.pretrain_lr, warmup_iters=min(100, s.pretrain_iters // 10),
-            eval_interval=max(1, s.pretrain_iters // 10), eval_iters=5, seed=s.seed, progress=progress))
+            steps=s.pretrain_iters, lr=s.pretrain_lr, warmup_steps=min(100, s.pretrain_iters // 10),
+            eval_interval=max(1, s.pretrain_iters // 10), eval_batches=5, seed=s.seed, progress=progress))
     model.eval()
     record = {"params": model.num_parameters(), "non_embedding_params": model.num_parameters(exclude_embeddings=True),
               "train_tokens": ids.numel(), "tokens_seen": s.pretrain_iters * s.batch * T,
@@ -380,8 +380,8 @@ def _sft_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings,
 
     with _Spent(work) as spent:
         history = _train(model, work, batch, TrainConfig(
-            max_iters=s.sft_iters, lr=s.sft_lr, warmup_iters=min(30, s.sft_iters // 10), weight_decay=0.0,
-            eval_iters=1, eval_splits=(), seed=s.seed + 1, progress=progress))
+            steps=s.sft_iters, lr=s.sft_lr, warmup_steps=min(30, s.sft_iters // 10), weight_decay=0.0,
+            eval_batches=1, eval_splits=(), seed=s.seed + 1, progress=progress))
     model.eval()
     record = {"conversations": len(conversations), "turns": int((data.tokens == tok.assistant_id).sum()),
               "tokens": int(data.real_mask.sum()), "loss": _every(history["train_loss"]),

@@ -87,7 +87,7 @@ def train_dpo(policy: GPT, reference: GPT, pairs: PreferencePairs, *, steps: int
         B = batch_size
         return dpo_loss(logps[:B], logps[B:], batch["ref"][:B], batch["ref"][B:], beta)
 
-    config = TrainConfig(max_iters=steps, lr=float(lr), warmup_iters=max(1, min(30, steps // 10)), weight_decay=0.0,
+    config = TrainConfig(steps=steps, lr=float(lr), warmup_steps=max(1, min(30, steps // 10)), weight_decay=0.0,
                          grad_clip=1.0, eval_splits=(), seed=seed, progress=progress)
     history = Trainer(policy, batch_fn, loss_fn, config, device=device).train()
     policy.eval()

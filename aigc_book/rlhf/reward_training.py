@@ -208,7 +208,7 @@ def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, *, steps
             r_c, r_r = pair_rewards(model, eval_pairs)
             return {"val_loss": float(bradley_terry_loss(r_c, r_r)), "val_accuracy": float(_win(r_c, r_r).mean())}
 
-    config = TrainConfig(max_iters=steps, lr=float(lr), warmup_iters=max(1, min(50, steps // 10)), weight_decay=0.0,
+    config = TrainConfig(steps=steps, lr=float(lr), warmup_steps=max(1, min(50, steps // 10)), weight_decay=0.0,
                          grad_clip=1.0, eval_interval=eval_interval, eval_splits=(), seed=seed, progress=progress)
     trainer = Trainer(reward_model, batch_fn, loss_fn, config, device=device, eval_fn=eval_fn)
     history = trainer.train()

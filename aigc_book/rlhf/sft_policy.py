@@ -88,14 +88,14 @@ def build_sft_policy(recipe: PolicyRecipe | None = None, *, seed: int = 0, devic
     torch.manual_seed(seed)
     model = GPT(config).to(device)
     Trainer(model, lambda split, g: sequence_lm_batch(seqs, r.batch, g), causal_lm_loss,
-            TrainConfig(max_iters=r.pretrain_iters, lr=r.pretrain_lr, warmup_iters=50, seed=seed, progress=progress),
+            TrainConfig(steps=r.pretrain_iters, lr=r.pretrain_lr, warmup_steps=50, seed=seed, progress=progress),
             device=device).train()
     tokenizer = ChatTokenizer()
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)
     Trainer(model, lambda split, g: sft_batch(data, r.batch, g), causal_lm_loss,
-            TrainConfig(max_iters=r.sft_iters, lr=r.sft_lr, warmup_iters=30, seed=seed, progress=progress),
+            TrainConfig(steps=r.sft_iters, lr=r.sft_lr, warmup_steps=30, seed=seed, progress=progress),
             device=device).train()
     model.eval()
     accuracy = instruction_accuracy(model, tokenizer, instructions.sample_instructions(300, seed=seed + 7))
