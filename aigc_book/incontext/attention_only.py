@@ -48,7 +48,7 @@ from aigc_book.models.transformer import check_token_ids
 __all__ = ["AttentionOnlyConfig", "AttentionOnlyTransformer"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionOnlyConfig:
     """Shape of an attention-only Transformer.
 
