@@ -287,15 +287,15 @@ def cmd_train_gpt(args) -> dict | None:
         return causal_lm_batch(data[split], args.batch, args.block, generator)
 
     train_cfg = TrainConfig(
-        max_iters=args.iters,
+        steps=args.iters,
         lr=args.lr,
         min_lr=args.lr / 10,
-        warmup_iters=min(100, args.iters // 10),
+        warmup_steps=min(100, args.iters // 10),
         weight_decay=0.1,
         betas=(0.9, 0.99),
         grad_clip=1.0,
         eval_interval=args.eval_interval,
-        eval_iters=20,
+        eval_batches=20,
         eval_splits=("train", "val"),
         seed=args.seed,
         progress=not args.no_progress,

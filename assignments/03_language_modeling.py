@@ -69,7 +69,7 @@ val_seqs = lang.sample(500, T, seed=2)  # the chapter: 1,000
 floor = lang.entropy_floor(T)
 
 # The tiny recipe (the chapter: 2 layers of width 64, 600 steps of 32 sequences at a peak of 3e-3).
-TINY = TrainConfig(max_iters=100, lr=1e-2, warmup_iters=10, eval_iters=1, progress=False)
+TINY = TrainConfig(steps=100, lr=1e-2, warmup_steps=10, eval_batches=1, progress=False)
 
 
 def tiny_trainer(seqs: torch.Tensor, config: TrainConfig = TINY, seed: int = 0) -> Trainer:
@@ -611,7 +611,7 @@ for _b, _mean in ((batch_full, mean_context_full), (batch_part, mean_context_par
 # weights equal those of an uninterrupted run. Which random states would break this if they were
 # not saved?
 #
-# Use `RESUME = replace(TINY, max_iters=40)` (the tiny recipe, 40 steps). Define `straight`, a
+# Use `RESUME = replace(TINY, steps=40)` (the tiny recipe, 40 steps). Define `straight`, a
 # `tiny_trainer(train_seqs, RESUME)` trained without a stop, and `resumed`: another trainer that
 # trains 20 steps (`.train(until=20)`), saves a checkpoint into a fresh temporary directory, and
 # then a *new* `tiny_trainer(train_seqs, RESUME, seed=1)` (a model with other random weights, as a
@@ -623,7 +623,7 @@ for _b, _mean in ((batch_full, mean_context_full), (batch_part, mean_context_par
 # (the same comparison as `resumed_equal`, for `broken`).
 
 # %%
-RESUME = replace(TINY, max_iters=40)
+RESUME = replace(TINY, steps=40)
 
 # %% [raw]
 # # BEGIN SOLUTION
@@ -672,8 +672,8 @@ print(f"resumed = uninterrupted: {resumed_equal}; without the data's generator: 
 # # BEGIN TESTS
 
 # %%
-assert straight.step == resumed.step == broken.step == RESUME.max_iters, (
-    "straight, resumed and broken should all have trained to RESUME.max_iters steps"
+assert straight.step == resumed.step == broken.step == RESUME.steps, (
+    "straight, resumed and broken should all have trained to RESUME.steps steps"
 )
 assert resumed_equal is True, "resumed_equal should be True: resuming is exact"
 
@@ -687,7 +687,7 @@ assert resumed.model is not straight.model, "resumed must be a new trainer with 
 assert _a.keys() == _b.keys() and all(torch.equal(_a[k], _b[k]) for k in _a), (
     "the resumed model's weights differ from the uninterrupted run's"
 )
-assert len(resumed.history["train_loss"]) == RESUME.max_iters, (
+assert len(resumed.history["train_loss"]) == RESUME.steps, (
     "the resumed trainer should hold the whole run's history (20 steps loaded, 20 trained)"
 )
 
@@ -1071,12 +1071,12 @@ assert emb_norm["Adam + L2"] < 0.7 * emb_norm["AdamW"], "L2 should shrink the em
 # points: 3
 
 # %% [markdown]
-# **Exercise 9. Without warm-up.** Train the GPT with `warmup_iters=0` at the peak learning rate,
+# **Exercise 9. Without warm-up.** Train the GPT with `warmup_steps=0` at the peak learning rate,
 # and at three times that rate. Does either run hit a `NonFiniteLossError` or end worse?
 #
 # The peak rate of the tiny recipe is `TINY.lr` (1e-2). Define `trainers`, a dict with the keys
 # `"no warm-up"` and `"no warm-up, 3x lr"`: trainers from `tiny_trainer(train_seqs,
-# replace(TINY, warmup_iters=0, lr=...))`, each trained (catch `NonFiniteLossError`); `nonfinite`,
+# replace(TINY, warmup_steps=0, lr=...))`, each trained (catch `NonFiniteLossError`); `nonfinite`,
 # a dict with the same keys, `True` for a run that raised it; and `final_loss`, a dict with these
 # keys and `"warm-up"` (the setup's run, `gpt_ce`): each finished run's validation loss on
 # `val_seqs` (`float("nan")` for a run that stopped).
@@ -1091,7 +1091,7 @@ final_loss = ...  # SOLUTION
 # BEGIN SOLUTION
 trainers, nonfinite, final_loss = {}, {}, {"warm-up": gpt_ce}
 for name, lr in (("no warm-up", TINY.lr), ("no warm-up, 3x lr", 3 * TINY.lr)):
-    trainers[name] = tiny_trainer(train_seqs, replace(TINY, warmup_iters=0, lr=lr))
+    trainers[name] = tiny_trainer(train_seqs, replace(TINY, warmup_steps=0, lr=lr))
     try:
         trainers[name].train()
         nonfinite[name] = False

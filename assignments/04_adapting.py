@@ -74,7 +74,7 @@ Trainer(
     base,
     lambda split, g: sequence_lm_batch(pretrain_seqs, 16, g),
     causal_lm_loss,
-    TrainConfig(max_iters=100, lr=1e-2, warmup_iters=10, eval_iters=1, progress=False),
+    TrainConfig(steps=100, lr=1e-2, warmup_steps=10, eval_batches=1, progress=False),
     device="cpu",
 ).train()
 base.eval().requires_grad_(False)  # the pretrained weights: every method starts from a copy
@@ -109,7 +109,7 @@ def label_accuracy(model) -> float:
 def fine_tune(model, lr: float, iters: int = 60, seed: int = 0) -> Trainer:
     """Train the trainable parameters of `model` on the label task (the chapter: 200 steps)."""
     cfg = TrainConfig(
-        max_iters=iters, lr=lr, warmup_iters=5, weight_decay=0.0, eval_iters=1, seed=seed,
+        steps=iters, lr=lr, warmup_steps=5, weight_decay=0.0, eval_batches=1, seed=seed,
         progress=False,
     )
     trainer = Trainer(model, label_batch, causal_lm_loss, cfg, device="cpu")
@@ -336,7 +336,7 @@ assert torch.allclose(_w, _by_hand, atol=1e-6), "the merged c_attn weight: W + (
 # Define `probe`: `SequenceClassifier(copy.deepcopy(base), K)` with its backbone frozen, seeded
 # with `torch.manual_seed(0)` before it is built, and trained for 60 steps with a `Trainer`
 # (`cls_data.batch(split, 16, g)` as the batch function, `classification_loss` as the loss,
-# `TrainConfig(max_iters=60, lr=1e-2, warmup_iters=5, weight_decay=0.0, progress=False)`). Define
+# `TrainConfig(steps=60, lr=1e-2, warmup_steps=5, weight_decay=0.0, progress=False)`). Define
 # `probe_trainable` (`count_trainable(probe).trainable`) and `probe_acc` (its validation accuracy,
 # `classification_accuracy` on `cls_data.split("val")`). For the comparison define `full`, a copy
 # of `base` with every weight trainable (`.requires_grad_(True)`), trained with `fine_tune(full,
@@ -360,7 +360,7 @@ Trainer(
     probe,
     lambda split, g: cls_data.batch(split, 16, g),
     classification_loss,
-    TrainConfig(max_iters=60, lr=1e-2, warmup_iters=5, weight_decay=0.0, progress=False),
+    TrainConfig(steps=60, lr=1e-2, warmup_steps=5, weight_decay=0.0, progress=False),
     device="cpu",
 ).train()
 probe_acc = classification_accuracy(probe, *cls_data.split("val"))

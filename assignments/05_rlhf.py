@@ -45,10 +45,10 @@ from aigc_book.rlhf.losses import (
     masked_mean,
     ppo_policy_loss,
 )
-from aigc_book.rlhf.pipeline import RLHFSettings, checker_reward, prompt_sampler
+from aigc_book.rlhf.pipeline import RLHFConfig, checker_reward, prompt_sampler
 from aigc_book.rlhf.ppo import PPOConfig, PPOTrainer
 from aigc_book.rlhf.preferences import gold_rewards
-from aigc_book.rlhf.sft_policy import PolicyRecipe, build_sft_policy
+from aigc_book.rlhf.sft_policy import PolicyConfig, build_sft_policy
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.evaluation import lm_loss
 from aigc_book.training.objectives import sequence_lm_batch
@@ -310,7 +310,7 @@ torch.testing.assert_close(
 
 # %% [markdown]
 # **Exercise 4. Labelers without length bias.** *(open: graded by hand)* Set the labelers' length
-# bias to 0 (`RLHFSettings(length_bias=0.0)`, or `Labelers(..., length_bias=0.0)` in the chapter's
+# bias to 0 (`RLHFConfig(length_bias=0.0)`, or `Labelers(..., length_bias=0.0)` in the chapter's
 # preference cell) and re-run the over-optimisation cell. Does the exploit disappear? Does
 # over-optimisation? Compare the mean response length of the most optimised policy (PPO with
 # β = 0) with the SFT model's, and the gold reward's peak with its final value. Hint: a reward model
@@ -661,18 +661,18 @@ torch.testing.assert_close(
 
 # %%
 sft = build_sft_policy(
-    PolicyRecipe(
+    PolicyConfig(
         n_layer=1,
         n_head=2,
         n_embd=32,
         pretrain_seqs=2000,
-        pretrain_iters=150,
+        pretrain_steps=150,
         sft_pairs=1000,
-        sft_iters=150,
+        sft_steps=150,
     ),
     seed=0,
 )
-family = RLHFSettings().instruction_config  # the feedback stage's instructions: sort and count
+family = RLHFConfig().instruction_config  # the feedback stage's instructions: sort and count
 bracket_val = BracketLanguage().sample(200, sft.pretrain_seqs.size(1) - 1, seed=99)
 sft_bracket_loss = lm_loss(sft.model, bracket_val)
 GAMMAS, PPO_STEPS = (0.0, 0.1, 10.0), 10
@@ -779,7 +779,7 @@ assert abs(sum(ptx_loss_trace[10.0][-3:]) / 3 - bracket_loss[10.0]) < 0.3, (
 
 # %% [markdown]
 # **Exercise 9. Feedback on every kind.** *(open: graded by hand)* Rerun the chapter with
-# `RLHFSettings(kinds=instructions.KINDS)` in place of `RLHFSettings()`. How accurate is the reward
+# `RLHFConfig(kinds=instructions.KINDS)` in place of `RLHFConfig()`. How accurate is the reward
 # model now, and what does PPO do to the gold reward at each β? Compare the reward model's accuracy
 # on the pairs of each kind (`pair_rewards` on `rm_eval.select(...)`). Which kinds are hardest to
 # judge, and what do their right answers have in common? This needs the chapter's full runs (a few
@@ -790,7 +790,7 @@ assert abs(sum(ptx_loss_trace[10.0][-3:]) / 3 - bracket_loss[10.0]) < 0.3, (
 
 # %% [markdown]
 # *Model answer.* One run at the chapter's CPU settings with
-# `RLHFSettings(kinds=instructions.KINDS)` (the pairs from 12,000 preference prompts, the reward
+# `RLHFConfig(kinds=instructions.KINDS)` (the pairs from 12,000 preference prompts, the reward
 # model trained for 600 steps, PPO for the 60 iterations of the leash runs; seeded, but the numbers
 # move a little with the number of CPU threads). The reward model agrees with 57.8% of the 500
 # held-out labels, against a Bayes limit of 80.2% (with sort and count only: 59-65% of 82-84%). By

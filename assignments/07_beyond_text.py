@@ -86,7 +86,7 @@ def train(model, steps, lr, warmup=10):
         model,
         lambda split, gen: caption_batch(train_images, train_ids, BATCH, gen),
         caption_loss,
-        TrainConfig(max_iters=steps, lr=lr, warmup_iters=warmup, eval_splits=(), progress=False),
+        TrainConfig(steps=steps, lr=lr, warmup_steps=warmup, eval_splits=(), progress=False),
     )
     trainer.train()
     return trainer.history["train_loss"]

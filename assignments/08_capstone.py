@@ -31,7 +31,7 @@
 # question, run `grader.check("ex3")` (and so on) for its public tests; more tests are hidden and
 # run when your notebook is graded.
 #
-# The setup gives you `settings` (the small `CapstoneSettings`), `RUN` (the run's directory, with
+# The setup gives you `settings` (the small `CapstoneConfig`), `RUN` (the run's directory, with
 # `tokenizer/`, `pretrained/` and `sft/`), `stages` (each stage's record, as `run_pipeline` returns
 # it), `corpus` (the pipeline's corpus) and `WORK` (a scratch directory for your own runs).
 
@@ -47,8 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from aigc_book.capstone.chat import ChatSession
-from aigc_book.capstone.corpus import CorpusSettings, build_corpus
-from aigc_book.capstone.pipeline import CapstoneSettings, load_stage_model, run_pipeline
+from aigc_book.capstone.corpus import CorpusConfig, build_corpus
+from aigc_book.capstone.pipeline import CapstoneConfig, load_stage_model, run_pipeline
 from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
@@ -56,24 +56,24 @@ from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
 
 torch.set_num_threads(1)  # the same sums on every run, and no fight over a busy CPU
 
-settings = CapstoneSettings(
+settings = CapstoneConfig(
     docs_chars=60_000,
     vocab_size=300,
     n_layer=1,
     n_head=2,
     n_embd=32,
     block_size=48,
-    batch=8,
-    pretrain_iters=150,
+    batch_size=8,
+    pretrain_steps=150,
     conversations=2000,
-    sft_iters=100,
+    sft_steps=100,
     eval_prompts=10,
 )
 WORK = Path(tempfile.mkdtemp(prefix="assignment8-"))
 RUN = WORK / "run"
 stages = run_pipeline(RUN, settings, until="sft")["stages"]
 corpus = build_corpus(
-    CorpusSettings(settings.docs_chars, settings.bracket_share, seed=settings.seed)
+    CorpusConfig(settings.docs_chars, settings.bracket_share, seed=settings.seed)
 )
 
 # %% [raw]
@@ -84,15 +84,15 @@ corpus = build_corpus(
 
 # %% [markdown]
 # **Exercise 1. Does pretraining matter?** *(open: graded by hand)* Run the pipeline with the
-# chapter's settings but `pretrain_iters=1` (almost no pretraining) and compare the SFT accuracy
+# chapter's settings but `pretrain_steps=1` (almost no pretraining) and compare the SFT accuracy
 # with the chapter's (88.7 % greedy on 300 held-out instructions). *Check:* the `sft` record's
 # `accuracy` (and `accuracy_unseen`, the held-out prompts that were not in the fine-tuning data).
 # The run takes a few minutes on a laptop CPU, so do it outside this notebook, for instance
 #
 # ```python
-# chapter = dict(n_layer=3, n_embd=96, block_size=64, pretrain_iters=1000, conversations=12_000,
-#                sft_iters=1000, rl_steps=60, eval_prompts=300)
-# no_pretraining = CapstoneSettings(**{**chapter, "pretrain_iters": 1})
+# chapter = dict(n_layer=3, n_embd=96, block_size=64, pretrain_steps=1000, conversations=12_000,
+#                sft_steps=1000, rl_steps=60, eval_prompts=300)
+# no_pretraining = CapstoneConfig(**{**chapter, "pretrain_steps": 1})
 # run_pipeline("runs/no-pretraining", no_pretraining, until="sft")
 # ```
 #
@@ -189,8 +189,8 @@ corpus = build_corpus(
 # points: 3
 
 # %% [markdown]
-# **Exercise 3. Forgetting.** The pipeline mixes `settings.sft_ptx_batch` (8) pretraining windows
-# into every fine-tuning batch. Run the fine-tuning stage again with `sft_ptx_batch=0` (fine-tuning
+# **Exercise 3. Forgetting.** The pipeline mixes `settings.sft_ptx_batch_size` (8) pretraining windows
+# into every fine-tuning batch. Run the fine-tuning stage again with `sft_ptx_batch_size=0` (fine-tuning
 # on conversations alone), starting from the same pretrained model, and compare the held-out bits
 # per byte after SFT with the setup's run (in the chapter, the run with mixing kept python docs at
 # 2.076 bits per byte against 2.057 after pretraining). Our runs are tiny (100 fine-tuning steps)
@@ -198,7 +198,7 @@ corpus = build_corpus(
 #
 # 1. Make the directory `ALONE` (given below), copy the setup run's `tokenizer/` and `pretrained/`
 #    directories into it (`shutil.copytree`), and call `run_pipeline(ALONE, ..., until="sft")` with
-#    the setup's `settings` changed only in `sft_ptx_batch=0` (`dataclasses.replace`). The pipeline
+#    the setup's `settings` changed only in `sft_ptx_batch_size=0` (`dataclasses.replace`). The pipeline
 #    finds the two copied stages finished and runs only the fine-tuning.
 # 2. `bpb_mixed` and `bpb_alone`: the `sft` records' `bits_per_byte` dicts (held-out source → bits
 #    per byte) of the setup's run and of yours.
@@ -220,7 +220,7 @@ extra_flops = ...  # SOLUTION
 ALONE.mkdir(exist_ok=True)
 for stage in ("tokenizer", "pretrained"):
     shutil.copytree(RUN / stage, ALONE / stage, dirs_exist_ok=True)
-alone = run_pipeline(ALONE, dataclasses.replace(settings, sft_ptx_batch=0), until="sft")["stages"]
+alone = run_pipeline(ALONE, dataclasses.replace(settings, sft_ptx_batch_size=0), until="sft")["stages"]
 bpb_mixed = stages["sft"]["bits_per_byte"]
 bpb_alone = alone["sft"]["bits_per_byte"]
 extra_flops = stages["sft"]["flops"] - alone["sft"]["flops"]
@@ -250,9 +250,9 @@ assert bpb_alone["python docs"] > bpb_mixed["python docs"], (
 hidden: true
 """ # END TEST CONFIG
 _saved = json.loads((ALONE / "sft" / "stage.json").read_text())["settings"]
-_want = {**settings.fingerprint("sft"), "sft_ptx_batch": 0}
+_want = {**settings.fingerprint("sft"), "sft_ptx_batch_size": 0}
 assert _saved == _want, (
-    f"ALONE/sft should be made with the setup's settings and sft_ptx_batch=0, not {_saved}"
+    f"ALONE/sft should be made with the setup's settings and sft_ptx_batch_size=0, not {_saved}"
 )
 _m = GPT.from_pretrained(ALONE / "sft").eval()
 _tok = load_stage_model(ALONE, "sft")[1]
@@ -279,12 +279,12 @@ _N = sum(p.numel() for p in _m.transformer.h.parameters())
 _N += sum(p.numel() for p in _m.transformer.ln_f.parameters())
 _per_token = 2 * _N + 2 * _c.n_layer * _c.block_size * _c.n_embd + 2 * _c.n_embd * _c.vocab_size
 # trained: x 3
-_windows = 3 * settings.sft_iters * settings.sft_ptx_batch * _c.block_size * _per_token
+_windows = 3 * settings.sft_steps * settings.sft_ptx_batch_size * _c.block_size * _per_token
 assert isinstance(extra_flops, float), "extra_flops should be a float"
 assert abs(extra_flops - _windows) / _windows < 0.05, (
     "extra_flops should be the setup's sft FLOPs minus yours: about 3 x (2N + 2 n_layer T d + 2 d "
     "V) per "
-    "token of the sft_iters x sft_ptx_batch x block_size mixed-in tokens"
+    "token of the sft_steps x sft_ptx_batch_size x block_size mixed-in tokens"
 )
 
 # %% [raw]

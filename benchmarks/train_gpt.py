@@ -147,7 +147,7 @@ def main(argv=None) -> int:
     def make_trainer(compile_: bool) -> Trainer:
         torch.manual_seed(args.seed)
         model = GPT(TransformerConfig(tok.vocab_size, BLOCK, LAYERS, HEADS, EMBD, dropout=0.0, bias=args.bias))
-        cfg = TrainConfig(max_iters=args.iters, lr=LR, min_lr=MIN_LR, warmup_iters=WARMUP, weight_decay=WD,
+        cfg = TrainConfig(steps=args.iters, lr=LR, min_lr=MIN_LR, warmup_steps=WARMUP, weight_decay=WD,
                           betas=BETAS, grad_clip=CLIP, seed=args.seed, progress=False, compile=compile_)
         return Trainer(model, lambda split, g: causal_lm_batch(data[split], BATCH, BLOCK, g), causal_lm_loss, cfg)
 

@@ -1436,10 +1436,10 @@ print(
 seed_everything(0)
 model = GPT(config).to(device)
 train_config = TrainConfig(
-    max_iters=TRAIN["steps"],
+    steps=TRAIN["steps"],
     lr=TRAIN["lr"],
     min_lr=TRAIN["lr"] / 10,
-    warmup_iters=100,
+    warmup_steps=100,
     weight_decay=0.1,
     betas=(0.9, 0.99),
     grad_clip=1.0,

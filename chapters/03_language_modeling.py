@@ -823,14 +823,14 @@ assert (
 
 # %%
 gpt_cfg = TrainConfig(
-    max_iters=settings.gpt_iters,
+    steps=settings.gpt_iters,
     lr=settings.lr,
-    warmup_iters=settings.gpt_warmup,
+    warmup_steps=settings.gpt_warmup,
     eval_interval=settings.eval_interval,
-    eval_iters=8,
+    eval_batches=8,
     progress=False,
 )
-ours_lr = [lr_at(t, gpt_cfg) for t in range(gpt_cfg.max_iters)]
+ours_lr = [lr_at(t, gpt_cfg) for t in range(gpt_cfg.steps)]
 
 param = torch.nn.Parameter(torch.zeros(1))
 sgd = torch.optim.SGD([param], lr=gpt_cfg.lr)
@@ -839,37 +839,37 @@ schedule = torch.optim.lr_scheduler.SequentialLR(
     sgd,
     [
         torch.optim.lr_scheduler.LinearLR(
-            sgd, start_factor=1 / gpt_cfg.warmup_iters, total_iters=gpt_cfg.warmup_iters - 1
+            sgd, start_factor=1 / gpt_cfg.warmup_steps, total_iters=gpt_cfg.warmup_steps - 1
         ),
         torch.optim.lr_scheduler.CosineAnnealingLR(
-            sgd, T_max=gpt_cfg.max_iters - gpt_cfg.warmup_iters, eta_min=min_lr
+            sgd, T_max=gpt_cfg.steps - gpt_cfg.warmup_steps, eta_min=min_lr
         ),
     ],
-    milestones=[gpt_cfg.warmup_iters],
+    milestones=[gpt_cfg.warmup_steps],
 )
 torch_lr = []
-for _ in range(gpt_cfg.max_iters):
+for _ in range(gpt_cfg.steps):
     torch_lr.append(sgd.param_groups[0]["lr"])
     sgd.step()
     schedule.step()
 rel = max(abs(a - b) / b for a, b in zip(ours_lr, torch_lr))
 print(
-    f"lr_at vs PyTorch's LinearLR + CosineAnnealingLR over {gpt_cfg.max_iters} steps: "
+    f"lr_at vs PyTorch's LinearLR + CosineAnnealingLR over {gpt_cfg.steps} steps: "
     f"largest relative difference {rel:.1e}"
 )
 print(f"peak {max(ours_lr):.2e} at step {int(np.argmax(ours_lr))}; last step {ours_lr[-1]:.2e}")
 assert rel < 1e-9
 
 fig, ax = plt.subplots()
-ax.plot(range(gpt_cfg.max_iters), ours_lr, label="lr_at (the book's trainer)")
+ax.plot(range(gpt_cfg.steps), ours_lr, label="lr_at (the book's trainer)")
 ax.plot(
-    range(0, gpt_cfg.max_iters, 25),
+    range(0, gpt_cfg.steps, 25),
     torch_lr[::25],
     "o",
     ms=4,
     label="torch.optim.lr_scheduler, chained",
 )
-ax.axvline(gpt_cfg.warmup_iters, color="0.6", ls=":", label="end of warm-up")
+ax.axvline(gpt_cfg.warmup_steps, color="0.6", ls=":", label="end of warm-up")
 ax.set(
     xlabel="optimizer step",
     ylabel="learning rate",
@@ -953,7 +953,7 @@ gpt_trainer.train()
 gpt_seconds = time.perf_counter() - t0
 gpt_ce = lm_loss(gpt, val_seqs)
 print(
-    f"trained {gpt_cfg.max_iters} steps in {gpt_seconds:.0f} s "
+    f"trained {gpt_cfg.steps} steps in {gpt_seconds:.0f} s "
     f"({np.median(gpt_trainer.history['ms']):.0f} ms/step)"
 )
 print(
@@ -1163,10 +1163,10 @@ def nsp_batches(split, g):
 
 
 enc_cfg = TrainConfig(
-    max_iters=settings.enc_iters,
+    steps=settings.enc_iters,
     lr=settings.lr,
-    warmup_iters=settings.enc_warmup,
-    eval_iters=8,
+    warmup_steps=settings.enc_warmup,
+    eval_batches=8,
     progress=False,
 )
 encoders, enc_seconds = {}, {}
@@ -1355,10 +1355,10 @@ plt.show()
 # %%
 plm_gpt = small_gpt(block=T + 1)
 plm_cfg = TrainConfig(
-    max_iters=settings.plm_iters,
+    steps=settings.plm_iters,
     lr=settings.lr,
-    warmup_iters=settings.obj_warmup,
-    eval_iters=8,
+    warmup_steps=settings.obj_warmup,
+    eval_batches=8,
     progress=False,
 )
 
@@ -1392,15 +1392,15 @@ def plm_left_to_right_ce(model, seqs) -> float:
 
 plm_ce = plm_left_to_right_ce(plm_gpt, val_seqs)
 gpt_val_by_step = {e["step"]: e["val"] for e in gpt_trainer.history["evals"]}
-gpt_same_step = gpt_val_by_step.get(plm_cfg.max_iters)
+gpt_same_step = gpt_val_by_step.get(plm_cfg.steps)
 print(
-    f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.max_iters} "
+    f"PLM model, left-to-right order: {plm_ce:.4f} nats/token after {plm_cfg.steps} "
     f"steps ({plm_seconds:.0f} s); floor {floor:.4f}; best n-gram {ngram_ce[best_n]:.4f}; "
     f"unigram {ngram_ce[1]:.4f}"
 )
 if gpt_same_step is not None:
     print(
-        f"the GPT's validation loss at step {plm_cfg.max_iters} of its own run: {gpt_same_step:.4f}"
+        f"the GPT's validation loss at step {plm_cfg.steps} of its own run: {gpt_same_step:.4f}"
     )
 assert plm_ce < ngram_ce[1]
 
@@ -1410,7 +1410,7 @@ display(
     Markdown(
         f"The PLM model spends its training on all orders: left-to-right is only one of the {T}! "
         "orders it practises, and each token is predicted from a *random subset* of the others — "
-        f"often without the opener it needs. After {plm_cfg.max_iters} steps its left-to-right "
+        f"often without the opener it needs. After {plm_cfg.steps} steps its left-to-right "
         f"loss is {plm_ce - floor:.3f} nats above the floor, {versus_ngram} the best n-gram's "
         f"and {ngram_ce[1] - plm_ce:.3f} nats below a unigram model's"
         + (
@@ -1456,10 +1456,10 @@ span_example = span_corruption_batch(train_seqs, 1, special, g)
 SPAN_LEN = span_example["idx"].size(1)
 t5_gpt = small_gpt(block=SPAN_LEN)
 t5_cfg = TrainConfig(
-    max_iters=settings.t5_iters,
+    steps=settings.t5_iters,
     lr=settings.lr,
-    warmup_iters=settings.obj_warmup,
-    eval_iters=8,
+    warmup_steps=settings.obj_warmup,
+    eval_batches=8,
     progress=False,
 )
 t0 = time.perf_counter()
@@ -1474,7 +1474,7 @@ t5_trainer.train()
 t5_seconds = time.perf_counter() - t0
 print(
     f"span-corruption loss on validation: {t5_trainer.history['evals'][-1]['val']:.3f} nats/target "
-    f"token ({t5_cfg.max_iters} steps, {t5_seconds:.0f} s)"
+    f"token ({t5_cfg.steps} steps, {t5_seconds:.0f} s)"
 )
 
 # %% [markdown]
@@ -1610,11 +1610,11 @@ seconds = {
     "span corruption (T5)": t5_seconds,
 }
 steps = {
-    "causal LM (GPT)": gpt_cfg.max_iters,
-    "masked LM (MLM + NSP)": enc_cfg.max_iters,
-    "masked LM (MLM only)": enc_cfg.max_iters,
-    "permutation LM (XLNet)": plm_cfg.max_iters,
-    "span corruption (T5)": t5_cfg.max_iters,
+    "causal LM (GPT)": gpt_cfg.steps,
+    "masked LM (MLM + NSP)": enc_cfg.steps,
+    "masked LM (MLM only)": enc_cfg.steps,
+    "permutation LM (XLNet)": plm_cfg.steps,
+    "span corruption (T5)": t5_cfg.steps,
 }
 left_to_right = {"causal LM (GPT)": gpt_ce, "permutation LM (XLNet)": plm_ce}
 print(
@@ -1666,12 +1666,12 @@ lines = [
     "generated left to right, with the corrupted sequence around them as context.",
     "* The masked-LM encoders see the most context at the probed position "
     f"and reach {accuracy['masked LM (MLM + NSP)']:.0%} (MLM + NSP) "
-    f"and {accuracy['masked LM (MLM only)']:.0%} (MLM only) after {enc_cfg.max_iters} steps; "
+    f"and {accuracy['masked LM (MLM only)']:.0%} (MLM only) after {enc_cfg.steps} steps; "
     "only 15% of each sequence's tokens are questions for them. Their order on this probe "
     f"is {'the same as' if enc_probe * enc_masked > 0 else 'the reverse of'} their order on all "
     "masked tokens above — one seed of a small run settles little (exercise 3).",
     f"* The permutation LM answers {accuracy['permutation LM (XLNet)']:.0%} after "
-    f"{plm_cfg.max_iters} steps, {100 * plm_vs_chance:+.0f} percentage points from chance "
+    f"{plm_cfg.steps} steps, {100 * plm_vs_chance:+.0f} percentage points from chance "
     f"({'within' if abs(plm_vs_chance) < 2 * acc_se['permutation LM (XLNet)'] else 'more than'} "
     "two standard errors).",
     "* Only the causal LM and the PLM define a left-to-right distribution, so only they can be "
@@ -1840,7 +1840,7 @@ assert torch.equal(
 #    `torch.optim.Adam(..., weight_decay=0.1)` (an L2 term) with the same two parameter groups, and
 #    train again. Compare the validation loss and the norms of the embedding and output matrices
 #    with the AdamW run.
-# 9. **Without warm-up.** *(autograded)* Train the GPT with `warmup_iters=0` at the chapter's peak
+# 9. **Without warm-up.** *(autograded)* Train the GPT with `warmup_steps=0` at the chapter's peak
 #    learning rate, and at three times that rate. Does either run hit a `NonFiniteLossError` or end
 #    worse?
 #

@@ -133,7 +133,7 @@ base_config = TransformerConfig(
 torch.manual_seed(0)
 base = GPT(base_config).to(device)
 pretrain_cfg = TrainConfig(
-    max_iters=settings.pretrain_iters, lr=settings.lr, warmup_iters=50, progress=False
+    steps=settings.pretrain_iters, lr=settings.lr, warmup_steps=50, progress=False
 )
 t0 = time.perf_counter()
 Trainer(
@@ -277,7 +277,7 @@ LR = {
 
 def fine_tune(model, method: str, seed: int, iters: int = settings.cls_iters) -> Trainer:
     cfg = TrainConfig(
-        max_iters=iters, lr=LR[method], warmup_iters=10, weight_decay=0.0, seed=seed, progress=False
+        steps=iters, lr=LR[method], warmup_steps=10, weight_decay=0.0, seed=seed, progress=False
     )
     trainer = Trainer(model, label_batch, causal_lm_loss, cfg, device=device)
     trainer.train()
@@ -641,7 +641,7 @@ except ValueError as err:
 # position-based EM and F1 (`span_*` below) are the ones to trust.
 
 # %%
-qa_cfg = TrainConfig(max_iters=settings.qa_iters, lr=3e-3, warmup_iters=20, progress=False)
+qa_cfg = TrainConfig(steps=settings.qa_iters, lr=3e-3, warmup_steps=20, progress=False)
 qa_trainer = Trainer(
     qa_model,
     lambda split, g: {k: v for k, v in qa_train.batch(settings.batch, g).items()},
@@ -711,9 +711,9 @@ def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
     # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
     trainable, hooks = make_trainable(model, method, first_new_row=V)
     cfg = TrainConfig(
-        max_iters=settings.sft_iters,
+        steps=settings.sft_iters,
         lr=SFT_LR[method],
-        warmup_iters=30,
+        warmup_steps=30,
         seed=seed,
         progress=False,
         weight_decay=0.1 if method == "full" else 0.0,
@@ -909,7 +909,7 @@ Trainer(
     icl_gpt,
     lambda split, g: causal_lm_batch(icl_data, settings.batch, 64, g),
     causal_lm_loss,
-    TrainConfig(max_iters=settings.icl_iters, lr=3e-3, warmup_iters=30, progress=False),
+    TrainConfig(steps=settings.icl_iters, lr=3e-3, warmup_steps=30, progress=False),
     device=device,
 ).train()
 icl_gpt.eval()

@@ -22,7 +22,7 @@
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -31,7 +31,7 @@ from IPython.display import HTML, Markdown, display
 
 from aigc_book import get_device, seed_everything, use_book_style
 from aigc_book.rlhf.ppo import PPOConfig
-from aigc_book.rlhf.sft_policy import PolicyRecipe
+from aigc_book.rlhf.sft_policy import PolicyConfig
 
 use_book_style()
 device = get_device()
@@ -52,7 +52,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 # %%
 @dataclass(frozen=True)
 class Settings:
-    recipe: PolicyRecipe = field(default_factory=PolicyRecipe)  # chapter 4's SFT model
+    recipe: PolicyConfig = field(default_factory=PolicyConfig)  # chapter 4's SFT model
     preference_prompts: int = 12_000  # prompts whose two sampled answers the labelers rank
     rm_pair_counts: tuple = (
         300,
@@ -75,14 +75,14 @@ class Settings:
 settings = Settings()
 if device.type == "cuda":
     settings = Settings(
-        recipe=PolicyRecipe(
+        recipe=PolicyConfig(
             n_layer=4,
             n_embd=128,
             pretrain_seqs=100_000,
-            pretrain_iters=3000,
+            pretrain_steps=3000,
             sft_pairs=20_000,
-            sft_iters=2000,
-            batch=128,
+            sft_steps=2000,
+            batch_size=128,
             pretrain_lr=1e-3,
             sft_lr=1e-3,
         ),
@@ -116,7 +116,7 @@ for name, value in asdict(settings).items():
 # model must judge `add 7+12 → 19` — which takes knowing the sum.
 
 # %%
-from aigc_book.rlhf.pipeline import RLHFSettings
+from aigc_book.rlhf.pipeline import RLHFConfig
 from aigc_book.rlhf.sft_policy import build_sft_policy
 from aigc_book.tasks import instructions
 
@@ -127,7 +127,7 @@ print(
     f"greedy accuracy on held-out instructions {sft.accuracy['all']:.2f}"
 )
 rl = (
-    RLHFSettings()
+    RLHFConfig()
 )  # the defaults of `python -m aigc_book rlhf`: the feedback stage's instructions, labelers, ...
 family = rl.instruction_config
 print(f"the feedback stage's instructions: {', '.join(family.kinds)}")
@@ -236,14 +236,12 @@ for n_pairs in settings.rm_pair_counts:
     torch.manual_seed(0)
     rm = RewardModel(reference)
     steps = min(
-        settings.rm_steps, max(100, 8 * n_pairs // rl.rm_batch)
+        settings.rm_steps, max(100, 8 * n_pairs // rl.reward.batch_size)
     )  # about 8 passes over a small set
     train_reward_model(
         rm,
         rm_train.split(n_pairs)[0] if n_pairs < len(rm_train) else rm_train,
-        steps=steps,
-        batch_size=rl.rm_batch,
-        lr=rl.rm_lr,
+        replace(rl.reward, steps=steps),
         seed=0,
         device=device,
     )
@@ -935,7 +933,7 @@ trainer = PPOTrainer(
     prompt_sampler(family),
     ptx_config,
     seed=0,
-    ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, rl.ptx_batch, g),
+    ptx_batch_fn=lambda g: sequence_lm_batch(sft.pretrain_seqs, rl.ptx_batch_size, g),
     callback=lambda step, responses, stats: ptx_trace.append(
         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
     ),
@@ -1145,11 +1143,7 @@ for average in (False, True):
         policy,
         reference,
         rm_train,
-        steps=settings.dpo_steps,
-        batch_size=rl.dpo_batch,
-        lr=rl.dpo_lr,
-        beta=rl.dpo_beta,
-        average=average,
+        replace(rl.dpo, steps=settings.dpo_steps, average=average),
         seed=0,
     )
     name = "DPO, mean log-probs" if average else "DPO"
@@ -1632,7 +1626,7 @@ display(
 #    the SFT model forget much of the bracket language, so with $\gamma$ = 10 the pretraining loss
 #    should fall far below the SFT model's, towards the language's floor.
 # 9. **Feedback on every kind.** *(open)* Rerun the chapter with
-#    `RLHFSettings(kinds=instructions.KINDS)` in place of `RLHFSettings()`. How accurate is the
+#    `RLHFConfig(kinds=instructions.KINDS)` in place of `RLHFConfig()`. How accurate is the
 #    reward model now, and what does PPO do to the gold reward at each β? *Check:* compare the
 #    reward model's accuracy on the pairs of each kind (`pair_rewards` on `rm_eval.select(...)`).
 #    Which kinds are hardest to judge, and what do their right answers have in common?

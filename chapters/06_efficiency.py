@@ -781,7 +781,7 @@ def train_lm(n_layer, n_embd, n_head, steps):
         lm,
         lambda split, g: sequence_lm_batch(lm_seqs, 32, g),
         causal_lm_loss,
-        TrainConfig(max_iters=steps, lr=3e-3, warmup_iters=20, progress=False),
+        TrainConfig(steps=steps, lr=3e-3, warmup_steps=20, progress=False),
         device=device,
     ).train()
     return lm.eval()

@@ -329,7 +329,7 @@ def train_and_score(model):
         model,
         lambda split, g: caption_batch(train_images, train_ids, settings.batch, g),
         caption_loss,
-        TrainConfig(max_iters=settings.steps, lr=settings.lr, warmup_iters=50, progress=False),
+        TrainConfig(steps=settings.steps, lr=settings.lr, warmup_steps=50, progress=False),
         device=device,
     )
     trainer.train()

@@ -48,25 +48,25 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 #
 # *How large is the run, and where do you change it?*
 #
-# `CapstoneSettings` holds every size and step count. The chapter's CPU values produced the stored
-# outputs; the command's defaults (`CapstoneSettings()`) train a wider, deeper model with a longer
-# context for more steps. On a CUDA GPU, `CapstoneSettings.for_device` scales the model and the steps up.
+# `CapstoneConfig` holds every size and step count. The chapter's CPU values produced the stored
+# outputs; the command's defaults (`CapstoneConfig()`) train a wider, deeper model with a longer
+# context for more steps. On a CUDA GPU, `CapstoneConfig.for_device` scales the model and the steps up.
 
 # %%
-from aigc_book.capstone.pipeline import CapstoneSettings
+from aigc_book.capstone.pipeline import CapstoneConfig
 
-settings = CapstoneSettings(
+settings = CapstoneConfig(
     n_layer=3,
     n_embd=96,
     block_size=64,
-    pretrain_iters=1000,
+    pretrain_steps=1000,
     conversations=12_000,
-    sft_iters=1000,
+    sft_steps=1000,
     rl_steps=60,
     eval_prompts=300,
 )
 if device.type == "cuda":
-    settings = CapstoneSettings.for_device(device)
+    settings = CapstoneConfig.for_device(device)
 RUN = Path(tempfile.mkdtemp(prefix="tiny-chatgpt-"))  # every stage's output, and the report card
 for name, value in asdict(settings).items():
     print(f"  {name:<15}{value}")
@@ -129,10 +129,10 @@ print("stages:", " → ".join(STAGES))
 # grammar we know. Whole documents are held out for measuring, never split across training and test.
 
 # %%
-from aigc_book.capstone.corpus import CorpusSettings, build_corpus
+from aigc_book.capstone.corpus import CorpusConfig, build_corpus
 
 corpus = build_corpus(
-    CorpusSettings(settings.docs_chars, settings.bracket_share, seed=settings.seed)
+    CorpusConfig(settings.docs_chars, settings.bracket_share, seed=settings.seed)
 )
 rows = ["| source | training characters | held-out characters |", "|---|---:|---:|"]
 rows += [
@@ -321,7 +321,7 @@ display(
         "Greedy accuracy on held-out instructions:\n\n" + "\n".join(rows) + "\n\n"
         "The training loss (responses, plus the pretraining windows mixed in; see below) "
         f"went from {f['loss'][0][1]:.3f} to {f['loss'][-1][1]:.3f} nats per token "
-        f"in {settings.sft_iters} steps. `add` has only {add_prompts} different prompts "
+        f"in {settings.sft_steps} steps. `add` has only {add_prompts} different prompts "
         f"(sums of two numbers up to {instructions.InstructionConfig().max_operand}), "
         "so its held-out prompts were all seen in training; for the other kinds most were not."
     )
@@ -332,7 +332,7 @@ display(
 # model had lost most of its bracket language before reinforcement learning began (its "alignment
 # tax"). InstructGPT's remedy for its PPO stage was to keep mixing pretraining data in (PPO-ptx, Ouyang
 # et al. 2022, eq. 2). The pipeline does the same during fine-tuning: every batch also holds
-# `sft_ptx_batch` pretraining windows, whose next-token loss is added to the responses' loss. What the
+# `sft_ptx_batch_size` pretraining windows, whose next-token loss is added to the responses' loss. What the
 # model kept, in {term}`bits per byte` on the held-out documents:
 
 # %%
@@ -343,7 +343,7 @@ rows = [
 rows += [f"| {k} | {v:.3f} | {f['bits_per_byte'][k]:.3f} |" for k, v in p["bits_per_byte"].items()]
 display(
     Markdown(
-        f"{settings.sft_ptx_batch} windows of {settings.block_size} tokens per batch:\n\n"
+        f"{settings.sft_ptx_batch_size} windows of {settings.block_size} tokens per batch:\n\n"
         + "\n".join(rows)
         + "\n\nExercise 3 turns the mixing off."
     )
@@ -705,13 +705,13 @@ display(
 # with `python3 tools/book.py assignments` (see the teacher's page, `teaching.md`). Exercises
 # marked *(autograded)* are checked by tests; those marked *(open)* are graded by hand.
 #
-# 1. **Does pretraining matter?** *(open)* Run the pipeline with `pretrain_iters=1` (almost no
+# 1. **Does pretraining matter?** *(open)* Run the pipeline with `pretrain_steps=1` (almost no
 #    pretraining) and compare the SFT accuracy with this chapter's. *Check:* the `sft` record's
 #    `accuracy`.
 # 2. **Another method.** *(open)* Run `python -m aigc_book tiny-chatgpt --method ppo` (and `dpo`) into
 #    new directories and compare the report cards' sampled accuracy and KL with GRPO's. Which one gives
 #    the most accuracy per nat of KL here? *Check:* `report.json`, `stages.tuned.rlhf.kl`.
-# 3. **Forgetting.** *(autograded)* Run the pipeline with `sft_ptx_batch=0` (fine-tuning on
+# 3. **Forgetting.** *(autograded)* Run the pipeline with `sft_ptx_batch_size=0` (fine-tuning on
 #    conversations alone) and compare the bits per byte after SFT with this chapter's. What did the
 #    mixed-in pretraining windows cost in accuracy and in time? *Check:* the report card's table "Bits
 #    per byte on held-out text after each stage" and the `sft` record's `seconds`.

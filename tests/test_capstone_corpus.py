@@ -12,7 +12,7 @@ from aigc_book.capstone.corpus import (
     BRACKETS,
     DOCS,
     MIN_DOCSTRING_CHARS,
-    CorpusSettings,
+    CorpusConfig,
     bracket_documents,
     build_corpus,
     python_topics,
@@ -72,15 +72,15 @@ def test_bracket_documents_are_well_formed_deterministic_and_without_bos():
 
 
 def test_same_settings_give_the_same_corpus_and_another_seed_another():
-    small = CorpusSettings(docs_chars=100_000, seed=5)
+    small = CorpusConfig(docs_chars=100_000, seed=5)
     a, b = build_corpus(small), build_corpus(small)
     assert a == b
-    other = build_corpus(CorpusSettings(docs_chars=100_000, seed=6))
+    other = build_corpus(CorpusConfig(docs_chars=100_000, seed=6))
     assert other.train != a.train and other.held_out != a.held_out
 
 
 def test_no_held_out_document_is_a_training_document(synthetic):
-    c = build_corpus(CorpusSettings(held_out=0.1, seed=1))
+    c = build_corpus(CorpusConfig(held_out=0.1, seed=1))
     train = set(c.train.split(SEP))
     held = {name: text.split(SEP) for name, text in c.held_out.items()}
     assert set(held) == {DOCS, BRACKETS}
@@ -95,14 +95,14 @@ def test_held_out_document_contained_in_a_training_document_is_dropped(monkeypat
     long = [f"{s}, and a longer paragraph about it" for s in short]  # each contains a short one
     monkeypatch.setattr(corpus, "python_topics", lambda: long)
     monkeypatch.setattr(corpus, "stdlib_docstrings", lambda: short)
-    c = build_corpus(CorpusSettings(held_out=0.3, bracket_share=0.0))
+    c = build_corpus(CorpusConfig(held_out=0.3, bracket_share=0.0))
     held = c.held_out[DOCS].split(SEP)
     assert all(d not in c.train for d in held)
     assert len(held) < round(0.3 * 200)  # some short notes were held out while their long version trained
 
 
 def test_real_corpus_holds_out_whole_documents_never_seen_in_training():
-    c = build_corpus(CorpusSettings(docs_chars=300_000, seed=2))
+    c = build_corpus(CorpusConfig(docs_chars=300_000, seed=2))
     long_pieces = [p for p in c.held_out[DOCS].split(SEP) if len(p) >= 200]
     assert len(long_pieces) >= 5 and all(p not in c.train for p in long_pieces)
     assert all(p not in c.train for p in c.held_out[BRACKETS].split(SEP))
@@ -110,18 +110,18 @@ def test_real_corpus_holds_out_whole_documents_never_seen_in_training():
 
 @pytest.mark.parametrize("share", [0.1, 0.3])
 def test_bracket_share_of_training_characters_is_as_asked(synthetic, share):
-    c = build_corpus(CorpusSettings(bracket_share=share))
+    c = build_corpus(CorpusConfig(bracket_share=share))
     assert c.chars[BRACKETS] / sum(c.chars.values()) == pytest.approx(share, abs=0.02)
 
 
 def test_zero_bracket_share_leaves_the_source_out(synthetic):
-    c = build_corpus(CorpusSettings(bracket_share=0.0))
+    c = build_corpus(CorpusConfig(bracket_share=0.0))
     assert set(c.chars) == set(c.held_out) == {DOCS}
 
 
 def test_docs_chars_caps_the_english_text(synthetic):
     cap = 5_000
-    c = build_corpus(CorpusSettings(docs_chars=cap))
+    c = build_corpus(CorpusConfig(docs_chars=cap))
     english = c.chars[DOCS] + sum(len(d) for d in c.held_out[DOCS].split(SEP))
     assert 0.9 * cap <= english <= cap
     assert c.train_bytes == len(c.train.encode("utf-8"))
@@ -139,12 +139,12 @@ def test_docs_chars_caps_the_english_text(synthetic):
 ])
 def test_bad_settings_raise_one_line_value_error(kwargs, message):
     with pytest.raises(ValueError, match=message) as err:
-        CorpusSettings(**kwargs)
+        CorpusConfig(**kwargs)
     assert "\n" not in str(err.value)
 
 
 def test_build_corpus_refuses_a_cap_no_two_documents_fit_and_a_wrong_type(synthetic):
     with pytest.raises(ValueError, match="too small"):
-        build_corpus(CorpusSettings(docs_chars=30))
-    with pytest.raises(TypeError, match="CorpusSettings"):
+        build_corpus(CorpusConfig(docs_chars=30))
+    with pytest.raises(TypeError, match="CorpusConfig"):
         build_corpus({"seed": 0})

@@ -13,7 +13,7 @@ from aigc_book.capstone import pipeline
 from aigc_book.capstone.chat import ChatSession, load_chat_model
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.measures import FlopMeter, bits_per_byte, ngram_bits_per_byte
-from aigc_book.capstone.pipeline import STAGES, CapstoneSettings, StageMismatchError, run_pipeline
+from aigc_book.capstone.pipeline import STAGES, CapstoneConfig, StageMismatchError, run_pipeline
 from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.efficiency.flops import count_flops
 from aigc_book.generation import GenerationConfig
@@ -24,12 +24,12 @@ from aigc_book.tasks.chat import sft_batch
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
-TINY = dict(docs_chars=60_000, vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=48, batch=8,
-            pretrain_iters=20, conversations=200, sft_iters=20, rl_steps=2, pairs=64, rm_steps=5, eval_prompts=20)
+TINY = dict(docs_chars=60_000, vocab_size=300, n_layer=1, n_head=2, n_embd=32, block_size=48, batch_size=8,
+            pretrain_steps=20, conversations=200, sft_steps=20, rl_steps=2, pairs=64, rm_steps=5, eval_prompts=20)
 
 
-def tiny(**changes) -> CapstoneSettings:
-    return CapstoneSettings(**{**TINY, **changes})
+def tiny(**changes) -> CapstoneConfig:
+    return CapstoneConfig(**{**TINY, **changes})
 
 
 def weights(out, stage: str) -> dict[str, torch.Tensor]:
@@ -93,10 +93,25 @@ def test_a_rerun_skips_finished_stages(finished, monkeypatch):
 
 def test_other_settings_are_refused_then_overwritten(finished, tmp_path):
     out, _ = finished
-    with pytest.raises(StageMismatchError, match=r"pretrain_iters: 20 there, 21 now"):
-        run_pipeline(out, tiny(pretrain_iters=21))
+    with pytest.raises(StageMismatchError, match=r"pretrain_steps: 20 there, 21 now"):
+        run_pipeline(out, tiny(pretrain_steps=21))
     with pytest.raises(StageMismatchError, match="rl_steps"):
         run_pipeline(out, tiny(rl_steps=3))
+
+
+def test_a_stage_recorded_under_the_old_field_names_still_matches(tmp_path):
+    """Runs made before the rename recorded batch, pretrain_iters, sft_iters and sft_ptx_batch."""
+    settings = tiny()
+    old = {new: old for old, new in pipeline.RENAMED_FIELDS.items()}
+    for stage in ("pretrained", "sft"):
+        saved = {old.get(k, k): v for k, v in settings.fingerprint(stage).items()}
+        assert set(saved) != set(settings.fingerprint(stage))  # some fields carry their old names
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / pipeline.STAGE_FILE).write_text(json.dumps({"stage": stage, "settings": saved,
+                                                                        "record": {"seconds": 1.0}}))
+        assert pipeline._finished(tmp_path, stage, settings) == {"seconds": 1.0}
+        with pytest.raises(StageMismatchError, match=r"sft_steps: 20 there, 21 now|pretrain_steps: 20 there, 21"):
+            pipeline._finished(tmp_path, stage, tiny(pretrain_steps=21, sft_steps=21))
 
 
 def _interrupt_after(stage: str, calls: int, monkeypatch):
@@ -143,8 +158,8 @@ def test_interrupted_training_resumes_to_the_same_result(finished, tmp_path, mon
         m.setattr(pipeline, "_train", counted)
         m.setattr(pipeline.Trainer, "_gradients", _counting(pipeline.Trainer._gradients, drawn := []))
         again = run_pipeline(out, tiny())
-    full = TINY["pretrain_iters"] if stage == "pretrained" else TINY["sft_iters"]
-    assert steps[0] == full and len(drawn) < full + (TINY["sft_iters"] if stage == "pretrained" else 0)
+    full = TINY["pretrain_steps"] if stage == "pretrained" else TINY["sft_steps"]
+    assert steps[0] == full and len(drawn) < full + (TINY["sft_steps"] if stage == "pretrained" else 0)
     assert same_results(again["stages"], report["stages"])
     for stage in ("pretrained", "sft", "tuned"):
         for name, tensor in weights(reference, stage).items():
@@ -176,7 +191,7 @@ def test_an_unfinished_stage_with_other_settings_is_refused(tmp_path, monkeypatc
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(out, tiny())
     with pytest.raises(StageMismatchError, match="unfinished pretrained stage"):
-        run_pipeline(out, tiny(batch=4))
+        run_pipeline(out, tiny(batch_size=4))
 
 
 @pytest.mark.parametrize("changes, message", [
@@ -190,14 +205,14 @@ def test_an_unfinished_stage_with_other_settings_is_refused(tmp_path, monkeypatc
 ])
 def test_bad_settings_are_one_clear_error(changes, message):
     with pytest.raises(ValueError, match=message):
-        CapstoneSettings(**changes)
+        CapstoneConfig(**changes)
 
 
 def test_cuda_settings_scale_up_and_flags_still_win():
-    assert CapstoneSettings.for_device("cpu") == CapstoneSettings()
-    big = CapstoneSettings.for_device("cuda")
-    assert big.n_embd > CapstoneSettings().n_embd and big.pretrain_iters > CapstoneSettings().pretrain_iters
-    assert CapstoneSettings.for_device("cuda", n_layer=2).n_layer == 2
+    assert CapstoneConfig.for_device("cpu") == CapstoneConfig()
+    big = CapstoneConfig.for_device("cuda")
+    assert big.n_embd > CapstoneConfig().n_embd and big.pretrain_steps > CapstoneConfig().pretrain_steps
+    assert CapstoneConfig.for_device("cuda", n_layer=2).n_layer == 2
 
 
 # ---- the command ---------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ def _trainer(dropout: float = 0.1, distributed=None, interrupt_at_call: int | No
 
     torch.manual_seed(dp.rank_seed(0, dp.world()[0]))  # different starting weights: DDP must copy rank 0's
     model = GPT(TransformerConfig(vocab_size=50, block_size=16, n_layer=2, n_head=2, n_embd=32, dropout=dropout))
-    cfg = TrainConfig(max_iters=STEPS, lr=3e-3, warmup_iters=2, grad_accum=2, eval_interval=2, eval_iters=2,
+    cfg = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=2, grad_accum=2, eval_interval=2, eval_batches=2,
                       progress=False)
     return Trainer(model, batch_fn, causal_lm_loss, cfg, device="cpu", distributed=distributed)
 

@@ -37,7 +37,7 @@ def make_trainer() -> Trainer:
     torch.manual_seed(0)
     config = TransformerConfig(LANG.vocab_size, 12, n_layer=1, n_head=2, n_embd=16, dropout=0.1)  # dropout: global RNG
     model = GPT(config)
-    cfg = TrainConfig(max_iters=STEPS, lr=3e-3, warmup_iters=1, eval_interval=EVERY, eval_iters=2, grad_accum=2,
+    cfg = TrainConfig(steps=STEPS, lr=3e-3, warmup_steps=1, eval_interval=EVERY, eval_batches=2, grad_accum=2,
                       progress=False)
     return Trainer(model, lambda split, g: sequence_lm_batch(DATA[split], 4, g), causal_lm_loss, cfg)
 

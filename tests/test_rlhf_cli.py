@@ -16,17 +16,18 @@ from aigc_book.cli import main
 from aigc_book.models.gpt import GPT
 from aigc_book.rlhf.grpo import GRPOConfig
 from aigc_book.rlhf.ppo import PPOConfig
-from aigc_book.rlhf.sft_policy import PolicyRecipe
+from aigc_book.rlhf.reward_training import RewardConfig
+from aigc_book.rlhf.sft_policy import PolicyConfig
 from aigc_book.tasks.chat import ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "finetune_log.json")
 SUMMARY_KEYS = ("method", "gold_reward_before", "gold_reward_after", "proxy_reward_after", "kl", "wall_s")
 
-TINY_SETTINGS = pipeline.RLHFSettings(
-    recipe=PolicyRecipe(n_layer=1, n_head=2, n_embd=32, pretrain_seqs=500, pretrain_iters=20, sft_pairs=200,
-                        sft_iters=20, batch=8),
-    pairs=200, rm_steps=10, eval_prompts=32,
+TINY_SETTINGS = pipeline.RLHFConfig(
+    policy=PolicyConfig(n_layer=1, n_head=2, n_embd=32, pretrain_seqs=500, pretrain_steps=20, sft_pairs=200,
+                        sft_steps=20, batch_size=8),
+    pairs=200, reward=RewardConfig(steps=10), eval_prompts=32,
     ppo=PPOConfig(batch_size=8, minibatch_size=4, ppo_epochs=1),
     grpo=GRPOConfig(prompts_per_step=2, group_size=4, minibatch_size=4, epochs=1),
 )

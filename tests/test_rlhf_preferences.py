@@ -21,6 +21,7 @@ from aigc_book.rlhf.preferences import (
     gold_rewards,
 )
 from aigc_book.rlhf.reward_training import (
+    RewardConfig,
     pair_rewards,
     preference_accuracy,
     reward_scores,
@@ -325,7 +326,8 @@ def test_train_reward_model_learns_a_rule_that_holds_out(chat_gpt):
     train, held_out = xyz_pairs(256, seed=0), xyz_pairs(128, seed=1)
     rm = RewardModel(chat_gpt)
     assert preference_accuracy(rm, held_out) == 0.5
-    history = train_reward_model(rm, train, steps=60, batch_size=32, lr=3e-3, seed=0, eval_pairs=held_out)
+    history = train_reward_model(rm, train, RewardConfig(steps=60, batch_size=32, lr=3e-3), seed=0,
+                                 eval_pairs=held_out)
     assert len(history["train_loss"]) == 60
     assert history["train_loss"][0] == pytest.approx(math.log(2), abs=1e-6)  # zero head: every pair a coin flip
     assert sum(history["train_loss"][-10:]) / 10 < 0.2
@@ -336,23 +338,33 @@ def test_train_reward_model_learns_a_rule_that_holds_out(chat_gpt):
 
 def test_train_reward_model_is_reproducible_from_its_seed(chat_gpt):
     train = xyz_pairs(64, seed=0)
-    runs = [train_reward_model(RewardModel(chat_gpt), train, steps=3, batch_size=8, lr=3e-3, seed=s)["train_loss"]
+    runs = [train_reward_model(RewardModel(chat_gpt), train, RewardConfig(steps=3, batch_size=8, lr=3e-3), seed=s)[
+            "train_loss"]
             for s in (0, 0, 1)]
     assert runs[0] == runs[1]
     assert runs[0][1:] != runs[2][1:]  # another seed draws other batches
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(steps=0), "steps must be an int >= 1"),
+    (dict(batch_size=0), "batch_size must be an int >= 1"),
+    (dict(eval_interval=-1), "eval_interval must be an int >= 0"),
+    (dict(lr=0.0), "lr must be a finite number > 0"),
+    (dict(lr=float("nan")), "lr must be a finite number > 0"),
+])
+def test_reward_config_rejects_bad_fields(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        RewardConfig(**kwargs)
+
+
 @pytest.mark.parametrize("kwargs, error, match", [
-    (dict(steps=0), ValueError, "steps must be an int >= 1"),
-    (dict(batch_size=0), ValueError, "batch_size must be an int >= 1"),
-    (dict(lr=0.0), ValueError, "lr must be a finite number > 0"),
-    (dict(lr=float("nan")), ValueError, "lr must be a finite number > 0"),
     (dict(seed=1.5), ValueError, "seed must be an int"),
     (dict(pairs="pairs"), TypeError, "pairs must be PreferencePairs"),
     (dict(reward_model="rm"), TypeError, "reward_model must be an nn.Module"),
+    (dict(config={"steps": 2}), TypeError, "config must be a RewardConfig"),
 ])
 def test_train_reward_model_rejects_bad_arguments(chat_gpt, kwargs, error, match):
-    args = dict(reward_model=RewardModel(chat_gpt), pairs=make_pairs(["add 1+2"], ["3"], ["4"]), steps=2,
-                batch_size=2, lr=1e-3, seed=0)
+    args = dict(reward_model=RewardModel(chat_gpt), pairs=make_pairs(["add 1+2"], ["3"], ["4"]),
+                config=RewardConfig(steps=2, batch_size=2, lr=1e-3), seed=0)
     with pytest.raises(error, match=match):
         train_reward_model(**{**args, **kwargs})

@@ -18,14 +18,15 @@ import torch.nn.functional as F
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.best_of_n import best_of_n_kl
-from aigc_book.rlhf.dpo import train_dpo
+from aigc_book.rlhf.dpo import DPOConfig, train_dpo
 from aigc_book.rlhf.grpo import GRPOConfig, GRPOTrainer
 from aigc_book.rlhf.heads import PolicyWithValue, RewardModel
-from aigc_book.rlhf.pipeline import METHODS, RLHFSettings, prompt_sampler, run_rlhf
+from aigc_book.rlhf.pipeline import METHODS, RLHFConfig, prompt_sampler, run_rlhf
 from aigc_book.rlhf.ppo import AdaptiveKLController, FixedKLController, PPOConfig, PPOTrainer
 from aigc_book.rlhf.preferences import PreferencePairs
+from aigc_book.rlhf.reward_training import RewardConfig
 from aigc_book.rlhf.rollouts import pack, sample_responses, sequence_logprobs, token_logprobs
-from aigc_book.rlhf.sft_policy import PolicyRecipe, build_sft_policy
+from aigc_book.rlhf.sft_policy import PolicyConfig, build_sft_policy
 from aigc_book.tasks.chat import ChatTokenizer, encode_chat
 from aigc_book.training.objectives import sequence_lm_batch
 
@@ -430,7 +431,7 @@ def test_dpo_widens_the_chosen_minus_rejected_margin_and_leaves_the_reference():
     policy = copy.deepcopy(reference)
     ref_before = snapshot(reference)
     assert dpo_margin(policy, reference, pairs) == 0.0
-    history = train_dpo(policy, reference, pairs, steps=30, batch_size=8, lr=3e-3, beta=0.1)
+    history = train_dpo(policy, reference, pairs, DPOConfig(steps=30, batch_size=8, lr=3e-3, beta=0.1))
     assert_same_weights(reference, ref_before)
     assert dpo_margin(policy, reference, pairs) > 1.0
     losses = history["train_loss"]
@@ -442,8 +443,8 @@ def test_dpo_with_averaged_logprobs_takes_another_path():
     pairs = addition_pairs()
     reference = chat_gpt()
     summed, averaged = copy.deepcopy(reference), copy.deepcopy(reference)
-    h_sum = train_dpo(summed, reference, pairs, steps=10, batch_size=8, lr=1e-3)
-    h_avg = train_dpo(averaged, reference, pairs, steps=10, batch_size=8, lr=1e-3, average=True)
+    h_sum = train_dpo(summed, reference, pairs, DPOConfig(steps=10, batch_size=8, lr=1e-3))
+    h_avg = train_dpo(averaged, reference, pairs, DPOConfig(steps=10, batch_size=8, lr=1e-3, average=True))
     assert all(math.isfinite(x) for x in h_avg["train_loss"])
     assert h_sum["train_loss"][1:] != h_avg["train_loss"][1:]
     assert any(not torch.equal(a, b) for a, b in zip(summed.parameters(), averaged.parameters()))
@@ -453,19 +454,21 @@ def test_dpo_with_averaged_logprobs_takes_another_path():
 def test_train_dpo_rejects_bad_arguments():
     pairs, reference = addition_pairs(), chat_gpt()
     with pytest.raises(ValueError, match="steps must be a positive int"):
-        train_dpo(copy.deepcopy(reference), reference, pairs, steps=0)
+        DPOConfig(steps=0)
     with pytest.raises(ValueError, match="beta must be a finite number > 0"):
-        train_dpo(copy.deepcopy(reference), reference, pairs, steps=1, beta=0.0)
+        DPOConfig(steps=1, beta=0.0)
+    with pytest.raises(TypeError, match="config must be a DPOConfig"):
+        train_dpo(copy.deepcopy(reference), reference, pairs, {"steps": 1})
 
 
 # --------------------------------------------------------------------------------------------------
 # The pipeline
 # --------------------------------------------------------------------------------------------------
 
-TINY_SETTINGS = RLHFSettings(
-    recipe=PolicyRecipe(n_layer=1, n_head=2, n_embd=32, pretrain_seqs=500, pretrain_iters=20, sft_pairs=200,
-                        sft_iters=20, batch=8),
-    pairs=200, rm_steps=10, eval_prompts=32,
+TINY_SETTINGS = RLHFConfig(
+    policy=PolicyConfig(n_layer=1, n_head=2, n_embd=32, pretrain_seqs=500, pretrain_steps=20, sft_pairs=200,
+                        sft_steps=20, batch_size=8),
+    pairs=200, reward=RewardConfig(steps=10), eval_prompts=32,
     ppo=PPOConfig(batch_size=8, minibatch_size=4, ppo_epochs=1),
     grpo=GRPOConfig(prompts_per_step=2, group_size=4, minibatch_size=4, epochs=1),
 )
@@ -477,7 +480,7 @@ def sft():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        policy = build_sft_policy(TINY_SETTINGS.recipe, seed=0)
+        policy = build_sft_policy(TINY_SETTINGS.policy, seed=0)
     finally:
         torch.set_num_threads(before)
     return policy
@@ -553,7 +556,7 @@ def test_reward_model_trains_its_trunk_even_when_copied_from_a_frozen_policy():
 def test_the_feedback_stage_draws_only_its_kinds_of_instruction(sft):
     from aigc_book.rlhf.pipeline import make_preferences
 
-    assert RLHFSettings().instruction_config.kinds == ("sort", "count")
+    assert RLHFConfig().instruction_config.kinds == ("sort", "count")
     settings = dataclasses.replace(TINY_SETTINGS, kinds=("count",))
     prefs = make_preferences(sft, settings, seed=0)
     prompts = prefs.train.chosen.prompts + prefs.held_out.chosen.prompts

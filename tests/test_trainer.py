@@ -1,5 +1,6 @@
 """The trainer: schedule, weight decay groups, accumulation, exact resume, safe checkpoints."""
 
+import dataclasses
 
 import pytest
 import torch
@@ -8,7 +9,15 @@ from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
-from aigc_book.training.trainer import CheckpointError, TrainConfig, Trainer, configure_optimizer, lr_at
+from aigc_book.training.trainer import (
+    RENAMED_FIELDS,
+    CheckpointError,
+    TrainConfig,
+    Trainer,
+    configure_optimizer,
+    lr_at,
+    saved_train_config,
+)
 
 LANG = BracketLanguage()
 DATA = {"train": LANG.sample(256, 16, seed=0), "val": LANG.sample(64, 16, seed=1)}
@@ -24,12 +33,12 @@ def make_model(seed=0, dropout=0.1, n_embd=16):
 
 
 def config(**kw):
-    base = dict(max_iters=10, lr=3e-3, warmup_iters=2, eval_interval=4, eval_iters=2, grad_accum=2, progress=False)
+    base = dict(steps=10, lr=3e-3, warmup_steps=2, eval_interval=4, eval_batches=2, grad_accum=2, progress=False)
     return TrainConfig(**{**base, **kw})
 
 
 def test_lr_warms_up_linearly_then_decays_by_cosine_to_min_lr():
-    cfg = TrainConfig(max_iters=100, lr=1.0, min_lr=0.1, warmup_iters=10)
+    cfg = TrainConfig(steps=100, lr=1.0, min_lr=0.1, warmup_steps=10)
     assert [lr_at(s, cfg) for s in range(3)] == pytest.approx([0.1, 0.2, 0.3])
     assert lr_at(9, cfg) == pytest.approx(1.0)
     mid = 10 + 45  # half-way through the decay: cos(pi/2) = 0
@@ -49,8 +58,8 @@ def test_weight_decay_applies_to_matrices_only():
 
 
 def test_bad_config_is_rejected():
-    with pytest.raises(ValueError, match="max_iters"):
-        TrainConfig(max_iters=0)
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
     with pytest.raises(ValueError, match="lr must be > 0"):
         TrainConfig(lr=0)
 
@@ -65,17 +74,17 @@ def test_gradient_accumulation_equals_one_big_batch():
         return {"idx": part[:, :-1], "targets": part[:, 1:]}
 
     halves.calls = 0
-    a = Trainer(make_model(dropout=0.0).double(), halves, causal_lm_loss, config(max_iters=1, grad_accum=2))
+    a = Trainer(make_model(dropout=0.0).double(), halves, causal_lm_loss, config(steps=1, grad_accum=2))
     a.train()
     b = Trainer(make_model(dropout=0.0).double(), lambda s, g: {"idx": rows[:, :-1], "targets": rows[:, 1:]},
-                causal_lm_loss, config(max_iters=1, grad_accum=1))
+                causal_lm_loss, config(steps=1, grad_accum=1))
     b.train()
     for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=name)
 
 
 def test_training_reduces_the_loss():
-    t = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(max_iters=60, eval_interval=0, lr=1e-2))
+    t = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(steps=60, eval_interval=0, lr=1e-2))
     before = t.evaluate()["val"]
     history = t.train()
     assert history["evals"][-1]["val"] < before - 0.5
@@ -117,22 +126,22 @@ def test_evaluating_does_not_change_the_training_run():
 
 
 def test_corrupt_checkpoint_files_name_the_file(tmp_path):
-    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2))
+    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2))
     t.train()
     ck = t.save_checkpoint(tmp_path / "ck")
     (ck / "model.safetensors").write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="model.safetensors: changed since the checkpoint at step 2"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
     t.save_checkpoint(ck)
     data = (ck / "trainer_state.pt").read_bytes()
     (ck / "trainer_state.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="trainer_state.pt: changed since the checkpoint at step 2"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
     refresh_manifest(ck)  # even a damaged file that the manifest vouches for is caught when read
     with pytest.raises(CheckpointError, match="trainer_state.pt: corrupt or unsafe checkpoint"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
     with pytest.raises(CheckpointError, match="nowhere: no such checkpoint"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(tmp_path / "nowhere")
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(tmp_path / "nowhere")
 
 
 def refresh_manifest(ck):
@@ -152,25 +161,53 @@ class Evil:
 
 
 def test_checkpoint_loading_refuses_pickled_code(tmp_path):
-    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2))
+    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2))
     ck = t.save_checkpoint(tmp_path / "ck")
     torch.save({"step": 0, "payload": Evil()}, ck / "trainer_state.pt")
     refresh_manifest(ck)
     with pytest.raises(CheckpointError, match="corrupt or unsafe"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
 
 
 def test_mismatched_model_or_config_is_a_clear_error(tmp_path):
-    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=2))
+    t = Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=2))
     ck = t.save_checkpoint(tmp_path / "ck")
     with pytest.raises(CheckpointError, match=r"n_embd=16 \(saved\) vs 32 \(model\)"):
-        Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
-    with pytest.raises(CheckpointError, match=r"max_iters=2 \(checkpoint\) vs 3 \(now\)"):
-        Trainer(make_model(), batch_fn, causal_lm_loss, config(max_iters=3)).load_checkpoint(ck)
+        Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
+    with pytest.raises(CheckpointError, match=r"steps=2 \(checkpoint\) vs 3 \(now\)"):
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=3)).load_checkpoint(ck)
     (ck / "config.json").unlink()  # without the config, the weight shapes still catch it
     refresh_manifest(ck)
     with pytest.raises(CheckpointError, match="cannot load weights into GPT"):
-        Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(max_iters=2)).load_checkpoint(ck)
+        Trainer(make_model(n_embd=32), batch_fn, causal_lm_loss, config(steps=2)).load_checkpoint(ck)
+
+
+def test_a_checkpoint_saved_under_the_old_field_names_still_resumes(tmp_path):
+    """Checkpoints written before TrainConfig's rename stored max_iters, warmup_iters and eval_iters."""
+    first = Trainer(make_model(), batch_fn, causal_lm_loss, config())
+    first.train(until=5)
+    ck = first.save_checkpoint(tmp_path / "ck")
+    state = torch.load(ck / "trainer_state.pt", weights_only=True)
+    saved = state["train_config"]
+    for old, new in RENAMED_FIELDS.items():
+        saved[old] = saved.pop(new)
+    assert {"max_iters", "warmup_iters", "eval_iters"} <= set(saved) and "steps" not in saved
+    torch.save(state, ck / "trainer_state.pt")
+    refresh_manifest(ck)
+    resumed = Trainer(make_model(seed=123), batch_fn, causal_lm_loss, config())
+    resumed.load_checkpoint(ck)
+    assert resumed.step == 5
+    # the renamed fields are still compared: an old checkpoint of another length is refused
+    with pytest.raises(CheckpointError, match=r"steps=10 \(checkpoint\) vs 11 \(now\)"):
+        Trainer(make_model(), batch_fn, causal_lm_loss, config(steps=11)).load_checkpoint(ck)
+    assert saved_train_config({"max_iters": 3, "lr": 0.1}) == {"steps": 3, "lr": 0.1}
+
+
+def test_train_config_is_frozen():
+    cfg = config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    assert dataclasses.replace(cfg, steps=3).steps == 3 and cfg.steps == 10
 
 
 def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(tmp_path):
@@ -201,7 +238,7 @@ def test_periodic_checkpoints_are_written(tmp_path):
     trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=4)
     saved = Trainer(make_model(seed=9), batch_fn, causal_lm_loss, config())
     saved.load_checkpoint(tmp_path / "ck")
-    assert saved.step == 8  # the last multiple of 4 before max_iters=10
+    assert saved.step == 8  # the last multiple of 4 before steps=10
     with pytest.raises(ValueError, match="checkpoint_every"):
         trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=-1)
 
@@ -209,14 +246,14 @@ def test_periodic_checkpoints_are_written(tmp_path):
 def test_compiled_training_follows_the_eager_run_and_checkpoints_the_plain_model(tmp_path):
     """TrainConfig.compile trains through torch.compile (gcc on a CPU): same losses up to float
     rounding, and a checkpoint whose weights load into an ordinary, uncompiled model."""
-    eager = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(max_iters=4, eval_interval=0))
+    eager = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(steps=4, eval_interval=0))
     compiled = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss,
-                       config(max_iters=4, eval_interval=0, compile=True))
+                       config(steps=4, eval_interval=0, compile=True))
     assert compiled.train_model is not compiled.model
     eager.train()
     compiled.train()
     assert compiled.history["train_loss"] == pytest.approx(eager.history["train_loss"], rel=1e-4)
     compiled.save_checkpoint(tmp_path / "ck")
-    plain = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(max_iters=4, eval_interval=0))
+    plain = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(steps=4, eval_interval=0))
     plain.load_checkpoint(tmp_path / "ck")  # the compile setting is not part of what must match
     torch.testing.assert_close(plain.model.lm_head.weight, compiled.model.lm_head.weight)

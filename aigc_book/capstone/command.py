@@ -10,7 +10,7 @@ Runs :func:`aigc_book.capstone.pipeline.run_pipeline` with progress bars on stde
 JSON object last: per stage its seconds, FLOPs and headline figures, and where the report card is.
 Interrupted (Ctrl-C, exit 130) or killed, the same command continues; a stage made with other
 settings is refused (exit 2) unless ``--overwrite``. On CUDA the defaults scale up
-(:meth:`~aigc_book.capstone.pipeline.CapstoneSettings.for_device`); flags given still win.
+(:meth:`~aigc_book.capstone.pipeline.CapstoneConfig.for_device`); flags given still win.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ FLAGS = {
     "n_head": ("--heads", int, "attention heads"),
     "n_embd": ("--embd", int, "width"),
     "block_size": ("--block", int, "context length in tokens"),
-    "batch": ("--batch", int, "sequences per step"),
-    "pretrain_iters": ("--pretrain-iters", int, "pretraining steps"),
-    "sft_iters": ("--sft-iters", int, "supervised fine-tuning steps"),
+    "batch_size": ("--batch", int, "sequences per step"),
+    "pretrain_steps": ("--pretrain-iters", int, "pretraining steps"),
+    "sft_steps": ("--sft-iters", int, "supervised fine-tuning steps"),
     "conversations": ("--conversations", int, "fine-tuning conversations"),
     "rl_steps": ("--rl-steps", int, "GRPO/PPO iterations, DPO steps, or n of best-of-n (default: per method)"),
     "docs_chars": ("--docs-chars", int, "cap on the English characters of the corpus (default: all)"),
@@ -67,7 +67,7 @@ def _summary(report: dict, out) -> dict:
 
 def cmd_tiny_chatgpt(args) -> dict:
     """Check every flag, run the pipeline, return the JSON summary."""
-    from aigc_book.capstone.pipeline import CapstoneSettings, StageMismatchError, run_pipeline
+    from aigc_book.capstone.pipeline import CapstoneConfig, StageMismatchError, run_pipeline
     from aigc_book.errors import RunError, UsageError
     from aigc_book.runtime import get_device
     from aigc_book.training.trainer import NonFiniteLossError
@@ -78,7 +78,7 @@ def cmd_tiny_chatgpt(args) -> dict:
         raise UsageError(f"--device: {err}") from None
     changes = {field: getattr(args, field) for field in FLAGS if getattr(args, field) is not None}
     try:
-        settings = CapstoneSettings.for_device(device, method=args.method, seed=args.seed, **changes)
+        settings = CapstoneConfig.for_device(device, method=args.method, seed=args.seed, **changes)
     except ValueError as err:
         raise UsageError(_as_flags(str(err))) from None
     say = (lambda message: None) if args.no_progress else (

@@ -37,7 +37,7 @@ __all__ = [
     "stdlib_docstrings",
     "python_topics",
     "bracket_documents",
-    "CorpusSettings",
+    "CorpusConfig",
     "Corpus",
     "build_corpus",
 ]
@@ -111,7 +111,7 @@ def bracket_documents(n: int, seed: int, length: int = 48) -> list[str]:
 
 
 @dataclass(frozen=True)
-class CorpusSettings:
+class CorpusConfig:
     """What goes into the corpus.
 
     Attributes:
@@ -182,11 +182,11 @@ def _split(docs: list[str], share: float, rng: random.Random) -> tuple[list[str]
     return docs[k:], docs[:k]
 
 
-def build_corpus(settings: CorpusSettings | None = None) -> Corpus:
+def build_corpus(config: CorpusConfig | None = None) -> Corpus:
     """Read, sample, hold out and shuffle the two sources (about 3 s the first time, parsing; 0.3 s after)."""
-    s = settings or CorpusSettings()
-    if not isinstance(s, CorpusSettings):
-        raise TypeError(f"settings must be a CorpusSettings, got {type(s).__name__}")
+    s = config or CorpusConfig()
+    if not isinstance(s, CorpusConfig):
+        raise TypeError(f"config must be a CorpusConfig, got {type(s).__name__}")
     rng = random.Random(s.seed)
     english = list(dict.fromkeys(python_topics() + stdlib_docstrings()))  # one copy of each text
     rng.shuffle(english)

@@ -41,22 +41,24 @@ import torch
 
 from aigc_book.capstone.chat import CHAT_GENERATION_CONFIG
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
-from aigc_book.capstone.corpus import Corpus, CorpusSettings, build_corpus
+from aigc_book.capstone.corpus import Corpus, CorpusConfig, build_corpus
 from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.tokenizer import BPEChatTokenizer, train_chat_tokenizer
 from aigc_book.files import atomic_write, fsync_path
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
+from aigc_book.rlhf.dpo import DPOConfig
 from aigc_book.rlhf.grpo import GRPOConfig
-from aigc_book.rlhf.pipeline import METHODS, RLHFSettings, run_rlhf
+from aigc_book.rlhf.pipeline import METHODS, RLHFConfig, run_rlhf
 from aigc_book.rlhf.ppo import PPOConfig
+from aigc_book.rlhf.reward_training import RewardConfig
 from aigc_book.rlhf.sft_policy import SFTPolicy
 from aigc_book.runtime import seed_everything
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import generate_responses, sft_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
 
-__all__ = ["STAGES", "STAGE_FILE", "SAMPLE_PROMPTS", "CapstoneSettings", "StageMismatchError", "run_pipeline",
+__all__ = ["STAGES", "STAGE_FILE", "SAMPLE_PROMPTS", "CapstoneConfig", "StageMismatchError", "run_pipeline",
            "load_stage_model"]
 
 STAGES = ("tokenizer", "pretrained", "sft", "tuned")
@@ -67,13 +69,16 @@ SPENT_FILE = "spent.json"  # time and FLOPs of earlier, interrupted runs of an u
 # Held-out prompts every stage answers in the report card (one of each kind), and one that is no instruction.
 SAMPLE_PROMPTS = ("close ([ef{i", "reverse bagc", "sort hdbeha", "count a in abca", "add 7+5", "hello")
 DEFAULT_RL_STEPS = {"grpo": 150, "ppo": 60, "dpo": 150, "best-of-n": 8}
+# Old name -> new name of CapstoneConfig fields, so that stages recorded before the rename still match.
+RENAMED_FIELDS = {"batch": "batch_size", "pretrain_iters": "pretrain_steps", "sft_iters": "sft_steps",
+                  "sft_ptx_batch": "sft_ptx_batch_size"}
 
 
 @dataclass(frozen=True)
-class CapstoneSettings:
+class CapstoneConfig:
     """Everything the pipeline does; the defaults took 11 minutes on the book's 2-core CPU (0.6 GB of memory).
 
-    ``sft_ptx_batch`` pretraining windows join every fine-tuning batch, their next-token loss added to
+    ``sft_ptx_batch_size`` pretraining windows join every fine-tuning batch, their next-token loss added to
     the responses' with weight 1: fine-tuning on instructions alone makes the model forget the text
     it was pretrained on, and mixing pretraining data back in is InstructGPT's remedy (its PPO-ptx,
     Ouyang et al. 2022, arXiv:2203.02155, eq. 2). ``rl_steps`` counts GRPO's or PPO's iterations, DPO's
@@ -88,14 +93,14 @@ class CapstoneSettings:
     n_head: int = 4
     n_embd: int = 128
     block_size: int = 128
-    batch: int = 32
-    pretrain_iters: int = 2500
+    batch_size: int = 32
+    pretrain_steps: int = 2500
     pretrain_lr: float = 3e-3
     conversations: int = 20_000
     max_turns: int = 3
-    sft_iters: int = 1500
+    sft_steps: int = 1500
     sft_lr: float = 2e-3
-    sft_ptx_batch: int = 8
+    sft_ptx_batch_size: int = 8
     method: str = "grpo"
     rl_steps: int | None = None
     rl_lr: float = 2e-5
@@ -106,17 +111,17 @@ class CapstoneSettings:
 
     STAGE_FIELDS = {
         "tokenizer": ("docs_chars", "bracket_share", "vocab_size", "seed"),
-        "pretrained": ("n_layer", "n_head", "n_embd", "block_size", "batch", "pretrain_iters", "pretrain_lr",
+        "pretrained": ("n_layer", "n_head", "n_embd", "block_size", "batch_size", "pretrain_steps", "pretrain_lr",
                        "eval_prompts"),
-        "sft": ("conversations", "max_turns", "sft_iters", "sft_lr", "sft_ptx_batch"),
+        "sft": ("conversations", "max_turns", "sft_steps", "sft_lr", "sft_ptx_batch_size"),
         "tuned": ("method", "rl_steps", "rl_lr", "pairs", "rm_steps"),
     }
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
-        ints = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch", "pretrain_iters", "conversations",
-                "max_turns", "sft_iters", "pairs", "rm_steps", "eval_prompts")
+        ints = ("vocab_size", "n_layer", "n_head", "n_embd", "block_size", "batch_size", "pretrain_steps",
+                "conversations", "max_turns", "sft_steps", "pairs", "rm_steps", "eval_prompts")
         for name in ints + (("rl_steps",) if self.rl_steps is not None else ()):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -125,16 +130,17 @@ class CapstoneSettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
-        if isinstance(self.sft_ptx_batch, bool) or not isinstance(self.sft_ptx_batch, int) or self.sft_ptx_batch < 0:
-            raise ValueError(f"sft_ptx_batch must be an int >= 0 (0: no pretraining text in fine-tuning), "
-                             f"got {self.sft_ptx_batch!r}")
+        ptx = self.sft_ptx_batch_size
+        if isinstance(ptx, bool) or not isinstance(ptx, int) or ptx < 0:
+            raise ValueError(f"sft_ptx_batch_size must be an int >= 0 (0: no pretraining text in fine-tuning), "
+                             f"got {ptx!r}")
         if self.vocab_size < 256:
             raise ValueError(f"vocab_size must be at least 256 (the byte alphabet), got {self.vocab_size}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
         if self.block_size < 32:
             raise ValueError(f"block_size must be at least 32 tokens (a conversation must fit), got {self.block_size}")
-        CorpusSettings(self.docs_chars, self.bracket_share, seed=self.seed)  # its checks name a bad value
+        CorpusConfig(self.docs_chars, self.bracket_share, seed=self.seed)  # its checks name a bad value
 
     @property
     def steps(self) -> int:
@@ -147,11 +153,11 @@ class CapstoneSettings:
         return {f: getattr(self, f) for f in fields}
 
     @classmethod
-    def for_device(cls, device: torch.device | str, **changes) -> CapstoneSettings:
+    def for_device(cls, device: torch.device | str, **changes) -> CapstoneConfig:
         """The defaults on a CPU; on CUDA a wider, deeper model with a longer context, trained longer."""
         if torch.device(device).type == "cuda":
-            changes = {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 256, "batch": 64,
-                       "pretrain_iters": 6000, "pretrain_lr": 1e-3, "vocab_size": 2048, "sft_iters": 3000,
+            changes = {"n_layer": 8, "n_head": 8, "n_embd": 512, "block_size": 256, "batch_size": 64,
+                       "pretrain_steps": 6000, "pretrain_lr": 1e-3, "vocab_size": 2048, "sft_steps": 3000,
                        "sft_lr": 5e-4, "conversations": 50_000, "rl_steps": 300, **changes}
         return cls(**changes)
 
@@ -176,20 +182,28 @@ def _read_json(path: Path) -> dict:
         raise StageMismatchError(f"{path}: unreadable ({err}); remove it or run again with --overwrite") from None
 
 
-def _finished(out: Path, stage: str, settings: CapstoneSettings) -> dict | None:
+def _finished(out: Path, stage: str, settings: CapstoneConfig) -> dict | None:
     """The record of a finished stage made with these settings; None if it is not there yet."""
     directory = out / stage
     if not directory.exists():
         return None
     data = _read_json(directory / STAGE_FILE)
-    if data.get("settings") != settings.fingerprint(stage):
+    saved = _saved_settings(data.get("settings"))
+    if saved != settings.fingerprint(stage):
         raise StageMismatchError(
-            f"{directory} was made with other settings ({_difference(data.get('settings'), settings, stage)}); "
+            f"{directory} was made with other settings ({_difference(saved, settings, stage)}); "
             "use another --out, or --overwrite to start again")
     return data["record"]
 
 
-def _difference(saved, settings: CapstoneSettings, stage: str) -> str:
+def _saved_settings(saved):
+    """A stage's recorded settings with their fields under today's names (see :data:`RENAMED_FIELDS`)."""
+    if not isinstance(saved, dict):
+        return saved
+    return {RENAMED_FIELDS.get(key, key): value for key, value in saved.items()}
+
+
+def _difference(saved, settings: CapstoneConfig, stage: str) -> str:
     now = settings.fingerprint(stage)
     if not isinstance(saved, dict):
         return "no settings recorded"
@@ -197,13 +211,13 @@ def _difference(saved, settings: CapstoneSettings, stage: str) -> str:
     return ", ".join(f"{k}: {saved.get(k)!r} there, {now[k]!r} now" for k in names) or "different stages"
 
 
-def _start(out: Path, stage: str, settings: CapstoneSettings) -> Path:
+def _start(out: Path, stage: str, settings: CapstoneConfig) -> Path:
     """The work directory of an unfinished stage: made fresh, or reused if its settings match."""
     work = _partial(out, stage)
     if work.exists() and not (work / "settings.json").exists():
         shutil.rmtree(work)  # killed before its first file: it holds nothing
     if work.exists():
-        saved = _read_json(work / "settings.json")
+        saved = _saved_settings(_read_json(work / "settings.json"))
         if saved != settings.fingerprint(stage):
             raise StageMismatchError(
                 f"{work} holds an unfinished {stage} stage made with other settings "
@@ -219,7 +233,7 @@ def _write_json(path: Path, data) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(encoded))
 
 
-def _commit(out: Path, stage: str, work: Path, settings: CapstoneSettings, record: dict) -> dict:
+def _commit(out: Path, stage: str, work: Path, settings: CapstoneConfig, record: dict) -> dict:
     """Write ``stage.json``, then rename the work directory into place: all or nothing (killed before the
     rename, the stage is still unfinished and a re-run finishes it). Returns the record as written
     (JSON: tuples become lists), so a re-run that skips the stage returns the same value."""
@@ -270,11 +284,11 @@ def load_stage_model(out, stage: str, *, device=None) -> tuple[GPT, BPEChatToken
 # ------------------------------------------------------------------------------------------------
 
 
-def _corpus(settings: CapstoneSettings) -> Corpus:
-    return build_corpus(CorpusSettings(settings.docs_chars, settings.bracket_share, seed=settings.seed))
+def _corpus(settings: CapstoneConfig) -> Corpus:
+    return build_corpus(CorpusConfig(settings.docs_chars, settings.bracket_share, seed=settings.seed))
 
 
-def _tokenizer_stage(work: Path, corpus: Corpus, s: CapstoneSettings) -> dict:
+def _tokenizer_stage(work: Path, corpus: Corpus, s: CapstoneConfig) -> dict:
     t0 = time.perf_counter()
     tok = train_chat_tokenizer(corpus.train, s.vocab_size)
     tok.save(work / TOKENIZER_FILE)
@@ -286,7 +300,7 @@ def _tokenizer_stage(work: Path, corpus: Corpus, s: CapstoneSettings) -> dict:
             "bytes_per_token": bytes_per_token, "seconds": time.perf_counter() - t0, "flops": 0.0}
 
 
-def _measure_model(model: GPT, tok, corpus: Corpus, s: CapstoneSettings, unseen=None) -> dict:
+def _measure_model(model: GPT, tok, corpus: Corpus, s: CapstoneConfig, unseen=None) -> dict:
     """What every model stage records: bits per byte per held-out source, accuracy (also on the ``unseen``
     held-out prompts, those not in the fine-tuning data, when given), sample answers."""
     prompts = _eval_prompts(s)
@@ -300,7 +314,7 @@ def _measure_model(model: GPT, tok, corpus: Corpus, s: CapstoneSettings, unseen=
     }
 
 
-def _eval_prompts(s: CapstoneSettings) -> list[instructions.Instruction]:
+def _eval_prompts(s: CapstoneConfig) -> list[instructions.Instruction]:
     return instructions.sample_instructions(s.eval_prompts, seed=s.seed + 10_000)
 
 
@@ -325,17 +339,17 @@ def _train(model: GPT, work: Path, batch_fn: Callable, config: TrainConfig) -> d
     checkpoint = work / CHECKPOINT
     if checkpoint.exists():
         trainer.load_checkpoint(checkpoint)
-    trainer.train(checkpoint_dir=checkpoint, checkpoint_every=max(1, config.max_iters // 10))
+    trainer.train(checkpoint_dir=checkpoint, checkpoint_every=max(1, config.steps // 10))
     return trainer.history
 
 
-def _pretrain_stage(work: Path, corpus: Corpus, tok, s: CapstoneSettings, device, progress: bool) -> tuple[GPT, dict]:
+def _pretrain_stage(work: Path, corpus: Corpus, tok, s: CapstoneConfig, device, progress: bool) -> tuple[GPT, dict]:
     ids = _pretraining_ids(tok, corpus)
     held = torch.tensor(tok.encode("\n\n".join(corpus.held_out.values()), allow_special=False))
     T = s.block_size
 
     def windows(split: str, g: torch.Generator) -> dict:
-        idx, targets = _windows(ids if split == "train" else held, s.batch, T, g)
+        idx, targets = _windows(ids if split == "train" else held, s.batch_size, T, g)
         return {"idx": idx, "targets": targets}
 
     torch.manual_seed(s.seed)
@@ -344,11 +358,11 @@ def _pretrain_stage(work: Path, corpus: Corpus, tok, s: CapstoneSettings, device
     model = GPT(config).to(device)
     with _Spent(work) as spent:
         history = _train(model, work, windows, TrainConfig(
-            max_iters=s.pretrain_iters, lr=s.pretrain_lr, warmup_iters=min(100, s.pretrain_iters // 10),
-            eval_interval=max(1, s.pretrain_iters // 10), eval_iters=5, seed=s.seed, progress=progress))
+            steps=s.pretrain_steps, lr=s.pretrain_lr, warmup_steps=min(100, s.pretrain_steps // 10),
+            eval_interval=max(1, s.pretrain_steps // 10), eval_batches=5, seed=s.seed, progress=progress))
     model.eval()
     record = {"params": model.num_parameters(), "non_embedding_params": model.num_parameters(exclude_embeddings=True),
-              "train_tokens": ids.numel(), "tokens_seen": s.pretrain_iters * s.batch * T,
+              "train_tokens": ids.numel(), "tokens_seen": s.pretrain_steps * s.batch_size * T,
               "loss": _every(history["train_loss"]), "val_loss": [(e["step"], e["val"]) for e in history["evals"]],
               "ngram_bits_per_byte": ngram_bits_per_byte(corpus.train, corpus.held_out),
               **_measure_model(model, tok, corpus, s), "seconds": spent.seconds, "flops": spent.flops}
@@ -365,7 +379,7 @@ def _every(losses: list[float], points: int = 50) -> list[tuple[int, float]]:
     return [(i + 1, float(v)) for i, v in enumerate(losses) if (i + 1) % stride == 0 or i + 1 == len(losses)]
 
 
-def _sft_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings, progress: bool) -> tuple[GPT, dict]:
+def _sft_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneConfig, progress: bool) -> tuple[GPT, dict]:
     conversations = _conversations(s)
     data = encode_conversations(tok, conversations, max_length=s.block_size + 1, truncate=True)
     seen = {turn.prompt for c in conversations for turn in c}
@@ -373,15 +387,15 @@ def _sft_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings,
     ids = _pretraining_ids(tok, corpus)
 
     def batch(split: str, g: torch.Generator) -> dict:
-        b = sft_batch(data, s.batch, g)
-        if s.sft_ptx_batch:
-            b["ptx_idx"], b["ptx_targets"] = _windows(ids, s.sft_ptx_batch, s.block_size, g)
+        b = sft_batch(data, s.batch_size, g)
+        if s.sft_ptx_batch_size:
+            b["ptx_idx"], b["ptx_targets"] = _windows(ids, s.sft_ptx_batch_size, s.block_size, g)
         return b
 
     with _Spent(work) as spent:
         history = _train(model, work, batch, TrainConfig(
-            max_iters=s.sft_iters, lr=s.sft_lr, warmup_iters=min(30, s.sft_iters // 10), weight_decay=0.0,
-            eval_iters=1, eval_splits=(), seed=s.seed + 1, progress=progress))
+            steps=s.sft_steps, lr=s.sft_lr, warmup_steps=min(30, s.sft_steps // 10), weight_decay=0.0,
+            eval_batches=1, eval_splits=(), seed=s.seed + 1, progress=progress))
     model.eval()
     record = {"conversations": len(conversations), "turns": int((data.tokens == tok.assistant_id).sum()),
               "tokens": int(data.real_mask.sum()), "loss": _every(history["train_loss"]),
@@ -391,7 +405,7 @@ def _sft_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings,
     return model, record
 
 
-def _conversations(s: CapstoneSettings) -> list:
+def _conversations(s: CapstoneConfig) -> list:
     return sample_conversations(s.conversations, seed=s.seed + 1, max_turns=s.max_turns)
 
 
@@ -403,13 +417,14 @@ def _seen_share(prompts, seen: set[str]) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in sorted(by_kind.items())}
 
 
-def _tune_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings, device, progress: bool,
+def _tune_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneConfig, device, progress: bool,
                 log) -> tuple[GPT, dict]:
     T = s.block_size
     ids = _pretraining_ids(tok, corpus)[: 100 * (T + 1)]
     pretrain_windows = ids[: len(ids) // (T + 1) * (T + 1)].view(-1, T + 1)  # PPO-ptx's data, if it is used
-    rl = RLHFSettings(kinds=instructions.KINDS, pairs=s.pairs, rm_steps=s.rm_steps, eval_prompts=s.eval_prompts,
-                      ppo=PPOConfig(lr=s.rl_lr, kl_coef=0.1), grpo=GRPOConfig(lr=s.rl_lr), dpo_lr=s.rl_lr)
+    rl = RLHFConfig(kinds=instructions.KINDS, pairs=s.pairs, reward=RewardConfig(steps=s.rm_steps),
+                    eval_prompts=s.eval_prompts, ppo=PPOConfig(lr=s.rl_lr, kl_coef=0.1), grpo=GRPOConfig(lr=s.rl_lr),
+                    dpo=DPOConfig(lr=s.rl_lr))
     sft = SFTPolicy(model, tok, pretrain_windows, {}, 0.0)
     with _Spent(work) as spent:
         summary, policy, _ = run_rlhf(s.method, steps=s.steps, seed=s.seed, settings=rl, device=device,
@@ -427,14 +442,14 @@ def _tune_stage(work: Path, model: GPT, corpus: Corpus, tok, s: CapstoneSettings
 # ------------------------------------------------------------------------------------------------
 
 
-def run_pipeline(out, settings: CapstoneSettings | None = None, *, device=None, progress: bool = False,
+def run_pipeline(out, settings: CapstoneConfig | None = None, *, device=None, progress: bool = False,
                  log: Callable[[str], None] | None = None, overwrite: bool = False, until: str = STAGES[-1]) -> dict:
     """Run (or finish) the stages into ``out``, up to and including ``until``, and write ``report.md`` and
     ``report.json``; returns ``{"settings", "device", "stages"}`` with the record of every finished stage.
     See the module docstring for what a re-run does (a later call with a later ``until`` goes on)."""
     from aigc_book.capstone.report import write_report
 
-    s = settings or CapstoneSettings()
+    s = settings or CapstoneConfig()
     if until not in STAGES:
         raise ValueError(f"until must be one of {', '.join(STAGES)}; got {until!r}")
     say = log or (lambda message: None)

@@ -308,7 +308,7 @@ def data_parallel_steps(device: torch.device, config=None, batch: int = 8, steps
     def batch_fn(split, generator):
         return causal_lm_batch(data, batch, config.block_size, generator)
 
-    cfg = TrainConfig(max_iters=rounds * steps, lr=1e-3, warmup_iters=0, seed=seed, progress=False)
+    cfg = TrainConfig(steps=rounds * steps, lr=1e-3, warmup_steps=0, seed=seed, progress=False)
 
     def trainer(distributed: bool | None) -> Trainer:
         torch.manual_seed(seed)

@@ -47,7 +47,7 @@ from aigc_book.models.gpt import CausalLMOutput
 __all__ = ["AttentionOnlyConfig", "AttentionOnlyTransformer"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttentionOnlyConfig:
     """Shape of an attention-only Transformer.
 

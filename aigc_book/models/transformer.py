@@ -33,7 +33,7 @@ from aigc_book.layers.positions import POS_ENCODINGS, make_positions
 __all__ = ["TransformerConfig", "Transformer", "TransformerOutput", "position_ids_from_padding"]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TransformerConfig:
     """Everything that fixes a Transformer's shape.
 

@@ -5,7 +5,7 @@ arXiv:2305.18290) show that the KL-regularised reward maximisation PPO performs 
 optimum, :math:`\pi^*(y|x) \propto \pi_\mathrm{ref}(y|x)\, e^{r(x,y)/\beta}`; solving it for
 :math:`r` and putting that into the Bradley–Terry loss gives a loss on the policy itself
 (:func:`~aigc_book.rlhf.losses.dpo_loss`). :func:`train_dpo` minimises it with the book's
-:class:`~aigc_book.training.trainer.Trainer`.
+:class:`~aigc_book.training.trainer.Trainer`, configured by a :class:`DPOConfig`.
 
 The log-probabilities are those of whole responses, the **sum** over their tokens. With
 ``average=True`` they are the per-token *mean* instead, which some from-scratch implementations use:
@@ -15,18 +15,42 @@ pair by its length (chapter 5 measures what that does).
 
 from __future__ import annotations
 
-import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from aigc_book.models.gpt import GPT
+from aigc_book.rlhf.common import check_fields
 from aigc_book.rlhf.losses import dpo_loss
 from aigc_book.rlhf.preferences import PreferencePairs
 from aigc_book.rlhf.rollouts import token_logprobs
 from aigc_book.training.trainer import TrainConfig, Trainer
 
-__all__ = ["train_dpo"]
+__all__ = ["DPOConfig", "train_dpo"]
+
+
+@dataclass(frozen=True)
+class DPOConfig:
+    """Hyper-parameters of :func:`train_dpo`.
+
+    Attributes:
+        steps: optimizer steps (AdamW, no weight decay, warm-up then cosine decay, gradients clipped
+            at norm 1).
+        batch_size: preference pairs per step.
+        lr: the peak learning rate.
+        beta: DPO's β, the strength of the implicit KL leash (larger: stays closer to the reference).
+        average: use per-token mean log-probabilities instead of sums (to show what goes wrong).
+    """
+
+    steps: int = 150
+    batch_size: int = 32
+    lr: float = 1e-4
+    beta: float = 0.1
+    average: bool = False
+
+    def __post_init__(self) -> None:
+        check_fields(self, positive_ints=("steps", "batch_size"), positive=("lr", "beta"))
 
 
 def _logps(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, average: bool) -> torch.Tensor:
@@ -34,32 +58,27 @@ def _logps(model: nn.Module, tokens: torch.Tensor, mask: torch.Tensor, average: 
     return total / mask.sum(1).clamp(min=1) if average else total
 
 
-def train_dpo(policy: GPT, reference: GPT, pairs: PreferencePairs, *, steps: int, batch_size: int = 32,
-              lr: float = 1e-4, beta: float = 0.1, average: bool = False, seed: int = 0,
-              progress: bool = False) -> dict:
+def train_dpo(policy: GPT, reference: GPT, pairs: PreferencePairs, config: DPOConfig | None = None, *,
+              seed: int = 0, progress: bool = False) -> dict:
     """Fit ``policy`` (in place) to ``pairs`` with the DPO loss against the frozen ``reference``.
 
     Args:
         policy: the GPT to train, usually a copy of ``reference``.
         reference: the frozen SFT model; its log-probabilities are computed once, up front.
         pairs: labelled comparisons (:class:`~aigc_book.rlhf.preferences.PreferencePairs`).
-        steps, batch_size, lr: optimizer steps, pairs per step, peak learning rate (AdamW, no
-            weight decay, warm-up then cosine decay, gradients clipped at norm 1).
-        beta: DPO's β, the strength of the implicit KL leash (larger: stays closer to the reference).
-        average: use per-token mean log-probabilities instead of sums (to show what goes wrong).
+        config: a :class:`DPOConfig` (steps, batch size, learning rate, β, averaging).
         seed: the seed of the batch draws.
+        progress: show a progress bar.
 
     Returns:
         the trainer's history.
     """
+    c = config or DPOConfig()
+    if not isinstance(c, DPOConfig):
+        raise TypeError(f"config must be a DPOConfig, got {type(c).__name__}")
     if not isinstance(pairs, PreferencePairs) or len(pairs) == 0:
         raise ValueError("pairs must be a non-empty PreferencePairs")
-    for name, value in (("steps", steps), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
-    for name, value in (("lr", lr), ("beta", beta)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+    batch_size, average = c.batch_size, c.average
     device = next(policy.parameters()).device
     policy.requires_grad_(True)
     width = max(pairs.chosen.tokens.size(1), pairs.rejected.tokens.size(1))
@@ -85,10 +104,10 @@ def train_dpo(policy: GPT, reference: GPT, pairs: PreferencePairs, *, steps: int
     def loss_fn(model: nn.Module, batch: dict) -> torch.Tensor:
         logps = _logps(model, batch["tokens"], batch["mask"], average)
         B = batch_size
-        return dpo_loss(logps[:B], logps[B:], batch["ref"][:B], batch["ref"][B:], beta)
+        return dpo_loss(logps[:B], logps[B:], batch["ref"][:B], batch["ref"][B:], c.beta)
 
-    config = TrainConfig(max_iters=steps, lr=float(lr), warmup_iters=max(1, min(30, steps // 10)), weight_decay=0.0,
-                         grad_clip=1.0, eval_splits=(), seed=seed, progress=progress)
-    history = Trainer(policy, batch_fn, loss_fn, config, device=device).train()
+    train_config = TrainConfig(steps=c.steps, lr=float(c.lr), warmup_steps=max(1, min(30, c.steps // 10)),
+                               weight_decay=0.0, grad_clip=1.0, eval_splits=(), seed=seed, progress=progress)
+    history = Trainer(policy, batch_fn, loss_fn, train_config, device=device).train()
     policy.eval()
     return history

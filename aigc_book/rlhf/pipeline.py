@@ -17,6 +17,7 @@ Each stage is also a function of its own, so the chapter can show and reuse them
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -26,30 +27,35 @@ import torch
 
 from aigc_book.models.gpt import GPT
 from aigc_book.rlhf.best_of_n import best_of_n, best_of_n_kl
-from aigc_book.rlhf.dpo import train_dpo
+from aigc_book.rlhf.dpo import DPOConfig, train_dpo
 from aigc_book.rlhf.grpo import GRPOConfig, GRPOTrainer
 from aigc_book.rlhf.heads import RewardModel
 from aigc_book.rlhf.losses import kl_estimates
 from aigc_book.rlhf.ppo import PPOConfig, PPOTrainer
 from aigc_book.rlhf.preferences import Labelers, PreferencePairs, collect_preferences, gold_rewards
-from aigc_book.rlhf.reward_training import preference_accuracy, reward_scores, train_reward_model
+from aigc_book.rlhf.reward_training import RewardConfig, preference_accuracy, reward_scores, train_reward_model
 from aigc_book.rlhf.rollouts import Responses, sample_responses, token_logprobs
-from aigc_book.rlhf.sft_policy import PolicyRecipe, SFTPolicy, build_sft_policy
+from aigc_book.rlhf.sft_policy import PolicyConfig, SFTPolicy, build_sft_policy
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import ChatTokenizer
 from aigc_book.training.objectives import sequence_lm_batch
 
-__all__ = ["METHODS", "RLHFSettings", "prompt_sampler", "checker_reward", "evaluate", "Preferences",
+__all__ = ["METHODS", "RLHFConfig", "prompt_sampler", "checker_reward", "evaluate", "Preferences",
            "make_preferences", "fit_reward_model", "run_rlhf"]
 
 METHODS = ("ppo", "dpo", "grpo", "best-of-n")
 
 
 @dataclass(frozen=True)
-class RLHFSettings:
-    """Everything :func:`run_rlhf` needs besides the method, its steps and the seed."""
+class RLHFConfig:
+    """Everything :func:`run_rlhf` needs besides the method, its steps and the seed.
 
-    recipe: PolicyRecipe = field(default_factory=PolicyRecipe)
+    Each method's own hyper-parameters are its config: :attr:`policy` builds the SFT model,
+    :attr:`reward` trains the reward model, and :attr:`ppo`, :attr:`grpo`, :attr:`dpo` tune the policy
+    (:func:`run_rlhf` sets DPO's ``steps``). ``ptx_batch_size`` is PPO-ptx's pretraining sequences per step.
+    """
+
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
     # The kinds of instruction of the feedback stage: those whose answers a small reward model can judge
     # best (a sorted answer has its letters in order; a count is one digit), so that a learned reward
     # can help at all. Chapter 5's exercises ask what happens with every kind.
@@ -57,17 +63,13 @@ class RLHFSettings:
     pairs: int = 12_000  # preference prompts (pairs with two identical answers are dropped)
     labeler_temperature: float = 0.1
     length_bias: float = 0.3  # the labelers' bias per character of response length
-    rm_steps: int = 600
-    rm_batch: int = 64
-    rm_lr: float = 3e-4
+    reward: RewardConfig = field(default_factory=RewardConfig)
     max_new_tokens: int = 10
     eval_prompts: int = 512
     ppo: PPOConfig = field(default_factory=lambda: PPOConfig(lr=1e-4, kl_coef=0.3))
     grpo: GRPOConfig = field(default_factory=lambda: GRPOConfig(lr=1e-4, kl_coef=0.01))
-    dpo_beta: float = 0.1
-    dpo_lr: float = 1e-4
-    dpo_batch: int = 32
-    ptx_batch: int = 16
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    ptx_batch_size: int = 16
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kinds", tuple(self.kinds))
@@ -120,7 +122,7 @@ class Preferences:
     held_out: PreferencePairs
 
 
-def make_preferences(sft: SFTPolicy, settings: RLHFSettings, *, seed: int) -> Preferences:
+def make_preferences(sft: SFTPolicy, settings: RLHFConfig, *, seed: int) -> Preferences:
     """Pairs of the SFT model's responses to fresh prompts, ranked by the simulated labelers; 20% held out."""
     labelers = Labelers(settings.labeler_temperature, settings.length_bias)
     prompts = instructions.sample_instructions(settings.pairs, seed=seed + 1000, config=settings.instruction_config)
@@ -131,17 +133,16 @@ def make_preferences(sft: SFTPolicy, settings: RLHFSettings, *, seed: int) -> Pr
     return Preferences(train, held_out)
 
 
-def fit_reward_model(sft: SFTPolicy, pairs: PreferencePairs, settings: RLHFSettings, *, seed: int,
+def fit_reward_model(sft: SFTPolicy, pairs: PreferencePairs, settings: RLHFConfig, *, seed: int,
                      progress: bool = False) -> RewardModel:
     """A reward model started from the SFT model, trained on ``pairs`` with the Bradley–Terry loss."""
     torch.manual_seed(seed)
     rm = RewardModel(sft.model)
-    train_reward_model(rm, pairs, steps=settings.rm_steps, batch_size=settings.rm_batch, lr=settings.rm_lr,
-                       seed=seed, progress=progress)
+    train_reward_model(rm, pairs, settings.reward, seed=seed, progress=progress)
     return rm
 
 
-def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings | None = None, device=None,
+def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFConfig | None = None, device=None,
              progress: bool = False, sft: SFTPolicy | None = None,
              log: Callable[[str], None] | None = None) -> tuple[dict, GPT, ChatTokenizer]:
     """The whole pipeline for one method; returns ``(summary, policy, tokenizer)``: the summary is
@@ -155,12 +156,12 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    s = settings or RLHFSettings()
+    s = settings or RLHFConfig()
     say = log or (lambda message: None)
     t0 = time.perf_counter()
     if sft is None:
         say("building the SFT policy (pretraining, then supervised fine-tuning)")
-        sft = build_sft_policy(s.recipe, seed=seed, device=device, progress=progress)
+        sft = build_sft_policy(s.policy, seed=seed, device=device, progress=progress)
     tok, reference = sft.tokenizer, sft.model
     held_out = instructions.sample_instructions(s.eval_prompts, seed=seed + 2000, config=s.instruction_config)
     measure = dict(max_new_tokens=s.max_new_tokens, seed=seed + 3)
@@ -177,7 +178,7 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
     policy = copy.deepcopy(reference)
     say(f"running {method}")
     if method == "ppo":
-        ptx = (lambda g: sequence_lm_batch(sft.pretrain_seqs, s.ptx_batch, g)) if s.ppo.ptx_coef > 0 else None
+        ptx = (lambda g: sequence_lm_batch(sft.pretrain_seqs, s.ptx_batch_size, g)) if s.ppo.ptx_coef > 0 else None
         trainer = PPOTrainer(policy, reference, tok, rm.score, prompt_sampler(s.instruction_config), s.ppo,
                              ptx_batch_fn=ptx, seed=seed)
         _loop(trainer, steps, progress)
@@ -188,8 +189,8 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFSettings |
         _loop(trainer, steps, progress)
         after = evaluate(policy, reference, tok, held_out, **measure)
     elif method == "dpo":
-        train_dpo(policy, reference, prefs.train, steps=steps, batch_size=s.dpo_batch, lr=s.dpo_lr, beta=s.dpo_beta,
-                  seed=seed, progress=progress)
+        train_dpo(policy, reference, prefs.train, dataclasses.replace(s.dpo, steps=steps), seed=seed,
+                  progress=progress)
         after = evaluate(policy, reference, tok, held_out, **measure)
     else:
         picked = best_of_n(reference, tok, held_out, rm, n=steps, max_new_tokens=s.max_new_tokens,

@@ -3,8 +3,9 @@ r"""Train a reward model on preference pairs, and measure how often it agrees wi
 Introduced in chapter 5, section "A reward model from preferences". The reward model
 (:class:`~aigc_book.rlhf.heads.RewardModel`) is fitted by maximum likelihood under the
 Bradley–Terry model, :func:`~aigc_book.rlhf.losses.bradley_terry_loss` (InstructGPT eq. 1, Ouyang
-et al. 2022), with the book's :class:`~aigc_book.training.trainer.Trainer`: each step draws a
-minibatch of pairs and scores the chosen and the rejected responses in one forward pass.
+et al. 2022), with the book's :class:`~aigc_book.training.trainer.Trainer` configured by a
+:class:`RewardConfig`: each step draws a minibatch of pairs and scores the chosen and the rejected
+responses in one forward pass.
 
 Two ways to grade it, both on pairs it did not train on:
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -33,12 +35,41 @@ from aigc_book.rlhf.rollouts import Responses
 from aigc_book.training.trainer import TrainConfig, Trainer
 
 __all__ = [
+    "RewardConfig",
     "reward_scores",
     "pair_rewards",
     "train_reward_model",
     "preference_accuracy",
     "true_preference_accuracy",
 ]
+
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Hyper-parameters of :func:`train_reward_model`.
+
+    Attributes:
+        steps: optimizer steps.
+        batch_size: preference pairs per step.
+        lr: the peak learning rate.
+        eval_interval: with held-out pairs, evaluate every this many steps (0: at the end only).
+    """
+
+    steps: int = 600
+    batch_size: int = 64
+    lr: float = 3e-4
+    eval_interval: int = 0
+
+    def __post_init__(self) -> None:
+        for name, low in (("steps", 1), ("batch_size", 1), ("eval_interval", 0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        lr = self.lr
+        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+            raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+
 
 # A RewardModel (anything with ``score(responses)``) or a function of a batch, e.g. gold_rewards.
 Reward = nn.Module | Callable[[Responses], torch.Tensor]
@@ -139,9 +170,9 @@ def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
     return torch.nn.functional.pad(x, (0, length - x.size(1)), value=0)
 
 
-def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, *, steps: int, batch_size: int, lr: float,
-                       seed: int, device: torch.device | str | None = None, progress: bool = False,
-                       eval_pairs: PreferencePairs | None = None, eval_interval: int = 0) -> dict:
+def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, config: RewardConfig | None = None, *,
+                       seed: int = 0, device: torch.device | str | None = None, progress: bool = False,
+                       eval_pairs: PreferencePairs | None = None) -> dict:
     r"""Fit ``reward_model`` to ``pairs`` with the Bradley–Terry loss; returns the trainer's history.
 
     .. math:: \mathcal{L} = -\frac1B \sum_i \log \sigma\big(r(x_i, y_i^c) - r(x_i, y_i^r)\big)
@@ -158,13 +189,13 @@ def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, *, steps
         reward_model: a :class:`~aigc_book.rlhf.heads.RewardModel` (``forward(tokens, last_index) -> (B,)``),
             trained in place and left in eval mode.
         pairs: the training comparisons.
-        steps, batch_size, lr, seed: optimizer steps, pairs per step, peak learning rate, and the seed
-            of the batch draws.
+        config: a :class:`RewardConfig` (steps, pairs per step, peak learning rate, evaluation interval).
+        seed: the seed of the batch draws.
         device: where to train (default: the model's device).
         progress: show a progress bar.
         eval_pairs: held-out pairs; with them, ``history["evals"]`` records ``val_loss`` (the
             Bradley–Terry loss) and ``val_accuracy`` (:func:`preference_accuracy`) every
-            ``eval_interval`` steps (0: at the end only).
+            ``config.eval_interval`` steps (0: at the end only).
 
     Returns:
         the :class:`~aigc_book.training.trainer.Trainer`'s ``history``: ``step``, ``train_loss``,
@@ -178,13 +209,12 @@ def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, *, steps
         raise ValueError("no pairs to train on")
     if eval_pairs is not None and not isinstance(eval_pairs, PreferencePairs):
         raise TypeError(f"eval_pairs must be PreferencePairs or None, got {type(eval_pairs).__name__}")
-    for name, value, low in (("steps", steps, 1), ("batch_size", batch_size, 1), ("eval_interval", eval_interval, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    c = config or RewardConfig()
+    if not isinstance(c, RewardConfig):
+        raise TypeError(f"config must be a RewardConfig, got {type(c).__name__}")
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    batch_size = c.batch_size
 
     # Chosen rows then rejected rows, padded to one width; a batch is cut to its longest row.
     width = max(pairs.chosen.tokens.size(1), pairs.rejected.tokens.size(1))
@@ -208,9 +238,10 @@ def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, *, steps
             r_c, r_r = pair_rewards(model, eval_pairs)
             return {"val_loss": float(bradley_terry_loss(r_c, r_r)), "val_accuracy": float(_win(r_c, r_r).mean())}
 
-    config = TrainConfig(max_iters=steps, lr=float(lr), warmup_iters=max(1, min(50, steps // 10)), weight_decay=0.0,
-                         grad_clip=1.0, eval_interval=eval_interval, eval_splits=(), seed=seed, progress=progress)
-    trainer = Trainer(reward_model, batch_fn, loss_fn, config, device=device, eval_fn=eval_fn)
+    train_config = TrainConfig(steps=c.steps, lr=float(c.lr), warmup_steps=max(1, min(50, c.steps // 10)),
+                               weight_decay=0.0, grad_clip=1.0, eval_interval=c.eval_interval, eval_splits=(),
+                               seed=seed, progress=progress)
+    trainer = Trainer(reward_model, batch_fn, loss_fn, train_config, device=device, eval_fn=eval_fn)
     history = trainer.train()
     reward_model.eval()
     return history

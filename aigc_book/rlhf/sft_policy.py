@@ -10,7 +10,7 @@ chapter 4 runs them:
    the whole model trains on the response tokens only.
 
 :func:`build_sft_policy` returns the model, its tokenizer and the pretraining sequences (which
-PPO-ptx mixes back in). The same :class:`PolicyRecipe` and seed give the same model.
+PPO-ptx mixes back in). The same :class:`PolicyConfig` and seed give the same model.
 """
 
 from __future__ import annotations
@@ -29,29 +29,38 @@ from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
 
-__all__ = ["PolicyRecipe", "SFTPolicy", "build_sft_policy", "PRETRAIN_LENGTH"]
+__all__ = ["PolicyConfig", "SFTPolicy", "build_sft_policy", "PRETRAIN_LENGTH"]
 
 PRETRAIN_LENGTH = 48  # tokens after BOS in a pretraining sequence (chapter 3's length)
 
 
 @dataclass(frozen=True)
-class PolicyRecipe:
-    """Sizes and steps of the two stages (the defaults take about half a minute on a laptop CPU)."""
+class PolicyConfig:
+    """Sizes and steps of the two stages (the defaults take about half a minute on a laptop CPU).
+
+    Attributes:
+        n_layer, n_head, n_embd: the GPT's shape.
+        pretrain_seqs, pretrain_steps, pretrain_lr: bracket-language sequences, optimizer steps and peak
+            learning rate of pretraining.
+        sft_pairs, sft_steps, sft_lr: instruction-response pairs, optimizer steps and peak learning
+            rate of supervised fine-tuning.
+        batch_size: sequences per step in both stages.
+    """
 
     n_layer: int = 2
     n_head: int = 4
     n_embd: int = 64
     pretrain_seqs: int = 20_000
-    pretrain_iters: int = 600
+    pretrain_steps: int = 600
     sft_pairs: int = 4_000
-    sft_iters: int = 600
-    batch: int = 32
+    sft_steps: int = 600
+    batch_size: int = 32
     pretrain_lr: float = 3e-3
     sft_lr: float = 2e-3
 
     def __post_init__(self) -> None:
-        check_fields(self, positive_ints=("n_layer", "n_head", "n_embd", "pretrain_seqs", "pretrain_iters", "sft_pairs",
-                                          "sft_iters", "batch"), positive=("pretrain_lr", "sft_lr"))
+        check_fields(self, positive_ints=("n_layer", "n_head", "n_embd", "pretrain_seqs", "pretrain_steps", "sft_pairs",
+                                          "sft_steps", "batch_size"), positive=("pretrain_lr", "sft_lr"))
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
 
@@ -75,10 +84,10 @@ class SFTPolicy:
     seconds: float
 
 
-def build_sft_policy(recipe: PolicyRecipe | None = None, *, seed: int = 0, device=None,
+def build_sft_policy(config: PolicyConfig | None = None, *, seed: int = 0, device=None,
                      progress: bool = False) -> SFTPolicy:
     """Pretrain a GPT on the bracket language, then fine-tune it on the instructions (chapter 4's recipe)."""
-    r = recipe or PolicyRecipe()
+    r = config or PolicyConfig()
     device = torch.device(device or "cpu")
     t0 = time.perf_counter()
     lang = BracketLanguage()
@@ -87,15 +96,15 @@ def build_sft_policy(recipe: PolicyRecipe | None = None, *, seed: int = 0, devic
                                n_embd=r.n_embd)
     torch.manual_seed(seed)
     model = GPT(config).to(device)
-    Trainer(model, lambda split, g: sequence_lm_batch(seqs, r.batch, g), causal_lm_loss,
-            TrainConfig(max_iters=r.pretrain_iters, lr=r.pretrain_lr, warmup_iters=50, seed=seed, progress=progress),
+    Trainer(model, lambda split, g: sequence_lm_batch(seqs, r.batch_size, g), causal_lm_loss,
+            TrainConfig(steps=r.pretrain_steps, lr=r.pretrain_lr, warmup_steps=50, seed=seed, progress=progress),
             device=device).train()
     tokenizer = ChatTokenizer()
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)
-    Trainer(model, lambda split, g: sft_batch(data, r.batch, g), causal_lm_loss,
-            TrainConfig(max_iters=r.sft_iters, lr=r.sft_lr, warmup_iters=30, seed=seed, progress=progress),
+    Trainer(model, lambda split, g: sft_batch(data, r.batch_size, g), causal_lm_loss,
+            TrainConfig(steps=r.sft_steps, lr=r.sft_lr, warmup_steps=30, seed=seed, progress=progress),
             device=device).train()
     model.eval()
     accuracy = instruction_accuracy(model, tokenizer, instructions.sample_instructions(300, seed=seed + 7))

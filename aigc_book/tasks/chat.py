@@ -18,6 +18,7 @@ targets are -100. :func:`sft_batch` with ``train_on_prompt=True`` keeps them, fo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -267,7 +268,7 @@ def grow_vocabulary(model: nn.Module, vocab_size: int) -> nn.Module:
     New rows of the embedding (and of an untied output matrix) start at the *mean* of the old rows,
     a choice that keeps the model's first predictions close to the pretrained ones (Hewitt 2021,
     "Initializing new word embeddings for pretrained language models"). A tied output head stays
-    tied. ``model.config.vocab_size`` is updated.
+    tied. ``model.config`` is replaced by a copy with the new ``vocab_size`` (configs are frozen).
     """
     body = model.transformer if hasattr(model, "transformer") else model
     old = body.wte.weight
@@ -293,9 +294,12 @@ def grow_vocabulary(model: nn.Module, vocab_size: int) -> nn.Module:
                 grown.bias[:V] = head.bias
                 grown.bias[V:] = head.bias.mean()
             model.lm_head = grown
-    body.config.vocab_size = vocab_size
-    if getattr(model, "config", body.config) is not body.config:
-        model.config.vocab_size = vocab_size
+    # The configs are frozen: the grown model gets new ones (shared if model and body shared one).
+    old_config = body.config
+    body.config = dataclasses.replace(old_config, vocab_size=vocab_size)
+    if hasattr(model, "config") and model is not body:
+        same = model.config is old_config
+        model.config = body.config if same else dataclasses.replace(model.config, vocab_size=vocab_size)
     return model
 
 

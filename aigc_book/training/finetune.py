@@ -340,7 +340,7 @@ def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, *, method: str = "lora
         trainable, handles = make_trainable(model, method, first_new_row=tokenizer.chars.vocab_size, lora_r=lora_r,
                                             lora_alpha=lora_alpha)
     initial = sft_loss(model, data)
-    cfg = TrainConfig(max_iters=steps, lr=float(lr), min_lr=lr / 10, warmup_iters=min(10, steps // 10),
+    cfg = TrainConfig(steps=steps, lr=float(lr), min_lr=lr / 10, warmup_steps=min(10, steps // 10),
                       weight_decay=0.0, grad_clip=1.0, eval_splits=("train",), seed=seed, progress=progress)
 
     def loss_fn(m, batch):  # right padding never reaches a real token through the causal mask

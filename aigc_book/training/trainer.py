@@ -57,41 +57,68 @@ from aigc_book.training import distributed as dp
 from aigc_book.training.checkpoint import interrupts_deferred, read_checkpoint, write_checkpoint
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
-    """Hyper-parameters of :class:`Trainer` (defaults suit the book's small models)."""
+    """Hyper-parameters of :class:`Trainer` (defaults suit the book's small models).
 
-    max_iters: int = 1000
+    Attributes:
+        steps: optimizer steps to train for.
+        lr, min_lr: the peak learning rate, and where the cosine decay ends (None: ``lr / 10``).
+        warmup_steps: optimizer steps of linear warm-up before the decay.
+        weight_decay, betas: AdamW's (decay on matrices only).
+        grad_clip: the global gradient-norm clip (0 disables clipping).
+        grad_accum: micro-batches whose gradients add up to one step.
+        eval_interval: evaluate every this many steps (0: only at the end).
+        eval_batches: batches per split in one evaluation.
+        eval_splits: the splits :meth:`Trainer.evaluate` averages ``loss_fn`` over.
+        seed: seeds the trainer's data generator.
+        progress: show a progress bar.
+        compile: train through ``torch.compile`` (the first steps pay the compile time).
+
+    A checkpoint saves these fields; one saved under their older names (``max_iters``,
+    ``warmup_iters``, ``eval_iters``) still loads (:data:`RENAMED_FIELDS`).
+    """
+
+    steps: int = 1000
     lr: float = 1e-3
     min_lr: float | None = None  # default: lr / 10
-    warmup_iters: int = 100
+    warmup_steps: int = 100
     weight_decay: float = 0.1
     betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0  # 0 disables clipping
     grad_accum: int = 1
     eval_interval: int = 0  # 0: evaluate only at the end
-    eval_iters: int = 20
+    eval_batches: int = 20
     eval_splits: tuple[str, ...] = ("val",)
     seed: int = 0
     progress: bool = True
     compile: bool = False  # train through torch.compile (the first steps pay the compile time)
 
     def __post_init__(self) -> None:
-        if self.max_iters < 1 or self.grad_accum < 1 or self.eval_iters < 1:
-            raise ValueError("max_iters, grad_accum and eval_iters must be >= 1")
-        if self.lr <= 0 or self.warmup_iters < 0 or self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError("lr must be > 0; warmup_iters, weight_decay and grad_clip must be >= 0")
-        self.betas = tuple(self.betas)
-        self.eval_splits = tuple(self.eval_splits)
+        if self.steps < 1 or self.grad_accum < 1 or self.eval_batches < 1:
+            raise ValueError("steps, grad_accum and eval_batches must be >= 1")
+        if self.lr <= 0 or self.warmup_steps < 0 or self.weight_decay < 0 or self.grad_clip < 0:
+            raise ValueError("lr must be > 0; warmup_steps, weight_decay and grad_clip must be >= 0")
+        object.__setattr__(self, "betas", tuple(self.betas))
+        object.__setattr__(self, "eval_splits", tuple(self.eval_splits))
+
+
+# Old name -> new name of TrainConfig fields, so that a checkpoint saved before the rename still loads.
+RENAMED_FIELDS = {"max_iters": "steps", "warmup_iters": "warmup_steps", "eval_iters": "eval_batches"}
+
+
+def saved_train_config(saved: dict) -> dict:
+    """A checkpoint's ``train_config`` with its fields under today's names (see :data:`RENAMED_FIELDS`)."""
+    return {RENAMED_FIELDS.get(key, key): value for key, value in saved.items()}
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate for optimizer step ``step`` (0-based): linear warm-up, then cosine to ``min_lr``."""
     min_lr = cfg.lr / 10 if cfg.min_lr is None else cfg.min_lr
-    if step < cfg.warmup_iters:
-        return cfg.lr * (step + 1) / cfg.warmup_iters
-    span = max(1, cfg.max_iters - cfg.warmup_iters)
-    progress = min(1.0, (step - cfg.warmup_iters) / span)
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * progress)) * (cfg.lr - min_lr)
 
 
@@ -145,7 +172,7 @@ class Trainer:
         config: a :class:`TrainConfig`.
         device: where to train (default: the model's current device).
         eval_fn: ``eval_fn(model) -> {split: loss}``, e.g. :func:`aigc_book.training.evaluation.lm_loss`
-            over held-out text; by default :meth:`evaluate` averages ``loss_fn`` over ``eval_iters``
+            over held-out text; by default :meth:`evaluate` averages ``loss_fn`` over ``eval_batches``
             fixed batches of each split in ``eval_splits``.
         distributed: ``None`` (default): data parallel when a process group of more than one process
             is initialised; ``False``: train alone even then. (Every rank must build its Trainer.)
@@ -235,10 +262,10 @@ class Trainer:
 
     def _eval_due(self, step: int) -> bool:
         cfg = self.config
-        return step > 0 and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.max_iters)
+        return step > 0 and ((cfg.eval_interval and step % cfg.eval_interval == 0) or step == cfg.steps)
 
     def train(self, until: int | None = None, checkpoint_dir=None, checkpoint_every: int = 0) -> dict:
-        """Train from the current step up to ``until`` (default ``max_iters``); returns ``history``.
+        """Train from the current step up to ``until`` (default ``steps``); returns ``history``.
 
         With ``checkpoint_dir``, a checkpoint is written there every ``checkpoint_every`` steps (if
         > 0) and when the run is interrupted (Ctrl-C), so nothing is lost: :meth:`load_checkpoint`
@@ -248,12 +275,12 @@ class Trainer:
         nothing, so the last checkpoint stays the last good state.
         """
         cfg = self.config
-        until = cfg.max_iters if until is None else min(until, cfg.max_iters)
+        until = cfg.steps if until is None else min(until, cfg.steps)
         if checkpoint_every < 0:
             raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every}")
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=cfg.max_iters, initial=self.step, file=sys.stderr, disable=not cfg.progress or self.rank != 0,
+        bar = tqdm(total=cfg.steps, initial=self.step, file=sys.stderr, disable=not cfg.progress or self.rank != 0,
                    desc="train", dynamic_ncols=True, leave=False)
         rng_at_step_start, in_step = None, False
         # Data parallel: Ctrl-C is only recorded, and the ranks stop together after the same step (_agree).
@@ -303,8 +330,8 @@ class Trainer:
         return self.history
 
     @torch.no_grad()
-    def evaluate(self, splits: tuple[str, ...] | None = None, iters: int | None = None) -> dict[str, float]:
-        """``eval_fn(model)`` if given, else the mean loss over ``iters`` batches per split, always the
+    def evaluate(self, splits: tuple[str, ...] | None = None, batches: int | None = None) -> dict[str, float]:
+        """``eval_fn(model)`` if given, else the mean loss over ``batches`` batches per split, always the
         same batches (own fixed generator).
 
         Evaluation draws nothing from the training generator or the global RNG, so evaluating more
@@ -314,7 +341,7 @@ class Trainer:
             with autocast(self.device):
                 return {k: float(v) for k, v in self.eval_fn(self.model).items()}
         splits = self.config.eval_splits if splits is None else splits
-        iters = self.config.eval_iters if iters is None else iters
+        batches = self.config.eval_batches if batches is None else batches
         was_training = self.model.training
         self.model.eval()
         out = {}
@@ -322,7 +349,7 @@ class Trainer:
             for i, split in enumerate(splits):
                 g = torch.Generator().manual_seed(10_000 + self.config.seed * 97 + i)
                 losses = []
-                for _ in range(iters):
+                for _ in range(batches):
                     batch = _to(self.batch_fn(split, g), self.device)
                     with autocast(self.device):
                         losses.append(self.loss_fn(self.model, batch).item())
@@ -374,7 +401,7 @@ class Trainer:
             raise CheckpointError(f"{path}: written by {saved_world} process(es) but resumed by {self.world_size}: "
                                   f"each process's data stream is part of the state; resume with {how}")
         try:
-            saved_cfg = state["train_config"]
+            saved_cfg = saved_train_config(state["train_config"])
             own = json.loads(json.dumps(asdict(self.config)))
             diff = {k: (saved_cfg.get(k), v) for k, v in own.items()
                     if k not in ("progress", "compile") and saved_cfg.get(k) != v}

@@ -50,7 +50,7 @@ __all__ = [
 IGNORE = -100  # a target equal to this (or to the config's pad_id) adds nothing to the loss
 
 
-@dataclass
+@dataclass(frozen=True)
 class CaptionerConfig:
     """Everything that fixes a captioner's shape (both :class:`Captioner` and :class:`PooledCaptioner`).
 
