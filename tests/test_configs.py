@@ -12,6 +12,7 @@ import pytest
 
 import aigc_book
 
+
 def package_dataclasses() -> list[type]:
     """Every dataclass defined in a module of ``aigc_book`` (``__main__`` aside: importing it runs the CLI)."""
     found = []
