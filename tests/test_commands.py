@@ -46,7 +46,7 @@ def parse(argv, capsys):
 
 @pytest.mark.parametrize("command, old, new, value", ALIASES, ids=[f"{c} {o}" for c, o, _, _ in ALIASES])
 def test_an_old_flag_still_works_and_says_what_replaced_it(command, old, new, value, capsys):
-    base = [a for a in REQUIRED[command]]
+    base = list(REQUIRED[command])
     if new in base:  # the old spelling stands in for a required flag
         i = base.index(new)
         del base[i:i + 2]
