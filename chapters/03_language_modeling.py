@@ -1772,9 +1772,9 @@ assert torch.equal(
 # these two pieces, holding out the last 10% for validation, and samples from it:
 #
 # ```bash
-# python -m aigc_book train-gpt --text my_text.txt --layers 4 --heads 4 --embd 128 --block 64 \
-#        --batch 12 --iters 2000 --out runs/mine
-# python -m aigc_book sample --out runs/mine --prompt "Once upon a time" --tokens 300
+# python -m aigc_book train-gpt --text my_text.txt --n-layer 4 --n-head 4 --n-embd 128 --block-size 64 \
+#        --batch-size 12 --steps 2000 --out runs/mine
+# python -m aigc_book sample --model runs/mine --prompt "Once upon a time" --max-new-tokens 300
 # ```
 #
 # Its last line of output is a JSON summary (parameters, milliseconds per step, tokens per second,

@@ -974,7 +974,7 @@ display(
 # launcher with the same flags as one process:
 #
 # ```
-# torchrun --nproc_per_node 2 -m aigc_book train-gpt --text FILE --iters 2000 --out run
+# torchrun --nproc_per_node 2 -m aigc_book train-gpt --text FILE --steps 2000 --out run
 # ```
 #
 # Each process draws its own batches, rank 0 alone writes the model and prints the JSON line
@@ -1155,7 +1155,7 @@ display(productivity.productivity_calculator_widget())
 #
 # ```
 # python -m aigc_book measure --device cuda --n-layer 24 --n-embd 2048 --n-head 16 --block-size 1024 \
-#     --batch 8 --vocab-size 50304 --dtype bfloat16 --peak 989e12
+#     --batch-size 8 --vocab-size 50304 --dtype bfloat16 --peak 989e12
 # ```
 #
 # Every bad flag is one line and exit status 2. The cell runs it with small settings:

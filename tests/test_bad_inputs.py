@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from aigc_book.cli import MAX_TEXT_BYTES, main
+from aigc_book.cli import main
+from aigc_book.commands.train_gpt import MAX_TEXT_BYTES
 from aigc_book.text.corpora import python_docs_text
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "4",
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "4",
         "--no-progress", "--device", "cpu"]
 
 
@@ -86,9 +87,9 @@ PAIR = '{"prompt": "ab", "response": "ba"}\n'
 
 # (id, argv builder, exit status, a phrase the message must contain)
 TRAIN = lambda f, *extra: ["train-gpt", "--text", str(f / "docs.txt"), "--out", str(f / "new"), *TINY, *extra]  # noqa: E731
-SAMPLE = lambda f, *extra: ["sample", "--out", str(f / "run"), *extra]  # noqa: E731
-EDITED = lambda f, t, edit: ["sample", "--out", edited_run(f, t, edit)]  # noqa: E731
-FINETUNE = lambda f, t, *extra, data=PAIR: ["finetune", "--base", str(f / "run"), "--data", jsonl(t, data),  # noqa: E731
+SAMPLE = lambda f, *extra: ["sample", "--model", str(f / "run"), *extra]  # noqa: E731
+EDITED = lambda f, t, edit: ["sample", "--model", edited_run(f, t, edit)]  # noqa: E731
+FINETUNE = lambda f, t, *extra, data=PAIR: ["finetune", "--model", str(f / "run"), "--data", jsonl(t, data),  # noqa: E731
                                             "--method", "full", "--out", str(t / "ft"), "--steps", "2",
                                             "--no-progress", "--device", "cpu", *extra]
 CASES = [
@@ -109,10 +110,10 @@ CASES = [
     ("lr inf", lambda f, t: TRAIN(f, "--lr", "inf"), 2, "--lr must be a finite number > 0"),
     ("lr zero", lambda f, t: TRAIN(f, "--lr", "0"), 2, "--lr must be a finite number > 0"),
     ("lr 1e30 diverges", lambda f, t: TRAIN(f, "--lr", "1e30"), 1, "the loss is"),
-    ("layers zero", lambda f, t: TRAIN(f, "--layers", "0"), 2, "--layers must be >= 1"),
-    ("embd not divisible", lambda f, t: TRAIN(f, "--embd", "30", "--heads", "4"), 2, "not divisible"),
-    ("embd too large for memory", lambda f, t: TRAIN(f, "--embd", "1000000", "--heads", "1"), 2, "GiB"),
-    ("batch too large for memory", lambda f, t: TRAIN(f, "--batch", "100000000"), 2, "GiB"),
+    ("layers zero", lambda f, t: TRAIN(f, "--n-layer", "0"), 2, "--n-layer must be >= 1"),
+    ("embd not divisible", lambda f, t: TRAIN(f, "--n-embd", "30", "--n-head", "4"), 2, "not divisible"),
+    ("embd too large for memory", lambda f, t: TRAIN(f, "--n-embd", "1000000", "--n-head", "1"), 2, "GiB"),
+    ("batch too large for memory", lambda f, t: TRAIN(f, "--batch-size", "100000000"), 2, "GiB"),
     ("eval interval negative", lambda f, t: TRAIN(f, "--eval-interval", "-1"), 2, "--eval-interval must be >= 0"),
     ("checkpoint interval negative", lambda f, t: TRAIN(f, "--checkpoint-interval", "-1"), 2,
      "--checkpoint-interval must be >= 0"),
@@ -124,19 +125,19 @@ CASES = [
     ("resume and overwrite", lambda f, t: TRAIN(f, "--resume", "--overwrite"), 2, "choose one"),
     ("resume without checkpoint", lambda f, t: [*TRAIN(f), "--out", str(t / "empty"), "--resume"], 2,
      "no such checkpoint"),
-    ("resume with another batch", lambda f, t: [*TRAIN(f, "--batch", "3"), "--out", str(f / "run"), "--resume"], 2,
+    ("resume with another batch", lambda f, t: [*TRAIN(f, "--batch-size", "3"), "--out", str(f / "run"), "--resume"], 2,
      "batch=4 (checkpoint) vs 3 (now)"),
-    ("sample top-k zero", lambda f, t: ["sample", "--out", str(f / "run"), "--top-k", "0"], 2, "--top-k must be >= 1"),
-    ("sample temperature nan", lambda f, t: ["sample", "--out", str(f / "run"), "--temperature", "nan"], 2,
+    ("sample top-k zero", lambda f, t: SAMPLE(f, "--top-k", "0"), 2, "--top-k must be >= 1"),
+    ("sample temperature nan", lambda f, t: ["sample", "--model", str(f / "run"), "--temperature", "nan"], 2,
      "--temperature must be a finite number >= 0"),
-    ("sample temperature negative", lambda f, t: ["sample", "--out", str(f / "run"), "--temperature", "-1"], 2,
+    ("sample temperature negative", lambda f, t: ["sample", "--model", str(f / "run"), "--temperature", "-1"], 2,
      "--temperature must be"),
     ("sample seed huge", lambda f, t: SAMPLE(f, "--seed", str(2**70)), 2, "--seed must be in"),
-    ("sample tokens huge", lambda f, t: ["sample", "--out", str(f / "run"), "--tokens", str(10**12)], 2,
-     "--tokens must be in [0, 100000]"),
-    ("sample tokens negative", lambda f, t: SAMPLE(f, "--tokens", "-1"), 2, "--tokens must be"),
-    ("sample without a run", lambda f, t: ["sample", "--out", str(t / "nothing")], 2, "no such directory"),
-    ("sample unknown prompt characters", lambda f, t: ["sample", "--out", str(f / "run"), "--prompt", "龍"], 2,
+    ("sample tokens huge", lambda f, t: ["sample", "--model", str(f / "run"), "--max-new-tokens", str(10**12)], 2,
+     "--max-new-tokens must be in [0, 100000]"),
+    ("sample tokens negative", lambda f, t: SAMPLE(f, "--max-new-tokens", "-1"), 2, "--max-new-tokens must be"),
+    ("sample without a run", lambda f, t: ["sample", "--model", str(t / "nothing")], 2, "no such directory"),
+    ("sample unknown prompt characters", lambda f, t: ["sample", "--model", str(f / "run"), "--prompt", "龍"], 2,
      "--prompt"),
     ("sample top-p above one", lambda f, t: SAMPLE(f, "--top-p", "1.5"), 2, "--top-p must be in [0, 1]"),
     ("sample top-p nan", lambda f, t: SAMPLE(f, "--top-p", "nan"), 2, "--top-p must be in [0, 1]"),
@@ -174,11 +175,11 @@ CASES = [
     ("finetune pair longer than the context",
      lambda f, t: FINETUNE(f, t, data='{"prompt": "' + "a" * 20 + '", "response": "b"}\n'), 2,
      "data.jsonl:1: the conversation is 25 tokens"),
-    ("finetune base not a model", lambda f, t: [*FINETUNE(f, t), "--base", str(t)], 2,
+    ("finetune base not a model", lambda f, t: [*FINETUNE(f, t), "--model", str(t)], 2,
      "written by save_pretrained or train-gpt"),
-    ("finetune base missing", lambda f, t: [*FINETUNE(f, t), "--base", str(t / "nothing")], 2, "no such directory"),
+    ("finetune base missing", lambda f, t: [*FINETUNE(f, t), "--model", str(t / "nothing")], 2, "no such directory"),
     ("finetune base without tokenizer",
-     lambda f, t: [*FINETUNE(f, t), "--base", edited_run(f, t, lambda d: (d / "tokenizer.json").unlink())], 2,
+     lambda f, t: [*FINETUNE(f, t), "--model", edited_run(f, t, lambda d: (d / "tokenizer.json").unlink())], 2,
      "tokenizer.json"),
     ("finetune out holds a model", lambda f, t: [*FINETUNE(f, t), "--out", edited_run(f, t, lambda d: None)], 2,
      "add --overwrite"),
@@ -189,7 +190,7 @@ CASES = [
     ("finetune out is a file", lambda f, t: [*FINETUNE(f, t), "--out", str(f / "a_file")], 2,
      "exists and is not a directory"),
     ("finetune steps zero", lambda f, t: FINETUNE(f, t, "--steps", "0"), 2, "--steps must be >= 1"),
-    ("finetune batch zero", lambda f, t: FINETUNE(f, t, "--batch", "0"), 2, "--batch must be >= 1"),
+    ("finetune batch zero", lambda f, t: FINETUNE(f, t, "--batch-size", "0"), 2, "--batch-size must be >= 1"),
     ("finetune lr zero", lambda f, t: FINETUNE(f, t, "--lr", "0"), 2, "--lr must be a finite number > 0"),
     ("finetune lr nan", lambda f, t: FINETUNE(f, t, "--lr", "nan"), 2, "--lr must be a finite number > 0"),
     ("finetune lora rank zero", lambda f, t: FINETUNE(f, t, "--method", "lora", "--lora-r", "0"), 2,
@@ -226,7 +227,7 @@ def test_a_diverged_run_leaves_no_nan_model(files, capsys):
 
 def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
     """SIGINT while Python is still importing PyTorch: exit 130 and a sentence, not a traceback."""
-    proc = subprocess.Popen([sys.executable, "-m", "aigc_book", "sample", "--out", str(tmp_path)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "aigc_book", "sample", "--model", str(tmp_path)], cwd=REPO,
                             stderr=subprocess.PIPE, text=True)
     time.sleep(0.3)  # inside `import torch` (about two seconds)
     proc.send_signal(signal.SIGINT)
@@ -239,7 +240,7 @@ def test_ctrl_c_while_sampling_keeps_what_was_printed(files):
     code = ("import os, signal, threading, sys\n"
             "from aigc_book.cli import main\n"
             "threading.Timer(1.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
-            f"sys.exit(main(['sample', '--out', {str(files / 'run')!r}, '--tokens', '100000']))")
+            f"sys.exit(main(['sample', '--model', {str(files / 'run')!r}, '--max-new-tokens', '100000']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 130, proc.stderr

@@ -217,9 +217,9 @@ def test_cuda_settings_scale_up_and_flags_still_win():
 
 # ---- the command ---------------------------------------------------------------------------------
 
-TINY_FLAGS = ["--docs-chars", "60000", "--vocab-size", "300", "--layers", "1", "--heads", "2", "--embd", "32",
-              "--block", "48", "--batch", "8", "--pretrain-iters", "20", "--conversations", "200", "--sft-iters",
-              "20", "--rl-steps", "2", "--eval-prompts", "20", "--device", "cpu", "--no-progress"]
+TINY_FLAGS = ["--docs-chars", "60000", "--vocab-size", "300", "--n-layer", "1", "--n-head", "2", "--n-embd", "32",
+              "--block-size", "48", "--batch-size", "8", "--pretrain-steps", "20", "--conversations", "200",
+              "--sft-steps", "20", "--rl-steps", "2", "--eval-prompts", "20", "--device", "cpu", "--no-progress"]
 
 
 def test_the_command_prints_one_json_line_then_refuses_other_settings(tmp_path, capsys):
@@ -228,15 +228,15 @@ def test_the_command_prints_one_json_line_then_refuses_other_settings(tmp_path, 
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["accuracy"]) == {"pretrained", "sft", "tuned"} and result["method"] == "grpo"
     assert (out / "report.md").exists()
-    assert cli.main(["tiny-chatgpt", "--out", str(out), *TINY_FLAGS[:-3], "--pretrain-iters", "21", "--device",
+    assert cli.main(["tiny-chatgpt", "--out", str(out), *TINY_FLAGS[:-3], "--pretrain-steps", "21", "--device",
                      "cpu"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "other settings" in err and "--overwrite" in err
 
 
 @pytest.mark.parametrize("flags, message", [
-    (["--layers", "0"], "--layers must be a positive int"),
-    (["--embd", "30"], "--embd (30) must be a multiple of --heads"),
+    (["--n-layer", "0"], "--n-layer must be a positive int"),
+    (["--n-embd", "30"], "--n-embd (30) must be a multiple of --n-head"),
     (["--method", "rlhf"], "--method must be one of"),
     (["--vocab-size", "10"], "--vocab-size must be at least 256"),
     (["--device", "tpu"], "--device"),

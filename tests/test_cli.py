@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from aigc_book.cli import main, min_chars
+from aigc_book.cli import main
+from aigc_book.commands.train_gpt import min_chars
 from aigc_book.text.corpora import python_docs_text
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "8",
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "8",
         "--no-progress", "--device", "cpu"]
 
 
@@ -48,15 +49,15 @@ def test_train_gpt_prints_a_json_summary_last(trained):
 
 def test_sample_continues_the_prompt(trained, capsys):
     out, _ = trained
-    assert main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"]) == 0
+    assert main(["sample", "--model", str(out), "--prompt", "The ", "--max-new-tokens", "20", "--seed", "1"]) == 0
     text = capsys.readouterr().out
     assert text.startswith("The ") and len(text.rstrip("\n")) >= 4
-    main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", "--seed", "1"])
+    main(["sample", "--model", str(out), "--prompt", "The ", "--max-new-tokens", "20", "--seed", "1"])
     assert capsys.readouterr().out == text  # same seed, same sample
 
 
 def sample_text(out, capsys, *flags) -> str:
-    assert main(["sample", "--out", str(out), "--prompt", "The ", "--tokens", "20", *flags]) == 0
+    assert main(["sample", "--model", str(out), "--prompt", "The ", "--max-new-tokens", "20", *flags]) == 0
     return capsys.readouterr().out
 
 
@@ -99,13 +100,14 @@ def test_sample_with_beams_prints_the_best_hypothesis(trained, capsys):
 def test_sample_greedy_and_do_sample_exclude_each_other(trained, capsys):
     out, _ = trained
     with pytest.raises(SystemExit) as exit_info:
-        main(["sample", "--out", str(out), "--greedy", "--do-sample"])
+        main(["sample", "--model", str(out), "--greedy", "--do-sample"])
     assert exit_info.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
 
 
 def test_sampling_loads_the_model_without_the_training_code(trained):
     out, _ = trained
-    probe = ("import sys; from aigc_book.cli import main; main(['sample', '--out', sys.argv[1], '--tokens', '3']); "
+    probe = ("import sys; from aigc_book.cli import main; "
+             "main(['sample', '--model', sys.argv[1], '--max-new-tokens', '3']); "
              "print(sorted(m for m in sys.modules if m.startswith('aigc_book.training')))")
     result = subprocess.run([sys.executable, "-c", probe, str(out)], capture_output=True, text=True, cwd=REPO,
                             timeout=120)
@@ -152,7 +154,7 @@ def test_minimum_length_leaves_one_validation_window():
 def test_python_m_entry_point_reports_errors_with_exit_status_2(tmp_path):
     proc = run_cli("train-gpt", "--text", str(tmp_path / "missing.txt"))
     assert proc.returncode == 2 and "no such file" in proc.stderr and proc.stdout == ""
-    proc = run_cli("sample", "--out", str(tmp_path / "nothing-here"))
+    proc = run_cli("sample", "--model", str(tmp_path / "nothing-here"))
     assert proc.returncode == 2 and "no such directory" in proc.stderr
 
 
@@ -163,16 +165,16 @@ def test_sample_from_a_corrupt_model_names_the_file(trained, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(out, broken)
     (broken / "model.safetensors").write_bytes(b"\x00" * 64)
-    assert main(["sample", "--out", str(broken)]) == 2
+    assert main(["sample", "--model", str(broken)]) == 2
     assert "model.safetensors" in capsys.readouterr().err
 
 
 def test_bad_numbers_are_rejected(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("hello world " * 100)
-    assert main(["train-gpt", "--text", str(text), "--embd", "30", "--heads", "4"]) == 2
+    assert main(["train-gpt", "--text", str(text), "--n-embd", "30", "--n-head", "4"]) == 2
     assert "divisible" in capsys.readouterr().err
-    assert main(["train-gpt", "--text", str(text), "--device", "tpu", "--iters", "1"]) == 2
+    assert main(["train-gpt", "--text", str(text), "--device", "tpu", "--steps", "1"]) == 2
     assert "--device" in capsys.readouterr().err
 
 
@@ -181,7 +183,7 @@ def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, mo
 
     text = tmp_path / "docs.txt"
     text.write_text(python_docs_text()[:4000], encoding="utf-8")
-    args = ["train-gpt", "--text", str(text), *TINY, "--iters", "12"]
+    args = ["train-gpt", "--text", str(text), *TINY, "--steps", "12"]
     assert main([*args, "--out", str(tmp_path / "straight")]) == 0
     straight = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
 

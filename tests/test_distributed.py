@@ -161,7 +161,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
 
 
-TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "6",
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "6",
         "--no-progress", "--device", "cpu"]
 
 
@@ -187,16 +187,16 @@ def test_torchrun_train_gpt_prints_one_json_line_and_writes_one_model(text_file,
     assert summary["tokens_per_s"] == pytest.approx(8 * 16 * 1000 / summary["ms_per_iter"], rel=1e-3)
     log = json.loads((out / "train_log.json").read_text(encoding="utf-8"))
     assert log["result"] == summary and len(log["history"]["train_loss"]) == 6
-    sample = subprocess.run([sys.executable, "-m", "aigc_book", "sample", "--out", str(out), "--prompt", "The ",
-                             "--tokens", "10"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    sample = subprocess.run([sys.executable, "-m", "aigc_book", "sample", "--model", str(out), "--prompt", "The ",
+                             "--max-new-tokens", "10"], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert sample.returncode == 0 and sample.stdout.startswith("The "), sample.stderr
 
 
 def test_torchrun_bad_flag_is_one_line_from_the_program(text_file, tmp_path):
-    result = torchrun("train-gpt", "--text", str(text_file), "--out", str(tmp_path / "r"), *TINY, "--batch", "0")
+    result = torchrun("train-gpt", "--text", str(text_file), "--out", str(tmp_path / "r"), *TINY, "--batch-size", "0")
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("aigc-book:")]
-    assert ours == ["aigc-book: error: --batch must be >= 1, got 0"]  # once, not once per process
+    assert ours == ["aigc-book: error: --batch-size must be >= 1, got 0"]  # once, not once per process
     # torchrun's own report names a process that exited 2; the other one may already have been stopped by
     # torchrun when the first one failed (a race: both or one are listed)
     assert result.stderr.count("exitcode  : 2") >= 1

@@ -210,7 +210,7 @@ def killer(*args, **kwargs):
 setattr(target, name, killer)
 sys.exit(cli.main(sys.argv[4:]))
 """
-TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "6",
+TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "6",
         "--eval-interval", "2", "--checkpoint-interval", "1", "--no-progress", "--device", "cpu"]
 # Where the process dies: inside the weights write, the trainer-state write, an fsync, the
 # directory switch (os.replace). Dying before the first checkpoint is complete (save_model 1,

@@ -26,7 +26,7 @@ from aigc_book.text.corpora import python_docs_text
 from aigc_book.training import finetune as ft
 
 REPO = Path(__file__).resolve().parents[1]
-BASE = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "24", "--batch", "4", "--iters", "60",
+BASE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "24", "--batch-size", "4", "--steps", "60",
         "--lr", "1e-2", "--no-progress", "--device", "cpu"]
 PAIRS = [("reverse abc", "cba"), ("reverse dog", "god"), ("sort cab", "abc"), ("sort fed", "def"),
          ("reverse pin", "nip"), ("sort tea", "aet")]
@@ -53,7 +53,7 @@ def base(tmp_path_factory) -> Path:
 
 
 def finetune_cli(base: Path, out: Path, method: str, *extra) -> dict:
-    code, stdout = run(["finetune", "--base", str(base / "base"), "--data", str(base / "pairs.jsonl"),
+    code, stdout = run(["finetune", "--model", str(base / "base"), "--data", str(base / "pairs.jsonl"),
                         "--method", method, "--out", str(out), *QUIET, *extra])
     assert code == 0
     return json.loads(stdout.strip().splitlines()[-1])
@@ -71,7 +71,7 @@ def test_full_finetune_lowers_the_response_loss_and_saves_a_model_sample_can_use
     assert model.lm_head.weight is model.transformer.wte.weight  # still tied after growing
     load_model(GPT(model.config), out)  # a plain GPT of the saved config takes the weights strictly
     assert json.loads((out / "finetune_log.json").read_text())["result"] == result
-    assert main(["sample", "--out", str(out), "--prompt", "sort cab", "--tokens", "5", "--greedy"]) == 0
+    assert main(["sample", "--model", str(out), "--prompt", "sort cab", "--max-new-tokens", "5", "--greedy"]) == 0
     assert capsys.readouterr().out.startswith(format_chat("sort cab"))
 
 
@@ -116,10 +116,10 @@ def test_lora_leaves_every_pretrained_weight_unchanged_but_the_new_rows(base):
 def test_a_model_fine_tuned_on_one_pair_answers_it_and_stops_at_end(base, tmp_path, capsys):
     write_jsonl(tmp_path / "one.jsonl", [("reverse abc", "cba")])
     out = tmp_path / "one"
-    code, _ = run(["finetune", "--base", str(base / "base"), "--data", str(tmp_path / "one.jsonl"), "--method",
-                   "full", "--out", str(out), "--steps", "60", "--lr", "1e-2", "--batch", "2", *QUIET])
+    code, _ = run(["finetune", "--model", str(base / "base"), "--data", str(tmp_path / "one.jsonl"), "--method",
+                   "full", "--out", str(out), "--steps", "60", "--lr", "1e-2", "--batch-size", "2", *QUIET])
     assert code == 0
-    assert main(["sample", "--out", str(out), "--prompt", "reverse abc", "--tokens", "20", "--greedy"]) == 0
+    assert main(["sample", "--model", str(out), "--prompt", "reverse abc", "--max-new-tokens", "20", "--greedy"]) == 0
     assert capsys.readouterr().out == format_chat("reverse abc", "cba") + "\n"  # the answer, then <|end|> stops it
 
 
@@ -152,7 +152,7 @@ def test_rerunning_with_overwrite_replaces_the_output(base, tmp_path):
 def test_a_fine_tuned_model_can_be_fine_tuned_again_without_new_special_tokens(base, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     finetune_cli(base, first, "full", "--steps", "2")
-    code, _ = run(["finetune", "--base", str(first), "--data", str(base / "pairs.jsonl"), "--method", "lora",
+    code, _ = run(["finetune", "--model", str(first), "--data", str(base / "pairs.jsonl"), "--method", "lora",
                    "--out", str(second), "--steps", "2", *QUIET])
     assert code == 0
     assert GPT.from_pretrained(second).config.vocab_size == GPT.from_pretrained(first).config.vocab_size
@@ -161,7 +161,7 @@ def test_a_fine_tuned_model_can_be_fine_tuned_again_without_new_special_tokens(b
 
 def test_a_diverged_run_stops_with_one_line_and_saves_nothing(base, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = ["finetune", "--base", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--method", "full",
+    argv = ["finetune", "--model", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--method", "full",
             "--out", str(out), "--steps", "4", "--lr", "1e30", *QUIET]
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
@@ -180,7 +180,7 @@ def test_a_failed_save_leaves_the_previous_output_as_it_was(base, tmp_path, monk
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ft, "save_model", full_disk)
-    argv = ["finetune", "--base", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--method", "lora",
+    argv = ["finetune", "--model", str(base / "base"), "--data", str(base / "pairs.jsonl"), "--method", "lora",
             "--out", str(out), "--steps", "2", "--overwrite", *QUIET]
     assert main(argv) == 1
     assert "No space left on device" in capsys.readouterr().err
@@ -202,7 +202,7 @@ def test_ctrl_c_during_finetune_saves_nothing(base, tmp_path):
     code = ("import os, signal, threading, sys\n"
             "from aigc_book.cli import main\n"
             "threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT)).start()\n"
-            f"sys.exit(main(['finetune', '--base', {str(base / 'base')!r}, '--data', {str(base / 'pairs.jsonl')!r}, "
+            f"sys.exit(main(['finetune', '--model', {str(base / 'base')!r}, '--data', {str(base / 'pairs.jsonl')!r}, "
             f"'--method', 'full', '--out', {str(out)!r}, '--steps', '1000000', '--no-progress']))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "AIGC_CPU_THREADS": "1"})

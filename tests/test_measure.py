@@ -8,13 +8,14 @@ import math
 
 import pytest
 
-from aigc_book.efficiency.measure import add_measure_arguments, check_measure_args, cmd_measure
+from aigc_book.cli import build_parser
+from aigc_book.commands.measure import check_args, run
 from aigc_book.errors import UsageError
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
-TINY = ["--n-layer", "2", "--n-head", "4", "--n-embd", "32", "--block-size", "16", "--batch", "2",
-        "--vocab-size", "50", "--steps", "1", "--new-tokens", "4", "--device", "cpu", "--no-progress"]
+TINY = ["--n-layer", "2", "--n-head", "4", "--n-embd", "32", "--block-size", "16", "--batch-size", "2",
+        "--vocab-size", "50", "--steps", "1", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
 KEYS = {"device", "threads", "matmul_n", "matmul_float32_flops", "matmul_bfloat16_flops", "bfloat16_speedup",
         "memory_bandwidth", "ridge_intensity", "params", "flops_per_token", "train_ms_per_step",
         "train_tokens_per_s", "train_achieved_flops", "peak_flops", "peak_source", "mfu",
@@ -23,7 +24,7 @@ KEYS = {"device", "threads", "matmul_n", "matmul_float32_flops", "matmul_bfloat1
 
 
 def parse(*flags: str) -> argparse.Namespace:
-    return add_measure_arguments(argparse.ArgumentParser()).parse_args([*TINY, *flags])
+    return build_parser().parse_args(["measure", *TINY, *flags])
 
 
 @pytest.mark.parametrize("flags, message", [
@@ -31,12 +32,12 @@ def parse(*flags: str) -> argparse.Namespace:
     (["--n-head", "-1"], "--n-head must be >= 1"),
     (["--n-embd", "0"], "--n-embd must be >= 1"),
     (["--block-size", "0"], "--block-size must be >= 1"),
-    (["--batch", "0"], "--batch must be >= 1"),
+    (["--batch-size", "0"], "--batch-size must be >= 1"),
     (["--vocab-size", "0"], "--vocab-size must be >= 1"),
     (["--steps", "0"], "--steps must be >= 1"),
-    (["--new-tokens", "0"], "--new-tokens must be >= 1"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be >= 1"),
     (["--n-embd", "30"], "--n-embd 30 must be divisible by --n-head 4"),
-    (["--new-tokens", "16"], "--new-tokens must be < --block-size (16)"),
+    (["--max-new-tokens", "16"], "--max-new-tokens must be < --block-size (16)"),
     (["--dtype", "float16"], "--dtype must be one of float32, bfloat16, got 'float16'"),
     (["--peak", "0"], "--peak must be a finite number of FLOP/s > 0"),
     (["--peak", "nan"], "--peak must be a finite number of FLOP/s > 0"),
@@ -46,18 +47,18 @@ def parse(*flags: str) -> argparse.Namespace:
 ])
 def test_check_measure_args_refuses_each_bad_flag_in_one_line(flags, message):
     with pytest.raises(UsageError) as err:
-        check_measure_args(parse(*flags))
+        check_args(parse(*flags))
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 
 
 def test_check_measure_args_accepts_the_defaults_and_returns_the_device():
-    args = add_measure_arguments(argparse.ArgumentParser()).parse_args(["--device", "cpu"])
-    assert str(check_measure_args(args)) == "cpu"
+    args = build_parser().parse_args(["measure", "--device", "cpu"])
+    assert str(check_args(args)) == "cpu"
 
 
 def test_cmd_measure_reports_every_documented_key_finite():
-    result = cmd_measure(parse())
+    result = run(parse())
     assert set(result) == KEYS  # no CUDA-only key on a CPU
     json.dumps(result)
     for key, value in result.items():

@@ -65,7 +65,7 @@ __all__ = [
 
 CHAT_MODEL_SUBDIRS = ("tuned", "sft")  # where `tiny-chatgpt --out DIR` keeps its chat models, best first
 MIN_REPLY_TOKENS = 4  # a message must leave at least this much of the context for the reply
-MAKE_ONE = "python -m aigc_book tiny-chatgpt --out DIR, or python -m aigc_book finetune --base DIR ... --out DIR"
+MAKE_ONE = "python -m aigc_book tiny-chatgpt --out DIR, or python -m aigc_book finetune --model DIR ... --out DIR"
 SHOWN_CHARACTERS = 10  # how many unknown characters an error names
 
 
@@ -132,7 +132,7 @@ def load_chat_model(directory, *, device=None) -> tuple[GPT, object]:
     tokenizer = load_chat_tokenizer(where / TOKENIZER_FILE)
     if not _is_chat_tokenizer(tokenizer):
         raise ValueError(f"{where}: a train-gpt model (its tokenizer has no chat tokens <|user|>, <|end|>); "
-                         f"fine-tune it first: python -m aigc_book finetune --base {root} --data PAIRS.jsonl "
+                         f"fine-tune it first: python -m aigc_book finetune --model {root} --data PAIRS.jsonl "
                          "--method lora --out CHAT_DIR")
     model = GPT.from_pretrained(where, device=device)
     if tokenizer.vocab_size != model.config.vocab_size:

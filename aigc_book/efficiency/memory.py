@@ -23,6 +23,10 @@ saves it (the first Linear does, to compute its weight gradient). :func:`activat
 that number for the book's GPT exactly, term by term, and :func:`activation_reconciliation` sets the
 terms beside the per-layer count of Korthikanti et al. (2022, arXiv:2205.05198, eq. 1).
 
+Before a command trains anything, :func:`training_bytes` estimates one float32 step's memory from the
+shape alone (no model is built) and :func:`available_bytes` reads what the device has free, so that a
+model that cannot fit is refused in one line rather than after minutes.
+
 The KV cache of generation (:func:`kv_cache_bytes`) is the other memory that grows with the
 sequence; :data:`KV_CACHE_SHAPES` holds the shapes of two published models.
 """
@@ -40,6 +44,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from aigc_book.models.transformer import TransformerConfig
 
 __all__ = [
+    "available_bytes",
+    "training_bytes",
     "TrainingMemory",
     "training_memory",
     "tensor_bytes",
@@ -702,3 +708,25 @@ def memory_by_precision(config: TransformerConfig, batch: int, seq_len: int, dev
         "autocast formula": activation_bytes(config, batch, seq_len, autocast_bytes=2),
         "parameter copies": mixed.parameter_copies,
     }
+
+
+def training_bytes(n_params: int, layers: int, embd: int, heads: int, block: int, batch: int, vocab: int) -> int:
+    """Rough float32 memory of one training step: weights, gradients and two AdamW moments (16
+    bytes per parameter), plus activations kept for the backward pass — about ``34 C + 5 h T``
+    16-bit values per token and layer (Korthikanti et al. 2022, §4.1), doubled for float32 — and
+    the logits with their gradient."""
+    tokens = batch * block
+    activations = layers * tokens * (68 * embd + 10 * heads * block)
+    return 16 * n_params + activations + 3 * 4 * tokens * vocab
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Free memory on ``device`` (None where it cannot be read)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            info = dict(line.split(":", 1) for line in f)
+        return int(info["MemAvailable"].split()[0]) * 1024
+    except (OSError, KeyError, ValueError):
+        return None
