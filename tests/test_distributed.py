@@ -161,11 +161,38 @@ def test_fsdp_step_matches_ddp_and_keeps_half_the_weights_per_rank(ranks):
 
 
 # ---- torchrun and the command line ---------------------------------------------------------------
+TORCHRUN_SECONDS = 240
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now: the operating system picks it for a socket bound to port 0."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Run ``torchrun --nproc_per_node 2 -m aigc_book ARGS`` and return what it printed.
+
+    Each run meets on its own free port (the default, 29500, is shared by every test run on the machine:
+    a second one waits there for the first one's processes), in its own process group; past
+    ``TORCHRUN_SECONDS`` the whole group (torchrun and its workers) is killed and the test fails."""
     env = {k: v for k, v in os.environ.items() if k != dp.THREADS_ENV_VAR}  # let train-gpt pick the threads
     env["OMP_NUM_THREADS"] = "2"  # what a user may have set: torchrun then keeps it, train-gpt must not
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "aigc_book", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "aigc_book", *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TORCHRUN_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the session's group: torchrun and every worker it started
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun {' '.join(args[:1])} did not finish in {TORCHRUN_SECONDS} s; its process group was "
+                    f"killed. Its last output:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 TINY = ["--layers", "1", "--heads", "2", "--embd", "16", "--block", "16", "--batch", "4", "--iters", "6",
