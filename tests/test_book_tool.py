@@ -130,8 +130,9 @@ def test_quick_leaves_out_the_notebooks_the_site_the_assignments_and_the_process
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     kept = [line for line in result.stdout.splitlines() if "::" in line]
     deselected = listed.read_text().splitlines()
-    for long_test in ("test_site.py::", "test_assignments.py::", ".ipynb::", "test_distributed.py::test_torchrun_train_gpt",
-                      "test_distributed.py::test_two_process_resume_is_exact"):
+    long_tests = ("test_site.py::", "test_assignments.py::", ".ipynb::", "test_distributed.py::test_torchrun_train_gpt",
+                  "test_distributed.py::test_two_process_resume_is_exact")
+    for long_test in long_tests:
         assert not [k for k in kept if long_test in k], long_test
         assert [d for d in deselected if long_test in d], long_test  # it exists, and --quick left it out
     assert "tests/test_distributed.py::test_torchrun_env_reads_the_launcher_variables" in kept  # a unit test stays
