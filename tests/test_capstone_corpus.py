@@ -34,6 +34,7 @@ def synthetic(monkeypatch):
     return topics + docstrings
 
 
+@pytest.mark.slow
 def test_stdlib_docstrings_are_long_unique_and_read_without_importing():
     docs = stdlib_docstrings()
     assert len(docs) > 2000 and sum(map(len, docs)) > 500_000

@@ -121,6 +121,7 @@ def _counting(method, calls: list):
 
 
 @pytest.mark.parametrize("stage", ["pretrained", "sft"])
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_result(finished, tmp_path, monkeypatch, stage):
     reference, report = finished
     out = tmp_path / "run"
@@ -205,6 +206,7 @@ TINY_FLAGS = ["--docs-chars", "60000", "--vocab-size", "300", "--layers", "1", "
               "20", "--rl-steps", "2", "--eval-prompts", "20", "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_json_line_then_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["tiny-chatgpt", "--out", str(out), *TINY_FLAGS]) == 0
@@ -338,6 +340,7 @@ def test_ctrl_c_in_the_command_is_exit_130_with_how_to_continue(tmp_path, capsys
     assert "run the same command again to continue" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"

@@ -149,6 +149,7 @@ def test_minimum_length_leaves_one_validation_window():
     assert min_chars(16) == 171  # 10% of 171 chars = 17 = block + 1
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_reports_errors_with_exit_status_2(tmp_path):
     proc = run_cli("train-gpt", "--text", str(tmp_path / "missing.txt"))
     assert proc.returncode == 2 and "no such file" in proc.stderr and proc.stdout == ""

@@ -104,6 +104,7 @@ SIGINT_CASES = [(phase, nth) for phase, calls in CALLS.items() for nth in calls]
 
 
 @pytest.mark.parametrize("phase, nth", SIGINT_CASES, ids=[f"{p}-{n}" for p, n in SIGINT_CASES])
+@pytest.mark.slow
 def test_ctrl_c_anywhere_resumes_bit_for_bit(phase, nth, straight, monkeypatch, tmp_path):
     t = make_trainer()
     owner, name, after = PHASES[phase]
@@ -230,6 +231,7 @@ def cli_straight(tmp_path_factory):
 
 
 @pytest.mark.parametrize("module, name, nth", KILL_CASES, ids=[f"{m}.{n}-{k}" for m, n, k in KILL_CASES])
+@pytest.mark.slow
 def test_kill_9_inside_a_checkpoint_write_then_resume(module, name, nth, cli_straight, tmp_path, capsys):
     text, final = cli_straight
     out = tmp_path / "run"
