@@ -107,6 +107,7 @@ def test_unknown_options_are_refused_except_for_pytest(monkeypatch):
     assert seen["args"] == ["-q", "-k", "site"]
 
 
+@pytest.mark.slow
 def test_quick_leaves_out_the_notebooks_the_site_the_assignments_and_the_processes(tmp_path):
     spec = importlib.util.spec_from_file_location("book_tool5", ROOT / "tools" / "book.py")
     module = importlib.util.module_from_spec(spec)

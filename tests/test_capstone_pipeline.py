@@ -150,6 +150,7 @@ def test_interrupted_training_resumes_to_the_same_result(finished, tmp_path, mon
             assert torch.equal(tensor, weights(out, stage)[name]), (stage, name)
 
 
+@pytest.mark.slow
 def test_interrupted_preference_tuning_starts_again_to_the_same_result(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
@@ -316,6 +317,7 @@ def test_the_flop_meter_counts_generation_with_the_cache_at_its_context_length()
     assert meter.tokens == 6  # nothing counted after the block
 
 
+@pytest.mark.slow
 def test_until_stops_after_a_stage_and_a_later_call_goes_on(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
@@ -359,6 +361,7 @@ def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_p
     assert same_results(run_pipeline(out, tiny())["stages"], report["stages"])
 
 
+@pytest.mark.slow
 def test_an_empty_work_directory_left_by_a_kill_is_started_afresh(finished, tmp_path):
     reference, report = finished
     out = tmp_path / "run"

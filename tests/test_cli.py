@@ -177,6 +177,7 @@ def test_bad_numbers_are_rejected(tmp_path, capsys):
     assert "--device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
     from aigc_book.training.trainer import Trainer
 

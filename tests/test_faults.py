@@ -120,6 +120,7 @@ def test_ctrl_c_anywhere_resumes_bit_for_bit(phase, nth, straight, monkeypatch, 
     assert_same_run(resume(ck), straight)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_final_evaluation_is_made_up_on_resume(straight, monkeypatch, tmp_path):
     t = make_trainer()
     SigintOnCall(monkeypatch, t, "evaluate", nth=STEPS // EVERY)  # the evaluation at the last step
@@ -132,6 +133,7 @@ def test_ctrl_c_in_the_final_evaluation_is_made_up_on_resume(straight, monkeypat
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3, 4, 5, 6])
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint(nth, straight, monkeypatch, tmp_path):
     """The nth file operation of a checkpoint write fails with ENOSPC: the run stops with the
     error, the checkpoint before it is intact, and resuming from it reproduces the run."""
