@@ -19,6 +19,15 @@ import sitecustomize as _network_guard  # noqa: E402,F401  (this process too)
 _notebook_seconds: dict[str, float] = defaultdict(float)
 
 
+def pytest_collection_modifyitems(items):
+    """Every chapter notebook that nbval collects is marked ``notebook`` (``book.py test --quick`` leaves them out)."""
+    import pytest
+
+    for item in items:
+        if item.nodeid.split("::", 1)[0].endswith(".ipynb"):
+            item.add_marker(pytest.mark.notebook)
+
+
 def pytest_runtest_logreport(report):
     path = report.nodeid.split("::", 1)[0]
     if path.endswith(".ipynb"):

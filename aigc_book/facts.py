@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from aigc_book.checks import is_number
+
 __all__ = [
     "ModelFacts", "load_models", "positive_number", "read_table", "training_flops_estimate", "MODELS_CSV_COLUMNS",
 ]
@@ -156,7 +158,7 @@ def training_flops_estimate(params: float, tokens: float) -> float:
     '3.150e+23'
     """
     for name, value in (("params", params), ("tokens", tokens)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if not is_number(value):
             raise TypeError(f"{name} must be a number, got {type(value).__name__}")
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"{name} must be a positive, finite number, got {value}")

@@ -30,6 +30,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from aigc_book.checks import is_number
 from aigc_book.facts import read_table
 
 __all__ = [
@@ -247,7 +248,7 @@ def forest_plot(ax, studies: list[Study] | None = None):
 
 
 def _number(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if math.isnan(value):
         raise ValueError(f"{name} must be a number, got nan")

@@ -12,6 +12,7 @@ import random
 import numpy as np
 import torch
 
+from aigc_book.checks import is_int
 from aigc_book.cpu_threads import follow_cpu_load
 
 DEVICE_ENV_VAR = "AIGC_DEVICE"
@@ -76,7 +77,7 @@ def seed_everything(seed: int) -> torch.Generator:
     Re-running a cell that starts with ``seed_everything(0)`` gives the same numbers on the same
     machine. The returned generator is for code that wants its own independent stream.
     """
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise TypeError(f"seed must be an int, got {type(seed).__name__}")
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}")

@@ -18,6 +18,7 @@ from pathlib import Path
 import jupytext
 import pytest
 
+pytestmark = pytest.mark.assignments
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
 import classroom  # noqa: E402

@@ -236,6 +236,7 @@ def test_ctrl_c_while_starting_up_is_one_line(tmp_path):
     assert "Traceback" not in err and err.strip().startswith("aigc-book:")
 
 
+@pytest.mark.slow
 def test_ctrl_c_while_sampling_keeps_what_was_printed(files):
     code = ("import os, signal, threading, sys\n"
             "from aigc_book.cli import main\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import subprocess
 from pathlib import Path
 
@@ -104,3 +105,35 @@ def test_unknown_options_are_refused_except_for_pytest(monkeypatch):
     monkeypatch.setattr(module, "cmd_test", lambda args: seen.setdefault("args", args.pytest_args))
     module.main(["test", "-q", "-k", "site", "--inside"])
     assert seen["args"] == ["-q", "-k", "site"]
+
+
+@pytest.mark.slow
+def test_quick_leaves_out_the_notebooks_the_site_the_assignments_and_the_processes(tmp_path):
+    spec = importlib.util.spec_from_file_location("book_tool5", ROOT / "tools" / "book.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.QUICK_EXPRESSION == "not (slow or notebook or site or assignments or torchrun)"
+    assert module.pytest_command(False, ["-q"])[-2:] == ["pytest", "-q"]  # the full run is unchanged
+    # Collect (without running) the files that hold the long tests, and list what --quick deselects.
+    (tmp_path / "list_deselected.py").write_text(
+        "import os\n"
+        "def pytest_deselected(items):\n"
+        "    with open(os.environ['DESELECTED_LIST'], 'a') as f:\n"
+        "        f.writelines(item.nodeid + '\\n' for item in items)\n"
+    )
+    listed = tmp_path / "deselected.txt"
+    env = {**os.environ, "DESELECTED_LIST": str(listed),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))}
+    paths = ["tests/test_site.py", "tests/test_assignments.py", "tests/test_distributed.py", "chapters"]
+    command = module.pytest_command(True, ["--collect-only", "-q", "-p", "list_deselected", "-p", "no:cacheprovider",
+                                           *paths])
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    kept = [line for line in result.stdout.splitlines() if "::" in line]
+    deselected = listed.read_text().splitlines()
+    long_tests = ("test_site.py::", "test_assignments.py::", ".ipynb::", "test_distributed.py::test_torchrun_train_gpt",
+                  "test_distributed.py::test_two_process_resume_is_exact")
+    for long_test in long_tests:
+        assert not [k for k in kept if long_test in k], long_test
+        assert [d for d in deselected if long_test in d], long_test  # it exists, and --quick left it out
+    assert "tests/test_distributed.py::test_torchrun_env_reads_the_launcher_variables" in kept  # a unit test stays

@@ -381,6 +381,7 @@ def test_chat_command_bad_input_is_one_line_and_exit_2(tmp_path, chat_dir, capsy
     assert re.search(message, line), line
 
 
+@pytest.mark.slow
 def test_python_m_aigc_book_chat_is_a_terminal_chat(chat_dir):
     env = {**os.environ, "AIGC_CPU_THREADS": "1", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-m", "aigc_book", "chat", "--model", str(chat_dir), "--device", "cpu",

@@ -34,6 +34,7 @@ def synthetic(monkeypatch):
     return topics + docstrings
 
 
+@pytest.mark.slow
 def test_stdlib_docstrings_are_long_unique_and_read_without_importing():
     docs = stdlib_docstrings()
     assert len(docs) > 2000 and sum(map(len, docs)) > 500_000
@@ -42,6 +43,7 @@ def test_stdlib_docstrings_are_long_unique_and_read_without_importing():
     assert "antigravity" not in sys.modules  # importing it would open a web browser
 
 
+@pytest.mark.slow
 def test_stdlib_docstrings_cap_keeps_a_prefix_within_max_chars():
     capped = stdlib_docstrings(max_chars=20_000)
     assert 19_000 <= sum(map(len, capped)) <= 20_000

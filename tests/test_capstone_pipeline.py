@@ -138,6 +138,7 @@ def _counting(method, calls: list):
 
 
 @pytest.mark.parametrize("stage", ["pretrained", "sft"])
+@pytest.mark.slow
 def test_interrupted_training_resumes_to_the_same_result(finished, tmp_path, monkeypatch, stage):
     reference, report = finished
     out = tmp_path / "run"
@@ -166,6 +167,7 @@ def test_interrupted_training_resumes_to_the_same_result(finished, tmp_path, mon
             assert torch.equal(tensor, weights(out, stage)[name]), (stage, name)
 
 
+@pytest.mark.slow
 def test_interrupted_preference_tuning_starts_again_to_the_same_result(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
@@ -222,6 +224,7 @@ TINY_FLAGS = ["--docs-chars", "60000", "--vocab-size", "300", "--n-layer", "1", 
               "--sft-steps", "20", "--rl-steps", "2", "--eval-prompts", "20", "--device", "cpu", "--no-progress"]
 
 
+@pytest.mark.slow
 def test_the_command_prints_one_json_line_then_refuses_other_settings(tmp_path, capsys):
     out = tmp_path / "run"
     assert cli.main(["tiny-chatgpt", "--out", str(out), *TINY_FLAGS]) == 0
@@ -331,6 +334,7 @@ def test_the_flop_meter_counts_generation_with_the_cache_at_its_context_length()
     assert meter.tokens == 6  # nothing counted after the block
 
 
+@pytest.mark.slow
 def test_until_stops_after_a_stage_and_a_later_call_goes_on(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
@@ -355,6 +359,7 @@ def test_ctrl_c_in_the_command_is_exit_130_with_how_to_continue(tmp_path, capsys
     assert "run the same command again to continue" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
@@ -373,6 +378,7 @@ def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_p
     assert same_results(run_pipeline(out, tiny())["stages"], report["stages"])
 
 
+@pytest.mark.slow
 def test_an_empty_work_directory_left_by_a_kill_is_started_afresh(finished, tmp_path):
     reference, report = finished
     out = tmp_path / "run"

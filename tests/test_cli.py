@@ -151,6 +151,7 @@ def test_minimum_length_leaves_one_validation_window():
     assert min_chars(16) == 171  # 10% of 171 chars = 17 = block + 1
 
 
+@pytest.mark.slow
 def test_python_m_entry_point_reports_errors_with_exit_status_2(tmp_path):
     proc = run_cli("train-gpt", "--text", str(tmp_path / "missing.txt"))
     assert proc.returncode == 2 and "no such file" in proc.stderr and proc.stdout == ""
@@ -178,6 +179,7 @@ def test_bad_numbers_are_rejected(tmp_path, capsys):
     assert "--device" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_a_checkpoint_and_resume_finishes_the_same_run(tmp_path, monkeypatch, capsys):
     from aigc_book.training.trainer import Trainer
 

@@ -100,6 +100,7 @@ def ranks(tmp_path_factory):
 
 
 # ---- DDP -----------------------------------------------------------------------------------------
+@pytest.mark.torchrun
 def test_ddp_gradients_equal_one_process_on_the_combined_batch(ranks):
     grads = ranks[0]["grads"]
     assert grads["grads_match"] and grads["max_abs_diff"] < 1e-12  # float64
@@ -107,28 +108,33 @@ def test_ddp_gradients_equal_one_process_on_the_combined_batch(ranks):
     assert ranks[1]["grads"] == grads  # every rank gets the verdict
 
 
+@pytest.mark.torchrun
 def test_ranks_draw_different_batches_but_hold_identical_weights(ranks):
     assert not torch.equal(ranks[0]["first_batch"], ranks[1]["first_batch"])
     assert torch.equal(ranks[0]["straight"], ranks[1]["straight"])  # bitwise, after 6 steps with dropout
     assert ranks[0]["straight_loss"] == ranks[1]["straight_loss"]  # the loss is averaged over ranks
 
 
+@pytest.mark.torchrun
 def test_two_process_resume_is_exact(ranks):
     for r in ranks:
         assert torch.equal(r["resumed"], r["straight"])
 
 
+@pytest.mark.torchrun
 def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step_and_resumes_exactly(ranks):
     assert [r["stopped_at"] for r in ranks] == [4, 4]
     for r in ranks:
         assert torch.equal(r["after_ctrl_c"], r["straight"])
 
 
+@pytest.mark.torchrun
 def test_resuming_with_another_number_of_processes_is_refused(ranks):
     assert "written by 2 process(es) but resumed by 1" in ranks[0]["alone"]
     assert "resume with 2 processes" in ranks[0]["alone"]
 
 
+@pytest.mark.torchrun
 def test_timing_reports_efficiency_as_the_ratio_of_step_times(ranks):
     t = ranks[0]["timing"]
     assert ranks[1]["timing"] is None and t["world_size"] == 2 and t["global_batch"] == 4
@@ -138,6 +144,7 @@ def test_timing_reports_efficiency_as_the_ratio_of_step_times(ranks):
     assert t["allreduce_bytes_per_step"] == data_parallel.allreduce_bytes_per_rank(t["params"], 4, 2) == 4 * t["params"]
 
 
+@pytest.mark.torchrun
 def test_measured_allreduce_reports_the_ring_bytes(ranks):
     a = ranks[0]["allreduce"]
     assert a["bytes"] == 4000 and a["bytes_per_rank"] == 4000.0 and a["seconds"] > 0
@@ -145,6 +152,7 @@ def test_measured_allreduce_reports_the_ring_bytes(ranks):
 
 
 # ---- FSDP ----------------------------------------------------------------------------------------
+@pytest.mark.torchrun
 def test_fsdp_step_matches_ddp_and_keeps_half_the_weights_per_rank(ranks):
     f = ranks[0]["fsdp"]
     assert f["max_abs_change"] > 1e-4  # the step moved the weights...
@@ -154,11 +162,38 @@ def test_fsdp_step_matches_ddp_and_keeps_half_the_weights_per_rank(ranks):
 
 
 # ---- torchrun and the command line ---------------------------------------------------------------
+TORCHRUN_SECONDS = 240
+
+
+def free_port() -> int:
+    """A TCP port no one listens on now: the operating system picks it for a socket bound to port 0."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def torchrun(*args: str) -> subprocess.CompletedProcess:
+    """Run ``torchrun --nproc_per_node 2 -m aigc_book ARGS`` and return what it printed.
+
+    Each run meets on its own free port (the default, 29500, is shared by every test run on the machine:
+    a second one waits there for the first one's processes), in its own process group; past
+    ``TORCHRUN_SECONDS`` the whole group (torchrun and its workers) is killed and the test fails."""
     env = {k: v for k, v in os.environ.items() if k != dp.THREADS_ENV_VAR}  # let train-gpt pick the threads
     env["OMP_NUM_THREADS"] = "2"  # what a user may have set: torchrun then keeps it, train-gpt must not
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "aigc_book", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(free_port()), "-m", "aigc_book", *args]
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env,
+                               start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=TORCHRUN_SECONDS)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)  # the session's group: torchrun and every worker it started
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun {' '.join(args[:1])} did not finish in {TORCHRUN_SECONDS} s; its process group was "
+                    f"killed. Its last output:\n{stdout[-2000:]}\n{stderr[-2000:]}")
+    return subprocess.CompletedProcess(cmd, process.returncode, stdout, stderr)
 
 
 TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4", "--steps", "6",
@@ -174,6 +209,7 @@ def text_file(tmp_path_factory):
     return path
 
 
+@pytest.mark.torchrun
 def test_torchrun_train_gpt_prints_one_json_line_and_writes_one_model(text_file, tmp_path):
     out = tmp_path / "run"
     result = torchrun("train-gpt", "--text", str(text_file), "--out", str(out), *TINY)
@@ -192,6 +228,7 @@ def test_torchrun_train_gpt_prints_one_json_line_and_writes_one_model(text_file,
     assert sample.returncode == 0 and sample.stdout.startswith("The "), sample.stderr
 
 
+@pytest.mark.torchrun
 def test_torchrun_bad_flag_is_one_line_from_the_program(text_file, tmp_path):
     result = torchrun("train-gpt", "--text", str(text_file), "--out", str(tmp_path / "r"), *TINY, "--batch-size", "0")
     assert result.returncode != 0

@@ -104,6 +104,7 @@ SIGINT_CASES = [(phase, nth) for phase, calls in CALLS.items() for nth in calls]
 
 
 @pytest.mark.parametrize("phase, nth", SIGINT_CASES, ids=[f"{p}-{n}" for p, n in SIGINT_CASES])
+@pytest.mark.slow
 def test_ctrl_c_anywhere_resumes_bit_for_bit(phase, nth, straight, monkeypatch, tmp_path):
     t = make_trainer()
     owner, name, after = PHASES[phase]
@@ -119,6 +120,7 @@ def test_ctrl_c_anywhere_resumes_bit_for_bit(phase, nth, straight, monkeypatch, 
     assert_same_run(resume(ck), straight)
 
 
+@pytest.mark.slow
 def test_ctrl_c_in_the_final_evaluation_is_made_up_on_resume(straight, monkeypatch, tmp_path):
     t = make_trainer()
     SigintOnCall(monkeypatch, t, "evaluate", nth=STEPS // EVERY)  # the evaluation at the last step
@@ -131,6 +133,7 @@ def test_ctrl_c_in_the_final_evaluation_is_made_up_on_resume(straight, monkeypat
 
 
 @pytest.mark.parametrize("nth", [1, 2, 3, 4, 5, 6])
+@pytest.mark.slow
 def test_a_full_disk_keeps_the_previous_checkpoint(nth, straight, monkeypatch, tmp_path):
     """The nth file operation of a checkpoint write fails with ENOSPC: the run stops with the
     error, the checkpoint before it is intact, and resuming from it reproduces the run."""
@@ -230,6 +233,7 @@ def cli_straight(tmp_path_factory):
 
 
 @pytest.mark.parametrize("module, name, nth", KILL_CASES, ids=[f"{m}.{n}-{k}" for m, n, k in KILL_CASES])
+@pytest.mark.slow
 def test_kill_9_inside_a_checkpoint_write_then_resume(module, name, nth, cli_straight, tmp_path, capsys):
     text, final = cli_straight
     out = tmp_path / "run"

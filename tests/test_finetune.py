@@ -59,6 +59,7 @@ def finetune_cli(base: Path, out: Path, method: str, *extra) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_full_finetune_lowers_the_response_loss_and_saves_a_model_sample_can_use(base, tmp_path, capsys):
     out = tmp_path / "full"
     result = finetune_cli(base, out, "full", "--steps", "30", "--lr", "1e-2")
@@ -75,6 +76,7 @@ def test_full_finetune_lowers_the_response_loss_and_saves_a_model_sample_can_use
     assert capsys.readouterr().out.startswith(format_chat("sort cab"))
 
 
+@pytest.mark.slow
 def test_lora_trains_its_matrices_and_the_special_rows_and_saves_merged(base, tmp_path):
     out = tmp_path / "lora"
     result = finetune_cli(base, out, "lora", "--steps", "30", "--lr", "3e-2", "--lora-r", "4")
@@ -88,6 +90,7 @@ def test_lora_trains_its_matrices_and_the_special_rows_and_saves_merged(base, tm
     assert result["params"] == model.num_parameters()
 
 
+@pytest.mark.slow
 def test_lora_leaves_every_pretrained_weight_unchanged_but_the_new_rows(base):
     model, tok = ft.load_base(base / "base")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
@@ -113,6 +116,7 @@ def test_lora_leaves_every_pretrained_weight_unchanged_but_the_new_rows(base):
     torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_a_model_fine_tuned_on_one_pair_answers_it_and_stops_at_end(base, tmp_path, capsys):
     write_jsonl(tmp_path / "one.jsonl", [("reverse abc", "cba")])
     out = tmp_path / "one"
@@ -149,6 +153,7 @@ def test_rerunning_with_overwrite_replaces_the_output(base, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging or set-aside copy is left
 
 
+@pytest.mark.slow
 def test_a_fine_tuned_model_can_be_fine_tuned_again_without_new_special_tokens(base, tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     finetune_cli(base, first, "full", "--steps", "2")
@@ -169,6 +174,7 @@ def test_a_diverged_run_stops_with_one_line_and_saves_nothing(base, tmp_path, ca
     assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_a_failed_save_leaves_the_previous_output_as_it_was(base, tmp_path, monkeypatch, capsys):
     out = tmp_path / "out"
     finetune_cli(base, out, "full", "--steps", "2")
@@ -197,6 +203,7 @@ def test_a_swap_cut_short_by_a_kill_is_completed_on_the_next_run(tmp_path):
     assert (tmp_path / "out" / "config.json").is_file() and not aside.exists()
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_finetune_saves_nothing(base, tmp_path):
     out = tmp_path / "out"
     code = ("import os, signal, threading, sys\n"

@@ -137,6 +137,7 @@ def test_bad_input_raises_and_says_what_was_expected(tiny_gpt):
 
 @pytest.mark.parametrize("pos_encoding", POS)
 @pytest.mark.parametrize("new_tokens", [5, 30], ids=["within-context", "past-context"])
+@pytest.mark.slow
 def test_kv_cache_generates_exactly_the_uncached_tokens(make_tiny_gpt, tiny_ids, pos_encoding, new_tokens):
     model = make_tiny_gpt(pos_encoding=pos_encoding)
     greedy = [model.generate(tiny_ids, new_tokens, temperature=0, use_cache=c) for c in (True, False)]

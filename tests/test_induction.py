@@ -206,6 +206,7 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_a_short_training_run_makes_the_copy_cheaper_than_the_first_occurrence(one_thread):
     model = _tiny_attn_only(vocab_size=32, block_size=32, n_head=4, n_embd=64)  # the chapter's model
     log = train_induction(model, steps=150, seq_len=32, segment_len=12, eval_every=75, seed=0)

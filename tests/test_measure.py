@@ -43,7 +43,8 @@ def parse(*flags: str) -> argparse.Namespace:
     (["--peak", "nan"], "--peak must be a finite number of FLOP/s > 0"),
     (["--device", "cuda:7"], "--device: device 'cuda:7' was asked for"),
     (["--device", "tpu"], "--device: unknown device 'tpu'"),
-    (["--n-layer", "2000", "--n-embd", "8192", "--n-head", "64"], "training needs about"),
+    pytest.param(["--n-layer", "2000", "--n-embd", "8192", "--n-head", "64"], "training needs about",
+                 marks=pytest.mark.slow),
 ])
 def test_check_measure_args_refuses_each_bad_flag_in_one_line(flags, message):
     with pytest.raises(UsageError) as err:
@@ -57,6 +58,7 @@ def test_check_measure_args_accepts_the_defaults_and_returns_the_device():
     assert str(check_args(args)) == "cpu"
 
 
+@pytest.mark.slow
 def test_cmd_measure_reports_every_documented_key_finite():
     result = run(parse())
     assert set(result) == KEYS  # no CUDA-only key on a CPU
@@ -82,6 +84,7 @@ def test_measure_command_line_refuses_a_bad_flag_in_one_line_with_exit_2(flags, 
     assert len(captured.err.strip().splitlines()) == 1 and captured.err.startswith("aigc-book: error: ")
 
 
+@pytest.mark.slow
 def test_measure_command_line_prints_one_json_object_last(capsys):
     from aigc_book.cli import main
 

@@ -122,6 +122,7 @@ def test_an_unknown_method_is_refused_by_argparse(tmp_path, no_training, capsys)
     assert "argument --method: invalid choice: 'nope'" in err.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
 def test_python_m_aigc_book_rlhf_reports_bad_input_without_a_traceback(tmp_path):
     def run(*argv):
         proc = subprocess.run([sys.executable, "-m", "aigc_book", "rlhf", *argv, "--out", str(tmp_path / "o")],
@@ -138,6 +139,7 @@ def read_out(out: Path) -> dict[str, bytes]:
     return {name: (out / name).read_bytes() for name in OUT_FILES}
 
 
+@pytest.mark.slow
 def test_rlhf_prints_one_json_line_writes_out_and_overwrites_only_when_asked(tmp_path, tiny_runs, capsys):
     out = tmp_path / "tuned"
     assert main(rlhf(out)) == 0

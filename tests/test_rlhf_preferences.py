@@ -322,6 +322,7 @@ def xyz_pairs(n: int, seed: int) -> PreferencePairs:
     return make_pairs(inst, good, bad)
 
 
+@pytest.mark.slow
 def test_train_reward_model_learns_a_rule_that_holds_out(chat_gpt):
     train, held_out = xyz_pairs(256, seed=0), xyz_pairs(128, seed=1)
     rm = RewardModel(chat_gpt)

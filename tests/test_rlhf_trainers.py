@@ -291,6 +291,7 @@ def train_on_toy(method: str, sign: float, *, steps: int = 15, seed: int = 0):
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.slow
 def test_trainer_raises_a_toy_reward(method):
     """About 1 response in 5 starts with a digit at first (10 of 51 tokens); 15 steps make it most.
     (Seeds 0-19 all pass with margins of at least 0.5 and 0.7.)"""
@@ -301,6 +302,7 @@ def test_trainer_raises_a_toy_reward(method):
 
 
 @pytest.mark.parametrize("method", ["ppo", "grpo"])
+@pytest.mark.slow
 def test_trainer_lowers_a_negated_toy_reward(method):
     """The same run with the reward's sign flipped drives the digit rate down: the sign is followed."""
     before, scores, after = train_on_toy(method, -1.0)
@@ -487,6 +489,7 @@ def sft():
 
 
 @pytest.mark.parametrize("method", METHODS)
+@pytest.mark.slow
 def test_run_rlhf_returns_the_summary_the_command_prints(method, sft):
     sft_before = snapshot(sft.model)
     summary, policy, tok = run_rlhf(method, steps=2, settings=TINY_SETTINGS, sft=sft)

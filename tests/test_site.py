@@ -32,6 +32,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.site
 ROOT = Path(__file__).resolve().parent.parent
 HTML = ROOT / "_build" / "html"
 SCREENSHOTS = ROOT / "_build" / "screenshots"

@@ -139,6 +139,7 @@ def test_sampling_with_a_draft_equal_to_the_target_accepts_everything(target, pr
     assert out.acceptance_rate == 1.0 and out.sequences.shape == (3, 25)
 
 
+@pytest.mark.slow
 def test_speculative_sampling_follows_the_target_end_to_end(make_tiny_gpt):
     """The first sampled token of the whole loop (draft, caches, rule) has the target's distribution."""
     target = make_tiny_gpt(seed=0, vocab_size=5, block_size=8)

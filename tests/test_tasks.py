@@ -134,6 +134,7 @@ def test_classification_loss_is_cross_entropy_and_checks_label_shape():
         classification_loss(clf, {"idx": idx, "labels": labels[:, None]})
 
 
+@pytest.mark.slow
 def test_a_gpt_with_a_head_can_fit_a_small_labelled_set():
     data = make_classification_data("dominant_type", n_per_class=4, length=10, seed=0)
     torch.manual_seed(0)

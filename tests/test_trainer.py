@@ -83,6 +83,7 @@ def test_gradient_accumulation_equals_one_big_batch():
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12, msg=name)
 
 
+@pytest.mark.slow
 def test_training_reduces_the_loss():
     t = Trainer(make_model(dropout=0.0), batch_fn, causal_lm_loss, config(steps=60, eval_interval=0, lr=1e-2))
     before = t.evaluate()["val"]
@@ -91,6 +92,7 @@ def test_training_reduces_the_loss():
     assert len(history["train_loss"]) == 60 and len(history["ms"]) == 60
 
 
+@pytest.mark.slow
 def test_resume_gives_bitwise_the_same_weights(tmp_path):
     """k + m steps in one go == k steps, save, fresh objects, load, m steps (dropout and accumulation on)."""
     straight = Trainer(make_model(), batch_fn, causal_lm_loss, config())
@@ -115,6 +117,7 @@ def test_resume_gives_bitwise_the_same_weights(tmp_path):
     assert not torch.equal(broken.model.lm_head.weight, straight.model.lm_head.weight)
 
 
+@pytest.mark.slow
 def test_evaluating_does_not_change_the_training_run():
     a = Trainer(make_model(), batch_fn, causal_lm_loss, config(eval_interval=1))
     b = Trainer(make_model(), batch_fn, causal_lm_loss, config(eval_interval=0))
@@ -210,6 +213,7 @@ def test_train_config_is_frozen():
     assert dataclasses.replace(cfg, steps=3).steps == 3 and cfg.steps == 10
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(tmp_path):
     """Ctrl-C in the middle of step 7 (between two micro-batches): nothing is lost."""
     straight = Trainer(make_model(), batch_fn, causal_lm_loss, config())
@@ -233,6 +237,7 @@ def test_an_interrupted_run_saves_a_checkpoint_that_resumes_exactly(tmp_path):
         assert torch.equal(p, q), name
 
 
+@pytest.mark.slow
 def test_periodic_checkpoints_are_written(tmp_path):
     trainer = Trainer(make_model(), batch_fn, causal_lm_loss, config())
     trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=4)
@@ -243,6 +248,7 @@ def test_periodic_checkpoints_are_written(tmp_path):
         trainer.train(checkpoint_dir=tmp_path / "ck", checkpoint_every=-1)
 
 
+@pytest.mark.slow
 def test_compiled_training_follows_the_eager_run_and_checkpoints_the_plain_model(tmp_path):
     """TrainConfig.compile trains through torch.compile (gcc on a CPU): same losses up to float
     rounding, and a checkpoint whose weights load into an ordinary, uncompiled model."""

@@ -3,6 +3,7 @@
 
     python3 tools/book.py build     # install, execute every chapter, build the HTML site
     python3 tools/book.py test      # install, run every test (package, notebooks, pairs, site)
+    python3 tools/book.py test --quick   # the unit tests only, in about a minute
     python3 tools/book.py execute chapters/01_background.py   # rebuild one pair after an edit
     python3 tools/book.py assignments   # student notebooks, autograders, solutions: _build/assignments/
     python3 tools/book.py grade 01_background collected/ --csv grades.csv   # grade submissions
@@ -32,6 +33,10 @@ TORCH_VERSION = "2.13.0"
 TORCH_CPU_INDEX = os.environ.get("AIGC_TORCH_CPU_INDEX", "https://download.pytorch.org/whl/cpu")
 STAMP_NAME = ".aigc-book-installed"
 SITE_INDEX = ROOT / "_build" / "html" / "index.html"
+# The pytest markers (pyproject.toml) that `test --quick` leaves out: slow unit tests, the chapters'
+# notebooks, the site and its browser check, the assignments, and the tests that start several processes.
+QUICK_MARKERS = ("slow", "notebook", "site", "assignments", "torchrun")
+QUICK_EXPRESSION = f"not ({' or '.join(QUICK_MARKERS)})"
 
 
 def log(message: str) -> None:
@@ -220,9 +225,16 @@ def cmd_build(args: argparse.Namespace) -> None:
     log(f"to run the chapters in Jupyter: {bindir / 'jupyter'} lab chapters/")
 
 
+def pytest_command(quick: bool, pytest_args: list[str]) -> list[str]:
+    """The pytest command line of `book.py test`; with ``quick``, the marked long tests are deselected."""
+    selection = ["-m", QUICK_EXPRESSION] if quick else []
+    return [sys.executable, "-m", "pytest", *selection, *pytest_args]
+
+
 def cmd_test(args: argparse.Namespace) -> None:
-    fetch_site_assets()  # the site test builds the site and checks its widgets in a browser
-    code = subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args], cwd=ROOT)
+    if not args.quick:
+        fetch_site_assets()  # the site test builds the site and checks its widgets in a browser
+    code = subprocess.call(pytest_command(args.quick, args.pytest_args), cwd=ROOT)
     raise SystemExit(code)
 
 
@@ -299,7 +311,9 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_build = sub.add_parser("build", help="install, execute every chapter, build the HTML site")
     p_build.add_argument("--no-execute", action="store_true", help="build the site from the stored outputs")
-    sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
+    p_test = sub.add_parser("test", help="install and run every test; extra arguments go to pytest")
+    p_test.add_argument("--quick", action="store_true",
+                        help=f"only the unit tests, about a minute (pytest -m {QUICK_EXPRESSION!r})")
     p_exec = sub.add_parser("execute", help="rebuild and execute the notebooks of the given chapter sources")
     p_exec.add_argument("chapters", nargs="*", help="chapters/NN_name.py files (default: all)")
     p_prof = sub.add_parser("profile", help="execute chapters with timers: where each one's time goes")

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from aigc_book.checks import is_int
 from aigc_book.efficiency.memory import activation_bytes, lm_training_setup, training_memory
 from aigc_book.efficiency.timing import time_call
 from aigc_book.layers.block import TransformerBlock
@@ -117,7 +118,7 @@ def checkpointing_tradeoff(config: TransformerConfig, batch: int, seq_len: int, 
     activations) and ``extra time`` (the fraction of the step). On CUDA also ``peak`` and ``peak
     checkpointed``: the allocator's peak over a step, where the recomputed block's activations show.
     """
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if not is_int(repeats) or repeats < 1:
         raise ValueError(f"repeats must be a positive int, got {repeats!r}")
     model, data = lm_training_setup(config, batch, seq_len, device, seed=seed)
     device = next(model.parameters()).device

@@ -31,6 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.facts import ModelFacts, load_models, positive_number, read_table, training_flops_estimate
 
 __all__ = [
@@ -134,7 +135,7 @@ def _accelerator(name: str) -> Accelerator:
 
 
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise TypeError(f"{name} must be a number, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
         kind = "non-negative" if allow_zero else "positive"
@@ -197,7 +198,7 @@ def training_time_and_cost(
     """
     _positive("flops", flops)
     _positive("peak_flops", peak_flops)
-    if isinstance(n_accelerators, bool) or not isinstance(n_accelerators, int):
+    if not is_int(n_accelerators):
         raise TypeError(f"n_accelerators must be an int, got {type(n_accelerators).__name__}")
     if n_accelerators < 1:
         raise ValueError(f"n_accelerators must be at least 1, got {n_accelerators}")
@@ -366,7 +367,7 @@ def decode_step_bounds(
     ``arithmetic_intensity`` (FLOPs per byte moved).
     """
     _positive("n_params", n_params)
-    if isinstance(batch, bool) or not isinstance(batch, int):
+    if not is_int(batch):
         raise TypeError(f"batch must be an int, got {type(batch).__name__}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")

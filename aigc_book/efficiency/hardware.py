@@ -57,6 +57,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.cpu_threads import check_cpu_load
 from aigc_book.efficiency.timing import time_call
 
@@ -97,7 +98,7 @@ def _dtype(dtype) -> torch.dtype:
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -414,12 +415,12 @@ def training_mfu(config, batch: int, device="cpu", steps: int = 3, dtype="float3
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
     batch, steps = _positive_int("batch", batch), _positive_int("steps", steps)
     warmup = (3 if compile else 1) if warmup is None else warmup
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+    if not is_int(warmup) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
     measure_peak = peak is None
     if measure_peak:
         peak = matmul_peak(device, torch_dtype)
-    if isinstance(peak, bool) or not (isinstance(peak, (int, float)) and math.isfinite(peak) and peak > 0):
+    if not (is_number(peak) and math.isfinite(peak) and peak > 0):
         raise ValueError(f"peak must be a finite number of FLOP/s > 0, got {peak!r}")
     try:
         seconds, flops_per_token, params, peak_memory = _timed_training(config, batch, device, torch_dtype, compile,

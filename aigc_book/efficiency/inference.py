@@ -40,6 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from aigc_book.checks import check_int
 from aigc_book.efficiency.timing import time_call
 from aigc_book.training.evaluation import lm_loss
 
@@ -59,14 +60,9 @@ BACKENDS = ("torch", "torchao")
 # ----------------------------------------------------------------------------- checks and helpers
 
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
 def _check_fits(model, prompt_len: int, new_tokens: int) -> None:
-    _check_int("prompt_len", prompt_len, 1)
-    _check_int("new_tokens", new_tokens, 1)
+    check_int("prompt_len", prompt_len, 1)
+    check_int("new_tokens", new_tokens, 1)
     if prompt_len + new_tokens > model.config.block_size:
         raise ValueError(f"prompt_len + new_tokens = {prompt_len + new_tokens} exceeds the context "
                          f"(block_size={model.config.block_size}): use fewer tokens")
@@ -126,7 +122,7 @@ def throughput_vs_batch(model, batch_sizes: Sequence[int], new_tokens: int, devi
     if isinstance(batch_sizes, (str, bytes)) or not isinstance(batch_sizes, Sequence) or not batch_sizes:
         raise TypeError(f"batch_sizes must be a non-empty sequence of ints, got {batch_sizes!r}")
     for b in batch_sizes:
-        _check_int("every batch size", b, 1)
+        check_int("every batch size", b, 1)
     _check_fits(model, prompt_len, new_tokens)
     device = torch.device(device)
     model, timed = model.to(device), _timer(device, repeats, min_seconds)
@@ -159,7 +155,7 @@ def compare_kv_cache(model, new_tokens: int, device, batch_size: int = 1, prompt
     new_tokens`` positions) and ``cache_bytes_per_token`` (``2 * n_layer * n_embd * bytes`` per row).
     Without the cache every step runs the whole sequence again: quadratic work instead of linear.
     """
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     _check_fits(model, prompt_len, new_tokens)
     device = torch.device(device)
     model, timed = model.to(device), _timer(device, repeats, min_seconds)
@@ -254,7 +250,7 @@ def compare_int8(model, val_tokens: torch.Tensor, device, *, backend: str = "tor
     ``warnings``: the first line of each distinct warning quantisation raised. ``model`` is not
     changed (both sides are copies).
     """
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     windows = _timing_windows(val_tokens, batch_size, model.config.block_size)  # (B, T)
     run_on = torch.device("cpu") if backend == "torch" else torch.device(device)
     fp32 = copy.deepcopy(model).to(run_on).eval()
@@ -313,9 +309,9 @@ def compare_dtypes(model, device, *, batch_size: int = 8, seq_len: int | None = 
     overheads on a GPU too, so bf16 helps the batched forward pass far more than decoding.
     The model is moved to ``device`` (in place) and restored to its mode.
     """
-    _check_int("batch_size", batch_size, 1)
+    check_int("batch_size", batch_size, 1)
     T = model.config.block_size if seq_len is None else seq_len
-    _check_int("seq_len", T, 2)
+    check_int("seq_len", T, 2)
     if T > model.config.block_size:
         raise ValueError(f"seq_len={T} exceeds the context (block_size={model.config.block_size})")
     device = torch.device(device)

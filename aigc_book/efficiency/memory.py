@@ -41,6 +41,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from aigc_book.checks import is_int
 from aigc_book.models.transformer import TransformerConfig
 
 __all__ = [
@@ -345,7 +346,7 @@ STEP_COUNTER_BYTES = 4  # AdamW's per-tensor ``step`` is a float32 scalar
 
 
 def _check_count(name: str, value, minimum: int = 0) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_int(value):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.layers.attention import MultiHeadAttention
 from aigc_book.layers.block import LayerNorm, init_gpt2_weights
 from aigc_book.layers.checks import check_heads, check_token_ids
@@ -75,10 +76,10 @@ class AttentionOnlyConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
         check_heads(self.n_embd, self.n_head)
-        if isinstance(self.init_std, bool) or not isinstance(self.init_std, (int, float)) or not self.init_std > 0:
+        if not is_number(self.init_std) or not self.init_std > 0:
             raise ValueError(f"{type(self).__name__}.init_std must be a positive number, got {self.init_std!r}")
         if self.pos_encoding not in POS_ENCODINGS:
             raise ValueError(

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.incontext.induction import logits_of
 
 __all__ = ["few_shot_prompt", "split_template", "greedy_complete", "exact_match", "FewShotResult", "few_shot_accuracy"]
@@ -99,7 +100,7 @@ def greedy_complete(model: nn.Module, tokenizer, prompts: Sequence[str], *, max_
     Returns the completions (the generated text only, cut at ``stop``), in the order of ``prompts``.
     """
     _check_tokenizer(tokenizer)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     if isinstance(prompts, str):
         raise TypeError("prompts must be a list of strings, not one string (wrap it: [prompt])")
@@ -198,7 +199,7 @@ def few_shot_accuracy(model: nn.Module, tokenizer, train: Sequence[tuple[str, st
                 raise TypeError(f"{name}[{n}] must be an (input, output) pair of strings, got {pair!r}")
     shots = list(shots)
     for k in shots:
-        if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= len(train) - 1:
+        if not is_int(k) or not 0 <= k <= len(train) - 1:
             raise ValueError(
                 f"each number of shots must be an int in 0 .. len(train) - 1 = {len(train) - 1}, got {k!r}"
             )

@@ -40,6 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
+
 __all__ = [
     "RepeatBatch",
     "repeated_tokens",
@@ -57,7 +59,7 @@ __all__ = [
 
 
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return value
 
@@ -111,7 +113,7 @@ def repeated_tokens(batch_size: int, *, seq_len: int, segment_len: int, vocab_si
     _positive_int("batch_size", batch_size)
     _positive_int("seq_len", seq_len)
     _positive_int("vocab_size", vocab_size)
-    if isinstance(segment_len, bool) or not isinstance(segment_len, int) or segment_len < 2:
+    if not is_int(segment_len) or segment_len < 2:
         raise ValueError(f"segment_len must be an int >= 2 (one token to match, one to predict), got {segment_len!r}")
     if 2 * segment_len > seq_len:
         raise ValueError(
@@ -218,7 +220,7 @@ def in_context_learning_score(token_losses: torch.Tensor, *, early: int, late: i
     _check_token_losses(token_losses)
     n = token_losses.size(1)
     for name, t in (("early", early), ("late", late)):
-        if isinstance(t, bool) or not isinstance(t, int) or not 1 <= t <= n:
+        if not is_int(t) or not 1 <= t <= n:
             raise ValueError(f"{name} must be a token position in 1 .. {n} (token 0 has no prediction), got {t!r}")
     if early >= late:
         raise ValueError(f"early must come before late, got early={early}, late={late}")

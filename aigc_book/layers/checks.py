@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from aigc_book.checks import is_int
+
 __all__ = ["check_heads", "check_index_range", "check_token_ids"]
 
 
@@ -47,7 +49,7 @@ def check_token_ids(idx: torch.Tensor, vocab_size: int) -> None:
 
 def check_heads(n_embd: int, n_head: int) -> None:
     """Raise ``ValueError`` unless ``n_embd`` splits into ``n_head`` equal heads."""
-    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1:
+    if not is_int(n_head) or n_head < 1:
         raise ValueError(f"the number of heads n_head must be a positive int, got {n_head!r}")
     if n_embd % n_head != 0:
         raise ValueError(

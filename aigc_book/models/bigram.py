@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.text.char_tokenizer import CharTokenizer
 
 __all__ = ["BigramLM", "count_bigrams"]
@@ -51,7 +52,7 @@ def count_bigrams(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 1 or ids.dtype != torch.int64:
         raise TypeError("ids must be a 1-D int64 tensor (use CharTokenizer.encode_tensor)")
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+    if not is_int(vocab_size) or vocab_size < 1:
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
     if ids.numel() and (ids.min() < 0 or ids.max() >= vocab_size):
         raise ValueError(f"ids must lie in [0, {vocab_size}), got range [{ids.min()}, {ids.max()}]")
@@ -62,7 +63,7 @@ def count_bigrams(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
 
 
 def _check_k(k: object) -> float:
-    if isinstance(k, bool) or not isinstance(k, (int, float)):
+    if not is_number(k):
         raise TypeError(f"smoothing k must be a number, got {type(k).__name__}")
     if not math.isfinite(k) or k < 0:
         raise ValueError(f"smoothing k must be finite and >= 0, got {k}")
@@ -147,7 +148,7 @@ class BigramLM:
         character is drawn from the training text's character frequencies. The same seeded
         ``generator`` gives the same text.
         """
-        if isinstance(n_chars, bool) or not isinstance(n_chars, int) or n_chars < 0:
+        if not is_int(n_chars) or n_chars < 0:
             raise ValueError(f"n_chars must be a non-negative int, got {n_chars!r}")
         if not isinstance(generator, torch.Generator):
             raise TypeError(

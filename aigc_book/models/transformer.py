@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.layers.attention import check_attention_mask
 from aigc_book.layers.block import LayerNorm, TransformerBlock, init_gpt2_weights
 from aigc_book.layers.checks import check_heads, check_index_range, check_token_ids
@@ -65,7 +66,7 @@ class TransformerConfig:
     def __post_init__(self):
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
         check_heads(self.n_embd, self.n_head)
         if not 0.0 <= self.dropout < 1.0:

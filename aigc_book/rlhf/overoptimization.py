@@ -28,6 +28,8 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
+from aigc_book.checks import is_number
+
 __all__ = ["fit_best_of_n", "fit_rl", "predict_best_of_n", "predict_rl", "peak_of_best_of_n", "peak_of_rl"]
 
 
@@ -41,9 +43,7 @@ def _distances(d: npt.ArrayLike, name: str = "d") -> np.ndarray:
 
 
 def _coefficient(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) or not math.isfinite(
-        value
-    ):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.tasks.metrics import accuracy
 from aigc_book.text.languages import BracketLanguage
 
@@ -154,7 +155,7 @@ def make_classification_data(prop: str, *, n_per_class: int, length: int, seed: 
     """
     if prop not in PROPERTIES:
         raise ValueError(f"unknown property {prop!r}; choose one of {sorted(PROPERTIES)}")
-    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int) or n_per_class < 2:
+    if not is_int(n_per_class) or n_per_class < 2:
         raise ValueError(f"n_per_class must be an int >= 2 (one for each split), got {n_per_class!r}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
@@ -231,7 +232,7 @@ class SequenceClassifier(nn.Module):
         if pool == "first" and body.config.causal:
             raise ValueError("pool='first' on a causal model reads a position that has seen only itself; "
                              "use pool='last' or 'mean'")
-        if isinstance(n_classes, bool) or not isinstance(n_classes, int) or n_classes < 2:
+        if not is_int(n_classes) or n_classes < 2:
             raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
         self.backbone, self.pool = backbone, pool  # one registered module: no duplicate state_dict keys
         ref = body.wte.weight  # the head lives on the backbone's device, in its dtype

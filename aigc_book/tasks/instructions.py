@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aigc_book.checks import is_int
 from aigc_book.files import atomic_write
 from aigc_book.text.languages import CLOSERS, OPENERS, BracketLanguage
 
@@ -95,13 +96,13 @@ class InstructionConfig:
         object.__setattr__(self, "kinds", kinds)
         if not kinds or any(k not in KINDS for k in kinds):
             raise ValueError(f"kinds must be a non-empty selection of {KINDS}, got {kinds}")
-        if isinstance(self.max_len, bool) or not isinstance(self.max_len, int) or self.max_len < 2:
+        if not is_int(self.max_len) or self.max_len < 2:
             raise ValueError(f"max_len must be an int >= 2, got {self.max_len!r}")
         if not self.letters or len(set(self.letters)) != len(self.letters) or any(
             c not in CHARS or c in " +" or c in OPENERS + CLOSERS or c.isdigit() for c in self.letters
         ):
             raise ValueError(f"letters must be distinct lowercase letters, got {self.letters!r}")
-        if isinstance(self.max_operand, bool) or not isinstance(self.max_operand, int) or self.max_operand < 1:
+        if not is_int(self.max_operand) or self.max_operand < 1:
             raise ValueError(f"max_operand must be an int >= 1, got {self.max_operand!r}")
 
 
@@ -139,7 +140,7 @@ def sample_instructions(n: int, *, seed: int, config: InstructionConfig | None =
     Prompts may repeat (``add`` with ``max_operand=9`` has only 100 different prompts); draw a
     held-out set with another seed and remove its prompts from the training set if that matters.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
     rng = np.random.default_rng(seed)
     return [sample_instruction(rng, config) for _ in range(n)]

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.tasks.metrics import span_exact_match, span_f1, squad_scores
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import SpecialTokens
@@ -97,9 +98,9 @@ def make_qa_data(n: int, *, length: int, seed: int, lang: BracketLanguage | None
     (sequences without one are skipped). ``special`` defaults to ``SpecialTokens(lang.vocab_size)``,
     the vocabulary of chapter 3's encoders; its first sentinel is the marker.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if isinstance(length, bool) or not isinstance(length, int) or length < 2:
+    if not is_int(length) or length < 2:
         raise ValueError(f"length must be an int >= 2 (an opener and its closer), got {length!r}")
     lang = lang or BracketLanguage()
     special = special or SpecialTokens(lang.vocab_size)
@@ -189,7 +190,7 @@ def best_span(start_logits: torch.Tensor, end_logits: torch.Tensor, *, max_lengt
     if start_logits.shape != end_logits.shape or start_logits.dim() != 2:
         raise ValueError(f"start and end logits must both be (B, T), got {tuple(start_logits.shape)} "
                          f"and {tuple(end_logits.shape)}")
-    if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 1:
+    if not is_int(max_length) or max_length < 1:
         raise ValueError(f"max_length must be a positive int, got {max_length!r}")
     B, T = start_logits.shape
     s, e = start_logits.float(), end_logits.float()

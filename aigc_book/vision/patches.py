@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.layers.block import init_gpt2_weights
 from aigc_book.layers.positions import Positions
 from aigc_book.models.transformer import Transformer, TransformerConfig
@@ -31,7 +32,7 @@ __all__ = ["check_patch_size", "patchify", "PatchEmbedding", "ImageEncoder", "pa
 def check_patch_size(image_size: int, patch_size: int) -> int:
     """Raise ``ValueError`` unless ``patch_size`` divides ``image_size``; return patches per side."""
     for name, value in (("image_size", image_size), ("patch_size", patch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if image_size % patch_size != 0:
         raise ValueError(
@@ -72,7 +73,7 @@ class PatchEmbedding(nn.Module):
             raise ValueError(f"pixel_std must be > 0, got {pixel_std!r}")
         self.grid = check_patch_size(image_size, patch_size)  # patches per side
         for name, value in (("channels", channels), ("n_embd", n_embd)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.image_size, self.patch_size, self.channels, self.n_embd = image_size, patch_size, channels, n_embd
         self.n_patches = self.grid * self.grid

@@ -37,6 +37,7 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from aigc_book.checks import is_int
 from aigc_book.tasks.metrics import bleu
 from aigc_book.text.char_tokenizer import token_ids
 
@@ -212,7 +213,7 @@ def default_shape_size(image_size: int) -> int:
 
 def _check_sizes(n: int, image_size: int, shape_size: int) -> None:
     for name, value in (("n", n), ("image_size", image_size), ("shape_size", shape_size)):
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not is_int(value):
             raise TypeError(f"{name} must be an int, got {value!r}")
     if n < 1:
         raise ValueError(f"n must be >= 1 picture, got {n}")
