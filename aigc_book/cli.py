@@ -40,7 +40,7 @@ streams the text as it is generated; ``--greedy`` (or ``--temperature 0``) alway
 probable token. ``--num-beams K`` runs beam search (chapter 4, section "Decoding"), or beam sampling
 unless ``--greedy`` is given, as in Hugging Face's ``generate``; it prints the best hypothesis at the end.
 
-``finetune`` (chapter 4, section "Instruction following"; :mod:`aigc_book.training.finetune`) trains a
+``finetune`` (chapter 4, section "Instruction following"; :mod:`aigc_book.adaptation.finetune`) trains a
 ``train-gpt`` model on ``{"prompt": ..., "response": ...}`` lines laid out in the chat template,
 fully or with LoRA (saved merged), prints one JSON object last (``initial_loss``, ``final_loss``,
 ``trainable_params``, ``wall_s``, ...) and writes ``--out`` only when it has finished, atomically.
@@ -259,7 +259,7 @@ def cmd_train_gpt(args) -> dict | None:
     out = Path(args.out)
     prepare_out(out, args.resume, args.overwrite)
     seed_everything(dp.rank_seed(args.seed, rank))  # each rank its own dropout; DDP copies rank 0's weights
-    tok = CharTokenizer.fit(text)
+    tok = CharTokenizer.train(text)
     train_text, val_text = split_train_val(text, VAL_FRACTION)
     train_ids, val_ids = tok.encode_tensor(train_text), tok.encode_tensor(val_text)
     if len(train_ids) < args.block + 1:
@@ -412,7 +412,7 @@ def cmd_sample(args) -> None:
         try:
             tok = CharTokenizer.load(out / TOKENIZER_FILE)
         except ValueError:  # a finetune model: characters and the chat template's special tokens
-            from aigc_book.training.finetune import load_tokenizer
+            from aigc_book.text.load import load_tokenizer
 
             tok = load_tokenizer(out / TOKENIZER_FILE)  # or CharTokenizer's error again
         model = GPT.from_pretrained(out)
@@ -425,10 +425,10 @@ def cmd_sample(args) -> None:
         )
     chat = not isinstance(tok, CharTokenizer)  # a finetune model: --prompt is the user's turn of the chat template
     if chat:
-        from aigc_book.tasks.chat import encode_chat, format_chat
+        from aigc_book.text.chat_tokenizer import format_chat
     prompt = format_chat(args.prompt) if chat else args.prompt or ("\n" if "\n" in tok.stoi else tok.itos[0])
     try:
-        idx = torch.tensor([encode_chat(tok, args.prompt)[0]]) if chat else tok.encode_tensor(prompt)[None]
+        idx = torch.tensor([tok.encode_chat(args.prompt)[0]]) if chat else tok.encode_tensor(prompt)[None]
     except ValueError as err:
         raise UsageError(f"--prompt: {err}") from None
     print(prompt, end="", flush=True)
@@ -470,21 +470,22 @@ def check_finetune_args(args) -> None:
 
 
 def cmd_finetune(args) -> dict:
-    """Fine-tune a ``train-gpt`` model on prompt/response pairs (:mod:`aigc_book.training.finetune`)."""
-    from aigc_book.training.finetune import (
-        DEFAULT_LR,
+    """Fine-tune a ``train-gpt`` model on prompt/response pairs (:mod:`aigc_book.adaptation.finetune`)."""
+    from aigc_book.adaptation.finetune import (
+        MAX_DATA_BYTES,
+        FinetuneConfig,
         check_output_dir,
         check_pairs,
         finetune,
         load_base,
-        read_pairs,
         save_finetuned,
     )
+    from aigc_book.tasks.instructions import read_jsonl
     from aigc_book.training.trainer import NonFiniteLossError
 
     check_finetune_args(args)
     try:
-        pairs, lines = read_pairs(args.data)
+        pairs, lines = read_jsonl(args.data, line_numbers=True, max_bytes=MAX_DATA_BYTES)
     except (OSError, ValueError) as err:
         raise UsageError(f"--data {err}") from None
     try:
@@ -503,12 +504,12 @@ def cmd_finetune(args) -> dict:
         check_pairs(tok, pairs, block_size=model.config.block_size, lines=lines, source=args.data)
     except (ValueError, TypeError) as err:
         raise UsageError(f"--data {err}") from None
-    lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+    config = FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch, seed=args.seed,
+                            lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha or 16.0)
+    lr = config.peak_lr
     seed_everything(args.seed)
     try:
-        result = finetune(model, tok, pairs, method=args.method, steps=args.steps, lr=lr, batch_size=args.batch,
-                          seed=args.seed, lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha or 16.0,
-                          progress=not args.no_progress)
+        result = finetune(model, tok, pairs, config, progress=not args.no_progress)
     except NonFiniteLossError as err:
         raise RunError(f"{err}; nothing was saved; try a smaller --lr (now {lr:g})") from None
     ms = [m for m in result.history["ms"] if m is not None]
@@ -550,8 +551,8 @@ def check_rlhf_args(args) -> None:
 
 def cmd_rlhf(args) -> dict:
     """SFT -> preferences -> reward model -> one method (:func:`aigc_book.rlhf.pipeline.run_rlhf`)."""
+    from aigc_book.adaptation.finetune import check_output_dir, save_finetuned
     from aigc_book.rlhf.pipeline import run_rlhf
-    from aigc_book.training.finetune import check_output_dir, save_finetuned
     from aigc_book.training.trainer import NonFiniteLossError
 
     check_rlhf_args(args)

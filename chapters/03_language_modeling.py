@@ -386,7 +386,7 @@ assert learned == hand_merges
 docs = python_docs_text()
 docs_train, docs_val = split_train_val(docs, 0.1)
 assert abs(len(docs_val) / len(docs) - 0.1) < 1e-3  # the prose's "first 90% ... last 10%"
-char_tok = CharTokenizer.fit(docs)
+char_tok = CharTokenizer.train(docs)
 
 t0 = time.perf_counter()
 our_bpe = ByteBPE.train(docs_train, vocab_size=1024)

@@ -164,9 +164,8 @@ print(corpus.held_out_documents["bracket language"][0])
 # `<|assistant|>` and `<|pad|>`, get the last ids; typed text can never produce them.
 
 # %%
-from aigc_book.capstone.tokenizer import DIGIT_SPLIT_PATTERN, BPEChatTokenizer
-from aigc_book.tasks.chat import encode_chat
-from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.text.bpe import DIGIT_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 stages = run_until("tokenizer")
 tok = BPEChatTokenizer.load(RUN / "tokenizer" / "tokenizer.json")
@@ -183,7 +182,7 @@ assert all(
     len(p.strip()) <= 1 or not p.strip().isdigit()
     for p in digits_apart.token_strings(digits_apart.encode(number))
 )
-ids, n_prompt = encode_chat(tok, "add 7+5 <|end|>", "12")
+ids, n_prompt = tok.encode_chat("add 7+5 <|end|>", "12")
 assert (
     ids.count(tok.end_id) == 2
 )  # the typed "<|end|>" stayed text: only the template's two are special

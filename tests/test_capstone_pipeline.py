@@ -14,12 +14,12 @@ from aigc_book.capstone.chat import ChatSession, SamplingSettings, load_chat_mod
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.measures import FlopMeter, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.pipeline import STAGES, CapstoneSettings, StageMismatchError, run_pipeline
-from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.efficiency.flops import count_flops
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import sft_batch
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -244,7 +244,7 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tok():
     text = "the quick brown fox jumps over the lazy dog 0123456789 " * 50
-    return train_chat_tokenizer(text, 280)
+    return BPEChatTokenizer.train(text, 280)
 
 
 def test_only_assistant_turns_are_trained_on(tok):

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from aigc_book.models.gpt import GPT
+from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import ChatTokenizer, encode_sft, grow_vocabulary, instruction_accuracy, sft_batch
+from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
+from aigc_book.tasks.instructions import CHARS
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
@@ -90,7 +93,7 @@ def build_sft_policy(recipe: PolicyRecipe | None = None, *, seed: int = 0, devic
     Trainer(model, lambda split, g: sequence_lm_batch(seqs, r.batch, g), causal_lm_loss,
             TrainConfig(max_iters=r.pretrain_iters, lr=r.pretrain_lr, warmup_iters=50, seed=seed, progress=progress),
             device=device).train()
-    tokenizer = ChatTokenizer()
+    tokenizer = ChatTokenizer(CHARS)
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)
