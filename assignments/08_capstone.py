@@ -301,7 +301,7 @@ assert abs(extra_flops - _windows) / _windows < 0.05, (
 # **Exercise 4. Numbers as digits.** The pipeline's tokenizer splits numbers into single digits
 # before BPE (LLaMA's rule); GPT-2's pattern keeps a run of digits together, so BPE may merge
 # frequent numbers. Train two tokenizers on `corpus.train` with `vocab_size = 1024`:
-# `train_chat_tokenizer` with its default pattern (digits apart) and with
+# `BPEChatTokenizer.train` with its default pattern (digits apart) and with
 # `pattern=GPT2_SPLIT_PATTERN`. The 100 sums `add a+b` (`a, b` in 0..9) have the answers `str(a +
 # b)`. Compute:
 #

@@ -174,11 +174,11 @@ print(first.tolist())
 # | 1 | From AI to AIGC to ChatGPT | `models.bigram`, `text.corpora`, `text.char_tokenizer`, `facts` |
 # | 2 | Attention, from the formula to a GPT | `layers.attention`, `layers.positions`, `layers.kv_cache`, `layers.block`, `layers.surgery`, `models.transformer`, `models.gpt`, `models.hf_gpt2`, `training.evaluation`, `efficiency.timing` |
 # | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `models.ngram`, `training.objectives`, `training.trainer`, `training.checkpoint`, `models.io`, `files`, `cli` |
-# | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `training.finetune` |
+# | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `adaptation.finetune`, `models.surgery`, `text.chat_tokenizer` |
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`) |
 # | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `training.distributed`, `productivity` |
 # | 7 | Beyond text | `layers.cross_attention`, `vision.shapes`, `vision.patches`, `models.captioner` |
-# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.tokenizer`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `capstone.command` |
+# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `capstone.command` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the

@@ -1711,7 +1711,7 @@ display(Markdown("\n".join(lines)))
 #   one token per item, so a batch is a vector of unrelated characters: no sequence for attention
 #   to look along, and no next token to predict. A language model's example is a *window* and the
 #   same window shifted by one. The cell below checks both points and shows the book's two pieces:
-#   `CharTokenizer.fit` (a sorted set of the characters) and `causal_lm_batch` (random windows).
+#   `CharTokenizer.train` (a sorted set of the characters) and `causal_lm_batch` (random windows).
 
 # %%
 print(

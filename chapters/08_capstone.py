@@ -9,7 +9,7 @@
 # | stage | what it does | built in | code |
 # |---|---|---|---|
 # | corpus | text that ships with Python, plus chapter 3's generated language | 1, 3 | `aigc_book.capstone.corpus` |
-# | tokenizer | byte-level BPE, digits kept apart | 3 | `aigc_book.capstone.tokenizer` |
+# | tokenizer | byte-level BPE, digits kept apart | 3 | `aigc_book.text.chat_tokenizer` |
 # | pretraining | next-token prediction, measured in bits per byte | 3 | `aigc_book.capstone.pipeline` |
 # | supervised fine-tuning | multi-turn conversations in the chat template | 4 | `aigc_book.capstone.conversations` |
 # | preference tuning | GRPO against a checker, or PPO, DPO, best-of-n | 5 | `aigc_book.rlhf` |
@@ -713,7 +713,7 @@ display(
 #    mixed-in pretraining windows cost in accuracy and in time? *Check:* the report card's table "Bits
 #    per byte on held-out text after each stage" and the `sft` record's `seconds`.
 # 4. **Numbers as digits.** *(autograded)* Train the tokenizer with GPT-2's pattern
-#    (`pattern=GPT2_SPLIT_PATTERN` in `train_chat_tokenizer`) and count how many different tokens the
+#    (`pattern=GPT2_SPLIT_PATTERN` in `BPEChatTokenizer.train`) and count how many different tokens the
 #    100 sums `add a+b` need for their answers. *Check:* the cell below counts them both ways.
 # 5. **Memory.** *(autograded)* How many turns of `add` questions fit in a context of `block_size`
 #    tokens before the session drops one? *Check:* `ChatSession.dropped_turns` after each reply.

@@ -65,7 +65,7 @@ class SFTPolicy:
 
     Attributes:
         model: the supervised chat model (a GPT over the chat vocabulary), in eval mode.
-        tokenizer: its :class:`~aigc_book.tasks.chat.ChatTokenizer`.
+        tokenizer: its :class:`~aigc_book.text.chat_tokenizer.ChatTokenizer`.
         pretrain_seqs: ``(N, T + 1)`` bracket-language sequences it was pretrained on (PPO-ptx's data).
         accuracy: greedy accuracy on 300 held-out instructions (``{"all": ..., kind: ...}``).
         seconds: wall-clock time of both stages.
