@@ -2,7 +2,7 @@ r"""Fine-tune a GPT from ``train-gpt`` on prompt/response pairs: the library beh
 
 Introduced in chapter 4, section "Instruction following". Four steps, each a piece of chapter 4:
 
-1. **Template.** Each pair is laid out in the chat template of :mod:`aigc_book.tasks.chat`,
+1. **Template.** Each pair is laid out in the chat template of :mod:`aigc_book.text.chat_tokenizer`,
    ``<|user|>{prompt}<|end|><|assistant|>{response}<|end|>``. The special tokens are appended to
    the base model's character vocabulary (:class:`~aigc_book.text.chat_tokenizer.BaseChatTokenizer`),
    and the model's token embedding grows by one row each (:func:`~aigc_book.models.surgery.grow_vocabulary`;
