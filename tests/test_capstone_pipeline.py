@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from aigc_book import cli
+from aigc_book import cli, files
 from aigc_book.capstone import pipeline
 from aigc_book.capstone.chat import ChatSession, SamplingSettings, load_chat_model
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
@@ -341,7 +341,7 @@ def test_ctrl_c_in_the_command_is_exit_130_with_how_to_continue(tmp_path, capsys
 def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
-    real_replace = pipeline.os.replace
+    real_replace = files.os.replace  # the rename of replace_directory, which commits a stage
 
     def killed(src, dst):
         if str(dst).endswith("sft"):
@@ -349,7 +349,7 @@ def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_p
         return real_replace(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline.os, "replace", killed)
+        m.setattr(files.os, "replace", killed)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(out, tiny())
     assert (out / ".sft.partial" / pipeline.STAGE_FILE).exists() and not (out / "sft").exists()
