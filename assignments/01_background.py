@@ -52,7 +52,7 @@ K_GRID = [0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]  # the chapter's g
 
 corpus = python_docs_text()
 train_text, heldout_text = split_train_val(corpus, HELD_OUT_FRACTION)
-vocab = CharTokenizer.fit(corpus)
+vocab = CharTokenizer.train(corpus)
 vocab_size = len(vocab)  # |V|
 train_ids, heldout_ids = vocab.encode_tensor(train_text), vocab.encode_tensor(heldout_text)
 model = BigramLM.from_text(train_text, k=K_FIRST, vocab=vocab)

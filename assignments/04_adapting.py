@@ -48,13 +48,14 @@ from aigc_book.incontext.induction import phase_change_step, repeated_tokens, tr
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import ChatTokenizer, encode_chat, encode_sft, sft_batch
+from aigc_book.tasks.chat import encode_sft, sft_batch
 from aigc_book.tasks.classification import (
     SequenceClassifier,
     classification_accuracy,
     classification_loss,
     make_classification_data,
 )
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.evaluation import lm_loss
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
@@ -462,7 +463,7 @@ assert abs(full_acc - (_pred == _y).double().mean().item()) < 1e-6, (
 # summed over the batch's rows; the batch's `prompt_mask` tells which tokens are the prompt).
 
 # %%
-chat_tok = ChatTokenizer()
+chat_tok = ChatTokenizer(instructions.CHARS)
 sft_pairs = instructions.sample_instructions(200, seed=6)
 sft_data = encode_sft(chat_tok, sft_pairs)
 
@@ -502,8 +503,8 @@ hidden: true
 """ # END TEST CONFIG
 # the same rows, and each row's prompt length from the chat template itself
 _rows = torch.randint(len(sft_data), (32,), generator=torch.Generator().manual_seed(0))
-_n_prompt = [encode_chat(chat_tok, sft_pairs[i].prompt, sft_pairs[i].answer)[1] for i in _rows]
-_n_all = [len(encode_chat(chat_tok, sft_pairs[i].prompt, sft_pairs[i].answer)[0]) for i in _rows]
+_n_prompt = [chat_tok.encode_chat(sft_pairs[i].prompt, sft_pairs[i].answer)[1] for i in _rows]
+_n_all = [len(chat_tok.encode_chat(sft_pairs[i].prompt, sft_pairs[i].answer)[0]) for i in _rows]
 assert prompt_after_first == sum(n - 1 for n in _n_prompt), "prompt_after_first is wrong"
 assert n_with_prompt == sum(n - 1 for n in _n_all), (
     "with train_on_prompt every real token but the first is a target"

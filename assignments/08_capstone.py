@@ -49,10 +49,10 @@ import torch.nn.functional as F
 from aigc_book.capstone.chat import ChatSession
 from aigc_book.capstone.corpus import CorpusConfig, build_corpus
 from aigc_book.capstone.pipeline import CapstoneConfig, load_stage_model, run_pipeline
-from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 torch.set_num_threads(1)  # the same sums on every run, and no fight over a busy CPU
 
@@ -302,7 +302,7 @@ assert abs(extra_flops - _windows) / _windows < 0.05, (
 # **Exercise 4. Numbers as digits.** The pipeline's tokenizer splits numbers into single digits
 # before BPE (LLaMA's rule); GPT-2's pattern keeps a run of digits together, so BPE may merge
 # frequent numbers. Train two tokenizers on `corpus.train` with `vocab_size = 1024`:
-# `train_chat_tokenizer` with its default pattern (digits apart) and with
+# `BPEChatTokenizer.train` with its default pattern (digits apart) and with
 # `pattern=GPT2_SPLIT_PATTERN`. The 100 sums `add a+b` (`a, b` in 0..9) have the answers `str(a +
 # b)`. Compute:
 #
@@ -321,8 +321,8 @@ n_merged = ...  # SOLUTION
 merged_answers = ...  # SOLUTION
 # BEGIN SOLUTION
 answers = sorted({str(a + b) for a in range(10) for b in range(10)})
-digits_apart = train_chat_tokenizer(corpus.train, 1024)
-gpt2_style = train_chat_tokenizer(corpus.train, 1024, pattern=GPT2_SPLIT_PATTERN)
+digits_apart = BPEChatTokenizer.train(corpus.train, 1024)
+gpt2_style = BPEChatTokenizer.train(corpus.train, 1024, pattern=GPT2_SPLIT_PATTERN)
 n_apart = len({t for s in answers for t in digits_apart.encode(s, allow_special=False)})
 n_merged = len({t for s in answers for t in gpt2_style.encode(s, allow_special=False)})
 merged_answers = [

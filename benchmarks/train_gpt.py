@@ -138,7 +138,7 @@ def main(argv=None) -> int:
     print(f"float32 matmul peak (2048^3): {peak:.1f} GFLOP/s", flush=True)
 
     text = python_docs_text()
-    tok = CharTokenizer.fit(text)
+    tok = CharTokenizer.train(text)
     train_text, val_text = split_train_val(text, 0.1)
     data = {"train": tok.encode_tensor(train_text), "val": tok.encode_tensor(val_text)}
     print(f"corpus: pydoc_data.topics, {len(train_text):,} train / {len(val_text):,} val characters, "

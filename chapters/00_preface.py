@@ -173,12 +173,12 @@ print(first.tolist())
 # | 0 | Preface | `runtime` (devices, seeds, mixed precision), `cpu_threads`, `plotting` |
 # | 1 | From AI to AIGC to ChatGPT | `models.bigram`, `text.corpora`, `text.char_tokenizer`, `facts` |
 # | 2 | Attention, from the formula to a GPT | `layers.attention`, `layers.positions`, `layers.kv_cache`, `layers.block`, `layers.surgery`, `models.transformer`, `models.gpt`, `models.accounting`, `models.hf_gpt2`, `training.evaluation`, `efficiency.timing` |
-# | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `models.ngram`, `training.objectives`, `training.trainer`, `training.checkpoint`, `models.io`, `files`, `errors`, `cli`, `commands.train_gpt`, `commands.sample` |
-# | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `training.finetune`, `commands.finetune` |
+# | 3 | Language modelling and pretraining objectives | `text.languages`, `text.bpe`, `text.tokenizer`, `text.load`, `models.ngram`, `training.objectives`, `training.trainer`, `training.checkpoint`, `models.io`, `files`, `errors`, `cli`, `commands.train_gpt`, `commands.sample` |
+# | 4 | Adapting a pretrained model | `adaptation.*` (freezing, LoRA, adapters, prompts), `tasks.*` (classification, QA, instructions, chat, metrics), `incontext.*`, `generation.*`, `efficiency.memory`, `adaptation.finetune`, `models.surgery`, `text.chat_tokenizer`, `commands.finetune` |
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`), `commands.rlhf` |
 # | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `efficiency.data_parallel`, `training.distributed`, `productivity`, `commands.measure` |
 # | 7 | Beyond text | `layers.cross_attention`, `vision.shapes`, `vision.patches`, `vision.captioner` |
-# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.tokenizer`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `commands.tiny_chatgpt`, `commands.chat` |
+# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `commands.tiny_chatgpt`, `commands.chat` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the

@@ -300,7 +300,7 @@ from pydoc_data.topics import topics
 
 corpus = python_docs_text()
 train_text, heldout_text = split_train_val(corpus, HELD_OUT_FRACTION)
-vocab = CharTokenizer.fit(
+vocab = CharTokenizer.train(
     corpus
 )  # the alphabet of the whole corpus, so every held-out char has an id
 vocab_size = len(vocab)  # |V| in the formulas

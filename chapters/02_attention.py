@@ -704,7 +704,7 @@ for norm_first in (True, False):
 
 # %%
 text = python_docs_text()
-tokenizer = CharTokenizer.fit(text)
+tokenizer = CharTokenizer.train(text)
 config = TransformerConfig(vocab_size=tokenizer.vocab_size, dropout=TRAIN["dropout"], **GPT_SHAPE)
 torch.manual_seed(0)
 model = GPT(config).to(device)

@@ -386,7 +386,7 @@ assert learned == hand_merges
 docs = python_docs_text()
 docs_train, docs_val = split_train_val(docs, 0.1)
 assert abs(len(docs_val) / len(docs) - 0.1) < 1e-3  # the prose's "first 90% ... last 10%"
-char_tok = CharTokenizer.fit(docs)
+char_tok = CharTokenizer.train(docs)
 
 t0 = time.perf_counter()
 our_bpe = ByteBPE.train(docs_train, vocab_size=1024)
@@ -1711,7 +1711,7 @@ display(Markdown("\n".join(lines)))
 #   one token per item, so a batch is a vector of unrelated characters: no sequence for attention
 #   to look along, and no next token to predict. A language model's example is a *window* and the
 #   same window shifted by one. The cell below checks both points and shows the book's two pieces:
-#   `CharTokenizer.fit` (a sorted set of the characters) and `causal_lm_batch` (random windows).
+#   `CharTokenizer.train` (a sorted set of the characters) and `causal_lm_batch` (random windows).
 
 # %%
 print(

@@ -677,17 +677,12 @@ assert qa_scores["span_exact_match"] > 50, qa_scores
 # new rows (started at the mean of the old ones, Hewitt 2021), and the whole model is fine-tuned.
 
 # %%
-from aigc_book.tasks.chat import (
-    ChatTokenizer,
-    encode_sft,
-    format_chat,
-    grow_vocabulary,
-    instruction_accuracy,
-    sft_batch,
-)
-from aigc_book.training.finetune import make_trainable
+from aigc_book.adaptation.finetune import make_trainable
+from aigc_book.models.surgery import grow_vocabulary
+from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
+from aigc_book.text.chat_tokenizer import ChatTokenizer, format_chat
 
-chat_tok = ChatTokenizer()
+chat_tok = ChatTokenizer(instructions.CHARS)
 sft_train = instructions.sample_instructions(settings.sft_pairs, seed=6)
 sft_val = instructions.sample_instructions(300, seed=7)
 sft_data = encode_sft(chat_tok, sft_train, max_length=base_config.block_size + 1)
@@ -893,7 +888,7 @@ def document(rule: str) -> str:
 
 
 icl_text = "".join(document(str(rng.choice(list(RULES)))) for _ in range(settings.icl_docs))
-icl_tok = CharTokenizer.fit(icl_text)
+icl_tok = CharTokenizer.train(icl_text)
 icl_data = torch.tensor(icl_tok.encode(icl_text), device=device)
 torch.manual_seed(0)
 icl_gpt = GPT(

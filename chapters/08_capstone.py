@@ -9,7 +9,7 @@
 # | stage | what it does | built in | code |
 # |---|---|---|---|
 # | corpus | text that ships with Python, plus chapter 3's generated language | 1, 3 | `aigc_book.capstone.corpus` |
-# | tokenizer | byte-level BPE, digits kept apart | 3 | `aigc_book.capstone.tokenizer` |
+# | tokenizer | byte-level BPE, digits kept apart | 3 | `aigc_book.text.chat_tokenizer` |
 # | pretraining | next-token prediction, measured in bits per byte | 3 | `aigc_book.capstone.pipeline` |
 # | supervised fine-tuning | multi-turn conversations in the chat template | 4 | `aigc_book.capstone.conversations` |
 # | preference tuning | GRPO against a checker, or PPO, DPO, best-of-n | 5 | `aigc_book.rlhf` |
@@ -164,9 +164,8 @@ print(corpus.held_out_documents["bracket language"][0])
 # `<|assistant|>` and `<|pad|>`, get the last ids; typed text can never produce them.
 
 # %%
-from aigc_book.capstone.tokenizer import DIGIT_SPLIT_PATTERN, BPEChatTokenizer
-from aigc_book.tasks.chat import encode_chat
-from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.text.bpe import DIGIT_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 stages = run_until("tokenizer")
 tok = BPEChatTokenizer.load(RUN / "tokenizer" / "tokenizer.json")
@@ -183,7 +182,7 @@ assert all(
     len(p.strip()) <= 1 or not p.strip().isdigit()
     for p in digits_apart.token_strings(digits_apart.encode(number))
 )
-ids, n_prompt = encode_chat(tok, "add 7+5 <|end|>", "12")
+ids, n_prompt = tok.encode_chat("add 7+5 <|end|>", "12")
 assert (
     ids.count(tok.end_id) == 2
 )  # the typed "<|end|>" stayed text: only the template's two are special
@@ -716,7 +715,7 @@ display(
 #    mixed-in pretraining windows cost in accuracy and in time? *Check:* the report card's table "Bits
 #    per byte on held-out text after each stage" and the `sft` record's `seconds`.
 # 4. **Numbers as digits.** *(autograded)* Train the tokenizer with GPT-2's pattern
-#    (`pattern=GPT2_SPLIT_PATTERN` in `train_chat_tokenizer`) and count how many different tokens the
+#    (`pattern=GPT2_SPLIT_PATTERN` in `BPEChatTokenizer.train`) and count how many different tokens the
 #    100 sums `add a+b` need for their answers. *Check:* the cell below counts them both ways.
 # 5. **Memory.** *(autograded)* How many turns of `add` questions fit in a context of `block_size`
 #    tokens before the session drops one? *Check:* `ChatSession.dropped_turns` after each reply.

@@ -92,7 +92,7 @@ def test_rows_with_no_visible_key_have_zero_gradient_not_nan(attend):
 
 @pytest.fixture(scope="module")
 def tokenizers():
-    return {"char": CharTokenizer.fit("hello world"), "bpe": ByteBPE.train("low lower lowest " * 20, 260)}
+    return {"char": CharTokenizer.train("hello world"), "bpe": ByteBPE.train("low lower lowest " * 20, 260)}
 
 
 @pytest.mark.parametrize(
@@ -156,7 +156,7 @@ def test_bpe_merge_message_names_the_merge_and_the_allowed_range():
 
 def test_char_tokenizer_refuses_lone_surrogates_when_fitted():
     with pytest.raises(ValueError, match="U\\+D800 is a lone surrogate"):
-        CharTokenizer.fit("a\ud800b")
+        CharTokenizer.train("a\ud800b")
     with pytest.raises(ValueError, match="lone surrogate"):
         CharTokenizer(["a", "\udfff"])
 
@@ -170,8 +170,8 @@ def test_char_tokenizer_file_with_a_surrogate_is_refused(tmp_path):
 
 def test_char_tokenizer_save_that_fails_leaves_the_old_file_intact(tmp_path):
     path = tmp_path / "t.json"
-    CharTokenizer.fit("ab").save(path)
-    edited = CharTokenizer.fit("ab")
+    CharTokenizer.train("ab").save(path)
+    edited = CharTokenizer.train("ab")
     edited.itos[1] = "\ud800"  # bypassing the check in __init__
     with pytest.raises(ValueError, match="lone surrogate"):
         edited.save(path)

@@ -20,9 +20,10 @@ from aigc_book.rlhf.best_of_n import (
 )
 from aigc_book.rlhf.heads import RewardModel
 from aigc_book.rlhf.rollouts import sample_responses
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.tasks.instructions import CHARS
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
-TOK = ChatTokenizer()
+TOK = ChatTokenizer(CHARS)
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 

@@ -14,7 +14,7 @@ from aigc_book.text.char_tokenizer import CharTokenizer
 
 
 def test_vocab_is_sorted_and_round_trips():
-    vocab = CharTokenizer.fit("banana")
+    vocab = CharTokenizer.train("banana")
     assert vocab.itos == ["a", "b", "n"]
     ids = vocab.encode_tensor("banana")
     assert ids.tolist() == [1, 0, 2, 0, 2, 0]
@@ -22,7 +22,7 @@ def test_vocab_is_sorted_and_round_trips():
 
 
 def test_counts_cover_every_adjacent_pair():
-    vocab = CharTokenizer.fit("banana")
+    vocab = CharTokenizer.train("banana")
     counts = count_bigrams(vocab.encode_tensor("banana"), len(vocab))
     a, b, n = 0, 1, 2
     assert counts.sum().item() == len("banana") - 1
@@ -51,7 +51,7 @@ def test_cross_entropy_equals_hand_computation_on_banana():
 
 def test_cross_entropy_matches_torch_cross_entropy():
     train, test = "the cat sat on the mat. " * 3, "a cat at the hat"
-    vocab = CharTokenizer.fit(train + test)
+    vocab = CharTokenizer.train(train + test)
     model = BigramLM.from_text(train, k=0.5, vocab=vocab)
     ids = vocab.encode_tensor(test)
     ref = F.cross_entropy(model.log_probs()[ids[:-1]], ids[1:]).item()
@@ -59,7 +59,7 @@ def test_cross_entropy_matches_torch_cross_entropy():
 
 
 def test_unsmoothed_model_gives_infinite_cross_entropy_to_unseen_pairs():
-    vocab = CharTokenizer.fit("abc")
+    vocab = CharTokenizer.train("abc")
     model = BigramLM.from_text("abab", k=0.0, vocab=vocab)
     assert model.probs()[vocab.index("a"), vocab.index("b")] == 1.0
     assert math.isinf(model.cross_entropy("ac"))
@@ -68,7 +68,7 @@ def test_unsmoothed_model_gives_infinite_cross_entropy_to_unseen_pairs():
 
 
 def test_smoothing_moves_mass_to_unseen_pairs():
-    vocab = CharTokenizer.fit("abc")
+    vocab = CharTokenizer.train("abc")
     small = BigramLM.from_text("abab", k=0.01, vocab=vocab).probs()
     large = BigramLM.from_text("abab", k=10.0, vocab=vocab).probs()
     a, c = vocab.index("a"), vocab.index("c")
@@ -105,7 +105,7 @@ def test_bad_input_raises_clear_errors():
     with pytest.raises(TypeError, match="must be a number"):
         BigramLM.from_text("abc", k="1")  # type: ignore[arg-type]
     model = BigramLM.from_text("abc")
-    with pytest.raises(ValueError, match=r"'z' is not in the tokenizer's vocabulary.*CharTokenizer.fit"):
+    with pytest.raises(ValueError, match=r"'z' is not in the tokenizer's vocabulary.*CharTokenizer.train"):
         model.cross_entropy("az")
     with pytest.raises(ValueError, match="at least 2"):
         model.cross_entropy("a")
@@ -123,4 +123,4 @@ def test_bad_input_raises_clear_errors():
 
 def test_negative_ids_are_refused_rather_than_wrapped_around():
     with pytest.raises(ValueError, match="out of range"):
-        CharTokenizer.fit("abc").decode([-1])
+        CharTokenizer.train("abc").decode([-1])

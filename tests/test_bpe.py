@@ -73,7 +73,7 @@ def test_corrupt_or_wrong_file_gives_clear_error(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="bad.json: not a valid byte-BPE file"):
         ByteBPE.load(bad)
-    CharTokenizer.fit("abc").save(tmp_path / "char.json")
+    CharTokenizer.train("abc").save(tmp_path / "char.json")
     with pytest.raises(ValueError, match="expected 'byte_bpe'"):
         ByteBPE.load(tmp_path / "char.json")
     with pytest.raises(ValueError, match="refers to a token that does not exist"):
@@ -90,7 +90,7 @@ def test_bad_training_arguments_are_rejected():
 
 
 def test_char_tokenizer_round_trip_and_unknown_character(tmp_path):
-    tok = CharTokenizer.fit("hello world")
+    tok = CharTokenizer.train("hello world")
     assert tok.vocab_size == 8 and tok.decode(tok.encode("low")) == "low"
     with pytest.raises(ValueError, match="character 'a' is not in the tokenizer's vocabulary"):
         tok.encode("lazy")

@@ -27,9 +27,9 @@ from aigc_book.cli import main
 from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.tasks.instructions import CHARS
 from aigc_book.text.char_tokenizer import CharTokenizer
-from aigc_book.training.finetune import BaseChatTokenizer
+from aigc_book.text.chat_tokenizer import BaseChatTokenizer, BPEChatTokenizer, ChatTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -52,15 +52,14 @@ def save_model(directory: Path, tok, seed: int = 0, block_size: int = BLOCK) -> 
 
 
 def bpe_tokenizer():
-    from aigc_book.capstone.tokenizer import train_chat_tokenizer
 
-    return train_chat_tokenizer(BPE_TEXT, 300)
+    return BPEChatTokenizer.train(BPE_TEXT, 300)
 
 
 @pytest.fixture
 def chat_dir(tmp_path) -> Path:
     """A finetune-like model directory: a random GPT with a character-level ChatTokenizer."""
-    return save_model(tmp_path / "chat", ChatTokenizer())
+    return save_model(tmp_path / "chat", ChatTokenizer(CHARS))
 
 
 @pytest.fixture
@@ -114,20 +113,20 @@ def test_a_session_refuses_a_config_it_cannot_chat_with(fields, error, message):
 def test_load_chat_model_reads_a_finetune_directory(chat_dir):
     model, tok = load_chat_model(chat_dir)
     assert isinstance(model, GPT) and not model.training
-    assert tok.vocab_size == model.config.vocab_size and tok.end_id == ChatTokenizer().end_id
+    assert tok.vocab_size == model.config.vocab_size and tok.end_id == ChatTokenizer(CHARS).end_id
 
 
 def test_load_chat_model_prefers_tuned_then_sft_in_a_tiny_chatgpt_run(tmp_path):
     assert CHAT_MODEL_SUBDIRS == ("tuned", "sft")
     run = tmp_path / "run"
-    save_model(run / "sft", ChatTokenizer(), block_size=32)
+    save_model(run / "sft", ChatTokenizer(CHARS), block_size=32)
     assert load_chat_model(run)[0].config.block_size == 32  # no tuned/: the SFT model
-    save_model(run / "tuned", ChatTokenizer(), block_size=40)
+    save_model(run / "tuned", ChatTokenizer(CHARS), block_size=40)
     assert load_chat_model(run)[0].config.block_size == 40
 
 
 def test_load_chat_model_reads_a_bpe_chat_tokenizer(tmp_path):
-    from aigc_book.capstone.tokenizer import BPEChatTokenizer
+    from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
     model, tok = load_chat_model(save_model(tmp_path / "bpe", bpe_tokenizer()))
     assert isinstance(tok, BPEChatTokenizer) and tok.vocab_size == model.config.vocab_size
@@ -141,7 +140,7 @@ def test_load_chat_model_explains_what_is_wrong(tmp_path):
         load_chat_model(tmp_path / "empty")
     with pytest.raises(ValueError, match="train-gpt model.*fine-tune it first"):
         load_chat_model(save_model(tmp_path / "base", CharTokenizer("abc \n")))
-    other = save_model(tmp_path / "other", ChatTokenizer())
+    other = save_model(tmp_path / "other", ChatTokenizer(CHARS))
     BaseChatTokenizer("xyz").save(other / "tokenizer.json")
     with pytest.raises(ValueError, match="different runs"):
         load_chat_model(other)
@@ -226,7 +225,7 @@ def test_a_bad_message_is_one_clear_error_and_changes_nothing(session, message, 
 
 
 def test_a_session_refuses_what_cannot_chat():
-    tok = ChatTokenizer()
+    tok = ChatTokenizer(CHARS)
     with pytest.raises(ValueError, match="too short to chat; it needs at least 9"):
         ChatSession(tiny_gpt(tok.vocab_size, block_size=8), tok)
     ChatSession(tiny_gpt(tok.vocab_size, block_size=9), tok).reply("a")  # the shortest context that chats
@@ -351,7 +350,7 @@ def test_chat_command_answers_each_message_as_one_conversation(chat_dir, capsys)
 
 
 def test_chat_command_greedy_flags_and_a_tiny_chatgpt_run(tmp_path, capsys):
-    save_model(tmp_path / "run" / "sft", ChatTokenizer())
+    save_model(tmp_path / "run" / "sft", ChatTokenizer(CHARS))
     args = ("--model", str(tmp_path / "run"), "--message", "hi", "--max-new-tokens", "6", "--device", "cpu")
     greedy = chat_json(capsys, *args, "--greedy", "--seed", "1")
     assert greedy["settings"]["do_sample"] is False

@@ -8,19 +8,19 @@ import math
 import pytest
 import torch
 
-from aigc_book import cli
+from aigc_book import cli, files
 from aigc_book.capstone import pipeline
 from aigc_book.capstone.chat import ChatSession, load_chat_model
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.measures import FlopMeter, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.pipeline import STAGES, CapstoneConfig, StageMismatchError, run_pipeline
-from aigc_book.capstone.tokenizer import train_chat_tokenizer
 from aigc_book.efficiency.flops import count_flops
 from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import sft_batch
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
@@ -264,7 +264,7 @@ def test_an_out_that_is_a_file_is_refused(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tok():
     text = "the quick brown fox jumps over the lazy dog 0123456789 " * 50
-    return train_chat_tokenizer(text, 280)
+    return BPEChatTokenizer.train(text, 280)
 
 
 def test_only_assistant_turns_are_trained_on(tok):
@@ -363,7 +363,7 @@ def test_ctrl_c_in_the_command_is_exit_130_with_how_to_continue(tmp_path, capsys
 def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_path, monkeypatch):
     reference, report = finished
     out = tmp_path / "run"
-    real_replace = pipeline.os.replace
+    real_replace = files.os.replace  # the rename of replace_directory, which commits a stage
 
     def killed(src, dst):
         if str(dst).endswith("sft"):
@@ -371,7 +371,7 @@ def test_a_stage_killed_before_its_rename_is_finished_by_a_rerun(finished, tmp_p
         return real_replace(src, dst)
 
     with monkeypatch.context() as m:
-        m.setattr(pipeline.os, "replace", killed)
+        m.setattr(files.os, "replace", killed)
         with pytest.raises(KeyboardInterrupt):
             run_pipeline(out, tiny())
     assert (out / ".sft.partial" / pipeline.STAGE_FILE).exists() and not (out / "sft").exists()

@@ -7,27 +7,17 @@ import json
 import pytest
 import torch
 
-from aigc_book.capstone.tokenizer import (
-    DIGIT_SPLIT_PATTERN,
-    BPEChatTokenizer,
-    load_chat_tokenizer,
-    train_chat_tokenizer,
-)
+from aigc_book.capstone.chat import CHAT_MODEL_TOKENIZERS
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.rollouts import sample_responses
-from aigc_book.tasks.chat import (
-    SPECIALS,
-    ChatTokenizer,
-    encode_chat,
-    encode_sft,
-    format_chat,
-    generate_responses,
-    sft_batch,
-)
-from aigc_book.text.bpe import GPT2_SPLIT_PATTERN, ByteBPE
+from aigc_book.tasks.chat import encode_sft, generate_responses, sft_batch
+from aigc_book.tasks.instructions import CHARS
+from aigc_book.text.bpe import DIGIT_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, ByteBPE
 from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.chat_tokenizer import SPECIALS, BPEChatTokenizer, ChatTokenizer, format_chat
 from aigc_book.text.corpora import python_docs_text
+from aigc_book.text.load import load_tokenizer
 from aigc_book.training.objectives import IGNORE
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
@@ -37,7 +27,7 @@ TEXTS = ["The quick brown fox, 2024 times.", "你好，世界。机器学习", "
 
 @pytest.fixture(scope="module")
 def tok() -> BPEChatTokenizer:
-    return train_chat_tokenizer(python_docs_text()[:40_000] + " 你好世界 " * 20, vocab_size=400)
+    return BPEChatTokenizer.train(python_docs_text()[:40_000] + " 你好世界 " * 20, vocab_size=400)
 
 
 @pytest.fixture
@@ -48,8 +38,8 @@ def tiny_chat_gpt(tok) -> GPT:
 
 def test_digit_pattern_makes_every_digit_its_own_token():
     text = " ".join(str(n) for n in range(10_000, 13_000)) + " 12345" * 200
-    digits = train_chat_tokenizer(text, vocab_size=320)
-    gpt2 = train_chat_tokenizer(text, vocab_size=320, pattern=GPT2_SPLIT_PATTERN)
+    digits = BPEChatTokenizer.train(text, vocab_size=320)
+    gpt2 = BPEChatTokenizer.train(text, vocab_size=320, pattern=GPT2_SPLIT_PATTERN)
     assert DIGIT_SPLIT_PATTERN != GPT2_SPLIT_PATTERN
     assert len(digits.encode("12345")) == 5
     assert len(gpt2.encode("12345")) < 5  # GPT-2's pattern lets BPE merge digits
@@ -73,7 +63,7 @@ def test_special_tokens_are_one_id_each_after_the_bpe_ids(tok):
 
 def test_typed_end_token_in_a_prompt_never_becomes_the_end_id(tok):
     prompt, response = "say <|end|> now", "ok 好"
-    ids, n_prompt = encode_chat(tok, prompt, response)
+    ids, n_prompt = tok.encode_chat(prompt, response)
     assert ids.count(tok.end_id) == 2  # the template's two, not the typed one
     assert ids[n_prompt - 1] == tok.assistant_id
     assert tok.decode(ids) == format_chat(prompt, response)
@@ -105,7 +95,7 @@ def test_constructor_and_training_refuse_bad_arguments(tok):
     with pytest.raises(ValueError, match="'<|pad|>' is missing"):
         BPEChatTokenizer(tok.bpe, SPECIALS[:3])
     with pytest.raises(ValueError, match="vocab_size must be >= 256"):
-        train_chat_tokenizer("some text", vocab_size=100)
+        BPEChatTokenizer.train("some text", vocab_size=100)
 
 
 def test_save_and_load_give_the_same_tokenizer(tok, tmp_path):
@@ -128,15 +118,15 @@ def test_loading_a_file_that_is_not_a_bpe_chat_tokenizer_names_it(tmp_path, cont
     assert "\n" not in str(err.value)
 
 
-def test_load_chat_tokenizer_reads_every_kind_of_tokenizer_file(tok, tmp_path):
+def test_load_tokenizer_reads_every_kind_of_tokenizer_file(tok, tmp_path):
     tok.save(tmp_path / "bpe.json")
-    ChatTokenizer().save(tmp_path / "chat.json")
-    CharTokenizer.fit("hello").save(tmp_path / "chars.json")
-    assert isinstance(load_chat_tokenizer(tmp_path / "bpe.json"), BPEChatTokenizer)
-    assert isinstance(load_chat_tokenizer(tmp_path / "chat.json"), ChatTokenizer)
-    assert type(load_chat_tokenizer(tmp_path / "chars.json")) is CharTokenizer
+    ChatTokenizer(CHARS).save(tmp_path / "chat.json")
+    CharTokenizer.train("hello").save(tmp_path / "chars.json")
+    assert isinstance(load_tokenizer(tmp_path / "bpe.json"), BPEChatTokenizer)
+    assert isinstance(load_tokenizer(tmp_path / "chat.json"), ChatTokenizer)
+    assert type(load_tokenizer(tmp_path / "chars.json")) is CharTokenizer
     with pytest.raises(ValueError, match="missing.json"):
-        load_chat_tokenizer(tmp_path / "missing.json")
+        load_tokenizer(tmp_path / "missing.json")
 
 
 def test_sft_batches_train_on_the_response_and_its_end(tok):
@@ -163,5 +153,6 @@ def test_generation_and_rollouts_work_with_a_random_tiny_gpt(tok, tiny_chat_gpt)
 def test_load_of_a_bytebpe_file_is_refused_by_the_chat_loader(tok, tmp_path):
     path = tmp_path / "plain.json"
     ByteBPE(tok.bpe.merges).save(path)
-    with pytest.raises(ValueError, match="plain.json"):
-        load_chat_tokenizer(path)
+    assert type(load_tokenizer(path)) is ByteBPE  # every type loads, unless the caller names the types it can use
+    with pytest.raises(ValueError, match="plain.json: a tokenizer of type 'byte_bpe'"):
+        load_tokenizer(path, types=CHAT_MODEL_TOKENIZERS)

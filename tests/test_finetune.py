@@ -15,15 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from aigc_book.adaptation import finetune as ft
 from aigc_book.adaptation.lora import LoRALinear, lora_parameter_count, merge_lora
 from aigc_book.cli import main
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import load_model
-from aigc_book.tasks.chat import END, ChatTokenizer, encode_chat, format_chat
 from aigc_book.tasks.instructions import CHARS, write_jsonl
 from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.chat_tokenizer import END, BaseChatTokenizer, ChatTokenizer, format_chat
 from aigc_book.text.corpora import python_docs_text
-from aigc_book.training import finetune as ft
+from aigc_book.text.load import load_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 BASE = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "24", "--batch-size", "4", "--steps", "60",
@@ -95,7 +96,8 @@ def test_lora_leaves_every_pretrained_weight_unchanged_but_the_new_rows(base):
     model, tok = ft.load_base(base / "base")
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     n_chars = tok.chars.vocab_size
-    result = ft.finetune(model, tok, PAIRS, method="lora", steps=8, lr=1e-2, lora_r=2, progress=False, merge=False)
+    result = ft.finetune(model, tok, PAIRS, ft.FinetuneConfig(method="lora", steps=8, lr=1e-2, lora_r=2, merge=False),
+                         progress=False)
     lora = dict(model.named_parameters())
     for name, old in before.items():
         new = lora[name.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
@@ -109,7 +111,7 @@ def test_lora_leaves_every_pretrained_weight_unchanged_but_the_new_rows(base):
     lora_sizes = sum(p.numel() for n, p in model.named_parameters() if ".lora_" in n)
     assert result.trainable == lora_sizes + (tok.vocab_size - n_chars) * model.config.n_embd
     assert len([m for m in model.modules() if isinstance(m, LoRALinear)]) == 4  # c_attn, c_proj, c_fc, c_proj
-    ids = torch.tensor([encode_chat(tok, "sort cab", "abc")[0]])
+    ids = torch.tensor([tok.encode_chat("sort cab", "abc")[0]])
     with torch.no_grad():
         unmerged = model(ids).logits
         merged = merge_lora(model)(ids).logits
@@ -128,21 +130,21 @@ def test_a_model_fine_tuned_on_one_pair_answers_it_and_stops_at_end(base, tmp_pa
 
 
 def test_chat_tokenizer_of_a_base_keeps_the_base_ids_and_never_reads_text_as_special(base, tmp_path):
-    plain, ours = ChatTokenizer(CHARS), ft.BaseChatTokenizer(CHARS)  # no clash: the same tokenizer
+    plain, ours = ChatTokenizer(CHARS), BaseChatTokenizer(CHARS)  # no clash: the same tokenizer
     assert (ours.itos, ours.special_ids) == (plain.itos, plain.special_ids)
     assert ours.encode(format_chat("add 1+2", "3")) == plain.encode(format_chat("add 1+2", "3"))
     chars = CharTokenizer.load(base / "base" / "tokenizer.json")
     with pytest.raises(ValueError, match="could also be typed"):
         ChatTokenizer(chars.itos)  # '<', '|' and '>' are in the docs text
-    tok = ft.BaseChatTokenizer(chars.itos)
+    tok = BaseChatTokenizer(chars.itos)
     assert tok.itos[: chars.vocab_size] == chars.itos and tok.end_id == chars.vocab_size + 2
-    ids, _ = encode_chat(tok, f"x {END}", "y")
+    ids, _ = tok.encode_chat(f"x {END}", "y")
     assert ids.count(tok.end_id) == 2  # the template's two; the typed one stays 7 characters
     assert tok.decode(ids) == format_chat(f"x {END}", "y")
     tok.save(tmp_path / "tok.json")
-    again = ft.load_tokenizer(tmp_path / "tok.json")
+    again = load_tokenizer(tmp_path / "tok.json")
     assert isinstance(again, ChatTokenizer) and again.itos == tok.itos
-    assert isinstance(ft.load_tokenizer(base / "base" / "tokenizer.json"), CharTokenizer)
+    assert isinstance(load_tokenizer(base / "base" / "tokenizer.json"), CharTokenizer)
 
 
 def test_rerunning_with_overwrite_replaces_the_output(base, tmp_path):
@@ -161,7 +163,7 @@ def test_a_fine_tuned_model_can_be_fine_tuned_again_without_new_special_tokens(b
                    "--out", str(second), "--steps", "2", *QUIET])
     assert code == 0
     assert GPT.from_pretrained(second).config.vocab_size == GPT.from_pretrained(first).config.vocab_size
-    assert ft.load_tokenizer(second / "tokenizer.json").itos == ft.load_tokenizer(first / "tokenizer.json").itos
+    assert load_tokenizer(second / "tokenizer.json").itos == load_tokenizer(first / "tokenizer.json").itos
 
 
 def test_a_diverged_run_stops_with_one_line_and_saves_nothing(base, tmp_path, capsys):
@@ -221,13 +223,13 @@ def test_ctrl_c_during_finetune_saves_nothing(base, tmp_path):
 def test_library_refuses_bad_arguments_with_what_to_fix(base):
     model, tok = ft.load_base(base / "base")
     with pytest.raises(ValueError, match="method must be one of"):
-        ft.finetune(model, tok, PAIRS, method="prefix")
+        ft.FinetuneConfig(method="prefix")
     with pytest.raises(ValueError, match="steps must be an int >= 1"):
-        ft.finetune(model, tok, PAIRS, steps=0)
+        ft.FinetuneConfig(steps=0)
     with pytest.raises(ValueError, match="lr must be a finite number > 0"):
-        ft.finetune(model, tok, PAIRS, lr=float("nan"))
+        ft.FinetuneConfig(lr=float("nan"))
     with pytest.raises(ValueError, match="lora_r must be an int >= 1"):
-        ft.finetune(model, tok, PAIRS, method="lora", lora_r=0)
+        ft.FinetuneConfig(method="lora", lora_r=0)
     with pytest.raises(ValueError, match=r"pair 1: .*cannot encode '€'"):
         ft.finetune(model, tok, [("ab", "ba"), ("a€", "b")])
     with pytest.raises(ValueError, match="pair 0: the conversation is 34 tokens"):

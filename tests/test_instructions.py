@@ -8,19 +8,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from aigc_book.models.gpt import GPT
+from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
-from aigc_book.tasks.chat import (
-    END,
-    USER,
-    ChatTokenizer,
-    encode_chat,
-    encode_sft,
-    format_chat,
-    generate_responses,
-    grow_vocabulary,
-    instruction_accuracy,
-    sft_batch,
-)
+from aigc_book.tasks.chat import encode_sft, generate_responses, instruction_accuracy, sft_batch
 from aigc_book.tasks.instructions import (
     CHARS,
     KINDS,
@@ -34,10 +24,11 @@ from aigc_book.tasks.instructions import (
     well_formed,
     write_jsonl,
 )
+from aigc_book.text.chat_tokenizer import END, USER, ChatTokenizer, format_chat
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import IGNORE, causal_lm_loss
 
-TOK = ChatTokenizer()
+TOK = ChatTokenizer(CHARS)
 
 
 # ---- the family ------------------------------------------------------------------------------
@@ -177,9 +168,9 @@ def test_chat_tokenizer_keeps_the_language_ids_and_gives_each_special_one_id():
 
 def test_text_cannot_smuggle_in_a_special_token():
     with pytest.raises(ValueError, match="not in the tokenizer's vocabulary"):
-        encode_chat(TOK, f"add 1+2{END}", "3")
+        TOK.encode_chat(f"add 1+2{END}", "3")
     with pytest.raises(ValueError, match="could also be typed"):
-        ChatTokenizer(specials=(USER, "<|assistant|>", END, "<|pad|>", "ab"))
+        ChatTokenizer(CHARS, specials=(USER, "<|assistant|>", END, "<|pad|>", "ab"))
 
 
 def test_chat_tokenizer_saves_and_loads(tmp_path):

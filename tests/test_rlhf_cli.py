@@ -18,7 +18,7 @@ from aigc_book.rlhf.grpo import GRPOConfig
 from aigc_book.rlhf.ppo import PPOConfig
 from aigc_book.rlhf.reward_training import RewardConfig
 from aigc_book.rlhf.sft_policy import PolicyConfig
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 OUT_FILES = ("config.json", "model.safetensors", "tokenizer.json", "finetune_log.json")

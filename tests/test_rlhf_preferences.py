@@ -29,10 +29,10 @@ from aigc_book.rlhf.reward_training import (
     true_preference_accuracy,
 )
 from aigc_book.rlhf.rollouts import pack, sample_responses
-from aigc_book.tasks.chat import ChatTokenizer
-from aigc_book.tasks.instructions import Instruction, InstructionConfig, sample_instructions
+from aigc_book.tasks.instructions import CHARS, Instruction, InstructionConfig, sample_instructions
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
-TOK = ChatTokenizer()
+TOK = ChatTokenizer(CHARS)
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")
 
 

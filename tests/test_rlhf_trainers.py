@@ -27,10 +27,11 @@ from aigc_book.rlhf.preferences import PreferencePairs
 from aigc_book.rlhf.reward_training import RewardConfig
 from aigc_book.rlhf.rollouts import pack, sample_responses, sequence_logprobs, token_logprobs
 from aigc_book.rlhf.sft_policy import PolicyConfig, build_sft_policy
-from aigc_book.tasks.chat import ChatTokenizer, encode_chat
+from aigc_book.tasks.instructions import CHARS
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.training.objectives import sequence_lm_batch
 
-TOK = ChatTokenizer()
+TOK = ChatTokenizer(CHARS)
 BLOCK = 32
 TOY_PROMPTS = ("add 1+2", "sort cab")  # 10 and 11 tokens in the chat template
 TOY_NEW_TOKENS = 3
@@ -51,7 +52,7 @@ def ids(text: str) -> list[int]:
 
 
 def prompt_len(prompt: str) -> int:
-    return len(encode_chat(TOK, prompt)[0])
+    return len(TOK.encode_chat(prompt)[0])
 
 
 def snapshot(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -73,7 +74,7 @@ def assert_same_weights(model: torch.nn.Module, before: dict[str, torch.Tensor])
 def test_pack_lays_out_prompt_then_response_right_padded():
     prompts, responses = ["add 1+2", "sort cab"], [ids("3"), ids("abc")]
     r = pack(TOK, prompts, responses)
-    p0, p1 = encode_chat(TOK, prompts[0])[0], encode_chat(TOK, prompts[1])[0]
+    p0, p1 = TOK.encode_chat(prompts[0])[0], TOK.encode_chat(prompts[1])[0]
     L = max(len(p0) + 2, len(p1) + 4)
     assert r.tokens.shape == (2, L) and r.tokens.dtype == torch.long
     row0 = p0 + responses[0] + [TOK.pad_id] * (L - len(p0) - 2)
@@ -134,7 +135,7 @@ def test_num_return_sequences_puts_a_prompts_samples_in_adjacent_rows():
         alone = sample_responses(model, TOK, [p], max_new_tokens=5, temperature=0).response_ids[0]
         assert cold.response_ids[3 * i: 3 * i + 3] == [alone] * 3
         for row in range(3 * i, 3 * i + 3):
-            assert cold.tokens[row, : prompt_len(p)].tolist() == encode_chat(TOK, p)[0]
+            assert cold.tokens[row, : prompt_len(p)].tolist() == TOK.encode_chat(p)[0]
     assert len({tuple(cold.response_ids[3 * i]) for i in range(3)}) == 3  # each prompt has its own answer
     sampled = sample_responses(model, TOK, ["add 1+2"], max_new_tokens=8, num_return_sequences=4,
                                generator=torch.Generator().manual_seed(0))
@@ -180,7 +181,7 @@ def test_sequence_logprobs_sum_or_average_the_response_tokens():
     expected = []
     with torch.no_grad():
         for p, resp in zip(prompts, responses):
-            row = torch.tensor([encode_chat(TOK, p)[0] + resp])
+            row = torch.tensor([TOK.encode_chat(p)[0] + resp])
             logp = F.log_softmax(model(row[:, :-1]).logits.double(), -1)[0]  # (T - 1, V)
             n = prompt_len(p)
             expected.append(sum(logp[t - 1, row[0, t]] for t in range(n, n + len(resp))))

@@ -50,10 +50,12 @@ from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import CONFIG_FILE
-from aigc_book.training.finetune import TOKENIZER_FILE
+from aigc_book.text.load import load_tokenizer
+from aigc_book.text.tokenizer import TOKENIZER_FILE
 
 __all__ = [
     "CHAT_MODEL_SUBDIRS",
+    "CHAT_MODEL_TOKENIZERS",
     "MIN_REPLY_TOKENS",
     "CHAT_GENERATION_CONFIG",
     "load_chat_model",
@@ -63,6 +65,8 @@ __all__ = [
     "chat_widget",
 ]
 
+# A character tokenizer is read too, to say that its train-gpt model must be fine-tuned first.
+CHAT_MODEL_TOKENIZERS = ("chat", "bpe_chat", "char")
 CHAT_MODEL_SUBDIRS = ("tuned", "sft")  # where `tiny-chatgpt --out DIR` keeps its chat models, best first
 MIN_REPLY_TOKENS = 4  # a message must leave at least this much of the context for the reply
 MAKE_ONE = "python -m aigc_book tiny-chatgpt --out DIR, or python -m aigc_book finetune --model DIR ... --out DIR"
@@ -125,11 +129,9 @@ def load_chat_model(directory, *, device=None) -> tuple[GPT, object]:
     ``finetune`` writes it) or a ``tiny-chatgpt --out`` directory, whose chat model is ``tuned/``
     (``sft/`` when there is no ``tuned/``). Every problem is a one-line ValueError that says what to do.
     """
-    from aigc_book.capstone.tokenizer import load_chat_tokenizer  # the capstone's BPE, or a character tokenizer
-
     root = Path(directory)
     where = _model_directory(root)
-    tokenizer = load_chat_tokenizer(where / TOKENIZER_FILE)
+    tokenizer = load_tokenizer(where / TOKENIZER_FILE, types=CHAT_MODEL_TOKENIZERS)
     if not _is_chat_tokenizer(tokenizer):
         raise ValueError(f"{where}: a train-gpt model (its tokenizer has no chat tokens <|user|>, <|end|>); "
                          f"fine-tune it first: python -m aigc_book finetune --model {root} --data PAIRS.jsonl "

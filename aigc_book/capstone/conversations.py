@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import SFTData, encode_chat, pad_sft
+from aigc_book.tasks.chat import SFTData, pad_sft
 
 __all__ = ["sample_conversations", "encode_conversations"]
 
@@ -61,7 +61,7 @@ def encode_conversations(tokenizer, conversations, *, max_length: int | None = N
         is_prompt: list[bool] = []
         for j, turn in enumerate(turns):
             prompt, response = instructions.as_pair(turn, i)
-            turn_ids, n_prompt = encode_chat(tokenizer, prompt, response)
+            turn_ids, n_prompt = tokenizer.encode_chat(prompt, response)
             if truncate and j > 0 and max_length is not None and len(ids) + len(turn_ids) > max_length:
                 break  # whole turns only: a conversation cut inside a turn would teach a broken template
             ids += turn_ids

@@ -4,7 +4,7 @@ Introduced in chapter 8, section "The recipe in one command". :func:`run_pipelin
 ``python -m aigc_book tiny-chatgpt --out DIR`` runs. Each stage reuses an earlier chapter's code:
 
 1. **tokenizer** — chapter 3's byte-level BPE with digits split
-   (:func:`~aigc_book.capstone.tokenizer.train_chat_tokenizer`), trained on the corpus of
+   (:meth:`~aigc_book.text.chat_tokenizer.BPEChatTokenizer.train`), trained on the corpus of
    :mod:`aigc_book.capstone.corpus` (Python's documentation and docstrings, plus chapter 3's bracket
    language);
 2. **pretrained** — chapter 3's causal objective on that corpus, measured in bits per byte on held-out
@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -43,8 +42,7 @@ from aigc_book.capstone.chat import CHAT_GENERATION_CONFIG
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.corpus import Corpus, CorpusConfig, build_corpus
 from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
-from aigc_book.capstone.tokenizer import BPEChatTokenizer, train_chat_tokenizer
-from aigc_book.files import atomic_write, fsync_path
+from aigc_book.files import atomic_write, replace_directory, sync_directory
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.dpo import DPOConfig
@@ -56,6 +54,8 @@ from aigc_book.rlhf.sft_policy import SFTPolicy
 from aigc_book.runtime import seed_everything
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import generate_responses, sft_batch
+from aigc_book.text.chat_tokenizer import BPEChatTokenizer
+from aigc_book.text.tokenizer import TOKENIZER_FILE
 from aigc_book.training.trainer import TrainConfig, Trainer
 
 __all__ = ["STAGES", "STAGE_FILE", "SAMPLE_PROMPTS", "CapstoneConfig", "StageMismatchError", "run_pipeline",
@@ -63,7 +63,6 @@ __all__ = ["STAGES", "STAGE_FILE", "SAMPLE_PROMPTS", "CapstoneConfig", "StageMis
 
 STAGES = ("tokenizer", "pretrained", "sft", "tuned")
 STAGE_FILE = "stage.json"
-TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT = "checkpoint"
 SPENT_FILE = "spent.json"  # time and FLOPs of earlier, interrupted runs of an unfinished stage
 # Held-out prompts every stage answers in the report card (one of each kind), and one that is no instruction.
@@ -240,10 +239,8 @@ def _commit(out: Path, stage: str, work: Path, settings: CapstoneConfig, record:
     shutil.rmtree(work / CHECKPOINT, ignore_errors=True)  # killed after this, the stage reruns: same seeds
     data = json.dumps({"stage": stage, "settings": settings.fingerprint(stage), "record": record}, indent=1)
     (work / STAGE_FILE).write_text(data, encoding="utf-8")
-    for path in work.iterdir():
-        fsync_path(path)
-    os.replace(work, out / stage)
-    fsync_path(out)
+    sync_directory(work)
+    replace_directory(work, out / stage)  # out / stage does not exist: _finished would have skipped the stage
     for name in ("settings.json", SPENT_FILE):  # bookkeeping of the unfinished stage
         (out / stage / name).unlink(missing_ok=True)
     return json.loads(data)["record"]
@@ -290,7 +287,7 @@ def _corpus(settings: CapstoneConfig) -> Corpus:
 
 def _tokenizer_stage(work: Path, corpus: Corpus, s: CapstoneConfig) -> dict:
     t0 = time.perf_counter()
-    tok = train_chat_tokenizer(corpus.train, s.vocab_size)
+    tok = BPEChatTokenizer.train(corpus.train, s.vocab_size)
     tok.save(work / TOKENIZER_FILE)
     bytes_per_token = {name: len(text.encode()) / len(tok.encode(text, allow_special=False))
                        for name, text in corpus.held_out.items()}

@@ -7,7 +7,7 @@ Introduced in chapter 4, section "Instruction following". Usage::
                                   --device D --no-progress --overwrite]
 
 It trains the model on ``{"prompt": ..., "response": ...}`` lines laid out in the chat template
-(:mod:`aigc_book.training.finetune`), fully or with LoRA (saved merged), prints one JSON object last
+(:mod:`aigc_book.adaptation.finetune`), fully or with LoRA (saved merged), prints one JSON object last
 (``initial_loss``, ``final_loss``, ``trainable_params``, ``wall_s``, ...) and writes ``--out`` only when
 it has finished, atomically (:func:`save_model_out`, which ``rlhf`` uses too). ``sample --model DIR`` on
 the result treats ``--prompt`` as the user's turn.
@@ -60,13 +60,14 @@ def check_args(args) -> None:
 
 
 def run(args) -> dict:
-    """Fine-tune a ``train-gpt`` model on prompt/response pairs (:mod:`aigc_book.training.finetune`)."""
-    from aigc_book.training.finetune import DEFAULT_LR, check_pairs, finetune, load_base, read_pairs
+    """Fine-tune a ``train-gpt`` model on prompt/response pairs (:mod:`aigc_book.adaptation.finetune`)."""
+    from aigc_book.adaptation.finetune import MAX_DATA_BYTES, FinetuneConfig, check_pairs, finetune, load_base
+    from aigc_book.tasks.instructions import read_jsonl
     from aigc_book.training.trainer import NonFiniteLossError
 
     check_args(args)
     try:
-        pairs, lines = read_pairs(args.data)
+        pairs, lines = read_jsonl(args.data, line_numbers=True, max_bytes=MAX_DATA_BYTES)
     except (OSError, ValueError) as err:
         raise UsageError(f"--data {err}") from None
     device = device_of(args)
@@ -79,12 +80,12 @@ def run(args) -> dict:
         check_pairs(tok, pairs, block_size=model.config.block_size, lines=lines, source=args.data)
     except (ValueError, TypeError) as err:
         raise UsageError(f"--data {err}") from None
-    lr = DEFAULT_LR[args.method] if args.lr is None else args.lr
+    config = FinetuneConfig(method=args.method, steps=args.steps, lr=args.lr, batch_size=args.batch_size,
+                            seed=args.seed, lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha or 16.0)
+    lr = config.peak_lr
     seed_everything(args.seed)
     try:
-        result = finetune(model, tok, pairs, method=args.method, steps=args.steps, lr=lr, batch_size=args.batch_size,
-                          seed=args.seed, lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha or 16.0,
-                          progress=args.progress)
+        result = finetune(model, tok, pairs, config, progress=args.progress)
     except NonFiniteLossError as err:
         raise RunError(f"{err}; nothing was saved; try a smaller --lr (now {lr:g})") from None
     ms = [m for m in result.history["ms"] if m is not None]
@@ -110,7 +111,7 @@ def run(args) -> dict:
 
 def save_model_out(model, tok, out, *, overwrite: bool, log: dict) -> None:
     """Write the trained chat model to ``--out`` in one atomic swap; a failure is one line (exit 1)."""
-    from aigc_book.training.finetune import save_finetuned
+    from aigc_book.adaptation.finetune import save_finetuned
 
     try:
         save_finetuned(model, tok, out, overwrite=overwrite, log=log)

@@ -108,10 +108,10 @@ def check_out(out, *, overwrite: bool, resume: bool = False, base=None, in_place
     be written; it already holds something and neither ``overwrite`` nor (for a run written
     ``in_place``, with checkpoints) ``resume`` is given. A command that writes ``out`` in place
     (``train-gpt``) gets it created now; the others write it at the end, in one atomic swap
-    (:func:`aigc_book.training.finetune.check_output_dir` says what they refuse to replace).
+    (:func:`aigc_book.adaptation.finetune.check_output_dir` says what they refuse to replace).
     """
     if not in_place:
-        from aigc_book.training.finetune import check_output_dir
+        from aigc_book.adaptation.finetune import check_output_dir
 
         try:
             return check_output_dir(out, overwrite=overwrite, base=base)

@@ -30,13 +30,13 @@ from aigc_book.errors import UsageError
 from aigc_book.generation.config import GenerationConfig
 from aigc_book.models.io import CheckpointError
 from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.text.tokenizer import TOKENIZER_FILE
 
 __all__ = ["MAX_NEW_TOKENS", "SHARED", "SEED", "add_arguments", "add_generation_arguments",
            "check_generation_args", "generation_config", "interrupted", "run"]
 
 SHARED = ("seed",)
 SEED = 0
-TOKENIZER_FILE = "tokenizer.json"
 MAX_NEW_TOKENS = 100_000
 MAX_BEAMS = 64  # each beam is a row of the batch and of the KV cache
 
@@ -126,7 +126,7 @@ def run(args) -> None:
         try:
             tok = CharTokenizer.load(model_dir / TOKENIZER_FILE)
         except ValueError:  # a finetune model: characters and the chat template's special tokens
-            from aigc_book.training.finetune import load_tokenizer
+            from aigc_book.text.load import load_tokenizer
 
             tok = load_tokenizer(model_dir / TOKENIZER_FILE)  # or CharTokenizer's error again
         model = GPT.from_pretrained(model_dir)
@@ -139,10 +139,10 @@ def run(args) -> None:
         )
     chat = not isinstance(tok, CharTokenizer)  # a finetune model: --prompt is the user's turn of the chat template
     if chat:
-        from aigc_book.tasks.chat import encode_chat, format_chat
+        from aigc_book.text.chat_tokenizer import format_chat
     prompt = format_chat(args.prompt) if chat else args.prompt or ("\n" if "\n" in tok.stoi else tok.itos[0])
     try:
-        idx = torch.tensor([encode_chat(tok, args.prompt)[0]]) if chat else tok.encode_tensor(prompt)[None]
+        idx = torch.tensor([tok.encode_chat(args.prompt)[0]]) if chat else tok.encode_tensor(prompt)[None]
     except ValueError as err:
         raise UsageError(f"--prompt: {err}") from None
     print(prompt, end="", flush=True)

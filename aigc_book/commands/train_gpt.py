@@ -49,12 +49,12 @@ from aigc_book.models.io import CheckpointError
 from aigc_book.runtime import seed_everything
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.corpora import split_train_val
+from aigc_book.text.tokenizer import TOKENIZER_FILE
 
 __all__ = ["MAX_TEXT_BYTES", "SHARED", "SEED", "add_arguments", "interrupted", "min_chars", "read_text_file", "run"]
 
 SHARED = ("device", "seed", "progress", "overwrite")
 SEED = 1337  # nanoGPT's; the runs the book reports were made with it
-TOKENIZER_FILE = "tokenizer.json"
 VAL_FRACTION = 0.1
 MAX_TEXT_BYTES = 32 * 2**20  # a character-level model on a laptop: 32 MB is already hours of training
 SNIFF_BYTES = 1 << 16  # binary files are recognised from their first 64 KB, before reading the rest
@@ -174,7 +174,7 @@ def run(args) -> dict | None:
         raise UsageError(f"--device: {err}") from None
     out = check_out(args.out, overwrite=args.overwrite, resume=args.resume, in_place=True)
     seed_everything(dp.rank_seed(args.seed, rank))  # each rank its own dropout; DDP copies rank 0's weights
-    tok = CharTokenizer.fit(text)
+    tok = CharTokenizer.train(text)
     train_text, val_text = split_train_val(text, VAL_FRACTION)
     train_ids, val_ids = tok.encode_tensor(train_text), tok.encode_tensor(val_text)
     block, batch = args.block_size, args.batch_size

@@ -104,7 +104,7 @@ class BigramLM:
         _check_text(text, min_len=2)
         k = _check_k(k)
         if vocab is None:
-            vocab = CharTokenizer.fit(text)
+            vocab = CharTokenizer.train(text)
         ids = vocab.encode_tensor(text)
         return cls(vocab=vocab, counts=count_bigrams(ids, len(vocab)), k=k)
 

@@ -27,8 +27,8 @@ from torch import nn
 
 from aigc_book.rlhf.reward_training import Reward, reward_scores
 from aigc_book.rlhf.rollouts import Responses, sample_responses
-from aigc_book.tasks.chat import ChatTokenizer
 from aigc_book.tasks.instructions import Instruction
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
 __all__ = ["best_of_n_kl", "best_of_n_distribution", "kl_divergence", "best_of_n_expectation", "best_of_n"]
 

@@ -29,7 +29,7 @@ from aigc_book.models.gpt import GPT
 from aigc_book.rlhf.common import check_fields, optimizer_step, trainer_generators
 from aigc_book.rlhf.losses import grpo_advantages, kl_estimates, masked_mean, ppo_policy_loss
 from aigc_book.rlhf.rollouts import sample_responses, token_logprobs
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
 __all__ = ["GRPOConfig", "GRPOTrainer"]
 

@@ -37,7 +37,7 @@ from aigc_book.rlhf.reward_training import RewardConfig, preference_accuracy, re
 from aigc_book.rlhf.rollouts import Responses, sample_responses, token_logprobs
 from aigc_book.rlhf.sft_policy import PolicyConfig, SFTPolicy, build_sft_policy
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.training.objectives import sequence_lm_batch
 
 __all__ = ["METHODS", "RLHFConfig", "prompt_sampler", "checker_reward", "evaluate", "Preferences",

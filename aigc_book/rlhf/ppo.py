@@ -36,7 +36,7 @@ from aigc_book.rlhf.common import check_fields, optimizer_step, trainer_generato
 from aigc_book.rlhf.heads import PolicyWithValue
 from aigc_book.rlhf.losses import gae, kl_estimates, masked_mean, ppo_policy_loss, ppo_value_loss, whiten
 from aigc_book.rlhf.rollouts import Responses, sample_responses, token_logprobs
-from aigc_book.tasks.chat import ChatTokenizer
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.training.objectives import causal_lm_loss
 
 __all__ = ["PPOConfig", "FixedKLController", "AdaptiveKLController", "PPOTrainer"]

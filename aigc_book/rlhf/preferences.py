@@ -28,8 +28,8 @@ import torch
 from torch import nn
 
 from aigc_book.rlhf.rollouts import Responses, sample_responses
-from aigc_book.tasks.chat import ChatTokenizer
 from aigc_book.tasks.instructions import Instruction, score, well_formed
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
 __all__ = [
     "gold_reward",

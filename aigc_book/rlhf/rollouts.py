@@ -22,8 +22,8 @@ from torch import nn
 
 from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
-from aigc_book.tasks.chat import ChatTokenizer, encode_chat
 from aigc_book.tasks.instructions import Instruction
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 
 __all__ = ["Responses", "pack", "sample_responses", "token_logprobs", "sequence_logprobs"]
 
@@ -90,7 +90,7 @@ def pack(tokenizer: ChatTokenizer, prompts, response_ids, *, device=None) -> Res
     if len(prompts) != len(response_ids) or not prompts:
         raise ValueError(f"need one response per prompt (and at least one), got {len(prompts)} prompts "
                          f"and {len(response_ids)} responses")
-    rows = [encode_chat(tokenizer, p)[0] for p in prompts]
+    rows = [tokenizer.encode_chat(p)[0] for p in prompts]
     L = max(len(r) + len(ids) for r, ids in zip(rows, response_ids))
     tokens = torch.full((len(rows), L), tokenizer.pad_id, dtype=torch.long)
     mask = torch.zeros(len(rows), L, dtype=torch.bool)
@@ -119,7 +119,7 @@ def sample_responses(model: nn.Module, tokenizer: ChatTokenizer, prompts, *, max
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     device = next(model.parameters()).device
-    encoded = [encode_chat(tokenizer, p)[0] for p in prompts]
+    encoded = [tokenizer.encode_chat(p)[0] for p in prompts]
     longest = max(map(len, encoded), default=0) + max_new_tokens
     if longest > model.config.block_size + 1:
         raise ValueError(f"a prompt plus max_new_tokens={max_new_tokens} is {longest} tokens, more than the model's "

@@ -21,10 +21,13 @@ from dataclasses import dataclass
 import torch
 
 from aigc_book.models.gpt import GPT
+from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import ChatTokenizer, encode_sft, grow_vocabulary, instruction_accuracy, sft_batch
+from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
+from aigc_book.tasks.instructions import CHARS
+from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
@@ -71,7 +74,7 @@ class SFTPolicy:
 
     Attributes:
         model: the supervised chat model (a GPT over the chat vocabulary), in eval mode.
-        tokenizer: its :class:`~aigc_book.tasks.chat.ChatTokenizer`.
+        tokenizer: its :class:`~aigc_book.text.chat_tokenizer.ChatTokenizer`.
         pretrain_seqs: ``(N, T + 1)`` bracket-language sequences it was pretrained on (PPO-ptx's data).
         accuracy: greedy accuracy on 300 held-out instructions (``{"all": ..., kind: ...}``).
         seconds: wall-clock time of both stages.
@@ -99,7 +102,7 @@ def build_sft_policy(config: PolicyConfig | None = None, *, seed: int = 0, devic
     Trainer(model, lambda split, g: sequence_lm_batch(seqs, r.batch_size, g), causal_lm_loss,
             TrainConfig(steps=r.pretrain_steps, lr=r.pretrain_lr, warmup_steps=50, seed=seed, progress=progress),
             device=device).train()
-    tokenizer = ChatTokenizer()
+    tokenizer = ChatTokenizer(CHARS)
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)

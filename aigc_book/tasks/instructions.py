@@ -289,16 +289,22 @@ def write_jsonl(path, pairs: Iterable) -> int:
     return len(lines)
 
 
-def read_jsonl(path, *, line_numbers: bool = False):
+def read_jsonl(path, *, line_numbers: bool = False, max_bytes: int | None = None):
     """Prompt/response pairs from a JSON Lines file: one ``{"prompt": str, "response": str}`` per line.
 
     Blank lines are skipped and other keys ignored. A ValueError names the file and the line number
     of the first line that is not a JSON object, lacks a key or holds a non-string; a file with no
-    pairs at all is an error too. Lines end at ``\\n`` only (JSON Lines' separator), so a string
-    holding another Unicode line break (U+2028, ...) is read back as written. With
-    ``line_numbers=True`` returns ``(pairs, numbers)``: the line each pair came from.
+    pairs at all, a path that is not a regular file, or a file larger than ``max_bytes`` (when given)
+    is an error too. Lines end at ``\\n`` only (JSON Lines' separator), so a string holding another
+    Unicode line break (U+2028, ...) is read back as written. With ``line_numbers=True`` returns
+    ``(pairs, numbers)``: the line each pair came from, for later messages.
     """
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: not a regular file (expected JSON Lines of prompt/response pairs)")
+    if max_bytes is not None and path.is_file() and path.stat().st_size > max_bytes:
+        raise ValueError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is more than this reads "
+                         f"({max_bytes / 2**20:.0f} MB); use a sample of the pairs")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -17,25 +17,32 @@ same pre-tokenization, for comparison.
 from __future__ import annotations
 
 import heapq
-import json
 import re
 from collections import Counter, defaultdict
-from pathlib import Path
 
-from aigc_book.files import atomic_write
 from aigc_book.text.char_tokenizer import token_ids
+from aigc_book.text.tokenizer import TokenizerFile
 
 # GPT-2's pattern, with \p{L} -> [^\W\d_] and \p{N} -> \d because Python's `re` lacks \p{..}.
 GPT2_SPLIT_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?[^\W\d_]+| ?\d+| ?(?:[^\s\w]|_)+|\s+(?!\S)|\s+"""
+# GPT-2's pre-tokenization with " ?\d+" (a run of digits) replaced by " ?\d" (one digit): numbers are split
+# into single digits before BPE, as LLaMA does (Touvron et al. 2023, arXiv:2302.13971, section 2.1), so
+# ``12345`` is five tokens whatever the training text and a number's digits line up with their place values.
+# The capstone's tokenizer uses it (chapter 8, section "A tokenizer for the corpus").
+DIGIT_SPLIT_PATTERN = GPT2_SPLIT_PATTERN.replace(r" ?\d+", r" ?\d")
 
 
-class ByteBPE:
-    """A trained byte-level BPE: ``merges[i] = (a, b)`` creates token id ``256 + i``.
+class ByteBPE(TokenizerFile):
+    """A trained byte-level BPE: ``merges[i] = (a, b)`` creates token id ``256 + i``; saved as
+    ``{"type": "byte_bpe", "pattern": ..., "merges": [[a, b], ...]}``.
 
     >>> bpe = ByteBPE.train("low lower lowest " * 20, vocab_size=260)
     >>> bpe.decode(bpe.encode("lowest lower"))
     'lowest lower'
     """
+
+    type = "byte_bpe"
+    description = "byte-BPE"
 
     def __init__(self, merges, pattern: str = GPT2_SPLIT_PATTERN) -> None:
         self.merges: list[tuple[int, int]] = []
@@ -138,22 +145,12 @@ class ByteBPE:
         return [self.vocab[i].decode("utf-8", errors="replace") for i in token_ids(ids, self.vocab_size)]
 
     # ---- persistence --------------------------------------------------------------------------
-    def save(self, path) -> None:
-        """Write the merges as JSON; atomically, so a failure never leaves an empty or partial file."""
-        data = {"type": "byte_bpe", "pattern": self.pattern, "merges": [list(m) for m in self.merges]}
-        encoded = json.dumps(data).encode("utf-8")
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(encoded))
+    def to_dict(self) -> dict:
+        return {"pattern": self.pattern, "merges": [list(m) for m in self.merges]}
 
     @classmethod
-    def load(cls, path) -> ByteBPE:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("type") != "byte_bpe":
-                raise ValueError(f"type is {data.get('type')!r}, expected 'byte_bpe'")
-            return cls(data["merges"], data["pattern"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, re.error) as err:
-            raise ValueError(f"{path}: not a valid byte-BPE file ({err})") from err
+    def from_dict(cls, data: dict) -> ByteBPE:
+        return cls(data["merges"], data["pattern"])
 
 
 def _merge(ids: list[int], pair: tuple[int, int], new_id: int) -> list[int]:

@@ -8,14 +8,12 @@ model cannot predict a symbol it has no output for.
 
 from __future__ import annotations
 
-import json
 import operator
-from pathlib import Path
 from typing import NoReturn
 
 import torch
 
-from aigc_book.files import atomic_write
+from aigc_book.text.tokenizer import TokenizerFile
 
 
 def token_ids(ids, vocab_size: int) -> list[int]:
@@ -38,17 +36,20 @@ def token_ids(ids, vocab_size: int) -> list[int]:
     return out
 
 
-class CharTokenizer:
-    """Characters <-> ids, with save/load to a small JSON file.
+class CharTokenizer(TokenizerFile):
+    """Characters <-> ids, saved as ``{"type": "char", "chars": [...]}``.
 
     The one character vocabulary of the book: chapter 1's bigram model counts with it, chapters 2
     and 3 train GPTs with it. Ids follow sorted character order, so the same text always gives the
     same ids.
 
-    >>> tok = CharTokenizer.fit("hello")
+    >>> tok = CharTokenizer.train("hello")
     >>> tok.decode(tok.encode("hole"))
     'hole'
     """
+
+    type = "char"
+    description = "character-tokenizer"
 
     def __init__(self, chars) -> None:
         chars = list(chars)
@@ -61,7 +62,7 @@ class CharTokenizer:
         self.stoi = {c: i for i, c in enumerate(chars)}
 
     @classmethod
-    def fit(cls, text: str) -> CharTokenizer:
+    def train(cls, text: str) -> CharTokenizer:
         """The sorted set of distinct characters in ``text``."""
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
@@ -101,25 +102,16 @@ class CharTokenizer:
         others = ", ".join(repr(c) for c in chars[1:10]) + (f" and {len(chars) - 10} more" if len(chars) > 10 else "")
         raise ValueError(
             f"character {chars[0]!r} is not in the tokenizer's vocabulary" + (f" (nor are {others})" if others else "")
-            + "; fit it on all the text you will encode (e.g. CharTokenizer.fit(train + held_out))"
+            + "; train it on all the text you will encode (e.g. CharTokenizer.train(train + held_out))"
         )
 
-    def save(self, path) -> None:
-        """Write the vocabulary as JSON; atomically, so a failure never leaves an empty or partial file."""
+    def to_dict(self) -> dict:
         _check_encodable(self.itos)  # itos may have been edited since __init__
-        data = json.dumps({"type": "char", "chars": self.itos}, ensure_ascii=False).encode("utf-8")
-        atomic_write(Path(path), lambda tmp: Path(tmp).write_bytes(data))
+        return {"chars": self.itos}
 
     @classmethod
-    def load(cls, path) -> CharTokenizer:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            if data.get("type") != "char":
-                raise ValueError(f"type is {data.get('type')!r}, expected 'char'")
-            return cls(data["chars"])
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
-            raise ValueError(f"{path}: not a valid character-tokenizer file ({err})") from err
+    def from_dict(cls, data: dict) -> CharTokenizer:
+        return cls(data["chars"])
 
 
 def _check_encodable(chars: list[str]) -> None:

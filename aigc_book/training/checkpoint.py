@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import signal
 import threading
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from aigc_book.files import fsync_path
+from aigc_book.files import fsync_path, replace_directory
 from aigc_book.models.io import CheckpointError, load_model, save_model
 
 __all__ = ["MANIFEST_FILE", "STATE_FILE", "write_checkpoint", "read_checkpoint", "interrupts_deferred"]
@@ -71,11 +70,7 @@ def write_checkpoint(directory, model: nn.Module, state: dict) -> Path:
         except BaseException:  # a full disk: leave no half-written copy behind; the current one stands
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if directory.exists():
-            shutil.rmtree(prev, ignore_errors=True)
-            os.replace(directory, prev)  # from here until the next line, NAME.prev is the fallback
-        os.replace(tmp, directory)
-        fsync_path(directory.parent)
+        replace_directory(tmp, directory, previous=prev)  # the current one stays as NAME.prev, the fallback
     return directory
 
 

@@ -2,11 +2,11 @@ r"""Fine-tune a GPT from ``train-gpt`` on prompt/response pairs: the library beh
 
 Introduced in chapter 4, section "Instruction following". Four steps, each a piece of chapter 4:
 
-1. **Template.** Each pair is laid out in the chat template of :mod:`aigc_book.tasks.chat`,
+1. **Template.** Each pair is laid out in the chat template of :mod:`aigc_book.text.chat_tokenizer`,
    ``<|user|>{prompt}<|end|><|assistant|>{response}<|end|>``. The special tokens are appended to
-   the base model's character vocabulary (:class:`BaseChatTokenizer`), and the model's token
-   embedding grows by one row each (:func:`~aigc_book.tasks.chat.grow_vocabulary`; a GPT's output
-   head is the same matrix, tied, so it grows too).
+   the base model's character vocabulary (:class:`~aigc_book.text.chat_tokenizer.BaseChatTokenizer`),
+   and the model's token embedding grows by one row each (:func:`~aigc_book.models.surgery.grow_vocabulary`;
+   a GPT's output head is the same matrix, tied, so it grows too).
 2. **Trainable parameters.** ``method="full"`` trains every weight. ``method="lora"`` wraps every
    attention and MLP linear layer (``c_attn``, ``c_proj``, ``c_fc``) in LoRA (Hu et al. 2021, "LoRA:
    Low-Rank Adaptation of Large Language Models"; :mod:`aigc_book.adaptation.lora`) and trains those
@@ -24,15 +24,17 @@ Introduced in chapter 4, section "Instruction following". Four steps, each a pie
    and would shrink the frozen rows of the shared embedding under LoRA).
 4. **Saving.** LoRA is merged (:func:`~aigc_book.adaptation.lora.merge_lora`), so the result is an
    ordinary GPT that ``GPT.from_pretrained`` and ``python -m aigc_book sample`` load unchanged.
-   :func:`save_finetuned` builds the whole directory aside and renames it into place: a killed run
-   leaves the previous output (or none), never half a model.
+   :func:`save_finetuned` builds the whole directory aside and swaps it into place
+   (:func:`~aigc_book.files.replace_directory`): a killed run leaves the previous output (or none),
+   never half a model.
+
+:class:`FinetuneConfig` holds the settings (method, steps, learning rate, batch size, seed, LoRA's
+rank and scale); :func:`finetune` takes it with the model, the tokenizer and the pairs.
 """
 
 from __future__ import annotations
 
 import json
-import math
-import os
 import shutil
 import tempfile
 import time
@@ -45,20 +47,16 @@ from torch import nn
 
 from aigc_book.adaptation.freezing import count_trainable
 from aigc_book.adaptation.lora import LoRALinear, apply_lora, merge_lora
-from aigc_book.files import fsync_path
+from aigc_book.checks import check_int, check_number
+from aigc_book.files import finish_interrupted_swap, replace_directory, sync_directory
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import CONFIG_FILE, MODEL_FILE, CheckpointError, save_model
-from aigc_book.tasks.chat import (
-    SPECIALS,
-    ChatTokenizer,
-    SFTData,
-    encode_chat,
-    encode_sft,
-    grow_vocabulary,
-    sft_batch,
-)
-from aigc_book.tasks.instructions import as_pair, read_jsonl
-from aigc_book.text.char_tokenizer import CharTokenizer
+from aigc_book.models.surgery import grow_vocabulary
+from aigc_book.tasks.chat import SFTData, encode_sft, sft_batch
+from aigc_book.tasks.instructions import as_pair
+from aigc_book.text.chat_tokenizer import BaseChatTokenizer, ChatTokenizer
+from aigc_book.text.load import load_tokenizer
+from aigc_book.text.tokenizer import TOKENIZER_FILE
 from aigc_book.training.checkpoint import interrupts_deferred
 from aigc_book.training.objectives import IGNORE
 from aigc_book.training.trainer import TrainConfig, Trainer
@@ -68,12 +66,9 @@ __all__ = [
     "LORA_TARGETS",
     "DEFAULT_LR",
     "MAX_DATA_BYTES",
-    "TOKENIZER_FILE",
     "LOG_FILE",
-    "BaseChatTokenizer",
-    "load_tokenizer",
+    "FinetuneConfig",
     "load_base",
-    "read_pairs",
     "check_pairs",
     "make_trainable",
     "sft_loss",
@@ -86,48 +81,8 @@ __all__ = [
 METHODS = ("full", "lora")
 LORA_TARGETS = ("c_attn", "c_proj", "c_fc")  # every Linear of every block: q/k/v, attention output, the MLP
 DEFAULT_LR = {"full": 3e-4, "lora": 3e-3}  # LoRA's few, zero-started weights want a larger step
-TOKENIZER_FILE = "tokenizer.json"  # the name train-gpt and sample use
-MAX_DATA_BYTES = 64 * 2**20
+MAX_DATA_BYTES = 64 * 2**20  # the largest file of pairs the finetune command reads
 LOG_FILE = "finetune_log.json"
-
-
-class BaseChatTokenizer(ChatTokenizer):
-    """The chat tokenizer of a fine-tuned base model: the base's characters keep their ids, the
-    special tokens follow.
-
-    Unlike :class:`~aigc_book.tasks.chat.ChatTokenizer` it accepts a vocabulary whose characters can
-    spell a special token (any text with ``<``, ``|`` and ``>`` — Python's documentation, say). That
-    is safe because prompts and responses are encoded with
-    :func:`~aigc_book.tasks.chat.encode_chat`, which never turns typed text into a special id: a
-    typed ``<|end|>`` stays seven characters.
-
-    Args:
-        chars: the base model's characters, in id order.
-        specials: the special tokens (must include the template's).
-    """
-
-    def __init__(self, chars, specials=SPECIALS) -> None:
-        try:
-            super().__init__(chars, specials)
-            return
-        except ValueError as err:  # every other check of ChatTokenizer comes before this one
-            if "could also be typed" not in str(err):
-                raise
-        # ChatTokenizer's state, built as its __init__ builds it (tests/test_finetune.py checks they agree).
-        self.chars = CharTokenizer(chars)
-        self._set_specials(tuple(specials), self.chars.vocab_size)
-        self.itos = list(self.chars.itos) + list(self.specials)
-
-
-def load_tokenizer(path) -> CharTokenizer | ChatTokenizer:
-    """The tokenizer file of a model directory: characters (``train-gpt``), or characters and special
-    tokens (``finetune``, a :class:`BaseChatTokenizer`). A missing or invalid file raises ValueError."""
-    path = Path(path)
-    try:
-        kind = json.loads(path.read_text(encoding="utf-8")).get("type")
-    except (OSError, ValueError, AttributeError):
-        kind = None  # CharTokenizer.load says what is wrong with the file
-    return BaseChatTokenizer.load(path) if kind == "chat" else CharTokenizer.load(path)
 
 
 def load_base(directory, *, device=None) -> tuple[GPT, ChatTokenizer]:
@@ -143,7 +98,7 @@ def load_base(directory, *, device=None) -> tuple[GPT, ChatTokenizer]:
         raise CheckpointError(f"{directory}: no such directory (make a base model first: "
                               "python -m aigc_book train-gpt --text FILE --out DIR)")
     model = GPT.from_pretrained(directory, device=device)
-    tok = load_tokenizer(directory / TOKENIZER_FILE)
+    tok = load_tokenizer(directory / TOKENIZER_FILE, types=("char", "chat"))
     if tok.vocab_size != model.config.vocab_size:
         raise ValueError(f"{directory / TOKENIZER_FILE} has {tok.vocab_size} tokens but the model has "
                          f"{model.config.vocab_size} outputs; they come from different runs")
@@ -151,21 +106,6 @@ def load_base(directory, *, device=None) -> tuple[GPT, ChatTokenizer]:
         tok = BaseChatTokenizer(tok.itos)
         grow_vocabulary(model, tok.vocab_size)
     return model, tok
-
-
-def read_pairs(path, *, max_bytes: int = MAX_DATA_BYTES) -> tuple[list[dict[str, str]], list[int]]:
-    """``(pairs, line_numbers)`` from a JSON Lines file of ``{"prompt": ..., "response": ...}``
-    (:func:`~aigc_book.tasks.instructions.read_jsonl`, whose errors name the line), with the line
-    each pair came from, for later messages. ``max_bytes`` bounds the file's size."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file (expected JSON Lines of prompt/response pairs)")
-    if not path.is_file():
-        raise ValueError(f"{path}: not a regular file (expected JSON Lines of prompt/response pairs)")
-    if path.stat().st_size > max_bytes:
-        raise ValueError(f"{path}: {path.stat().st_size / 2**20:.0f} MB is more than finetune reads "
-                         f"({max_bytes / 2**20:.0f} MB); fine-tune on a sample of the pairs")
-    return read_jsonl(path, line_numbers=True)
 
 
 def check_pairs(tokenizer: ChatTokenizer, pairs, *, block_size: int, lines=None, source=None) -> None:
@@ -196,7 +136,7 @@ def check_pairs(tokenizer: ChatTokenizer, pairs, *, block_size: int, lines=None,
             raise ValueError(f"{where}: the base model's tokenizer cannot encode {shown} (it knows only the "
                              f"{len(known)} characters of its training text); remove them, or train the base "
                              "on text that has them")
-        n = len(encode_chat(tokenizer, prompt, response)[0])
+        n = len(tokenizer.encode_chat(prompt, response)[0])
         if n > block_size + 1:
             raise ValueError(f"{where}: the conversation is {n} tokens (prompt, response and 4 template tokens), "
                              f"longer than the base model's context of {block_size} allows ({block_size + 1}); "
@@ -258,14 +198,56 @@ def sft_loss(model: nn.Module, data: SFTData, *, batch_size: int = 64) -> float:
     return total / count
 
 
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """What :func:`finetune` trains and how; checked when made.
+
+    Attributes:
+        method: ``"full"`` (every weight) or ``"lora"`` (see :func:`make_trainable`).
+        steps: optimizer steps; ``batch_size`` pairs are drawn (with replacement) for each.
+        lr: peak learning rate (None: :data:`DEFAULT_LR` of the method, see :attr:`peak_lr`); linear
+            warm-up over ``min(10, steps // 10)`` steps, then cosine decay to ``lr / 10``.
+        batch_size: pairs per step.
+        seed: seeds the batches and LoRA's initial ``A`` (the global RNG is left as it was).
+        lora_r, lora_alpha: LoRA's rank and scale numerator (``method="lora"`` only; Hu et al. 2021
+            scale the update by ``lora_alpha / lora_r``).
+        merge: fold LoRA into the weights at the end (False keeps the :class:`LoRALinear` layers).
+    """
+
+    method: str = "lora"
+    steps: int = 200
+    lr: float | None = None
+    batch_size: int = 8
+    seed: int = 0
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    merge: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        check_int("steps", self.steps)
+        check_int("batch_size", self.batch_size)
+        if self.lr is not None:
+            check_number("lr", self.lr)
+        if self.method == "lora":
+            check_int("lora_r", self.lora_r)
+            check_number("lora_alpha", self.lora_alpha)
+
+    @property
+    def peak_lr(self) -> float:
+        """``lr``, or the method's default when it is None."""
+        return float(DEFAULT_LR[self.method] if self.lr is None else self.lr)
+
+
 @dataclass
 class FinetuneResult:
     """What :func:`finetune` returns.
 
     Attributes:
-        model: the fine-tuned GPT (LoRA merged unless ``merge=False``).
+        model: the fine-tuned GPT (LoRA merged unless the config's ``merge`` is False).
         tokenizer: its chat tokenizer.
-        method, steps: as given.
+        method, steps: the config's.
         initial_loss, final_loss: :func:`sft_loss` over all the pairs before and after training.
         trainable: parameters that trained (LoRA: the low-rank matrices and the new embedding rows).
         total: parameters of the fine-tuned model (without LoRA's, which merging folds in).
@@ -285,49 +267,30 @@ class FinetuneResult:
     history: dict = field(repr=False)
 
 
-def _positive_int(value, name: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-
-
-def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, *, method: str = "lora", steps: int = 200,
-             lr: float | None = None, batch_size: int = 8, seed: int = 0, lora_r: int = 8, lora_alpha: float = 16.0,
-             device=None, progress: bool = True, merge: bool = True) -> FinetuneResult:
+def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, config: FinetuneConfig | None = None, *, device=None,
+             progress: bool = True) -> FinetuneResult:
     """Supervised fine-tuning of ``model`` on prompt/response ``pairs`` in the chat template.
 
     Args:
         model: a GPT whose vocabulary already holds the special tokens (from :func:`load_base`).
-        tokenizer: its :class:`~aigc_book.tasks.chat.ChatTokenizer`.
-        pairs: dicts ``{"prompt", "response"}`` (as :func:`read_pairs` gives), tuples or Instructions.
-        method: ``"full"`` (every weight) or ``"lora"`` (see :func:`make_trainable`).
-        steps: optimizer steps; ``batch_size`` pairs are drawn (with replacement) for each.
-        lr: peak learning rate (default :data:`DEFAULT_LR` of the method); linear warm-up over
-            ``min(10, steps // 10)`` steps, then cosine decay to ``lr / 10``.
-        seed: seeds the batches and LoRA's initial ``A`` (the global RNG is left as it was).
-        lora_r, lora_alpha: LoRA's rank and scale numerator (``method="lora"`` only).
+        tokenizer: its :class:`~aigc_book.text.chat_tokenizer.ChatTokenizer`.
+        pairs: dicts ``{"prompt", "response"}`` (as :func:`~aigc_book.tasks.instructions.read_jsonl`
+            gives), tuples or Instructions.
+        config: what to train and how (:class:`FinetuneConfig`; default ``FinetuneConfig()``).
         device: where to train (default: the model's device).
         progress: show a progress bar (tqdm, on stderr).
-        merge: fold LoRA into the weights at the end (False keeps the :class:`LoRALinear` layers).
 
     A NaN or infinite loss raises :class:`~aigc_book.training.trainer.NonFiniteLossError`.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    _positive_int(steps, "steps")
-    _positive_int(batch_size, "batch_size")
-    lr = DEFAULT_LR[method] if lr is None else lr
-    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
-    if method == "lora":
-        _positive_int(lora_r, "lora_r")
-        if isinstance(lora_alpha, bool) or not isinstance(lora_alpha, (int, float)) or not (
-                math.isfinite(lora_alpha) and lora_alpha > 0):
-            raise ValueError(f"lora_alpha must be a finite number > 0, got {lora_alpha!r}")
+    c = FinetuneConfig() if config is None else config
+    if not isinstance(c, FinetuneConfig):
+        raise TypeError(f"config must be a FinetuneConfig, got {type(c).__name__}")
+    method, steps, lr, seed = c.method, c.steps, c.peak_lr, c.seed
     if not isinstance(tokenizer, ChatTokenizer):
         raise TypeError(f"tokenizer must be a ChatTokenizer (load_base gives one), got {type(tokenizer).__name__}")
     if model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError(f"the model has {model.config.vocab_size} token ids but the tokenizer {tokenizer.vocab_size}: "
-                         "grow the model first (load_base does, or tasks.chat.grow_vocabulary)")
+                         "grow the model first (load_base does, or models.surgery.grow_vocabulary)")
     pairs = list(pairs)
     block = model.config.block_size
     check_pairs(tokenizer, pairs, block_size=block)
@@ -337,16 +300,16 @@ def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, *, method: str = "lora
     total = model.num_parameters()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        trainable, handles = make_trainable(model, method, first_new_row=tokenizer.chars.vocab_size, lora_r=lora_r,
-                                            lora_alpha=lora_alpha)
+        trainable, handles = make_trainable(model, method, first_new_row=tokenizer.chars.vocab_size,
+                                            lora_r=c.lora_r, lora_alpha=c.lora_alpha)
     initial = sft_loss(model, data)
-    cfg = TrainConfig(steps=steps, lr=float(lr), min_lr=lr / 10, warmup_steps=min(10, steps // 10),
-                      weight_decay=0.0, grad_clip=1.0, eval_splits=("train",), seed=seed, progress=progress)
+    train_config = TrainConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=min(10, steps // 10),
+                               weight_decay=0.0, grad_clip=1.0, eval_splits=("train",), seed=seed, progress=progress)
 
     def loss_fn(m, batch):  # right padding never reaches a real token through the causal mask
         return m(batch["idx"], batch["targets"]).loss
 
-    trainer = Trainer(model, lambda split, g: sft_batch(data, batch_size, g), loss_fn, cfg,
+    trainer = Trainer(model, lambda split, g: sft_batch(data, c.batch_size, g), loss_fn, train_config,
                       eval_fn=lambda m: {"train": sft_loss(m, data)})
     t0 = time.perf_counter()
     try:
@@ -355,7 +318,7 @@ def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, *, method: str = "lora
         for handle in handles:
             handle.remove()
     seconds = time.perf_counter() - t0
-    if method == "lora" and merge:
+    if method == "lora" and c.merge:
         merge_lora(model)
     model.eval()
     return FinetuneResult(model, tokenizer, method, steps, initial, history["evals"][-1]["train"], trainable, total,
@@ -364,10 +327,6 @@ def finetune(model: GPT, tokenizer: ChatTokenizer, pairs, *, method: str = "lora
 
 def _staging(out: Path) -> Path:
     return out.with_name(f".{out.name}.tmp")  # the next output, while it is written
-
-
-def _aside(out: Path) -> Path:
-    return out.with_name(f".{out.name}.old")  # the previous output, for the instant of the swap
 
 
 def check_output_dir(out, *, overwrite: bool = False, base=None) -> Path:
@@ -380,8 +339,7 @@ def check_output_dir(out, *, overwrite: bool = False, base=None) -> Path:
     out = Path(out)
     if base is not None and out.resolve() == Path(base).resolve():
         raise ValueError(f"{out}: is the base model's directory; write the fine-tuned model elsewhere")
-    if not out.exists() and _aside(out).is_dir():  # killed between the two renames of save_finetuned
-        os.replace(_aside(out), out)
+    finish_interrupted_swap(out)  # killed between the two renames of save_finetuned
     if out.exists() and not out.is_dir():
         raise ValueError(f"{out}: exists and is not a directory")
     held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
@@ -406,38 +364,26 @@ def save_finetuned(model: nn.Module, tokenizer: ChatTokenizer, out, *, overwrite
     """Write ``model`` (``config.json``, ``model.safetensors``), ``tokenizer.json`` and, if given,
     ``log`` as ``finetune_log.json`` to the directory ``out``, atomically; returns ``out``.
 
-    The files are written and synced in ``.OUT.tmp`` beside ``out``, then renamed into place (the
-    previous ``out``, with ``overwrite``, is moved aside for that instant and deleted after). A
-    failure or a kill at any moment leaves the previous ``out`` (or no ``out``), never a partial one.
+    The files are written and synced in ``.OUT.tmp`` beside ``out``, then swapped into place by
+    :func:`~aigc_book.files.replace_directory` (the previous ``out``, with ``overwrite``, is moved
+    aside for that instant and deleted after). A failure or a kill at any moment leaves the previous
+    ``out`` (or no ``out``), never a partial one.
     """
     if any(isinstance(m, LoRALinear) for m in model.modules()):
         raise ValueError("the model still has LoRA layers: merge_lora(model) first, so that it saves as a plain GPT")
     if getattr(model, "config", None) is None or model.config.vocab_size != tokenizer.vocab_size:
         raise ValueError("the model and the tokenizer disagree on the vocabulary size; save the pair finetune made")
     out = check_output_dir(out, overwrite=overwrite)
-    tmp, old = _staging(out), _aside(out)
+    tmp = _staging(out)
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
-    swapped = False
     try:
         save_model(model, tmp)
         tokenizer.save(tmp / TOKENIZER_FILE)
         if log is not None:
             (tmp / LOG_FILE).write_text(json.dumps(log), encoding="utf-8")
-        for p in [*tmp.iterdir(), tmp]:
-            fsync_path(p)
+        sync_directory(tmp)
         with interrupts_deferred():  # a Ctrl-C lands before the swap or after it, never between the renames
-            if out.exists():
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out, old)
-            os.replace(tmp, out)
-            swapped = True
-            fsync_path(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if not swapped and not out.exists() and old.exists():
-            os.replace(old, out)  # the previous output goes back
-        raise
+            replace_directory(tmp, out)
     finally:
-        if swapped:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # gone after a swap; after a failure, the half-written copy
     return out
