@@ -101,7 +101,7 @@ def test_the_chat_samples_at_temperature_0_8_by_default():
     (dict(eos_token_id=3), ValueError, "a reply ends at the chat's special tokens: leave eos_token_id None"),
 ])
 def test_a_session_refuses_a_config_it_cannot_chat_with(fields, error, message):
-    tok = ChatTokenizer()
+    tok = ChatTokenizer(CHARS)
     with pytest.raises(error, match=message) as err:
         ChatSession(tiny_gpt(tok.vocab_size), tok, chat_config(**fields))
     assert "\n" not in str(err.value)
