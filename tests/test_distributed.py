@@ -279,8 +279,8 @@ def test_allreduce_seconds_is_bytes_over_bandwidth_plus_latencies():
 
 
 @pytest.mark.parametrize("args, error, message", [
-    ((10, 4, 0), ValueError, "world_size must be >= 1"),
-    ((-1, 4, 2), ValueError, "n_params must be >= 0"),
+    ((10, 4, 0), ValueError, "world_size must be an int >= 1"),
+    ((-1, 4, 2), ValueError, "n_params must be an int >= 0"),
     ((10, 0, 2), ValueError, "bytes_per_element must be a finite number > 0"),
     ((10.5, 4, 2), TypeError, "n_params must be an int"),
     ((10, 4, True), TypeError, "world_size must be an int"),
@@ -329,7 +329,7 @@ def test_processes_share_the_cores_and_pick_their_own_gpu():
 
 
 def test_demo_rejects_bad_settings_before_starting_processes():
-    with pytest.raises(ValueError, match="steps must be >= 2"):
+    with pytest.raises(ValueError, match="steps must be an int >= 2"):
         data_parallel.data_parallel_demo(steps=1)
     with pytest.raises(ValueError, match="device must be cpu or cuda"):
         data_parallel.run_in_processes(data_parallel.ddp_gradients_match, 2, device="mps")

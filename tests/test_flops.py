@@ -271,19 +271,19 @@ def test_bad_inputs_raise_clear_errors(tiny_config, tiny_gpt):
         count_flops(42)
     with pytest.raises(TypeError, match="TransformerConfig"):
         flops_per_token({"n_layer": 2})
-    with pytest.raises(ValueError, match="seq_len must be a positive int"):
+    with pytest.raises(ValueError, match="seq_len must be an int >= 1"):
         flops_per_token(tiny_config, 0)
-    with pytest.raises(TypeError, match="seq_len must be a positive int"):
+    with pytest.raises(TypeError, match="seq_len must be an int >= 1"):
         tiny_gpt.flops_per_token(8.5)
     with pytest.raises(ValueError, match="seq_lens is empty"):
         six_n_ratio(tiny_config, [])
     with pytest.raises(ValueError, match="longer than the model's context"):
         flops_differences(tiny_gpt, 17)
-    with pytest.raises(ValueError, match="batch must be a positive int"):
+    with pytest.raises(ValueError, match="batch must be an int >= 1"):
         flops_differences(tiny_gpt, 8, batch=0)
     with pytest.raises(TypeError, match="aigc_book GPT"):
         flops_differences(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="block_q must be a positive int"):
+    with pytest.raises(ValueError, match="block_q must be an int >= 1"):
         causal_tile_fraction(64, block_q=0)
 
 

@@ -328,7 +328,7 @@ def test_zero_new_tokens_returns_the_prompt(model):
 BAD_GENERATE = [
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be an int >= 0"),
     (dict(num_beams=0), ValueError, "num_beams must be an int >= 1"),
-    (dict(num_beams=2.0), ValueError, "num_beams must be an int >= 1"),
+    (dict(num_beams=2.0), TypeError, "num_beams must be an int >= 1"),
     (dict(do_sample=True, temperature=0.0), ValueError, "for greedy decoding use do_sample=False"),
     (dict(temperature=float("nan")), ValueError, "temperature must be a finite number > 0"),
     (dict(top_k=0), ValueError, r"top_k must be a positive int or None \(no limit\), got 0"),

@@ -50,7 +50,7 @@ def test_fields_must_be_named():
 
 BAD_FIELDS = [
     (dict(max_new_tokens=-1), ValueError, "max_new_tokens must be an int >= 0, got -1"),
-    (dict(max_new_tokens=2.0), ValueError, "max_new_tokens must be an int >= 0, got 2.0"),
+    (dict(max_new_tokens=2.0), TypeError, "max_new_tokens must be an int >= 0, got 2.0"),
     (dict(do_sample="yes"), TypeError, "do_sample must be True or False, got 'yes'"),
     (dict(num_beams=0), ValueError, "num_beams must be an int >= 1, got 0"),
     (dict(use_cache=1), TypeError, "use_cache must be True or False, got 1"),

@@ -67,7 +67,7 @@ def test_a_half_repeated_is_the_special_case_seq_len_equal_two_segments():
         (dict(seq_len=10, segment_len=1, vocab_size=5), "segment_len must be an int >= 2"),
         (dict(seq_len=7, segment_len=4, vocab_size=5), "seq_len >= 8"),
         (dict(seq_len=10, segment_len=3, vocab_size=1), "vocab_size must be at least 2"),
-        (dict(seq_len=0, segment_len=3, vocab_size=5), "seq_len must be a positive int"),
+        (dict(seq_len=0, segment_len=3, vocab_size=5), "seq_len must be an int >= 1"),
     ],
 )
 def test_repeated_tokens_refuse_impossible_settings(kwargs, message):

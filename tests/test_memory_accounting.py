@@ -78,7 +78,7 @@ def test_mixed_precision_adamw_costs_zeros_16_bytes_per_parameter():
 def test_training_state_bytes_refuses_bad_input():
     with pytest.raises(ValueError, match="optimizer must be one of"):
         training_state_bytes(10, optimizer="adam")
-    with pytest.raises(ValueError, match="n_params must be >= 0"):
+    with pytest.raises(ValueError, match="n_params must be an int >= 0"):
         training_state_bytes(-1)
     with pytest.raises(TypeError, match="n_params must be an int"):
         training_state_bytes(1.5)
@@ -178,7 +178,7 @@ def test_korthikanti_formula_by_hand_for_one_gpt3_layer():
     s, b, h, a = 2048, 1, 12288, 96
     assert korthikanti_activation_bytes(s, b, h, a, 1) == s * b * h * 34 + 5 * a * s * s * b
     assert korthikanti_activation_bytes(s, b, h, a, 96) == 96 * 2_868_903_936  # 2.67 GiB per layer, by hand
-    with pytest.raises(ValueError, match="heads must be >= 1"):
+    with pytest.raises(ValueError, match="heads must be an int >= 1"):
         korthikanti_activation_bytes(s, b, h, 0, 1)
 
 
@@ -209,7 +209,7 @@ def test_grouped_query_attention_divides_the_cache_by_the_group_size():
     mha = kv_cache_bytes(80, 64, 128, 4096, 1)
     gqa = kv_cache_bytes(80, 8, 128, 4096, 1)
     assert mha == 8 * gqa
-    with pytest.raises(ValueError, match="n_kv_head must be >= 1"):
+    with pytest.raises(ValueError, match="n_kv_head must be an int >= 1"):
         kv_cache_bytes(80, 0, 128, 4096, 1)
 
 

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from aigc_book.adaptation.freezing import freeze_all_but, name_patterns
+from aigc_book.checks import is_int
 from aigc_book.layers.surgery import replace_linear
 
 __all__ = ["BottleneckAdapter", "AdapterAfter", "apply_adapters", "adapter_parameter_count"]
@@ -59,7 +60,7 @@ class BottleneckAdapter(nn.Module):
                  device=None, dtype=None):
         super().__init__()
         for name, value in (("d", d), ("bottleneck", bottleneck)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"adapter {name} must be a positive int, got {value!r}")
         if activation not in _ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(_ACTIVATIONS)}, got {activation!r}")
@@ -127,7 +128,7 @@ def apply_adapters(model: nn.Module, *, bottleneck: int = 16, sublayers=("attn.c
     if not sublayers or not all(isinstance(s, str) and s for s in sublayers):
         raise ValueError(f"sublayers must be name suffixes such as ['attn.c_proj'], got {sublayers!r}")
     patterns = [f"*.{s}" for s in sublayers]
-    if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or bottleneck < 1:
+    if not is_int(bottleneck) or bottleneck < 1:
         raise ValueError(f"adapter bottleneck must be a positive int, got {bottleneck!r}")
     extra = name_patterns(also_train, "also_train")
     already = [n for n, m in model.named_modules() if isinstance(m, AdapterAfter)]

@@ -15,6 +15,8 @@ from typing import NamedTuple
 
 from torch import nn
 
+from aigc_book.checks import is_int
+
 __all__ = ["ParameterCount", "count_trainable", "freeze_all_but", "name_patterns", "train_last_layers",
            "unique_named_parameters"]
 
@@ -116,7 +118,7 @@ def train_last_layers(model: nn.Module, k: int, *, final_norm: bool = True, head
     if not isinstance(blocks, nn.ModuleList):
         raise TypeError(f"train_last_layers expects a GPT (with transformer.h), got {type(model).__name__}")
     n = len(blocks)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+    if not is_int(k) or not 1 <= k <= n:
         raise ValueError(f"k must be an int in 1..{n} (the model has {n} blocks), got {k!r}")
     patterns = [f"transformer.h.{i}.*" for i in range(n - k, n)]
     if final_norm:

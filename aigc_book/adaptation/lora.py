@@ -26,15 +26,16 @@ import torch
 from torch import nn
 
 from aigc_book.adaptation.freezing import freeze_all_but, name_patterns
+from aigc_book.checks import is_int, is_number
 from aigc_book.layers.surgery import replace_linear
 
 __all__ = ["LoRALinear", "apply_lora", "merge_lora", "lora_parameter_count", "target_patterns"]
 
 
 def _check_rank(r: int, alpha: float, dropout: float) -> None:
-    if isinstance(r, bool) or not isinstance(r, int) or r <= 0:
+    if not is_int(r) or r <= 0:
         raise ValueError(f"the LoRA rank r must be a positive int, got {r!r}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or alpha <= 0:
+    if not is_number(alpha) or alpha <= 0:
         raise ValueError(f"lora alpha must be a positive number (the update is scaled by alpha / r), got {alpha!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"lora dropout must be in [0, 1), got {dropout!r}")

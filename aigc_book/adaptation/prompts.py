@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.layers.checks import check_token_ids
 from aigc_book.models.gpt import GPT, CausalLMOutput
 from aigc_book.models.transformer import position_ids_from_padding
@@ -49,7 +50,7 @@ def _check_wrapped(model, num_virtual_tokens: int) -> None:
         raise TypeError(f"expected a GPT to wrap, got {type(model).__name__}")
     n = num_virtual_tokens
     block = model.config.block_size
-    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n < block:
+    if not is_int(n) or not 1 <= n < block:
         raise ValueError(f"num_virtual_tokens must be an int in 1..{block - 1} (block_size - 1), got {n!r}")
 
 
@@ -171,7 +172,7 @@ class PrefixTuning(_VirtualTokens):
         kw = dict(device=ref.device, dtype=ref.dtype)
         self.embedding = self.transform = None
         if projection_hidden is not None:
-            if isinstance(projection_hidden, bool) or not isinstance(projection_hidden, int) or projection_hidden < 1:
+            if not is_int(projection_hidden) or projection_hidden < 1:
                 raise ValueError(f"projection_hidden must be a positive int or None, got {projection_hidden!r}")
             if not (isinstance(init, str) and init == "random"):
                 raise ValueError("with projection_hidden the prefix starts from PyTorch's default "

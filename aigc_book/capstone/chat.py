@@ -46,6 +46,7 @@ from typing import TextIO
 
 import torch
 
+from aigc_book.checks import is_int
 from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.models.gpt import GPT
@@ -219,7 +220,7 @@ class ChatSession:
         if tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model has "
                              f"{model.config.vocab_size} outputs; they do not belong together")
-        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        if not is_int(seed) or not 0 <= seed < 2**64:
             raise ValueError(f"seed must be an int in [0, 2**64), got {seed!r}")
         self.model, self.tokenizer, self.generation_config, self.seed = model, tokenizer, config, seed
         self.device = next(model.parameters()).device

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from aigc_book.checks import is_int
 from aigc_book.tasks import instructions
 from aigc_book.tasks.chat import SFTData, pad_sft
 
@@ -30,9 +31,9 @@ def sample_conversations(n: int, *, seed: int, max_turns: int = 3, exclude=(),
     ``exclude``: prompts never to use (the held-out ones), so the test set stays unseen where the
     family has enough prompts.
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
-    if isinstance(max_turns, bool) or not isinstance(max_turns, int) or max_turns < 1:
+    if not is_int(max_turns) or max_turns < 1:
         raise ValueError(f"max_turns must be a positive int, got {max_turns!r}")
     rng = np.random.default_rng(seed)
     banned = set(p.prompt if isinstance(p, instructions.Instruction) else p for p in exclude)

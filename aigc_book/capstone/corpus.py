@@ -26,6 +26,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aigc_book.checks import is_int
 from aigc_book.text.corpora import python_topics
 from aigc_book.text.languages import BracketLanguage
 
@@ -79,7 +80,7 @@ def stdlib_docstrings(max_chars: int | None = None) -> list[str]:
 
     Raises RuntimeError when this Python ships no source (some distributions install only ``.pyc``).
     """
-    if max_chars is not None and (isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1):
+    if max_chars is not None and (not is_int(max_chars) or max_chars < 1):
         raise ValueError(f"max_chars must be a positive int or None, got {max_chars!r}")
     docs = _read_docstrings(sysconfig.get_paths()["stdlib"])
     if max_chars is None:
@@ -128,13 +129,13 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         cap = self.docs_chars
-        if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+        if cap is not None and (not is_int(cap) or cap < 1):
             raise ValueError(f"docs_chars must be a positive int or None (all the text), got {cap!r}")
         if not _is_number(self.bracket_share) or not 0.0 <= self.bracket_share < 1.0:
             raise ValueError(f"bracket_share must be a number in [0, 1), got {self.bracket_share!r}")
         if not _is_number(self.held_out) or not 0.0 <= self.held_out <= 0.5:
             raise ValueError(f"held_out must be a number in [0, 0.5], got {self.held_out!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+        if not is_int(self.seed):
             raise ValueError(f"seed must be an int, got {self.seed!r}")
 
 

@@ -42,6 +42,7 @@ from aigc_book.capstone.chat import CHAT_GENERATION_CONFIG
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.corpus import Corpus, CorpusConfig, build_corpus
 from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
+from aigc_book.checks import is_int, is_number
 from aigc_book.files import atomic_write, replace_directory, sync_directory
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
@@ -123,14 +124,14 @@ class CapstoneConfig:
                 "conversations", "max_turns", "sft_steps", "pairs", "rm_steps", "eval_prompts")
         for name in ints + (("rl_steps",) if self.rl_steps is not None else ()):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         for name in ("pretrain_lr", "sft_lr", "rl_lr"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            if not is_number(value) or not 0 < value < math.inf:
                 raise ValueError(f"{name} must be a positive number, got {value!r}")
         ptx = self.sft_ptx_batch_size
-        if isinstance(ptx, bool) or not isinstance(ptx, int) or ptx < 0:
+        if not is_int(ptx) or ptx < 0:
             raise ValueError(f"sft_ptx_batch_size must be an int >= 0 (0: no pretraining text in fine-tuning), "
                              f"got {ptx!r}")
         if self.vocab_size < 256:

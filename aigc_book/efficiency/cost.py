@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from aigc_book.checks import is_int, is_number
+from aigc_book.checks import check_fraction, check_number, is_int
 from aigc_book.facts import ModelFacts, load_models, positive_number, read_table, training_flops_estimate
 
 __all__ = [
@@ -134,22 +134,6 @@ def _accelerator(name: str) -> Accelerator:
 # --------------------------------------------------------------------------------------------------
 
 
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
-    if not is_number(value):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        kind = "non-negative" if allow_zero else "positive"
-        raise ValueError(f"{name} must be a {kind}, finite number, got {value}")
-    return float(value)
-
-
-def _fraction(name: str, value: float) -> float:
-    value = _positive(name, value)
-    if value > 1:
-        raise ValueError(f"{name} is a fraction of the peak and must be in (0, 1], got {value}")
-    return value
-
-
 # --------------------------------------------------------------------------------------------------
 # Training: FLOPs, utilisation, time and money
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +164,8 @@ def implied_mfu(n_params: float, n_tokens: float, gpu_hours: float, peak_flops: 
     >>> f"{implied_mfu(65e9, 1.4e12, 1_022_362, 312e12):.3f}"   # LLaMA-65B on A100s
     '0.475'
     """
-    _positive("gpu_hours", gpu_hours)
-    _positive("peak_flops", peak_flops)
+    check_number("gpu_hours", gpu_hours)
+    check_number("peak_flops", peak_flops)
     return training_flops(n_params, n_tokens) / (gpu_hours * SECONDS_PER_HOUR * peak_flops)
 
 
@@ -196,14 +180,14 @@ def training_time_and_cost(
     "wall_clock_days", "cost"}``; the cost is the same whatever the number of accelerators, only
     the wall-clock time changes.
     """
-    _positive("flops", flops)
-    _positive("peak_flops", peak_flops)
+    check_number("flops", flops)
+    check_number("peak_flops", peak_flops)
     if not is_int(n_accelerators):
         raise TypeError(f"n_accelerators must be an int, got {type(n_accelerators).__name__}")
     if n_accelerators < 1:
         raise ValueError(f"n_accelerators must be at least 1, got {n_accelerators}")
-    _fraction("mfu", mfu)
-    _positive("price_per_hour", price_per_hour, allow_zero=True)
+    check_fraction("mfu", mfu)
+    check_number("price_per_hour", price_per_hour, inclusive=True)
     accelerator_hours = flops / (peak_flops * mfu) / SECONDS_PER_HOUR
     wall_clock_hours = accelerator_hours / n_accelerators
     return {
@@ -366,15 +350,15 @@ def decode_step_bounds(
     ``"memory"`` or ``"balanced"``), ``tokens_per_second`` (``batch / step_seconds``) and
     ``arithmetic_intensity`` (FLOPs per byte moved).
     """
-    _positive("n_params", n_params)
+    check_number("n_params", n_params)
     if not is_int(batch):
         raise TypeError(f"batch must be an int, got {type(batch).__name__}")
     if batch < 1:
         raise ValueError(f"batch must be at least 1, got {batch}")
-    _positive("bytes_per_param", bytes_per_param)
-    _positive("kv_bytes", kv_bytes, allow_zero=True)
-    _positive("peak_flops", peak_flops)
-    _positive("bandwidth", bandwidth)
+    check_number("bytes_per_param", bytes_per_param)
+    check_number("kv_bytes", kv_bytes, inclusive=True)
+    check_number("peak_flops", peak_flops)
+    check_number("bandwidth", bandwidth)
     flops = 2.0 * n_params * batch
     moved = n_params * bytes_per_param + kv_bytes
     compute_s, memory_s = flops / peak_flops, moved / bandwidth
@@ -413,11 +397,11 @@ def critical_batch(
     ``kv / bandwidth >= 2·N / peak`` the step stays memory-bound at every batch: returns ``inf``.
     The result is a real number; round up for a whole batch.
     """
-    _positive("n_params", n_params)
-    _positive("bytes_per_param", bytes_per_param)
-    _positive("peak_flops", peak_flops)
-    _positive("bandwidth", bandwidth)
-    _positive("kv_bytes_per_sequence", kv_bytes_per_sequence, allow_zero=True)
+    check_number("n_params", n_params)
+    check_number("bytes_per_param", bytes_per_param)
+    check_number("peak_flops", peak_flops)
+    check_number("bandwidth", bandwidth)
+    check_number("kv_bytes_per_sequence", kv_bytes_per_sequence, inclusive=True)
     extra_compute_per_sequence = 2.0 * n_params / peak_flops - kv_bytes_per_sequence / bandwidth
     if extra_compute_per_sequence <= 0:
         return math.inf
@@ -431,8 +415,8 @@ def cost_per_million_tokens(price_per_hour: float, tokens_per_second: float) -> 
     ``tokens_per_second`` its sustained output rate, e.g. ``decode_step_bounds(...)["tokens_per_second"]``.
     Prompt processing, idle time and margins are not included.
     """
-    _positive("price_per_hour", price_per_hour, allow_zero=True)
-    _positive("tokens_per_second", tokens_per_second)
+    check_number("price_per_hour", price_per_hour, inclusive=True)
+    check_number("tokens_per_second", tokens_per_second)
     return price_per_hour / SECONDS_PER_HOUR / tokens_per_second * 1e6
 
 

@@ -37,12 +37,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-from aigc_book.checks import check_number
+from aigc_book.checks import check_int, check_number, is_number
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.training.distributed import (
@@ -71,13 +70,6 @@ __all__ = [
 
 
 # ---- communication cost --------------------------------------------------------------------------
-def _check_count(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def allreduce_bytes_per_rank(n_params: int, bytes_per_element: float, world_size: int) -> float:
     """Bytes each process sends in a ring all-reduce of ``n_params`` numbers: ``2 (p-1)/p * N * b``.
 
@@ -88,9 +80,9 @@ def allreduce_bytes_per_rank(n_params: int, bytes_per_element: float, world_size
     >>> allreduce_bytes_per_rank(1_000_000, 4, 2), allreduce_bytes_per_rank(1_000_000, 4, 1)
     (4000000.0, 0.0)
     """
-    _check_count("n_params", n_params, 0)
+    check_int("n_params", n_params, 0)
     check_number("bytes_per_element", bytes_per_element)
-    _check_count("world_size", world_size, 1)
+    check_int("world_size", world_size, 1)
     return 2.0 * (world_size - 1) / world_size * n_params * bytes_per_element
 
 
@@ -106,7 +98,7 @@ def allreduce_seconds(n_params: int, bytes_per_element: float, world_size: int, 
     0.004
     """
     check_number("bandwidth_bytes_per_s", bandwidth_bytes_per_s)
-    if isinstance(latency_s, bool) or not isinstance(latency_s, (int, float)) or not (latency_s >= 0):
+    if not is_number(latency_s) or not (latency_s >= 0):
         raise ValueError(f"latency_s must be a number >= 0, got {latency_s!r}")
     sent = allreduce_bytes_per_rank(n_params, bytes_per_element, world_size)
     return sent / bandwidth_bytes_per_s + 2 * (world_size - 1) * latency_s
@@ -125,8 +117,8 @@ def measure_allreduce(numel: int, device: torch.device | str = "cpu", *, iters: 
     ``bytes_per_rank`` (what the ring formula says each rank sends) and ``bus_bandwidth``
     (``bytes_per_rank / seconds``, nccl-tests' "busbw": the number to give :func:`allreduce_seconds`).
     """
-    _check_count("numel", numel, 1)
-    _check_count("iters", iters, 1)
+    check_int("numel", numel, 1)
+    check_int("iters", iters, 1)
     if not dist.is_initialized():
         raise RuntimeError("measure_allreduce needs a process group: call it inside run_in_processes or torchrun")
     device = torch.device(device)
@@ -170,7 +162,7 @@ def run_in_processes(fn: Callable, world_size: int = 2, args: tuple = (), device
     process uses ``cores // world_size`` CPU threads. A failure in any process raises here with its
     traceback.
     """
-    _check_count("world_size", world_size, 1)
+    check_int("world_size", world_size, 1)
     if torch.device(device).type not in ("cpu", "cuda"):
         raise ValueError(f"device must be cpu or cuda, got {device!r}")
     import torch.multiprocessing as mp
@@ -366,14 +358,14 @@ def data_parallel_demo(world_size: int = 2, steps: int = 8, config=None, batch: 
     (measured), ``weights_identical`` and the settings. Default: a 2-layer, 32-wide GPT, about 10 s on
     a 2-core CPU, most of it starting the processes.
     """
-    _check_count("steps", steps, 2)
-    _check_count("rounds", rounds, 1)
-    _check_count("batch", batch, 1)
+    check_int("steps", steps, 2)
+    check_int("rounds", rounds, 1)
+    check_int("batch", batch, 1)
     args = (config, batch, steps, seed, rounds)
     return run_in_processes(data_parallel_steps, world_size, args=args, device=device)[0]
 
 
 def fsdp_demo(world_size: int = 2, config=None, steps: int = 1, device: str = "cpu") -> dict:
     """Start ``world_size`` processes and return rank 0's :func:`fsdp_matches_ddp` (a few seconds)."""
-    _check_count("steps", steps, 1)
+    check_int("steps", steps, 1)
     return run_in_processes(fsdp_matches_ddp, world_size, args=(config, 4, 0, steps), device=device)[0]

@@ -38,7 +38,8 @@ from torch.utils.flop_counter import (
     sdpa_flop_count,
 )
 
-from aigc_book.models.accounting import _check_config, _check_positive_int, flops_per_token, non_embedding_parameters
+from aigc_book.checks import check_int
+from aigc_book.models.accounting import _check_config, flops_per_token, non_embedding_parameters
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 
@@ -133,7 +134,7 @@ def six_n_ratio(
     grows linearly with the context ``T``. N is the non-embedding count unless ``n_params`` is given
     (e.g. ``175e9`` rounded for GPT-3, which includes its embeddings).
     """
-    n = non_embedding_parameters(config) if n_params is None else _check_positive_int("n_params", n_params)
+    n = non_embedding_parameters(config) if n_params is None else check_int("n_params", n_params)
     lens = list(seq_lens)
     if not lens:
         raise ValueError("seq_lens is empty: give at least one context length")
@@ -160,8 +161,8 @@ def causal_tile_fraction(seq_len: int, block_q: int = 128, block_k: int = 128) -
     are square and divide ``T``. The tile sizes vary by kernel and head size (128 x 128 and 64 x 64
     are common on GPUs; PyTorch's CPU kernel uses query tiles of 32 to 256 rows).
     """
-    t = _check_positive_int("seq_len", seq_len)
-    bq, bk = _check_positive_int("block_q", block_q), _check_positive_int("block_k", block_k)
+    t = check_int("seq_len", seq_len)
+    bq, bk = check_int("block_q", block_q), check_int("block_k", block_k)
     computed = 0
     for start in range(0, t, bq):
         end = min(start + bq, t)
@@ -185,7 +186,7 @@ def elementwise_flops_per_token(config: TransformerConfig, seq_len: int | None =
     magnitude, not a measurement.
     """
     _check_config(config)
-    t = config.block_size if seq_len is None else _check_positive_int("seq_len", seq_len)
+    t = config.block_size if seq_len is None else check_int("seq_len", seq_len)
     c, n_layer = config.n_embd, config.n_layer
     norm = LAYERNORM_PER_ELEMENT + 1 + int(config.bias)
     return {
@@ -255,10 +256,10 @@ def flops_differences(model: nn.Module, seq_len: int | None = None, batch: int =
     if not isinstance(model, GPT):
         raise TypeError(f"model must be an aigc_book GPT, got {type(model).__name__}")
     c = model.config
-    t = c.block_size if seq_len is None else _check_positive_int("seq_len", seq_len)
+    t = c.block_size if seq_len is None else check_int("seq_len", seq_len)
     if t > c.block_size:
         raise ValueError(f"seq_len {t} is longer than the model's context, block_size={c.block_size}")
-    b = _check_positive_int("batch", batch)
+    b = check_int("batch", batch)
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameter, so a training step computes no gradient")

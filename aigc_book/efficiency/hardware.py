@@ -57,7 +57,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from aigc_book.checks import is_int, is_number
+from aigc_book.checks import check_int, is_int, is_number
 from aigc_book.cpu_threads import check_cpu_load
 from aigc_book.efficiency.timing import time_call
 
@@ -95,12 +95,6 @@ def _dtype(dtype) -> torch.dtype:
     if isinstance(dtype, torch.dtype) and dtype in _DTYPES.values():
         return dtype
     raise ValueError(f"dtype must be one of {list(_DTYPES)} (a name or torch dtype), got {dtype!r}")
-
-
-def _positive_int(name: str, value) -> int:
-    if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 def _sync(device: torch.device) -> None:
@@ -146,7 +140,7 @@ def matmul_peak(device="cpu", dtype=torch.float32, n: int | None = None, repeats
     device, dtype = _device(device), _dtype(dtype)
     if n is None:
         n = 8192 if device.type == "cuda" else 1024
-    n = _positive_int("n", n)
+    n = check_int("n", n)
     g = torch.Generator(device=device).manual_seed(0)  # drawn where they live: 8192**2 numbers on CUDA
     a, b = (torch.randn(n, n, generator=g, device=device).to(dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
@@ -160,7 +154,7 @@ def memory_bandwidth(device="cpu", nbytes: int | None = None, repeats: int = 3, 
     last-level cache, or the cache's bandwidth is measured instead.
     """
     device = _device(device)
-    nbytes = _positive_int("nbytes", (2**30 if device.type == "cuda" else 2**27) if nbytes is None else nbytes)
+    nbytes = check_int("nbytes", (2**30 if device.type == "cuda" else 2**27) if nbytes is None else nbytes)
     src = torch.ones(max(1, nbytes // 4), device=device)  # ones, not empty: the pages are touched now
     dst = torch.empty_like(src)
     return 2 * src.numel() * src.element_size() / _timed(lambda: dst.copy_(src), device, repeats, min_seconds)
@@ -279,13 +273,13 @@ def roofline(device="cpu", dtype=torch.float32, sizes=(64, 256, 1024), matvec_n:
 
     device, dtype = _device(device), _dtype(dtype)
     cuda = device.type == "cuda"
-    matvec_n = _positive_int("matvec_n", matvec_n if matvec_n is not None else (16384 if cuda else 4096))
+    matvec_n = check_int("matvec_n", matvec_n if matvec_n is not None else (16384 if cuda else 4096))
     shape = shape if shape is not None else ((16384, 8192) if cuda else (2048, 4096))
     if len(shape) != 2:
         raise ValueError(f"shape must be (rows, cols), got {shape!r}")
     for name, value in [*(("sizes", s) for s in sizes), ("shape", shape[0]), ("shape", shape[1]),
                         ("train_batch", train_batch)]:
-        _positive_int(name, value)
+        check_int(name, value)
     rows = _primitive_rows(device, dtype, sizes, matvec_n, shape, repeats, min_seconds)
     config = gpt_config if gpt_config is not None else _default_gpt_config(device)
     torch.manual_seed(0)
@@ -413,7 +407,7 @@ def training_mfu(config, batch: int, device="cpu", steps: int = 3, dtype="float3
     torch_dtype = _dtype(dtype)
     if torch_dtype not in (torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
-    batch, steps = _positive_int("batch", batch), _positive_int("steps", steps)
+    batch, steps = check_int("batch", batch), check_int("steps", steps)
     warmup = (3 if compile else 1) if warmup is None else warmup
     if not is_int(warmup) or warmup < 0:
         raise ValueError(f"warmup must be an int >= 0, got {warmup!r}")
@@ -462,8 +456,8 @@ def decode_speed(model, device=None, batch: int = 1, new_tokens: int = 32, use_c
     beyond it the context slides and the cache is rebuilt at every step.
     """
     device = _device(device if device is not None else next(model.parameters()).device)
-    batch, new_tokens = _positive_int("batch", batch), _positive_int("new_tokens", new_tokens)
-    prompt_len = _positive_int("prompt_len", prompt_len)
+    batch, new_tokens = check_int("batch", batch), check_int("new_tokens", new_tokens)
+    prompt_len = check_int("prompt_len", prompt_len)
     g = torch.Generator(device="cpu").manual_seed(0)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=g).to(device)
     seconds = _timed(lambda: model.generate(prompt, new_tokens, temperature=0, use_cache=use_cache), device,

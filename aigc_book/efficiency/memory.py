@@ -41,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from aigc_book.checks import is_int
+from aigc_book.checks import check_int
 from aigc_book.models.transformer import TransformerConfig
 
 __all__ = [
@@ -345,13 +345,6 @@ OPTIMIZERS = ("adamw", "sgd", "sgd_momentum")
 STEP_COUNTER_BYTES = 4  # AdamW's per-tensor ``step`` is a float32 scalar
 
 
-def _check_count(name: str, value, minimum: int = 0) -> None:
-    if not is_int(value):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-
-
 def training_state_bytes(
     n_params: int,
     *,
@@ -375,8 +368,8 @@ def training_state_bytes(
     ``2 + 2 + 12 = 16`` bytes per parameter of ZeRO (Rajbhandari et al. 2020, arXiv:1910.02054, §3.1);
     plain float32 AdamW gives ``4 + 4 + 8 = 16`` as well.
     """
-    _check_count("n_params", n_params)
-    _check_count("n_param_tensors", n_param_tensors)
+    check_int("n_params", n_params, 0)
+    check_int("n_param_tensors", n_param_tensors, 0)
     for name, value in (("param_bytes", param_bytes), ("grad_bytes", grad_bytes)):
         if value not in (1, 2, 4, 8):
             raise ValueError(f"{name} must be 1, 2, 4 or 8 bytes per element, got {value!r}")
@@ -409,8 +402,8 @@ def _check_activation_args(config, batch, seq_len, bytes_per_element, autocast_b
     if config.dropout != 0.0:
         raise ValueError(f"the exact count is for dropout=0 (dropout saves masks, and on a CPU it makes the "
                          f"attention store its T x T weights); got dropout={config.dropout}")
-    _check_count("batch", batch, 1)
-    _check_count("seq_len", seq_len, 1)
+    check_int("batch", batch, 1)
+    check_int("seq_len", seq_len, 1)
     if seq_len > config.block_size:
         raise ValueError(f"seq_len={seq_len} is longer than the context, block_size={config.block_size}")
     if bytes_per_element not in (2, 4, 8):
@@ -535,7 +528,7 @@ def korthikanti_activation_bytes(seq_len: int, batch: int, hidden: int, heads: i
     """
     for name, value in (("seq_len", seq_len), ("batch", batch), ("hidden", hidden), ("heads", heads),
                         ("n_layer", n_layer)):
-        _check_count(name, value, 1)
+        check_int(name, value, 1)
     s, b, h, a = seq_len, batch, hidden, heads
     return n_layer * (34 * s * b * h + 5 * a * s * s * b)  # s b h * 5 a s / h = 5 a s^2 b, an integer
 
@@ -619,7 +612,7 @@ def kv_cache_bytes(n_layer: int, n_kv_head: int, head_dim: int, seq_len: int, ba
     """
     for name, value in (("n_layer", n_layer), ("n_kv_head", n_kv_head), ("head_dim", head_dim),
                         ("seq_len", seq_len), ("batch", batch), ("bytes_per_element", bytes_per_element)):
-        _check_count(name, value, 1)
+        check_int(name, value, 1)
     return 2 * n_layer * n_kv_head * head_dim * seq_len * batch * bytes_per_element
 
 
@@ -668,8 +661,8 @@ def lm_training_setup(config: TransformerConfig, batch: int, seq_len: int, devic
 
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-    _check_count("batch", batch, 1)
-    _check_count("seq_len", seq_len, 1)
+    check_int("batch", batch, 1)
+    check_int("seq_len", seq_len, 1)
     if seq_len > config.block_size:
         raise ValueError(f"seq_len={seq_len} is longer than the context, block_size={config.block_size}")
     device = torch.device("cpu" if device is None else device)

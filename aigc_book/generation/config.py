@@ -24,7 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aigc_book.checks import is_int, is_number
+from aigc_book.checks import check_int, is_int, is_number
 
 __all__ = [
     "FIELD_NAMES",
@@ -66,11 +66,6 @@ def check_min_p(min_p: float | None) -> None:
 def check_repetition_penalty(penalty: float | None) -> None:
     if penalty is not None and (not is_number(penalty) or not (math.isfinite(penalty) and penalty > 0)):
         raise ValueError(f"repetition_penalty must be a finite number > 0 (1 = no penalty) or None, got {penalty!r}")
-
-
-def _check_count(name: str, value, minimum: int) -> None:
-    if not is_int(value) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
 
 
 def _check_flag(name: str, value) -> None:
@@ -139,9 +134,9 @@ class GenerationConfig:
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None:
-            _check_count("max_new_tokens", self.max_new_tokens, 0)
+            check_int("max_new_tokens", self.max_new_tokens, 0)
         _check_flag("do_sample", self.do_sample)
-        _check_count("num_beams", self.num_beams, 1)
+        check_int("num_beams", self.num_beams, 1)
         _check_flag("use_cache", self.use_cache)
         check_temperature(self.temperature)
         check_top_k(self.top_k)
@@ -152,7 +147,7 @@ class GenerationConfig:
             raise ValueError(f"length_penalty must be a finite number, got {self.length_penalty!r}")
         if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        _check_count("num_return_sequences", self.num_return_sequences, 1)
+        check_int("num_return_sequences", self.num_return_sequences, 1)
         r, k = self.num_return_sequences, self.num_beams
         if k > 1 and r > k:
             raise ValueError(f"num_return_sequences={r} must be <= num_beams={k}: beam search returns its best beams")

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.cpu_threads import check_cpu_load
 from aigc_book.generation.config import FIELD_NAMES, GenerationConfig, resolve_generation_config
 from aigc_book.generation.search import generate
@@ -211,7 +212,7 @@ SPECULATIVE_FIELDS = ("max_new_tokens", "do_sample", "temperature")  # what spec
 
 def _check_args(target, draft, input_ids, config: GenerationConfig, k) -> None:
     config.required_max_new_tokens()
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if not is_int(k) or k < 1:
         raise ValueError(f"k must be an int >= 1, got {k!r}")
     default = GenerationConfig()
     unsupported = [f"{name}={getattr(config, name)!r}" for name in FIELD_NAMES - set(SPECULATIVE_FIELDS)
@@ -289,9 +290,9 @@ def _decode_row(target, draft, prompt, max_new_tokens, k, do_sample, temperature
 
 
 def _check_alpha_k(alpha: float, k: int) -> None:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
+    if not is_number(alpha) or not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be a probability in [0, 1], got {alpha!r}")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 0:
+    if not is_int(k) or k < 0:
         raise ValueError(f"k must be an int >= 0, got {k!r}")
 
 
@@ -310,7 +311,7 @@ def expected_speedup(alpha: float, k: int, cost_ratio: float) -> float:
 
     ``cost_ratio`` ``c``: time of one draft pass over time of one target pass.
     """
-    if isinstance(cost_ratio, bool) or not isinstance(cost_ratio, (int, float)) or not cost_ratio >= 0:
+    if not is_number(cost_ratio) or not cost_ratio >= 0:
         raise ValueError(f"cost_ratio must be a number >= 0, got {cost_ratio!r}")
     return expected_tokens_per_pass(alpha, k) / (k * cost_ratio + 1.0)
 

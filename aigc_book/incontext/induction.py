@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from aigc_book.checks import is_int
+from aigc_book.checks import check_int, is_int
 
 __all__ = [
     "RepeatBatch",
@@ -56,12 +56,6 @@ __all__ = [
     "train_induction",
     "phase_change_step",
 ]
-
-
-def _positive_int(name: str, value) -> int:
-    if not is_int(value) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,9 +104,9 @@ def repeated_tokens(batch_size: int, *, seq_len: int, segment_len: int, vocab_si
     The distance ``d = r - s`` is uniform on ``L .. T - L`` (a one-layer model could otherwise learn
     the most common offset instead of induction), then ``s`` is uniform on ``0 .. T - L - d``.
     """
-    _positive_int("batch_size", batch_size)
-    _positive_int("seq_len", seq_len)
-    _positive_int("vocab_size", vocab_size)
+    check_int("batch_size", batch_size)
+    check_int("seq_len", seq_len)
+    check_int("vocab_size", vocab_size)
     if not is_int(segment_len) or segment_len < 2:
         raise ValueError(f"segment_len must be an int >= 2 (one token to match, one to predict), got {segment_len!r}")
     if 2 * segment_len > seq_len:
@@ -353,10 +347,10 @@ def train_induction(model: nn.Module, *, steps: int, batch_size: int = 32, lr: f
             the caller's: seed before building it).
         progress: show a tqdm bar.
     """
-    _positive_int("steps", steps)
-    _positive_int("batch_size", batch_size)
-    _positive_int("eval_every", eval_every)
-    _positive_int("eval_batch_size", eval_batch_size)
+    check_int("steps", steps)
+    check_int("batch_size", batch_size)
+    check_int("eval_every", eval_every)
+    check_int("eval_batch_size", eval_batch_size)
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
     if not hasattr(model, "attention_maps") or not hasattr(getattr(model, "config", None), "vocab_size"):

@@ -9,8 +9,7 @@ three times that for training (hence ``C ≈ 6 N D``), N the non-embedding param
 
 from __future__ import annotations
 
-from numbers import Integral
-
+from aigc_book.checks import check_int
 from aigc_book.models.transformer import TransformerConfig
 
 __all__ = ["non_embedding_parameters", "flops_per_token"]
@@ -19,14 +18,6 @@ __all__ = ["non_embedding_parameters", "flops_per_token"]
 def _check_config(config) -> None:
     if not isinstance(config, TransformerConfig):
         raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise TypeError(f"{name} must be a positive int, got {type(value).__name__}")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 def non_embedding_parameters(config: TransformerConfig) -> int:
@@ -69,8 +60,8 @@ def flops_per_token(
     counter does not count them (see :func:`aigc_book.efficiency.flops.flops_differences`).
     """
     _check_config(config)
-    t = config.block_size if seq_len is None else _check_positive_int("seq_len", seq_len)
-    n = non_embedding_parameters(config) if n_params is None else _check_positive_int("n_params", n_params)
+    t = config.block_size if seq_len is None else check_int("seq_len", seq_len)
+    n = non_embedding_parameters(config) if n_params is None else check_int("n_params", n_params)
     attention = (4 if full_attention else 2) * config.n_layer * t * config.n_embd
     forward = 2 * n + attention + (2 * config.n_embd * config.vocab_size if output_layer else 0)
     return 3 * forward if training else forward

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from aigc_book.checks import is_int, is_number
+from aigc_book.checks import check_number, is_int
 from aigc_book.text.char_tokenizer import CharTokenizer
 
 __all__ = ["BigramLM", "count_bigrams"]
@@ -62,14 +62,6 @@ def count_bigrams(ids: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return torch.bincount(flat, minlength=vocab_size * vocab_size).view(vocab_size, vocab_size)
 
 
-def _check_k(k: object) -> float:
-    if not is_number(k):
-        raise TypeError(f"smoothing k must be a number, got {type(k).__name__}")
-    if not math.isfinite(k) or k < 0:
-        raise ValueError(f"smoothing k must be finite and >= 0, got {k}")
-    return float(k)
-
-
 @dataclass(frozen=True)
 class BigramLM:
     """A character bigram model: a vocabulary, a count table and an add-k smoothing constant.
@@ -91,7 +83,7 @@ class BigramLM:
             raise ValueError(f"counts must be a tensor of shape ({V}, {V})")
         if self.counts.dtype.is_floating_point or (self.counts < 0).any():
             raise ValueError("counts must be non-negative integers")
-        object.__setattr__(self, "k", _check_k(self.k))
+        object.__setattr__(self, "k", check_number("smoothing k", self.k, inclusive=True))
 
     @classmethod
     def from_text(cls, text: str, k: float = 1.0, vocab: CharTokenizer | None = None) -> BigramLM:
@@ -102,7 +94,7 @@ class BigramLM:
         text lacks: smoothing then gives those characters a small, non-zero probability.
         """
         _check_text(text, min_len=2)
-        k = _check_k(k)
+        k = check_number("smoothing k", k, inclusive=True)
         if vocab is None:
             vocab = CharTokenizer.train(text)
         ids = vocab.encode_tensor(text)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.layers.block import init_gpt2_weights
@@ -160,7 +161,7 @@ class GPT(PretrainedMixin, nn.Module):
         that config adds top-p, min-p, the repetition penalty, eos tokens and beam search.
         """
         check_token_ids(idx, self.config.vocab_size)  # a prompt longer than the context is cropped
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        if not is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature}")

@@ -25,6 +25,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.rlhf.reward_training import Reward, reward_scores
 from aigc_book.rlhf.rollouts import Responses, sample_responses
 from aigc_book.tasks.instructions import Instruction
@@ -36,7 +37,7 @@ ArrayLike = npt.ArrayLike | torch.Tensor
 
 
 def _check_n(n: object, name: str = "n") -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+    if not is_int(n) or n < 1:
         raise ValueError(f"{name} must be an int >= 1, got {n!r}")
     return int(n)
 
@@ -175,7 +176,7 @@ def best_of_n(policy: nn.Module, tokenizer: ChatTokenizer, prompts: Sequence[str
     the first sample wins. Returns one row per prompt, in the prompts' order.
     """
     n = _check_n(n)
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     if not isinstance(generator, torch.Generator):
         raise TypeError("pass a torch.Generator: sampling never draws from the global RNG")

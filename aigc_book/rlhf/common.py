@@ -10,6 +10,8 @@ import math
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
+
 __all__ = ["check_fields", "optimizer_step", "trainer_generators"]
 
 
@@ -18,7 +20,7 @@ def check_fields(config, *, positive_ints=(), positive=(), nonnegative=()) -> No
     (``positive_ints``), a finite number > 0 (``positive``) or a finite number >= 0 (``nonnegative``)."""
     for name in positive_ints:
         value = getattr(config, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if not is_int(value) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     for names, low, what in ((positive, 0, "> 0"), (nonnegative, None, ">= 0")):
         for name in names:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
+from aigc_book.checks import is_int
 from aigc_book.models.gpt import GPT
 from aigc_book.rlhf.common import check_fields, optimizer_step, trainer_generators
 from aigc_book.rlhf.losses import grpo_advantages, kl_estimates, masked_mean, ppo_policy_loss
@@ -51,7 +52,7 @@ class GRPOConfig:
     def __post_init__(self) -> None:
         check_fields(self, positive_ints=("prompts_per_step", "minibatch_size", "epochs", "max_new_tokens"),
                      positive=("lr", "clip_eps"), nonnegative=("kl_coef", "grad_clip"))
-        if isinstance(self.group_size, bool) or not isinstance(self.group_size, int) or self.group_size < 2:
+        if not is_int(self.group_size) or self.group_size < 2:
             raise ValueError(f"group_size must be an int >= 2 (a baseline needs two samples), got {self.group_size!r}")
         if (self.prompts_per_step * self.group_size) % self.minibatch_size:
             raise ValueError(f"prompts_per_step * group_size ({self.prompts_per_step * self.group_size}) must be a "

@@ -16,6 +16,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from aigc_book.checks import is_int
+
 __all__ = [
     "masked_mean",
     "whiten",
@@ -184,7 +186,7 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-4) -
     the baseline. A group whose responses all earn the same reward gets advantage 0 everywhere: it
     teaches nothing. The standard deviation is the unbiased one (``torch.std``, as ``trl``'s GRPO).
     """
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 2:
+    if not is_int(group_size) or group_size < 2:
         raise ValueError(f"group_size must be an int >= 2 (a baseline needs two samples), got {group_size!r}")
     if rewards.dim() != 1 or rewards.numel() % group_size:
         raise ValueError(f"rewards must be (prompts * group_size,) = a multiple of {group_size}, "

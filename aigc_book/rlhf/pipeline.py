@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from aigc_book.checks import is_int
 from aigc_book.models.gpt import GPT
 from aigc_book.rlhf.best_of_n import best_of_n, best_of_n_kl
 from aigc_book.rlhf.dpo import DPOConfig, train_dpo
@@ -154,7 +155,7 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFConfig | N
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+    if not is_int(steps) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     s = settings or RLHFConfig()
     say = log or (lambda message: None)

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.rlhf.rollouts import Responses, sample_responses
 from aigc_book.tasks.instructions import Instruction, score, well_formed
 from aigc_book.text.chat_tokenizer import ChatTokenizer
@@ -71,7 +72,7 @@ def gold_rewards(responses: Responses) -> torch.Tensor:
 
 
 def _real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if not is_number(value) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
 
@@ -221,7 +222,7 @@ class PreferencePairs:
 
     def split(self, n_first: int) -> tuple[PreferencePairs, PreferencePairs]:
         """``(first n_first pairs, the rest)``: e.g. a training set and a held-out set."""
-        if isinstance(n_first, bool) or not isinstance(n_first, int) or not 0 < n_first < len(self):
+        if not is_int(n_first) or not 0 < n_first < len(self):
             raise ValueError(f"n_first must be an int in [1, {len(self) - 1}] so both parts are non-empty, "
                              f"got {n_first!r}")
         return self.select(list(range(n_first))), self.select(list(range(n_first, len(self))))
@@ -249,7 +250,7 @@ def collect_preferences(policy: nn.Module, tokenizer: ChatTokenizer, prompts: Se
         raise TypeError(f"labelers must be a Labelers, got {type(labelers).__name__}")
     if not isinstance(generator, torch.Generator):
         raise TypeError("pass a torch.Generator: sampling and labels never draw from the global RNG")
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be an int >= 1, got {max_new_tokens!r}")
     prompts = list(prompts)
     if not prompts:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int, is_number
 from aigc_book.rlhf.losses import bradley_terry_loss
 from aigc_book.rlhf.preferences import PreferencePairs
 from aigc_book.rlhf.rollouts import Responses
@@ -64,10 +65,10 @@ class RewardConfig:
     def __post_init__(self) -> None:
         for name, low in (("steps", 1), ("batch_size", 1), ("eval_interval", 0)):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            if not is_int(value) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         lr = self.lr
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
+        if not is_number(lr) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
 
 
@@ -93,7 +94,7 @@ def reward_scores(reward: Reward, responses: Responses, *, batch_size: int = 256
     """
     if not isinstance(responses, Responses):
         raise TypeError(f"expected a Responses batch, got {type(responses).__name__}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if hasattr(reward, "score"):
         score = reward.score
@@ -212,7 +213,7 @@ def train_reward_model(reward_model: nn.Module, pairs: PreferencePairs, config: 
     c = config or RewardConfig()
     if not isinstance(c, RewardConfig):
         raise TypeError(f"config must be a RewardConfig, got {type(c).__name__}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if not is_int(seed):
         raise ValueError(f"seed must be an int, got {seed!r}")
     batch_size = c.batch_size
 

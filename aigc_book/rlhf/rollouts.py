@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.generation.config import GenerationConfig
 from aigc_book.generation.search import generate
 from aigc_book.tasks.instructions import Instruction
@@ -116,7 +117,7 @@ def sample_responses(model: nn.Module, tokenizer: ChatTokenizer, prompts, *, max
     model on the GPU).
     """
     prompts = [_prompt_text(p) for p in prompts]
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+    if not is_int(max_new_tokens) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     device = next(model.parameters()).device
     encoded = [tokenizer.encode_chat(p)[0] for p in prompts]

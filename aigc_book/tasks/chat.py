@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.tasks.instructions import Instruction, as_pair, check
 from aigc_book.text.chat_tokenizer import SpecialTokens
 from aigc_book.training.objectives import IGNORE
@@ -101,7 +102,7 @@ def sft_batch(data: SFTData, batch_size: int, generator: torch.Generator, *, tra
     ``<|end|>`` (so the model learns to stop). Columns that are padding in every row are cut off.
     Also returns ``prompt_mask`` and ``padding_mask`` aligned with ``idx``.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if generator is None:
         raise ValueError("pass a torch.Generator: batches never draw from the global RNG")

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aigc_book.checks import is_int
 from aigc_book.layers.block import LayerNorm, init_gpt2_weights
 from aigc_book.layers.checks import check_heads, check_token_ids
 from aigc_book.layers.cross_attention import DecoderBlock
@@ -81,13 +82,13 @@ class CaptionerConfig:
         for name in ("vocab_size", "image_size", "patch_size", "channels", "n_embd", "n_head", "n_enc_layer",
                      "n_dec_layer", "max_len"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"{type(self).__name__}.{name} must be a positive int, got {value!r}")
         check_patch_size(self.image_size, self.patch_size)
         check_heads(self.n_embd, self.n_head)
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"{type(self).__name__}.dropout must be in [0, 1), got {self.dropout!r}")
-        if isinstance(self.pad_id, bool) or not isinstance(self.pad_id, int) or not 0 <= self.pad_id < self.vocab_size:
+        if not is_int(self.pad_id) or not 0 <= self.pad_id < self.vocab_size:
             raise ValueError(f"{type(self).__name__}.pad_id must be a token id in [0, {self.vocab_size}), "
                              f"got {self.pad_id!r}")
 
@@ -164,12 +165,12 @@ class _CaptionModel(nn.Module):
         each step (no KV cache: for ~8-token captions that costs little).
         """
         c = self.config
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        if not is_int(max_new_tokens) or max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be a non-negative int, got {max_new_tokens!r}")
         if max_new_tokens > c.max_len:
             raise ValueError(f"max_new_tokens={max_new_tokens} needs prefixes longer than max_len={c.max_len}")
         for name, value in (("bos_id", bos_id), ("eos_id", eos_id)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+            if value is not None and (not is_int(value)
                                       or not 0 <= value < c.vocab_size):
                 raise ValueError(f"{name} must be a token id in [0, {c.vocab_size}), got {value!r}")
         was_training = self.training
