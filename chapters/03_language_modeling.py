@@ -31,7 +31,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.ngram import NGramLM
 from aigc_book.models.transformer import Transformer, TransformerConfig
@@ -99,7 +99,7 @@ N_VAL = 1_000  # validation sequences (fixed)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     n_train: int = 20_000  # training sequences of the language
     n_layer: int = 2  # every Transformer in the chapter: layers, heads, width
     n_head: int = 4
@@ -118,10 +118,7 @@ class Settings:
     obj_warmup: int = 50  # warm-up of the permutation-LM and span-corruption runs
     n_samples: int = 200  # sequences the GPT generates before and after training
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         n_train=100_000,
         n_layer=4,
         n_embd=128,
@@ -136,9 +133,11 @@ if device.type == "cuda":
         t5_iters=3000,
         obj_warmup=200,
     )
+
+
+settings = Settings.for_device(device)
 print(f"settings for {device.type}:")
-for name, value in asdict(settings).items():
-    print(f"  {name:<14}{value:>10,}" if isinstance(value, int) else f"  {name:<14}{value:>10g}")
+print(settings.table(number_width=10))
 
 # %% [markdown]
 # ## A language with a known floor

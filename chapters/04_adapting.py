@@ -28,14 +28,14 @@
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.text.languages import BracketLanguage
@@ -63,7 +63,7 @@ T = 48  # tokens after BOS in every pretraining sequence (chapter 3's language a
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     n_layer: int = 2  # the base GPT: layers, heads, width
     n_head: int = 4
     n_embd: int = 64
@@ -84,10 +84,7 @@ class Settings:
     icl_docs: int = 20_000  # few-shot: documents of demonstrations, pretraining steps
     icl_iters: int = 600
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         n_layer=4,
         n_embd=128,
         pretrain_seqs=100_000,
@@ -104,9 +101,11 @@ if device.type == "cuda":
         induction_iters=2000,
         icl_iters=2000,
     )
+
+
+settings = Settings.for_device(device)
 print(f"settings for {device.type}:")
-for name, value in asdict(settings).items():
-    print(f"  {name:<16}{value:>10,}" if isinstance(value, int) else f"  {name:<16}{value:>10g}")
+print(settings.table(name_width=16, number_width=10))
 
 # %% [markdown]
 # ## A base model to adapt

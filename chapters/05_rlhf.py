@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from IPython.display import HTML, Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.rlhf.ppo import PPOConfig
 from aigc_book.rlhf.sft_policy import PolicyRecipe
 
@@ -51,7 +51,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 
 # %%
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     recipe: PolicyRecipe = field(default_factory=PolicyRecipe)  # chapter 4's SFT model
     preference_prompts: int = 12_000  # prompts whose two sampled answers the labelers rank
     rm_pair_counts: tuple = (
@@ -71,10 +71,7 @@ class Settings:
     checker_ppo_steps: int = 150  # PPO on GRPO's reward, for the comparison
     max_new_tokens: int = 10
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         recipe=PolicyRecipe(
             n_layer=4,
             n_embd=128,
@@ -97,8 +94,10 @@ if device.type == "cuda":
         grpo_steps=600,
         checker_ppo_steps=600,
     )
-for name, value in asdict(settings).items():
-    print(f"  {name:<20}{value}")
+
+
+settings = Settings.for_device(device)
+print(settings.table(name_width=20))
 
 # %% [markdown]
 # ## The setting: a policy, a gold reward and labelers

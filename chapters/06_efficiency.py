@@ -23,13 +23,13 @@
 # %%
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 
@@ -52,7 +52,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 
 # %%
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     flop_shapes: tuple = (
         (2, 64, 4, 64),
         (4, 128, 4, 128),
@@ -80,10 +80,7 @@ class Settings:
     decode_batches: tuple = (1, 4, 16, 64)
     speculative_ks: tuple = (2, 4, 8)
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         mfu_shape=(24, 2048, 16, 1024),
         mfu_batch=8,
         mfu_vocab=50304,
@@ -96,8 +93,10 @@ if device.type == "cuda":
         target_steps=500,
         decode_batches=(1, 4, 16, 64, 256, 1024),
     )
-for name, value in asdict(settings).items():
-    print(f"  {name:<14}{value}")
+
+
+settings = Settings.for_device(device)
+print(settings.table())
 
 # %% [markdown]
 # ## Counting FLOPs
