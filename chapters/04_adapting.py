@@ -684,7 +684,7 @@ from aigc_book.tasks.chat import (
     instruction_accuracy,
     sft_batch,
 )
-from aigc_book.training.finetune import make_trainable
+from aigc_book.training.finetune import supervised_fine_tune
 
 chat_tok = ChatTokenizer()
 sft_train = instructions.sample_instructions(settings.sft_pairs, seed=6)
@@ -701,32 +701,24 @@ SFT_LR = {"full": 2e-3, "lora": 3e-3}
 
 
 def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
-    (
-        "The base model with the chat vocabulary, fine-tuned on the instructions; "
-        "returns (model, trainable)."
-    )
-    torch.manual_seed(seed)
+    """The base model with the chat vocabulary, fine-tuned on the instructions.
+
+    Returns (model, trainable parameter count)."""
+    torch.manual_seed(seed)  # LoRA's initial A matrices
     model = grow_vocabulary(copy.deepcopy(base).train(), chat_tok.vocab_size)
     # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
-    trainable, hooks = make_trainable(model, method, first_new_row=V)
-    cfg = TrainConfig(
-        max_iters=settings.sft_iters,
-        lr=SFT_LR[method],
-        warmup_iters=30,
-        seed=seed,
-        progress=False,
-        weight_decay=0.1 if method == "full" else 0.0,
-    )  # decay would shrink the frozen rows
-    trainer = Trainer(
+    trainable = supervised_fine_tune(
         model,
-        lambda split, g: sft_batch(sft_data, settings.batch, g, train_on_prompt=train_on_prompt),
-        causal_lm_loss,
-        cfg,
+        sft_data,
+        steps=settings.sft_iters,
+        lr=SFT_LR[method],
+        batch_size=settings.batch,
+        method=method,
+        first_new_row=V,
+        train_on_prompt=train_on_prompt,
+        seed=seed,
         device=device,
     )
-    trainer.train()
-    for hook in hooks:
-        hook.remove()
     return model, trainable
 
 

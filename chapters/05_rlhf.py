@@ -451,7 +451,7 @@ assert abs(k1.mean() - exact_kl) < 0.005 and abs(k3.mean() - exact_kl) < 0.005 a
 # the trainer calls back with its rollouts, and we grade them with the gold reward it never sees.
 
 # %%
-from aigc_book.rlhf.pipeline import evaluate, prompt_sampler
+from aigc_book.rlhf.pipeline import evaluate, prompt_sampler, run_steps
 from aigc_book.rlhf.ppo import PPOTrainer
 
 
@@ -484,8 +484,7 @@ def run_ppo(reward_model, steps, kl_coef, seed=0):
         seed=seed,
         callback=grade,
     )
-    for _ in range(steps):
-        trainer.step()
+    run_steps(trainer, steps)
     return policy, trace
 
 
@@ -939,8 +938,7 @@ trainer = PPOTrainer(
         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
     ),
 )
-for _ in range(settings.leash_steps):
-    trainer.step()
+run_steps(trainer, settings.leash_steps)
 tax = {
     "SFT": lm_loss(reference, bracket_val),
     "PPO, β = 0": lm_loss(leash_policies[0.0], bracket_val),
@@ -1213,8 +1211,7 @@ grpo = GRPOTrainer(
     ),
 )
 t0 = time.perf_counter()
-for _ in range(settings.grpo_steps):
-    grpo.step()
+run_steps(grpo, settings.grpo_steps)
 grpo_eval = evaluate(grpo_policy, reference, tok, held_out, reward_model=rm, **measure)
 grpo_rollouts = settings.grpo_steps * rl.grpo.prompts_per_step * rl.grpo.group_size
 print(
@@ -1242,8 +1239,7 @@ trainer = PPOTrainer(
         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
     ),
 )
-for _ in range(settings.checker_ppo_steps):
-    trainer.step()
+run_steps(trainer, settings.checker_ppo_steps)
 checker_eval = evaluate(ppo_checker, reference, tok, held_out, reward_model=rm, **measure)
 runs = {
     "GRPO, checker": (grpo_eval, grpo_rollouts),

@@ -24,8 +24,9 @@ from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import ChatTokenizer, encode_sft, grow_vocabulary, instruction_accuracy, sft_batch
+from aigc_book.tasks.chat import ChatTokenizer, encode_sft, grow_vocabulary, instruction_accuracy
 from aigc_book.text.languages import BracketLanguage
+from aigc_book.training.finetune import supervised_fine_tune
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch
 from aigc_book.training.trainer import TrainConfig, Trainer
 
@@ -94,9 +95,8 @@ def build_sft_policy(recipe: PolicyRecipe | None = None, *, seed: int = 0, devic
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)
-    Trainer(model, lambda split, g: sft_batch(data, r.batch, g), causal_lm_loss,
-            TrainConfig(max_iters=r.sft_iters, lr=r.sft_lr, warmup_iters=30, seed=seed, progress=progress),
-            device=device).train()
+    supervised_fine_tune(model, data, steps=r.sft_iters, lr=r.sft_lr, batch_size=r.batch, seed=seed, device=device,
+                         progress=progress)
     model.eval()
     accuracy = instruction_accuracy(model, tokenizer, instructions.sample_instructions(300, seed=seed + 7))
     return SFTPolicy(model, tokenizer, seqs, accuracy, time.perf_counter() - t0)
