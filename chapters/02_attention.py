@@ -1161,16 +1161,8 @@ display(
 
 
 # %%
-def kv_cache_bytes(
-    n_layer: int, n_kv_heads: int, head_dim: int, positions: int, batch: int, bytes_per: int
-) -> int:
-    """2 x layers x key/value heads x head dimension x positions x batch x bytes per number."""
-    return 2 * n_layer * n_kv_heads * head_dim * positions * batch * bytes_per
-
-
-def allocated_bytes(cache: KVCache) -> int:
-    return cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
-
+from aigc_book.efficiency.inference import kv_cache_bytes as allocated_bytes  # what a KVCache holds
+from aigc_book.efficiency.memory import kv_cache_bytes  # the formula above
 
 c = long_model.config
 ours = long_model.new_kv_cache(batch_size=1)  # n_kv_heads = n_head
