@@ -350,11 +350,15 @@ for r in rows:
         f"{r['name']:<24}{r['intensity']:>10.2f}{r['flops_per_s'] / 1e9:>18.1f}"
         f"{hardware.attainable_flops(r['intensity'], roof_peak, bandwidth_here) / 1e9:>18.1f}"
     )
+
+# %%
 fig, ax = plt.subplots(figsize=(7, 4.5))
 hardware.plot_roofline(
     ax, rows, roof_peak, bandwidth_here, title=f"The roofline of this machine ({device.type})"
 )
 plt.show()
+
+# %%
 by_op = {r["name"]: r for r in rows}
 decode_row = by_op["GPT decode step"]
 largest = max((r for r in rows if r["name"].startswith("matmul")), key=lambda r: r["flops"])
@@ -699,6 +703,8 @@ with_kv = [
     cost.decode_step_bounds(N70, B, kv_bytes=B * kv_seq, peak_flops=peak, bandwidth=bandwidth)
     for B in batches
 ]
+
+# %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
 ax.plot(batches, [r["tokens_per_second"] for r in weights_only], "o-", label="weights only")
 ax.plot(
@@ -715,6 +721,8 @@ ax.set_ylabel("tokens per second (upper bound)")
 ax.set_title("Llama 2 70B on two H100s: decoding is memory-bound")
 ax.legend()
 plt.show()
+
+# %%
 one = weights_only[0]
 fits = int(
     (gpus * h100.memory_gb * 1e9 - N70 * 2) // kv_seq

@@ -337,7 +337,7 @@ def train_and_score(model):
     predictions = [tok.decode(row.tolist()) for row in ids.cpu()]
     return predictions, shapes.caption_scores(predictions, test_scenes), seconds
 
-
+# %%
 torch.manual_seed(0)
 captioner = Captioner(cap_config).to(device)
 cross_predictions, cross_scores, cross_seconds = train_and_score(captioner)
@@ -482,6 +482,8 @@ print(
     f"attention on the named object's patches: {mean_own:.3f} (the other object's: "
     f"{mean_other:.3f}; spread evenly: {mean_uniform:.3f})"
 )
+
+# %%
 display(
     Markdown(
         "While predicting an object's colour and shape, the last layer put on average "
