@@ -1175,7 +1175,7 @@ for name, loss_fn in [("MLM + NSP", mlm_nsp_loss), ("MLM only", mlm_loss)]:
     Trainer(encoders[name], nsp_batches, loss_fn, enc_cfg, device=device).train()
     enc_seconds[name] = time.perf_counter() - t0
 
-
+# %%
 @torch.no_grad()
 def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
     (
@@ -1202,7 +1202,7 @@ def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
         "nsp_acc": nsp_correct / (100 * n_batches),
     }
 
-
+# %%
 mlm_results = {name: mlm_eval(m) for name, m in encoders.items()}
 for name, r in mlm_results.items():
     print(
@@ -1214,6 +1214,7 @@ assert (
 )  # NSP is learnable here: a random B usually breaks the brackets
 assert mlm_results["MLM only"]["nsp_acc"] < 0.6  # ... and an untrained NSP head is at chance
 
+# %%
 with_nsp, without_nsp = mlm_results["MLM + NSP"], mlm_results["MLM only"]
 diff_se = math.hypot(with_nsp["acc_se"], without_nsp["acc_se"])
 if without_nsp["acc"] - with_nsp["acc"] > 2 * diff_se:
@@ -1515,7 +1516,7 @@ seqs_p, pos_t = probe_seqs[rows_p], torch.tensor(pos_p)
 n_probe, ar = len(rows_p), torch.arange(len(rows_p))
 answer = seqs_p[ar, pos_t]
 
-
+# %%
 def pick_closer(logits_at_pos):  # (N, V) -> the most probable closer
     return closer_ids[logits_at_pos.float().cpu()[:, closer_ids].argmax(-1)]
 
@@ -1576,6 +1577,7 @@ with torch.no_grad():
     )  # we read the logits that predict the probed token
     probe["span corruption (T5)"] = pick_closer(out[ar, where_t])
 
+# %%
 chance = 1 / len(lang.close_ids)
 accuracy = {name: (pred == answer).float().mean().item() for name, pred in probe.items()}
 acc_se = {name: math.sqrt(a * (1 - a) / n_probe) for name, a in accuracy.items()}
