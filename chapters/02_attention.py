@@ -810,7 +810,7 @@ def residual_stream_std(n_layer: int, scaled: bool, batch: torch.Tensor) -> list
         h.remove()
     return [emb.std().item(), *stds]
 
-
+# %%
 probe = torch.randint(
     n_vocab, (8, config.block_size), generator=torch.Generator().manual_seed(0)
 ).to(device)
@@ -835,6 +835,7 @@ assert (
 )  # scaled: the end of the stream does not grow with depth
 assert growth > 2.5  # unscaled: it does
 
+# %%
 deep = DEPTHS[-1]
 fig, ax = plt.subplots(figsize=(7, 3.8))
 for scaled, style, label in (
