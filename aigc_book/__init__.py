@@ -8,8 +8,14 @@ does not wait for PyTorch before it can answer, or be interrupted.
 from importlib import import_module
 
 __version__ = "0.1.0"
-__all__ = ["autocast", "get_device", "seed_everything", "use_book_style", "__version__"]
-_EXPORTS = {"autocast": "runtime", "get_device": "runtime", "seed_everything": "runtime", "use_book_style": "plotting"}
+__all__ = ["ChapterSettings", "autocast", "get_device", "seed_everything", "use_book_style", "__version__"]
+_EXPORTS = {
+    "ChapterSettings": "runtime",
+    "autocast": "runtime",
+    "get_device": "runtime",
+    "seed_everything": "runtime",
+    "use_book_style": "plotting",
+}
 
 
 def __getattr__(name: str):

@@ -1,4 +1,4 @@
-"""Device choice, seeding and mixed precision: what every chapter needs first.
+"""Device choice, seeding, mixed precision and the settings cell: what every chapter needs first.
 
 Introduced in chapter 0, section "CPU or GPU".
 """
@@ -6,8 +6,13 @@ Introduced in chapter 0, section "CPU or GPU".
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import random
+import re
+import typing
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -97,3 +102,81 @@ def autocast(device: torch.device | str):
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+class ChapterSettings:
+    """Base of a chapter's settings cell: CPU values as the fields' defaults, GPU values in ``cuda``.
+
+    A chapter declares its knobs once, as a frozen dataclass whose defaults are the CPU values (those
+    behind the stored outputs), and names what a CUDA GPU changes in the class attribute ``cuda``::
+
+        @dataclass(frozen=True)
+        class Settings(ChapterSettings):
+            n_layer: int = 2
+            steps: int = 600
+            cuda = dict(n_layer=4, steps=3000)  # not annotated: a class attribute, not a field
+
+        settings = Settings.for_device(device)
+        print(settings.table())
+
+    A name in ``cuda`` that is not a field is an error when the class is defined, on every device,
+    so a misspelt GPU override does not wait for a GPU to be found.
+    """
+
+    cuda: ClassVar[Mapping[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if not isinstance(cls.cuda, Mapping):
+            kind = type(cls.cuda).__name__
+            raise TypeError(f"{cls.__name__}.cuda must be a dict of field names to values, got {kind}")
+        fields = _declared_fields(cls)
+        unknown = sorted(set(cls.cuda) - fields)
+        if unknown:
+            raise TypeError(
+                f"{cls.__name__}.cuda overrides {', '.join(map(repr, unknown))}, which "
+                f"{'is not a field' if len(unknown) == 1 else 'are not fields'} of {cls.__name__} "
+                f"(fields: {', '.join(sorted(fields))})"
+            )
+
+    @classmethod
+    def for_device(cls, device: torch.device | str):
+        """The defaults on a CPU or Apple MPS; the defaults with ``cls.cuda`` applied on a CUDA GPU."""
+        if torch.device(device).type == "cuda":
+            return dataclasses.replace(cls(), **cls.cuda)
+        return cls()
+
+    def table(self, *, name_width: int = 14, number_width: int | None = None) -> str:
+        """The settings one per line, ``"  name value"``, the name padded to ``name_width`` characters.
+
+        With ``number_width``, numbers are right-aligned in that many characters: integers with
+        thousands separators, floats in ``%g``. Nested dataclasses print as dicts.
+        """
+        lines = []
+        for name, value in dataclasses.asdict(self).items():
+            if number_width is not None and isinstance(value, int) and not isinstance(value, bool):
+                shown = f"{value:>{number_width},}"
+            elif number_width is not None and isinstance(value, float):
+                shown = f"{value:>{number_width}g}"
+            else:
+                shown = f"{value}"
+            lines.append(f"  {name:<{name_width}}{shown}")
+        return "\n".join(lines)
+
+
+def _declared_fields(cls: type) -> set[str]:
+    """The annotated names of ``cls`` and its bases, ``ClassVar`` ones left out (read before ``@dataclass`` runs)."""
+    names = set()
+    for klass in reversed(cls.__mro__):
+        for name, annotation in vars(klass).get("__annotations__", {}).items():
+            if _is_class_var(annotation):
+                names.discard(name)
+            else:
+                names.add(name)
+    return names
+
+
+def _is_class_var(annotation) -> bool:
+    if isinstance(annotation, str):  # under `from __future__ import annotations`
+        return re.match(r"^(typing\.)?ClassVar\b", annotation.strip()) is not None
+    return annotation is ClassVar or typing.get_origin(annotation) is ClassVar

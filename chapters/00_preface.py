@@ -91,11 +91,15 @@ print("AIGC_DEVICE is", repr(os.environ.get("AIGC_DEVICE", "")), "(empty: automa
 # What changes on a GPU is decided in one place per chapter. From chapter 1 on, each chapter has
 # one **{term}`settings cell`** right after its setup cell: every size, step count and sample count the
 # chapter uses is set there, with the CPU values first and, where a GPU allows more, larger values
-# under `if device.type == "cuda":`. The outputs stored in the notebooks — what the site shows and
-# what the tests compare — were produced with the CPU values, so a laptop reproduces what you read;
-# with CUDA the same cells run with the larger values, and their numbers and figures differ.
-# Chapter 1 only counts and samples, so its settings cell changes a single number on a GPU; the
-# chapters that train models (2 and 3) train larger models for more steps there.
+# beside them. The outputs stored in the notebooks — what the site shows and what the tests compare —
+# were produced with the CPU values, so a laptop reproduces what you read; with CUDA the same cells
+# run with the larger values, and their numbers and figures differ. Chapters 1 and 2 set a few
+# constants and change them under `if device.type == "cuda":` (chapter 1 only counts and samples,
+# so a GPU changes a single number there). From chapter 3 on, the settings are one frozen dataclass,
+# `Settings`, built on the package's `ChapterSettings`: its fields' defaults are the CPU values, its
+# class attribute `cuda` names what a GPU changes, and `Settings.for_device(device)` returns the one
+# or the other; `settings.table()` prints them. A name in `cuda` that is not a field is an error as
+# soon as the cell runs, on any device, so a misspelt GPU value does not wait for a GPU to be found.
 #
 # The package's `Trainer` computes each step's forward pass and loss inside
 # `aigc_book.autocast(device)`: {term}`bfloat16 autocast <mixed precision>` on CUDA, and nothing at all elsewhere, so that on
@@ -238,7 +242,7 @@ print(f"cross-entropy {nats:.4f} nats = {bits:.4f} bits per token, perplexity {m
 # * `get_device()` and `seed_everything()` start every chapter; outputs that could differ between
 #   machines are never what a test compares.
 # * Each chapter's knobs are in one settings cell: CPU values (which made the stored outputs), and
-#   larger values under `if device.type == "cuda":` where a GPU allows them.
+#   larger values where a GPU allows them (from chapter 3 on, `Settings.for_device(device)`).
 # * $V$ is attention's value matrix; the vocabulary is $\mathcal{V}$ and its size
 #   $\lvert\mathcal{V}\rvert$.
 #

@@ -130,6 +130,7 @@ modern_events = [  # months as given in the sources cited above
     (2022.91, 1, "ChatGPT\n(2022-11-30)"),
 ]
 
+# %%
 fig, (ax_early, ax_modern) = plt.subplots(
     1, 2, figsize=(11, 4.5), sharey=True, gridspec_kw={"width_ratios": [1, 3.0], "wspace": 0.06}
 )
@@ -369,6 +370,7 @@ torch_names_with_token = [n for n in dir(torch) + dir(torch.nn) if "tokeniz" in 
 print("names containing 'tokeniz' in torch and torch.nn:", torch_names_with_token)
 assert not torch_names_with_token
 
+# %%
 # Give the article's dataset a tokenizer that exists, and look at what it yields.
 article_dataset = seed_namespace["ShakespeareDataset"](
     train_text, SimpleNamespace(vocab=vocab.itos, encode=vocab.encode)
@@ -379,6 +381,7 @@ print(
 )
 assert article_batch.shape == (4,)  # four unrelated single tokens: no target to predict
 
+# %%
 # What this chapter counts: (previous, next) pairs. What the Transformer chapters train on:
 # windows and their shift.
 ids = vocab.encode_tensor(train_text)
@@ -605,6 +608,7 @@ assert (
     abs(ce_unigram - unigram_entropy) < 0.1
 )  # "close": the two parts use letters at similar rates
 
+# %%
 if ce_bigram < ce_bigram_train:
     train_vs_heldout = (
         f"Here the bigram model scores *better* on the held-out text ({ce_bigram:.4f} nats/char) "
@@ -972,7 +976,7 @@ def label_points(ax, points, panel):
         dx, dy, ha = LABEL_PLACES[panel].get(name, (5, 3, "left"))
         ax.annotate(name, (x, y), textcoords="offset points", xytext=(dx, dy), ha=ha, fontsize=7)
 
-
+# %%
 fig, axes = plt.subplots(3, 1, figsize=(7.5, 9), sharex=True)
 axes[0].semilogy([r.released_year for r in models], [r.params for r in models], "o", color="C0")
 label_points(axes[0], [(r.released_year, r.params, r.model) for r in models], "params")
@@ -1045,12 +1049,7 @@ display(
 # the map.
 
 # %%
-fig, ax = plt.subplots(figsize=(10, 5.2))
-ax.set_xlim(0, 10)
-ax.set_ylim(0, 5.2)
-ax.axis("off")
-
-
+# Drawing helpers for the concept map: a rounded box with text, and a labelled arrow, on `ax`.
 def box(x, y, text, color="#deebf7", w=2.6, h=1.0):
     ax.add_patch(
         FancyBboxPatch(
@@ -1078,6 +1077,11 @@ def arrow(start, end, text="", style="-|>", ls="-"):
         )
 
 
+# %%
+fig, ax = plt.subplots(figsize=(10, 5.2))
+ax.set_xlim(0, 10)
+ax.set_ylim(0, 5.2)
+ax.axis("off")
 box(1.5, 3.9, "AIGC / generative AI\ntext, images, audio, code")
 box(5.0, 3.9, "Large language model (LLM)\nlearns p(next token | text so far)")
 box(8.5, 3.9, "Pretraining\nnext-token prediction on\nweb-scale text (self-supervised)")

@@ -248,6 +248,7 @@ s_check = torch.randn(6, dtype=torch.float64, generator=gen)
 jac_autograd = torch.autograd.functional.jacobian(lambda s: torch.softmax(s, -1), s_check)
 assert torch.allclose(softmax_jacobian_norm(s_check), jac_autograd.norm(), atol=1e-12)
 
+# %%
 n_keys, n_queries = 32, 2_000
 max_weight = {"unscaled": [], "scaled": []}
 grad_norm = {"unscaled": [], "scaled": []}
@@ -262,6 +263,7 @@ for d in dims:
         max_weight[name].append(torch.softmax(s, -1).max(-1).values.mean().item())
         grad_norm[name].append(softmax_jacobian_norm(s).mean().item())
 
+# %%
 fig, axes = plt.subplots(1, 3, figsize=(14, 3.8), gridspec_kw={"wspace": 0.3})
 axes[0].loglog(dims, dot_var, "o-", label="q·k")
 axes[0].loglog(dims, scaled_var, "s-", label="q·k / √d_k")
@@ -292,6 +294,8 @@ fig.suptitle(
     y=1.03,
 )
 plt.show()
+
+# %%
 print("d_k                     :", " ".join(f"{d:6d}" for d in dims))
 for name in ("unscaled", "scaled"):
     print(f"largest weight, {name:<8}:", " ".join(f"{x:6.3f}" for x in max_weight[name]))
@@ -320,6 +324,8 @@ assert spread_from_16["gradient"][1] - spread_from_16["gradient"][0] < 0.02
 assert all(
     abs(v * d / 2 - 1) < 0.15 for v, d in zip(sq_len_var, dims)
 )  # Var(|q|^2 / d_k) = 2 / d_k
+
+# %%
 display(
     Markdown(
         f"Without the scale, the mean largest weight climbs from {max_weight['unscaled'][0]:.3f} "
@@ -804,7 +810,7 @@ def residual_stream_std(n_layer: int, scaled: bool, batch: torch.Tensor) -> list
         h.remove()
     return [emb.std().item(), *stds]
 
-
+# %%
 probe = torch.randint(
     n_vocab, (8, config.block_size), generator=torch.Generator().manual_seed(0)
 ).to(device)
@@ -829,6 +835,7 @@ assert (
 )  # scaled: the end of the stream does not grow with depth
 assert growth > 2.5  # unscaled: it does
 
+# %%
 deep = DEPTHS[-1]
 fig, ax = plt.subplots(figsize=(7, 3.8))
 for scaled, style, label in (
@@ -1161,16 +1168,8 @@ display(
 
 
 # %%
-def kv_cache_bytes(
-    n_layer: int, n_kv_heads: int, head_dim: int, positions: int, batch: int, bytes_per: int
-) -> int:
-    """2 x layers x key/value heads x head dimension x positions x batch x bytes per number."""
-    return 2 * n_layer * n_kv_heads * head_dim * positions * batch * bytes_per
-
-
-def allocated_bytes(cache: KVCache) -> int:
-    return cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
-
+from aigc_book.efficiency.inference import kv_cache_bytes as allocated_bytes  # what a KVCache holds
+from aigc_book.efficiency.memory import kv_cache_bytes  # the formula above
 
 c = long_model.config
 ours = long_model.new_kv_cache(batch_size=1)  # n_kv_heads = n_head
@@ -1506,7 +1505,7 @@ def unseen_contexts(n: int) -> float:
         len(val_text) - n + 1
     )
 
-
+# %%
 rows = [
     ("uniform guess", "none", math.log(n_vocab), ""),
     ("bigram, add-one (chapter 1)", "1 character", bigram_val, f"{unseen_contexts(2):.1%}"),
@@ -1539,6 +1538,7 @@ print(
     f"(held-out: {gpt_val:.3f})"
 )
 
+# %%
 fig, ax = plt.subplots(figsize=(8, 4))
 steps = np.array(history["step"])
 train_loss = np.array(history["train_loss"])
@@ -1562,6 +1562,8 @@ ax.set(
 )
 ax.legend(fontsize=8)
 plt.show()
+
+# %%
 smooth_steps = steps[window - 1 :]
 crossing = (
     smooth_steps[np.argmax(smooth < ngram_val[best_n])]

@@ -31,7 +31,7 @@ import math
 import re
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.ngram import NGramLM
 from aigc_book.models.transformer import Transformer, TransformerConfig
@@ -99,7 +99,7 @@ N_VAL = 1_000  # validation sequences (fixed)
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     n_train: int = 20_000  # training sequences of the language
     n_layer: int = 2  # every Transformer in the chapter: layers, heads, width
     n_head: int = 4
@@ -118,10 +118,7 @@ class Settings:
     obj_warmup: int = 50  # warm-up of the permutation-LM and span-corruption runs
     n_samples: int = 200  # sequences the GPT generates before and after training
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         n_train=100_000,
         n_layer=4,
         n_embd=128,
@@ -136,9 +133,11 @@ if device.type == "cuda":
         t5_iters=3000,
         obj_warmup=200,
     )
+
+
+settings = Settings.for_device(device)
 print(f"settings for {device.type}:")
-for name, value in asdict(settings).items():
-    print(f"  {name:<14}{value:>10,}" if isinstance(value, int) else f"  {name:<14}{value:>10g}")
+print(settings.table(number_width=10))
 
 # %% [markdown]
 # ## A language with a known floor
@@ -1176,7 +1175,7 @@ for name, loss_fn in [("MLM + NSP", mlm_nsp_loss), ("MLM only", mlm_loss)]:
     Trainer(encoders[name], nsp_batches, loss_fn, enc_cfg, device=device).train()
     enc_seconds[name] = time.perf_counter() - t0
 
-
+# %%
 @torch.no_grad()
 def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
     (
@@ -1203,7 +1202,7 @@ def mlm_eval(model, n_batches: int = 20) -> dict[str, float]:
         "nsp_acc": nsp_correct / (100 * n_batches),
     }
 
-
+# %%
 mlm_results = {name: mlm_eval(m) for name, m in encoders.items()}
 for name, r in mlm_results.items():
     print(
@@ -1215,6 +1214,7 @@ assert (
 )  # NSP is learnable here: a random B usually breaks the brackets
 assert mlm_results["MLM only"]["nsp_acc"] < 0.6  # ... and an untrained NSP head is at chance
 
+# %%
 with_nsp, without_nsp = mlm_results["MLM + NSP"], mlm_results["MLM only"]
 diff_se = math.hypot(with_nsp["acc_se"], without_nsp["acc_se"])
 if without_nsp["acc"] - with_nsp["acc"] > 2 * diff_se:
@@ -1516,7 +1516,7 @@ seqs_p, pos_t = probe_seqs[rows_p], torch.tensor(pos_p)
 n_probe, ar = len(rows_p), torch.arange(len(rows_p))
 answer = seqs_p[ar, pos_t]
 
-
+# %%
 def pick_closer(logits_at_pos):  # (N, V) -> the most probable closer
     return closer_ids[logits_at_pos.float().cpu()[:, closer_ids].argmax(-1)]
 
@@ -1577,6 +1577,7 @@ with torch.no_grad():
     )  # we read the logits that predict the probed token
     probe["span corruption (T5)"] = pick_closer(out[ar, where_t])
 
+# %%
 chance = 1 / len(lang.close_ids)
 accuracy = {name: (pred == answer).float().mean().item() for name, pred in probe.items()}
 acc_se = {name: math.sqrt(a * (1 - a) / n_probe) for name, a in accuracy.items()}

@@ -28,14 +28,14 @@
 import copy
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.text.languages import BracketLanguage
@@ -63,7 +63,7 @@ T = 48  # tokens after BOS in every pretraining sequence (chapter 3's language a
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     n_layer: int = 2  # the base GPT: layers, heads, width
     n_head: int = 4
     n_embd: int = 64
@@ -84,10 +84,7 @@ class Settings:
     icl_docs: int = 20_000  # few-shot: documents of demonstrations, pretraining steps
     icl_iters: int = 600
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         n_layer=4,
         n_embd=128,
         pretrain_seqs=100_000,
@@ -104,9 +101,11 @@ if device.type == "cuda":
         induction_iters=2000,
         icl_iters=2000,
     )
+
+
+settings = Settings.for_device(device)
 print(f"settings for {device.type}:")
-for name, value in asdict(settings).items():
-    print(f"  {name:<16}{value:>10,}" if isinstance(value, int) else f"  {name:<16}{value:>10g}")
+print(settings.table(name_width=16, number_width=10))
 
 # %% [markdown]
 # ## A base model to adapt
@@ -677,7 +676,7 @@ assert qa_scores["span_exact_match"] > 50, qa_scores
 # new rows (started at the mean of the old ones, Hewitt 2021), and the whole model is fine-tuned.
 
 # %%
-from aigc_book.adaptation.finetune import make_trainable
+from aigc_book.adaptation.finetune import supervised_fine_tune
 from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
 from aigc_book.text.chat_tokenizer import ChatTokenizer, format_chat
@@ -697,32 +696,24 @@ SFT_LR = {"full": 2e-3, "lora": 3e-3}
 
 
 def sft_model(train_on_prompt: bool, method: str = "full", seed: int = 0):
-    (
-        "The base model with the chat vocabulary, fine-tuned on the instructions; "
-        "returns (model, trainable)."
-    )
-    torch.manual_seed(seed)
+    """The base model with the chat vocabulary, fine-tuned on the instructions.
+
+    Returns (model, trainable parameter count)."""
+    torch.manual_seed(seed)  # LoRA's initial A matrices
     model = grow_vocabulary(copy.deepcopy(base).train(), chat_tok.vocab_size)
     # LoRA also trains the new special-token rows of the (tied) embedding, and nothing else of it
-    trainable, hooks = make_trainable(model, method, first_new_row=V)
-    cfg = TrainConfig(
+    trainable = supervised_fine_tune(
+        model,
+        sft_data,
         steps=settings.sft_iters,
         lr=SFT_LR[method],
-        warmup_steps=30,
+        batch_size=settings.batch,
+        method=method,
+        first_new_row=V,
+        train_on_prompt=train_on_prompt,
         seed=seed,
-        progress=False,
-        weight_decay=0.1 if method == "full" else 0.0,
-    )  # decay would shrink the frozen rows
-    trainer = Trainer(
-        model,
-        lambda split, g: sft_batch(sft_data, settings.batch, g, train_on_prompt=train_on_prompt),
-        causal_lm_loss,
-        cfg,
         device=device,
     )
-    trainer.train()
-    for hook in hooks:
-        hook.remove()
     return model, trainable
 
 

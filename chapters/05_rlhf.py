@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from IPython.display import HTML, Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.rlhf.ppo import PPOConfig
 from aigc_book.rlhf.sft_policy import PolicyConfig
 
@@ -51,7 +51,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 
 # %%
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     recipe: PolicyConfig = field(default_factory=PolicyConfig)  # chapter 4's SFT model
     preference_prompts: int = 12_000  # prompts whose two sampled answers the labelers rank
     rm_pair_counts: tuple = (
@@ -71,10 +71,7 @@ class Settings:
     checker_ppo_steps: int = 150  # PPO on GRPO's reward, for the comparison
     max_new_tokens: int = 10
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         recipe=PolicyConfig(
             n_layer=4,
             n_embd=128,
@@ -97,8 +94,10 @@ if device.type == "cuda":
         grpo_steps=600,
         checker_ppo_steps=600,
     )
-for name, value in asdict(settings).items():
-    print(f"  {name:<20}{value}")
+
+
+settings = Settings.for_device(device)
+print(settings.table(name_width=20))
 
 # %% [markdown]
 # ## The setting: a policy, a gold reward and labelers
@@ -450,7 +449,7 @@ assert abs(k1.mean() - exact_kl) < 0.005 and abs(k3.mean() - exact_kl) < 0.005 a
 # the trainer calls back with its rollouts, and we grade them with the gold reward it never sees.
 
 # %%
-from aigc_book.rlhf.pipeline import evaluate, prompt_sampler
+from aigc_book.rlhf.pipeline import evaluate, prompt_sampler, run_steps
 from aigc_book.rlhf.ppo import PPOTrainer
 
 
@@ -483,8 +482,7 @@ def run_ppo(reward_model, steps, kl_coef, seed=0):
         seed=seed,
         callback=grade,
     )
-    for _ in range(steps):
-        trainer.step()
+    run_steps(trainer, steps)
     return policy, trace
 
 
@@ -938,8 +936,7 @@ trainer = PPOTrainer(
         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
     ),
 )
-for _ in range(settings.leash_steps):
-    trainer.step()
+run_steps(trainer, settings.leash_steps)
 tax = {
     "SFT": lm_loss(reference, bracket_val),
     "PPO, β = 0": lm_loss(leash_policies[0.0], bracket_val),
@@ -1208,8 +1205,7 @@ grpo = GRPOTrainer(
     ),
 )
 t0 = time.perf_counter()
-for _ in range(settings.grpo_steps):
-    grpo.step()
+run_steps(grpo, settings.grpo_steps)
 grpo_eval = evaluate(grpo_policy, reference, tok, held_out, reward_model=rm, **measure)
 grpo_rollouts = settings.grpo_steps * rl.grpo.prompts_per_step * rl.grpo.group_size
 print(
@@ -1237,8 +1233,7 @@ trainer = PPOTrainer(
         {"gold": gold_rewards(responses).mean().item(), "kl": stats["kl"]}
     ),
 )
-for _ in range(settings.checker_ppo_steps):
-    trainer.step()
+run_steps(trainer, settings.checker_ppo_steps)
 checker_eval = evaluate(ppo_checker, reference, tok, held_out, reward_model=rm, **measure)
 runs = {
     "GRPO, checker": (grpo_eval, grpo_rollouts),

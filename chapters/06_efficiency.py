@@ -24,13 +24,13 @@
 # %%
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 
@@ -53,7 +53,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 
 # %%
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     flop_shapes: tuple = (
         (2, 64, 4, 64),
         (4, 128, 4, 128),
@@ -81,10 +81,7 @@ class Settings:
     decode_batches: tuple = (1, 4, 16, 64)
     speculative_ks: tuple = (2, 4, 8)
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         mfu_shape=(24, 2048, 16, 1024),
         mfu_batch=8,
         mfu_vocab=50304,
@@ -97,8 +94,10 @@ if device.type == "cuda":
         target_steps=500,
         decode_batches=(1, 4, 16, 64, 256, 1024),
     )
-for name, value in asdict(settings).items():
-    print(f"  {name:<14}{value}")
+
+
+settings = Settings.for_device(device)
+print(settings.table())
 
 # %% [markdown]
 # ## Counting FLOPs
@@ -352,11 +351,15 @@ for r in rows:
         f"{r['name']:<24}{r['intensity']:>10.2f}{r['flops_per_s'] / 1e9:>18.1f}"
         f"{hardware.attainable_flops(r['intensity'], roof_peak, bandwidth_here) / 1e9:>18.1f}"
     )
+
+# %%
 fig, ax = plt.subplots(figsize=(7, 4.5))
 hardware.plot_roofline(
     ax, rows, roof_peak, bandwidth_here, title=f"The roofline of this machine ({device.type})"
 )
 plt.show()
+
+# %%
 by_op = {r["name"]: r for r in rows}
 decode_row = by_op["GPT decode step"]
 largest = max((r for r in rows if r["name"].startswith("matmul")), key=lambda r: r["flops"])
@@ -701,6 +704,8 @@ with_kv = [
     cost.decode_step_bounds(N70, B, kv_bytes=B * kv_seq, peak_flops=peak, bandwidth=bandwidth)
     for B in batches
 ]
+
+# %%
 fig, ax = plt.subplots(figsize=(6.5, 4))
 ax.plot(batches, [r["tokens_per_second"] for r in weights_only], "o-", label="weights only")
 ax.plot(
@@ -717,6 +722,8 @@ ax.set_ylabel("tokens per second (upper bound)")
 ax.set_title("Llama 2 70B on two H100s: decoding is memory-bound")
 ax.legend()
 plt.show()
+
+# %%
 one = weights_only[0]
 fits = int(
     (gpus * h100.memory_gb * 1e9 - N70 * 2) // kv_seq

@@ -27,13 +27,13 @@
 
 # %%
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from aigc_book import get_device, seed_everything, use_book_style
+from aigc_book import ChapterSettings, get_device, seed_everything, use_book_style
 
 use_book_style()
 device = get_device()
@@ -52,7 +52,7 @@ print(f"PyTorch {torch.__version__}, device: {device}, threads: {torch.get_num_t
 
 # %%
 @dataclass(frozen=True)
-class Settings:
+class Settings(ChapterSettings):
     image_size: int = 32
     patch_size: int = 8  # 32 / 8: a 4 x 4 grid of 16 patches
     train_images: int = 12_000
@@ -65,10 +65,7 @@ class Settings:
     batch: int = 32
     lr: float = 3e-3
 
-
-settings = Settings()
-if device.type == "cuda":
-    settings = Settings(
+    cuda = dict(  # what a CUDA GPU changes (Settings.for_device)
         train_images=50_000,
         test_images=4_000,
         n_embd=128,
@@ -78,8 +75,10 @@ if device.type == "cuda":
         batch=128,
         lr=1e-3,
     )
-for name, value in asdict(settings).items():
-    print(f"  {name:<14}{value}")
+
+
+settings = Settings.for_device(device)
+print(settings.table())
 
 # %% [markdown]
 # ## Cross-attention
@@ -338,7 +337,7 @@ def train_and_score(model):
     predictions = [tok.decode(row.tolist()) for row in ids.cpu()]
     return predictions, shapes.caption_scores(predictions, test_scenes), seconds
 
-
+# %%
 torch.manual_seed(0)
 captioner = Captioner(cap_config).to(device)
 cross_predictions, cross_scores, cross_seconds = train_and_score(captioner)
@@ -483,6 +482,8 @@ print(
     f"attention on the named object's patches: {mean_own:.3f} (the other object's: "
     f"{mean_other:.3f}; spread evenly: {mean_uniform:.3f})"
 )
+
+# %%
 display(
     Markdown(
         "While predicting an object's colour and shape, the last layer put on average "

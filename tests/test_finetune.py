@@ -237,3 +237,29 @@ def test_library_refuses_bad_arguments_with_what_to_fix(base):
     with pytest.raises(ValueError, match="grow the model first"):
         ft.finetune(GPT(dataclasses.replace(model.config, vocab_size=5)), tok, PAIRS)
     assert not any(isinstance(m, LoRALinear) for m in model.modules())  # refused before anything changed
+
+
+def test_supervised_fine_tune_trains_lora_and_the_new_rows_only_and_removes_its_hooks():
+    """Chapter 4's SFT step (also build_sft_policy's): LoRA changes the special-token rows, not the
+    pretrained ones, and leaves no gradient hook behind; "full" counts every parameter."""
+    from aigc_book.models.transformer import TransformerConfig
+    from aigc_book.tasks.chat import encode_sft, grow_vocabulary
+    from aigc_book.tasks.instructions import sample_instructions
+
+    tok = ChatTokenizer()
+    data = encode_sft(tok, sample_instructions(40, seed=6), max_length=33)
+    first_new_row = 20
+    torch.manual_seed(0)
+    model = grow_vocabulary(GPT(TransformerConfig(vocab_size=first_new_row, block_size=32, n_layer=1, n_head=2,
+                                                  n_embd=16)), tok.vocab_size)
+    before = model.transformer.wte.weight.detach().clone()
+    trainable = ft.supervised_fine_tune(model, data, steps=5, lr=1e-2, batch_size=4, method="lora",
+                                        first_new_row=first_new_row)
+    after = model.transformer.wte.weight.detach()
+    assert torch.equal(after[:first_new_row], before[:first_new_row])
+    assert not torch.equal(after[first_new_row:], before[first_new_row:])
+    lora = sum(p.numel() for name, p in model.named_parameters() if "lora" in name)
+    assert lora > 0 and trainable == lora + (tok.vocab_size - first_new_row) * 16
+    assert not model.transformer.wte.weight._backward_hooks
+    full = GPT(TransformerConfig(vocab_size=tok.vocab_size, block_size=32, n_layer=1, n_head=2, n_embd=16))
+    assert ft.supervised_fine_tune(full, data, steps=2, lr=1e-3, batch_size=4) == full.num_parameters()

@@ -1,8 +1,10 @@
-"""Device choice, seeding and the plotting style (aigc_book.runtime, aigc_book.plotting)."""
+"""Device choice, seeding, chapter settings and the plotting style (aigc_book.runtime, aigc_book.plotting)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import FrozenInstanceError, dataclass, fields
+from typing import ClassVar
 
 import matplotlib as mpl
 import numpy as np
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from aigc_book import autocast, get_device, seed_everything, use_book_style
+from aigc_book.runtime import ChapterSettings
 
 
 def test_env_var_overrides_automatic_choice(monkeypatch):
@@ -79,3 +82,49 @@ def test_book_style_is_applied():
     use_book_style()
     assert mpl.rcParams["axes.grid"] is True
     assert mpl.rcParams["savefig.bbox"] == "tight"
+
+
+@dataclass(frozen=True)
+class _Settings(ChapterSettings):
+    n_layer: int = 2
+    lr: float = 3e-3
+    shape: tuple = (4, 128)
+    cuda = dict(n_layer=4, shape=(8, 512))
+
+
+def test_settings_for_device_applies_cuda_overrides_only_on_cuda():
+    assert _Settings.for_device("cpu") == _Settings()
+    assert _Settings.for_device(torch.device("mps")) == _Settings()
+    on_gpu = _Settings.for_device(torch.device("cuda:1"))  # only the device's type matters; nothing runs there
+    assert on_gpu == _Settings(n_layer=4, lr=3e-3, shape=(8, 512))
+    assert _Settings.cuda == {"n_layer": 4, "shape": (8, 512)}  # the class itself is not changed
+
+
+def test_settings_cuda_is_a_class_attribute_not_a_field():
+    assert [f.name for f in fields(_Settings)] == ["n_layer", "lr", "shape"]
+    with pytest.raises(FrozenInstanceError):
+        _Settings().n_layer = 3
+
+
+def test_settings_with_an_unknown_cuda_override_fail_when_the_class_is_defined():
+    with pytest.raises(TypeError, match=r"cuda overrides 'n_layers', which is not a field of Misspelt"):
+
+        @dataclass(frozen=True)
+        class Misspelt(ChapterSettings):
+            n_layer: int = 2
+            cuda = dict(n_layers=4)
+
+
+def test_settings_class_variables_are_not_overridable_fields():
+    with pytest.raises(TypeError, match="'limit'"):
+
+        @dataclass(frozen=True)
+        class WithClassVar(ChapterSettings):
+            limit: ClassVar[int] = 3
+            cuda = dict(limit=4)
+
+
+def test_settings_table_prints_one_line_per_field():
+    assert _Settings().table() == "  n_layer       2\n  lr            0.003\n  shape         (4, 128)"
+    numbers = _Settings(n_layer=20_000).table(name_width=8, number_width=8)
+    assert numbers == "  n_layer   20,000\n  lr         0.003\n  shape   (4, 128)"

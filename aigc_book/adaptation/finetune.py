@@ -58,7 +58,7 @@ from aigc_book.text.chat_tokenizer import BaseChatTokenizer, ChatTokenizer
 from aigc_book.text.load import load_tokenizer
 from aigc_book.text.tokenizer import TOKENIZER_FILE
 from aigc_book.training.checkpoint import interrupts_deferred
-from aigc_book.training.objectives import IGNORE
+from aigc_book.training.objectives import IGNORE, causal_lm_loss
 from aigc_book.training.trainer import TrainConfig, Trainer
 
 __all__ = [
@@ -71,6 +71,7 @@ __all__ = [
     "load_base",
     "check_pairs",
     "make_trainable",
+    "supervised_fine_tune",
     "sft_loss",
     "FinetuneResult",
     "finetune",
@@ -172,6 +173,33 @@ def make_trainable(model: GPT, method: str, *, first_new_row: int, lora_r: int =
         handles.append(weight.register_hook(lambda grad, keep=keep: grad * keep))  # (V, C) * (V, 1)
         trainable += (rows - first_new_row) * weight.size(1)
     return trainable, handles
+
+
+def supervised_fine_tune(model: GPT, data: SFTData, *, steps: int, lr: float, batch_size: int, method: str = "full",
+                         first_new_row: int = 0, train_on_prompt: bool = False, seed: int = 0, device=None,
+                         progress: bool = False) -> int:
+    """Chapter 4's supervised fine-tuning step on encoded conversations; returns the trainable parameter count.
+
+    ``model`` must already have the chat vocabulary (:func:`~aigc_book.tasks.chat.grow_vocabulary`).
+    :func:`make_trainable` chooses what trains (``first_new_row``: the first special-token row, for
+    LoRA), then the :class:`~aigc_book.training.trainer.Trainer` minimises the causal-LM loss on
+    :func:`~aigc_book.tasks.chat.sft_batch` batches (the response tokens, or every token with
+    ``train_on_prompt``): 30 warm-up steps, cosine decay, weight decay 0.1 for ``"full"`` and none
+    for ``"lora"`` (decay would shrink the frozen rows of the shared embedding). ``seed`` seeds the
+    batches; LoRA's initial ``A`` matrices come from the global RNG, so seed it first. The model is
+    left in training mode, with LoRA unmerged.
+    """
+    trainable, handles = make_trainable(model, method, first_new_row=first_new_row)
+    cfg = TrainConfig(steps=steps, lr=lr, warmup_steps=30, seed=seed, progress=progress,
+                      weight_decay=0.1 if method == "full" else 0.0)
+    trainer = Trainer(model, lambda split, g: sft_batch(data, batch_size, g, train_on_prompt=train_on_prompt),
+                      causal_lm_loss, cfg, device=device)
+    try:
+        trainer.train()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return trainable
 
 
 @torch.no_grad()

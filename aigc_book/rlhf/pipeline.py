@@ -42,7 +42,7 @@ from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.training.objectives import sequence_lm_batch
 
 __all__ = ["METHODS", "RLHFConfig", "prompt_sampler", "checker_reward", "evaluate", "Preferences",
-           "make_preferences", "fit_reward_model", "run_rlhf"]
+           "make_preferences", "fit_reward_model", "run_steps", "run_rlhf"]
 
 METHODS = ("ppo", "dpo", "grpo", "best-of-n")
 
@@ -182,12 +182,12 @@ def run_rlhf(method: str, *, steps: int, seed: int = 0, settings: RLHFConfig | N
         ptx = (lambda g: sequence_lm_batch(sft.pretrain_seqs, s.ptx_batch_size, g)) if s.ppo.ptx_coef > 0 else None
         trainer = PPOTrainer(policy, reference, tok, rm.score, prompt_sampler(s.instruction_config), s.ppo,
                              ptx_batch_fn=ptx, seed=seed)
-        _loop(trainer, steps, progress)
+        run_steps(trainer, steps, progress=progress)
         after = evaluate(policy, reference, tok, held_out, reward_model=rm, **measure)
     elif method == "grpo":
         trainer = GRPOTrainer(policy, reference, tok, checker_reward, prompt_sampler(s.instruction_config), s.grpo,
                               seed=seed)
-        _loop(trainer, steps, progress)
+        run_steps(trainer, steps, progress=progress)
         after = evaluate(policy, reference, tok, held_out, **measure)
     elif method == "dpo":
         train_dpo(policy, reference, prefs.train, dataclasses.replace(s.dpo, steps=steps), seed=seed,
@@ -214,7 +214,12 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
-def _loop(trainer, steps: int, progress: bool) -> None:
+def run_steps(trainer, steps: int, *, progress: bool = False) -> None:
+    """Call ``trainer.step()`` ``steps`` times (a PPO or GRPO trainer), stopping at a non-finite statistic.
+
+    A ``FloatingPointError`` names the step and its statistics; ``progress`` shows a bar with the
+    step's mean score and KL. The trainer's callback, if any, sees every step as usual.
+    """
     from tqdm.auto import tqdm
 
     bar = tqdm(range(steps), disable=not progress, desc=type(trainer).__name__.replace("Trainer", ""))

@@ -20,12 +20,13 @@ from dataclasses import dataclass
 
 import torch
 
+from aigc_book.adaptation.finetune import supervised_fine_tune
 from aigc_book.models.gpt import GPT
 from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
+from aigc_book.tasks.chat import encode_sft, instruction_accuracy
 from aigc_book.tasks.instructions import CHARS
 from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
@@ -106,9 +107,8 @@ def build_sft_policy(config: PolicyConfig | None = None, *, seed: int = 0, devic
     grow_vocabulary(model, tokenizer.vocab_size)
     data = encode_sft(tokenizer, instructions.sample_instructions(r.sft_pairs, seed=seed + 6),
                       max_length=config.block_size + 1)
-    Trainer(model, lambda split, g: sft_batch(data, r.batch_size, g), causal_lm_loss,
-            TrainConfig(steps=r.sft_steps, lr=r.sft_lr, warmup_steps=30, seed=seed, progress=progress),
-            device=device).train()
+    supervised_fine_tune(model, data, steps=r.sft_steps, lr=r.sft_lr, batch_size=r.batch_size, seed=seed, device=device,
+                         progress=progress)
     model.eval()
     accuracy = instruction_accuracy(model, tokenizer, instructions.sample_instructions(300, seed=seed + 7))
     return SFTPolicy(model, tokenizer, seqs, accuracy, time.perf_counter() - t0)
