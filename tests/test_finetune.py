@@ -243,10 +243,11 @@ def test_supervised_fine_tune_trains_lora_and_the_new_rows_only_and_removes_its_
     """Chapter 4's SFT step (also build_sft_policy's): LoRA changes the special-token rows, not the
     pretrained ones, and leaves no gradient hook behind; "full" counts every parameter."""
     from aigc_book.models.transformer import TransformerConfig
-    from aigc_book.tasks.chat import encode_sft, grow_vocabulary
+    from aigc_book.models.surgery import grow_vocabulary
+    from aigc_book.tasks.chat import encode_sft
     from aigc_book.tasks.instructions import sample_instructions
 
-    tok = ChatTokenizer()
+    tok = ChatTokenizer(CHARS)
     data = encode_sft(tok, sample_instructions(40, seed=6), max_length=33)
     first_new_row = 20
     torch.manual_seed(0)
