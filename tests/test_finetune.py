@@ -242,8 +242,8 @@ def test_library_refuses_bad_arguments_with_what_to_fix(base):
 def test_supervised_fine_tune_trains_lora_and_the_new_rows_only_and_removes_its_hooks():
     """Chapter 4's SFT step (also build_sft_policy's): LoRA changes the special-token rows, not the
     pretrained ones, and leaves no gradient hook behind; "full" counts every parameter."""
-    from aigc_book.models.transformer import TransformerConfig
     from aigc_book.models.surgery import grow_vocabulary
+    from aigc_book.models.transformer import TransformerConfig
     from aigc_book.tasks.chat import encode_sft
     from aigc_book.tasks.instructions import sample_instructions
 
