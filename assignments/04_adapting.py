@@ -48,13 +48,13 @@ from aigc_book.incontext.induction import phase_change_step, repeated_tokens, tr
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import encode_sft, sft_batch
 from aigc_book.tasks.classification import (
     SequenceClassifier,
     classification_accuracy,
     classification_loss,
     make_classification_data,
 )
+from aigc_book.tasks.sft import encode_sft, sft_batch
 from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.evaluation import lm_loss

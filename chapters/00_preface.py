@@ -182,7 +182,7 @@ print(first.tolist())
 # | 5 | Learning from human feedback | `rlhf.*` (losses, rollouts, heads, preferences, reward training, best-of-n, PPO, DPO, GRPO, over-optimisation fits, the SFT policy, the pipeline behind `rlhf`), `commands.rlhf` |
 # | 6 | Quantifying efficiency | `efficiency.flops`, `efficiency.hardware`, `efficiency.measure`, `efficiency.memory`, `efficiency.checkpointing`, `efficiency.inference`, `efficiency.cost`, `generation.speculative`, `efficiency.data_parallel`, `training.distributed`, `productivity`, `commands.measure` |
 # | 7 | Beyond text | `layers.cross_attention`, `vision.shapes`, `vision.patches`, `vision.captioner` |
-# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.conversations`, `capstone.measures`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `commands.tiny_chatgpt`, `commands.chat` |
+# | 8 | Capstone: your own tiny ChatGPT | `capstone.corpus`, `capstone.conversations`, `capstone.scoring`, `capstone.pipeline`, `capstone.report`, `capstone.chat`, `commands.tiny_chatgpt`, `commands.chat` |
 #
 # The subpackages show the architecture: `layers` holds the building blocks, `models` the whole
 # models and how they are saved, `text` the corpora and tokenizers, `training` the objectives, the

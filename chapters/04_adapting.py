@@ -678,7 +678,7 @@ assert qa_scores["span_exact_match"] > 50, qa_scores
 # %%
 from aigc_book.adaptation.finetune import supervised_fine_tune
 from aigc_book.models.surgery import grow_vocabulary
-from aigc_book.tasks.chat import encode_sft, instruction_accuracy, sft_batch
+from aigc_book.tasks.sft import encode_sft, instruction_accuracy, sft_batch
 from aigc_book.text.chat_tokenizer import ChatTokenizer, format_chat
 
 chat_tok = ChatTokenizer(instructions.CHARS)
@@ -751,7 +751,7 @@ display(Markdown("\n".join(table)))
 # Here are a few of the fully fine-tuned, response-only model's answers:
 
 # %%
-from aigc_book.tasks.chat import generate_responses
+from aigc_book.tasks.sft import generate_responses
 
 shown = sft_val[:8]
 for item, response in zip(shown, generate_responses(chat_model, chat_tok, shown)):

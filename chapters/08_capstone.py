@@ -69,7 +69,7 @@ if device.type == "cuda":
     settings = CapstoneConfig.for_device(device)
 RUN = Path(tempfile.mkdtemp(prefix="tiny-chatgpt-"))  # every stage's output, and the report card
 for name, value in asdict(settings).items():
-    print(f"  {name:<15}{value}")
+    print(f"  {name:<19}{value}")
 print(f"output directory: {RUN}")
 
 # %% [markdown]
@@ -217,7 +217,7 @@ display(
 # (Witten–Bell smoothing), over bytes, fitted on the same training text.
 
 # %%
-from aigc_book.capstone.measures import bits_per_byte
+from aigc_book.capstone.scoring import bits_per_byte
 
 stages = run_until("pretrained")
 p = stages["pretrained"]
@@ -291,7 +291,7 @@ display(
 # %%
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import sft_batch
+from aigc_book.tasks.sft import sft_batch
 
 example = sample_conversations(1, seed=5, max_turns=3)[0]
 data = encode_conversations(tok, [example])

@@ -12,14 +12,14 @@ from aigc_book import cli, files
 from aigc_book.capstone import pipeline
 from aigc_book.capstone.chat import ChatSession, load_chat_model
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
-from aigc_book.capstone.measures import FlopMeter, bits_per_byte, ngram_bits_per_byte
 from aigc_book.capstone.pipeline import STAGES, CapstoneConfig, StageMismatchError, run_pipeline
+from aigc_book.capstone.scoring import FlopMeter, bits_per_byte, ngram_bits_per_byte
 from aigc_book.efficiency.flops import count_flops
 from aigc_book.generation import GenerationConfig
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import sft_batch
+from aigc_book.tasks.sft import sft_batch
 from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 
 pytestmark = pytest.mark.usefixtures("one_cpu_thread")

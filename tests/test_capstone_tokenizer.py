@@ -11,8 +11,8 @@ from aigc_book.capstone.chat import CHAT_MODEL_TOKENIZERS
 from aigc_book.models.gpt import GPT
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.rollouts import sample_responses
-from aigc_book.tasks.chat import encode_sft, generate_responses, sft_batch
 from aigc_book.tasks.instructions import CHARS
+from aigc_book.tasks.sft import encode_sft, generate_responses, sft_batch
 from aigc_book.text.bpe import DIGIT_SPLIT_PATTERN, GPT2_SPLIT_PATTERN, ByteBPE
 from aigc_book.text.char_tokenizer import CharTokenizer
 from aigc_book.text.chat_tokenizer import SPECIALS, BPEChatTokenizer, ChatTokenizer, format_chat

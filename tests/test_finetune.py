@@ -244,8 +244,8 @@ def test_supervised_fine_tune_trains_lora_and_the_new_rows_only_and_removes_its_
     pretrained ones, and leaves no gradient hook behind; "full" counts every parameter."""
     from aigc_book.models.surgery import grow_vocabulary
     from aigc_book.models.transformer import TransformerConfig
-    from aigc_book.tasks.chat import encode_sft
     from aigc_book.tasks.instructions import sample_instructions
+    from aigc_book.tasks.sft import encode_sft
 
     tok = ChatTokenizer(CHARS)
     data = encode_sft(tok, sample_instructions(40, seed=6), max_length=33)

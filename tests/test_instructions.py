@@ -10,7 +10,6 @@ from torch import nn
 from aigc_book.models.gpt import GPT
 from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
-from aigc_book.tasks.chat import encode_sft, generate_responses, instruction_accuracy, sft_batch
 from aigc_book.tasks.instructions import (
     CHARS,
     KINDS,
@@ -24,6 +23,7 @@ from aigc_book.tasks.instructions import (
     well_formed,
     write_jsonl,
 )
+from aigc_book.tasks.sft import encode_sft, generate_responses, instruction_accuracy, sft_batch
 from aigc_book.text.chat_tokenizer import END, USER, ChatTokenizer, format_chat
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import IGNORE, causal_lm_loss

@@ -18,7 +18,7 @@ Introduced in chapter 4, section "Instruction following". Four steps, each a pie
 
    .. math:: \mathcal{L} = -\frac{1}{|R|} \sum_{t \in R} \log p_\theta(x_{t} \mid x_{<t}),
 
-   :math:`R` the response positions of the batch (:func:`~aigc_book.tasks.chat.sft_batch`). The
+   :math:`R` the response positions of the batch (:func:`~aigc_book.tasks.sft.sft_batch`). The
    :class:`~aigc_book.training.trainer.Trainer` runs it (warm-up, cosine decay, gradient clipping at
    1, AdamW *without* weight decay: decay pulls weights towards zero, not towards the pretrained ones,
    and would shrink the frozen rows of the shared embedding under LoRA).
@@ -52,8 +52,8 @@ from aigc_book.files import finish_interrupted_swap, replace_directory, sync_dir
 from aigc_book.models.gpt import GPT
 from aigc_book.models.io import CONFIG_FILE, MODEL_FILE, CheckpointError, save_model
 from aigc_book.models.surgery import grow_vocabulary
-from aigc_book.tasks.chat import SFTData, encode_sft, sft_batch
 from aigc_book.tasks.instructions import as_pair
+from aigc_book.tasks.sft import SFTData, encode_sft, sft_batch
 from aigc_book.text.chat_tokenizer import BaseChatTokenizer, ChatTokenizer
 from aigc_book.text.load import load_tokenizer
 from aigc_book.text.tokenizer import TOKENIZER_FILE
@@ -180,10 +180,10 @@ def supervised_fine_tune(model: GPT, data: SFTData, *, steps: int, lr: float, ba
                          progress: bool = False) -> int:
     """Chapter 4's supervised fine-tuning step on encoded conversations; returns the trainable parameter count.
 
-    ``model`` must already have the chat vocabulary (:func:`~aigc_book.tasks.chat.grow_vocabulary`).
+    ``model`` must already have the chat vocabulary (:func:`~aigc_book.tasks.sft.grow_vocabulary`).
     :func:`make_trainable` chooses what trains (``first_new_row``: the first special-token row, for
     LoRA), then the :class:`~aigc_book.training.trainer.Trainer` minimises the causal-LM loss on
-    :func:`~aigc_book.tasks.chat.sft_batch` batches (the response tokens, or every token with
+    :func:`~aigc_book.tasks.sft.sft_batch` batches (the response tokens, or every token with
     ``train_on_prompt``): 30 warm-up steps, cosine decay, weight decay 0.1 for ``"full"`` and none
     for ``"lora"`` (decay would shrink the frozen rows of the shared embedding). ``seed`` seeds the
     batches; LoRA's initial ``A`` matrices come from the global RNG, so seed it first. The model is
@@ -205,7 +205,7 @@ def supervised_fine_tune(model: GPT, data: SFTData, *, steps: int, lr: float, ba
 @torch.no_grad()
 def sft_loss(model: nn.Module, data: SFTData, *, batch_size: int = 64) -> float:
     """Mean cross-entropy per response token over *all* of ``data`` (eval mode; same targets as
-    :func:`~aigc_book.tasks.chat.sft_batch`): the number the summary reports before and after."""
+    :func:`~aigc_book.tasks.sft.sft_batch`): the number the summary reports before and after."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device

@@ -1,7 +1,7 @@
 """Talk to a chat model: a multi-turn session, a terminal chat and a Jupyter chat widget.
 
 Introduced in chapter 8, section "Talking to it". A conversation is the chat template of
-:mod:`aigc_book.tasks.chat` repeated turn after turn::
+:mod:`aigc_book.tasks.sft` repeated turn after turn::
 
     <|user|>m1<|end|><|assistant|>r1<|end|><|user|>m2<|end|><|assistant|>
 

@@ -8,8 +8,8 @@ conversation, so here an example holds one to ``max_turns`` exchanges in the cha
 
 and the loss falls on every assistant response (and its closing ``<|end|>``), never on the user's
 turns — the masking InstructGPT's supervised stage and chat fine-tuning use (Ouyang et al. 2022,
-arXiv:2203.02155). The result is chapter 4's :class:`~aigc_book.tasks.chat.SFTData`, so
-:func:`~aigc_book.tasks.chat.sft_batch` draws batches from it unchanged: its ``prompt_mask`` is True
+arXiv:2203.02155). The result is chapter 4's :class:`~aigc_book.tasks.sft.SFTData`, so
+:func:`~aigc_book.tasks.sft.sft_batch` draws batches from it unchanged: its ``prompt_mask`` is True
 on every token that is not part of a response.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from aigc_book.checks import is_int
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import SFTData, pad_sft
+from aigc_book.tasks.sft import SFTData, pad_sft
 
 __all__ = ["sample_conversations", "encode_conversations"]
 

@@ -41,7 +41,7 @@ import torch
 from aigc_book.capstone.chat import CHAT_GENERATION_CONFIG
 from aigc_book.capstone.conversations import encode_conversations, sample_conversations
 from aigc_book.capstone.corpus import Corpus, CorpusConfig, build_corpus
-from aigc_book.capstone.measures import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
+from aigc_book.capstone.scoring import FlopMeter, accuracy_by_kind, bits_per_byte, ngram_bits_per_byte
 from aigc_book.checks import is_int, is_number
 from aigc_book.files import atomic_write, replace_directory, sync_directory
 from aigc_book.models.gpt import GPT
@@ -54,7 +54,7 @@ from aigc_book.rlhf.reward_training import RewardConfig
 from aigc_book.rlhf.sft_policy import SFTPolicy
 from aigc_book.runtime import seed_everything
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import generate_responses, sft_batch
+from aigc_book.tasks.sft import generate_responses, sft_batch
 from aigc_book.text.chat_tokenizer import BPEChatTokenizer
 from aigc_book.text.tokenizer import TOKENIZER_FILE
 from aigc_book.training.trainer import TrainConfig, Trainer

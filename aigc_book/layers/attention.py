@@ -32,6 +32,7 @@ from aigc_book.layers.kv_cache import KVCache
 from aigc_book.layers.positions import apply_rope
 
 __all__ = [
+    "attend_heads",
     "attention_reference",
     "attention_fused",
     "causal_mask",
@@ -201,6 +202,25 @@ def attention_fused(
 # ---------------------------------------------------------------------------------------------
 
 
+def attend_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, is_causal: bool,
+                 dropout_p: float, *, fused: bool, need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Attention of every head, ``(B, nh, T, hs)`` queries, with the heads put side by side again.
+
+    Returns ``(y, weights)``: ``y`` is ``(B, T, nh * hs)``, ``weights`` the ``(B, nh, T, S)`` attention
+    weights when ``need_weights`` (which takes the written-out path) and None otherwise. The fused
+    kernel is used when ``fused`` and the weights are not wanted. Self- and cross-attention share it.
+    """
+    weights = None
+    if need_weights:
+        y, weights = attention_reference(q, k, v, mask, is_causal, dropout_p, return_weights=True)
+    elif fused:
+        y = attention_fused(q, k, v, mask, is_causal, dropout_p)
+    else:
+        y = attention_reference(q, k, v, mask, is_causal, dropout_p)
+    B, nh, T, hs = y.shape
+    return y.transpose(1, 2).reshape(B, T, nh * hs), weights  # (B, T, C): heads side by side again
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with one fused ``q, k, v`` projection (GPT-2 layout).
 
@@ -275,13 +295,6 @@ class MultiHeadAttention(nn.Module):
                 attn_mask = F.pad(attn_mask, (P, 0), value=visible)
             # a causal mask is aligned bottom-right, so it already shows the P prefix keys to all
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            y, weights = attention_reference(q, k, v, attn_mask, is_causal, dropout_p, return_weights=True)
-        elif self.fused:
-            y = attention_fused(q, k, v, attn_mask, is_causal, dropout_p)
-        else:
-            y = attention_reference(q, k, v, attn_mask, is_causal, dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y, weights = attend_heads(q, k, v, attn_mask, is_causal, dropout_p, fused=self.fused, need_weights=need_weights)
         y = self.resid_dropout(self.c_proj(y))
         return (y, weights) if need_weights else y

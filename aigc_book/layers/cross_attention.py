@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from aigc_book.layers.attention import MultiHeadAttention, attention_fused, attention_reference
+from aigc_book.layers.attention import MultiHeadAttention, attend_heads
 from aigc_book.layers.block import FeedForward, LayerNorm
 from aigc_book.layers.checks import check_heads
 
@@ -113,14 +113,7 @@ class CrossAttention(nn.Module):
         k, v = self._heads(k), self._heads(v)  # (B, nh, S, hs) each
         mask = memory_key_mask(memory_mask, B, memory.size(1))
         dropout_p = self.dropout if self.training else 0.0
-        weights = None
-        if need_weights:
-            y, weights = attention_reference(q, k, v, mask, False, dropout_p, return_weights=True)
-        elif self.fused:
-            y = attention_fused(q, k, v, mask, False, dropout_p)
-        else:
-            y = attention_reference(q, k, v, mask, False, dropout_p)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        y, weights = attend_heads(q, k, v, mask, False, dropout_p, fused=self.fused, need_weights=need_weights)
         y = self.resid_dropout(self.c_proj(y))
         return (y, weights) if need_weights else y
 

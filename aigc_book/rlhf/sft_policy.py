@@ -6,7 +6,7 @@ chapter 4 runs them:
 1. **Pretraining** a GPT with the causal objective on chapter 3's bracket language
    (:class:`~aigc_book.text.languages.BracketLanguage`).
 2. **Supervised fine-tuning** on the instruction family of :mod:`aigc_book.tasks.instructions`
-   in the chat template (:mod:`aigc_book.tasks.chat`): the embedding grows the chat tokens' rows and
+   in the chat template (:mod:`aigc_book.tasks.sft`): the embedding grows the chat tokens' rows and
    the whole model trains on the response tokens only.
 
 :func:`build_sft_policy` returns the model, its tokenizer and the pretraining sequences (which
@@ -26,8 +26,8 @@ from aigc_book.models.surgery import grow_vocabulary
 from aigc_book.models.transformer import TransformerConfig
 from aigc_book.rlhf.common import check_fields
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import encode_sft, instruction_accuracy
 from aigc_book.tasks.instructions import CHARS
+from aigc_book.tasks.sft import encode_sft, instruction_accuracy
 from aigc_book.text.chat_tokenizer import ChatTokenizer
 from aigc_book.text.languages import BracketLanguage
 from aigc_book.training.objectives import causal_lm_loss, sequence_lm_batch

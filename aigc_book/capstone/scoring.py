@@ -29,7 +29,7 @@ from aigc_book.models.accounting import flops_per_token
 from aigc_book.models.ngram import NGramLM
 from aigc_book.models.transformer import Transformer
 from aigc_book.tasks import instructions
-from aigc_book.tasks.chat import generate_responses
+from aigc_book.tasks.sft import generate_responses
 
 __all__ = ["bits_per_byte", "ngram_bits_per_byte", "accuracy_by_kind", "FlopMeter"]
 
