@@ -935,7 +935,9 @@ print(
     "for 40 tokens instead of 40"
 )
 spec_rows = [
-    speculative.speculative_speedup(target, draft, prompts, k, device, max_new_tokens=44, do_sample=True)
+    speculative.speculative_speedup(
+        target, draft, prompts, k, device, max_new_tokens=44, do_sample=True
+    )
     for k in settings.speculative_ks
 ]
 print(
